@@ -1,0 +1,82 @@
+// microloop - a header-only select() event loop for embedded Linux.
+// Version 1.0.0. MIT licence (see the end of this guide).
+//
+// One loop, every kind of event a small Linux device meets: readable and
+// writable fds (sockets, pipes, ttys), monotonic timers, signals (run in the
+// loop, not in signal context), child processes, and POSIX AIO completions.
+// C++11, no exceptions, no RTTI, no heap after construction.
+//
+// ---- Usage -------------------------------------------------------------------
+//
+//     #include <microloop.hpp>
+//     using namespace std::chrono;
+//
+//     microloop::loop<> loop;                    // 64 fds, 64 timers (see capacity<>)
+//     auto in = loop.watch(0, microloop::readable, [&](microloop::io_event ev) {
+//         char buf[256];
+//         ssize_t n = read(ev.fd, buf, sizeof buf);
+//         if (n <= 0) loop.unwatch(ev.handle);    // EOF: the loop ends when nothing is left
+//     });
+//     if (!in) fprintf(stderr, "watch: %s\n", in.error().message());
+//     auto tick = loop.every(milliseconds(500), [](microloop::timer_event ev) {
+//         printf("tick (%u missed)\n", ev.overruns);
+//     });
+//     loop.run();                                 // until stop() or nothing is left
+//
+// ---- Sources -------------------------------------------------------------------
+//
+//   watch(fd, events, cb) / modify(h, events) / unwatch(h)
+//       events: readable | writable | priority (select's except set). cb gets
+//       io_event{handle, fd, events}; events == io_error if the fd was closed
+//       while watched (the watcher is then disabled: unwatch it).
+//   after(timeout, cb) / every(period, cb) / add_timer(timeout, repeat, cb)
+//   rearm(h, timeout) / cancel(h) / remaining(h)
+//       Monotonic clock; repeating timers do not drift and, after a stall,
+//       skip the missed periods and report them in timer_event::overruns.
+//       Equal deadlines fire in arming order.
+//   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
+//   on_stall(threshold, cb): names any callback that blocked the loop.
+//
+// Callbacks are function pointers or lambdas whose captures fit in
+// MICROLOOP_CALLBACK_SIZE bytes (two pointers by default); a larger capture is
+// a compile-time error. Any callback may add, change or remove any source,
+// itself included. A source removed during an iteration is not called again;
+// a source added during an iteration is first considered in the next one.
+//
+// ---- Errors --------------------------------------------------------------------
+//
+// Nothing throws. Actions return microloop::error_code, true on failure:
+//     if (microloop::error_code e = loop.unwatch(h)) puts(e.message());
+// Creating a source returns a handle; a failed one is false and carries why:
+//     h.error() == microloop::errc::fd_out_of_range
+// Handles carry a generation count: a handle kept after its source is gone is
+// refused with errc::stale_handle and never acts on a newer source.
+//
+// ---- Configuration (define before including) ----------------------------------
+//
+//   MICROLOOP_CALLBACK_SIZE  inline capture bytes per callback (2*sizeof(void*))
+//   MICROLOOP_ASSERT(c)      internal invariant checks (assert)
+//   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
+//                            the libc's fd_set layout allows (checked at run
+//                            time); 0: FD_ISSET only
+//   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
+//   microloop::basic_loop<microloop::capacity<...> >.
+//
+// ---- Licence -------------------------------------------------------------------
+//
+// MIT. Copyright (c) 2026 the microloop authors. Permission is hereby granted,
+// free of charge, to any person obtaining a copy of this software, to deal in
+// it without restriction, including the rights to use, copy, modify, merge,
+// publish, distribute, sublicense and/or sell copies, subject to this notice
+// being included in all copies. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT
+// WARRANTY OF ANY KIND.
+#ifndef MICROLOOP_HPP
+#define MICROLOOP_HPP
+
+#include "microloop/config.hpp"
+#include "microloop/error.hpp"
+#include "microloop/callback.hpp"
+#include "microloop/handle.hpp"
+#include "microloop/loop.hpp"
+
+#endif // MICROLOOP_HPP

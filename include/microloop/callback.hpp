@@ -1,0 +1,72 @@
+// microloop/callback.hpp - a callable stored inline, without the heap.
+#ifndef MICROLOOP_CALLBACK_HPP
+#define MICROLOOP_CALLBACK_HPP
+
+#include <stddef.h>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "config.hpp"
+
+namespace microloop {
+namespace detail {
+
+template <class Signature, size_t Size = MICROLOOP_CALLBACK_SIZE>
+class inplace_callback;
+
+// Holds a function pointer or a lambda whose captures fit in Size bytes, in
+// place. Why not std::function: it may allocate, and it drags in exceptions
+// and RTTI. A capture that is too big or over-aligned is a compile-time
+// error. The callback never moves once stored (slots are never relocated),
+// so no copy or move operations are needed: two pointers and the buffer.
+template <class R, class... Args, size_t Size>
+class inplace_callback<R(Args...), Size> {
+public:
+    inplace_callback() : invoke_(nullptr), destroy_(nullptr) {}
+    ~inplace_callback() { reset(); }
+    inplace_callback(const inplace_callback&) = delete;
+    inplace_callback& operator=(const inplace_callback&) = delete;
+
+    template <class F>
+    void emplace(F&& f) {
+        typedef typename std::decay<F>::type Fn;
+        static_assert(sizeof(Fn) <= Size,
+                      "microloop: callback captures too much; capture a pointer to your state "
+                      "or raise MICROLOOP_CALLBACK_SIZE");
+        static_assert(alignof(Fn) <= alignof(storage_t),
+                      "microloop: callback captures an over-aligned object; capture a pointer to it");
+        reset();
+        ::new (static_cast<void*>(&buf_)) Fn(std::forward<F>(f));
+        invoke_ = &invoke_fn<Fn>;
+        destroy_ = std::is_trivially_destructible<Fn>::value ? nullptr : &destroy_fn<Fn>;
+    }
+    void reset() {
+        if (destroy_) destroy_(&buf_);
+        invoke_ = nullptr;
+        destroy_ = nullptr;
+    }
+    explicit operator bool() const { return invoke_ != nullptr; }
+    R operator()(Args... args) { return invoke_(&buf_, static_cast<Args>(args)...); }
+
+private:
+    union storage_t {
+        unsigned char bytes[Size];
+        void* align_ptr;
+        long long align_ll; // 32-bit ABIs align 64-bit members to 8
+    };
+
+    template <class Fn>
+    static R invoke_fn(void* p, Args... args) { return (*static_cast<Fn*>(p))(static_cast<Args>(args)...); }
+    template <class Fn>
+    static void destroy_fn(void* p) { static_cast<Fn*>(p)->~Fn(); }
+
+    R (*invoke_)(void*, Args...);
+    void (*destroy_)(void*);
+    storage_t buf_;
+};
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_CALLBACK_HPP

@@ -1,0 +1,33 @@
+// microloop/config.hpp - configuration macros and version.
+// Every macro here may be defined by the user before including microloop.
+#ifndef MICROLOOP_CONFIG_HPP
+#define MICROLOOP_CONFIG_HPP
+
+#include <cassert>
+
+#define MICROLOOP_VERSION_MAJOR 1
+#define MICROLOOP_VERSION_MINOR 0
+#define MICROLOOP_VERSION_PATCH 0
+
+// Bytes of inline storage for one callback's captures. A lambda that captures
+// more is a compile-time error (capture a pointer to your state instead).
+// Changes sizeof(loop); every slot of every table carries one callback.
+#ifndef MICROLOOP_CALLBACK_SIZE
+#define MICROLOOP_CALLBACK_SIZE (2 * sizeof(void*))
+#endif
+
+// Internal invariant checks. They never guard against bad user input: bad
+// input is always answered with an error code, in every build mode.
+#ifndef MICROLOOP_ASSERT
+#define MICROLOOP_ASSERT(cond) assert(cond)
+#endif
+
+// 1 (the default where the libc is known to use it): read select()'s result
+// sets word by word, the fast path. 0: only the FD_* macros are used. The loop
+// checks the word layout once at construction and falls back to the macros
+// by itself if the libc lays fd_set out differently, so 1 is always safe.
+#ifndef MICROLOOP_FDSET_WORDS
+#define MICROLOOP_FDSET_WORDS 1
+#endif
+
+#endif // MICROLOOP_CONFIG_HPP
