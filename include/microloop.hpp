@@ -36,6 +36,16 @@
 //       Equal deadlines fire in arming order.
 //   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
 //   on_stall(threshold, cb): names any callback that blocked the loop.
+//   on_signal(signo, cb) / unwatch(h)
+//       cb(signal_event{handle, signo, count, pid, uid}) runs in the loop,
+//       never in signal context; count = arrivals since the last call. One
+//       watcher per signal per process (else errc::already_watched);
+//       unwatching or destroying the loop restores the old disposition.
+//       Block signals in other threads: microloop::block_signals().
+//   on_child(pid, cb) / unwatch(h)
+//       cb(child_event{handle, pid, status}) once, after reaping that pid
+//       (exited()/exit_code()/signaled()/term_signal()). Unwatched children
+//       are never reaped. SIGPIPE is left alone: see ignore_sigpipe().
 //
 // Callbacks are function pointers or lambdas whose captures fit in
 // MICROLOOP_CALLBACK_SIZE bytes (two pointers by default); a larger capture is
@@ -59,6 +69,11 @@
 //   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
 //                            the libc's fd_set layout allows (checked at run
 //                            time); 0: FD_ISSET only
+//   MICROLOOP_WITH_AIO       define to get the AIO module (microloop::aio<N>)
+//                            from this header; or include <microloop/aio.hpp>.
+//                            Off by default: it needs -pthread (and -lrt
+//                            before glibc 2.34). See microloop/aio.hpp.
+//   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >.
 //
@@ -78,5 +93,10 @@
 #include "microloop/callback.hpp"
 #include "microloop/handle.hpp"
 #include "microloop/loop.hpp"
+#include "microloop/signal.hpp"
+#include "microloop/continuation.hpp"
+#if defined(MICROLOOP_WITH_AIO)
+#include "microloop/aio.hpp"
+#endif
 
 #endif // MICROLOOP_HPP

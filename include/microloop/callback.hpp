@@ -15,6 +15,13 @@ namespace detail {
 template <class Signature, size_t Size = MICROLOOP_CALLBACK_SIZE>
 class inplace_callback;
 
+// A null function pointer would be stored, and later called, like any other:
+// whoever accepts callbacks refuses it up front (errc::bad_argument).
+template <class F>
+bool is_null_callable(const F&) { return false; }
+template <class R, class... Args>
+bool is_null_callable(R (*f)(Args...)) { return f == nullptr; }
+
 // Holds a function pointer or a lambda whose captures fit in Size bytes, in
 // place. Why not std::function: it may allocate, and it drags in exceptions
 // and RTTI. A capture that is too big or over-aligned is a compile-time

@@ -21,6 +21,13 @@
 #include "error.hpp"
 #include "handle.hpp"
 
+// For the hot path only (internal).
+#if defined(__GNUC__)
+#define MICROLOOP_DETAIL_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define MICROLOOP_DETAIL_ALWAYS_INLINE inline
+#endif
+
 namespace microloop {
 
 // What an fd watcher asks for, and what its callback is told.
@@ -58,6 +65,13 @@ typedef detail::inplace_callback<void(io_event)> io_callback;
 typedef detail::inplace_callback<void(timer_event)> timer_callback;
 typedef detail::inplace_callback<void(const stall_report&)> stall_callback;
 
+typedef basic_handle<struct signal_tag> signal_handle;
+typedef basic_handle<struct child_tag> child_handle;
+namespace detail {
+template <size_t Signals, size_t Children>
+class signal_table; // signal.hpp, included at the end of this file
+} // namespace detail
+
 namespace detail {
 
 inline int64_t monotonic_ns() {
@@ -66,12 +80,17 @@ inline int64_t monotonic_ns() {
     return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-// A duration in nanoseconds; false when negative or beyond 100 years (which
-// also keeps every deadline sum far from int64 overflow).
+// A duration in nanoseconds; false when negative, NaN or beyond 100 years
+// (which also keeps every deadline sum far from int64 overflow). Integral
+// counts are compared in whole days: in d's own unit, 100 years overflows
+// for periods finer than a nanosecond.
 template <class Rep, class Period>
 bool to_ns(std::chrono::duration<Rep, Period> d, int64_t& out) {
     typedef std::chrono::duration<long long, std::ratio<86400> > days;
-    if (d < std::chrono::duration<Rep, Period>::zero() || d > days(36525)) return false;
+    if (d < std::chrono::duration<Rep, Period>::zero() || d != d) return false; // d != d: NaN
+    if (std::chrono::treat_as_floating_point<Rep>::value ? d > days(36525)
+                                                        : std::chrono::duration_cast<days>(d) > days(36525))
+        return false;
     out = static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
     return true;
 }
@@ -145,6 +164,7 @@ public:
     error_code on_stall(std::chrono::duration<Rep, Period> threshold, F&& cb) {
         int64_t ns;
         if (!detail::to_ns(threshold, ns)) return errc::bad_timeout;
+        if (detail::is_null_callable(cb)) return errc::bad_argument;
         stall_cb_.emplace(std::forward<F>(cb));
         stall_ns_ = ns;
         return error_code();
@@ -252,17 +272,29 @@ public:
     // Until stop() or until no active watcher or timer is left.
     error_code run();
     // One iteration: wait (forever, or at most max_wait), dispatch, return.
-    error_code run_once() { return iterate(-1); }
+    // A stop() ends the wait and is used up, as in run().
+    error_code run_once() { return iterate_once(-1); }
     template <class Rep, class Period>
     error_code run_once(std::chrono::duration<Rep, Period> max_wait) {
         int64_t ns;
         if (!detail::to_ns(max_wait, ns)) return errc::bad_timeout;
-        return iterate(ns);
+        return iterate_once(ns);
     }
     // One iteration that does not wait.
-    error_code poll() { return iterate(0); }
+    error_code poll() { return iterate_once(0); }
     using loop_base::stop;
     using loop_base::wake;
+
+    // ---- signals and child processes (signal.hpp) ---------------------------
+    // cb(signal_event) runs in the loop, never in signal context. One watcher
+    // per signal in the whole process; unwatching restores the old disposition.
+    template <class F>
+    signal_handle on_signal(int signo, F&& cb) { return signals_.add(signo, std::forward<F>(cb)); }
+    error_code unwatch(signal_handle h) { return signals_.remove(h); }
+    // cb(child_event) once, when child `pid` has terminated and been reaped.
+    template <class F>
+    child_handle on_child(pid_t pid, F&& cb) { return signals_.add_child(pid, std::forward<F>(cb)); }
+    error_code unwatch(child_handle h) { return signals_.remove_child(h); }
 
     // Loop time: taken after each wait, so every callback of one iteration
     // sees the same "now" and timers armed in them are relative to it.
@@ -322,8 +354,19 @@ private:
     void release_timer(uint16_t slot);
 
     error_code iterate(int64_t max_wait_ns);
+    error_code iterate_once(int64_t max_wait_ns) {
+        error_code result = iterate(max_wait_ns);
+        stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
+        return result;
+    }
     int64_t select_timeout(int64_t until) const;
-    void dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords);
+    void dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords, int nready);
+    void dispatch_fd(int fd, unsigned ready);
+    fd_set* copy_set(fd_set& to, const fd_set& from, size_t bytes) const {
+        if (fdset_words_) memcpy(&to, &from, bytes);
+        else to = from;
+        return &to;
+    }
     void dispatch_timers();
 
     // fd sets: the masters are edited by watch/modify/unwatch and copied for
@@ -353,6 +396,8 @@ private:
     int64_t now_;
     bool now_valid_;
     bool fdset_words_;
+
+    detail::signal_table<Cap::signals, Cap::children> signals_; // a loop_hook
 };
 
 // ============================================================================
@@ -363,7 +408,7 @@ template <class Cap>
 basic_loop<Cap>::basic_loop()
     : maxfd_(-1), active_io_(0), heap_size_(0), seq_(0), seq_mark_(0), iteration_(0), running_io_(no_pos),
       running_timer_(no_pos), running_released_(false), now_(0), now_valid_(false),
-      fdset_words_(detail::fdset_is_words()) {
+      fdset_words_(detail::fdset_is_words()), signals_(*this) {
     for (int i = 0; i < 3; ++i) {
         FD_ZERO(&master_[i]);
         nwatch_[i] = 0;
@@ -393,6 +438,7 @@ io_handle basic_loop<Cap>::watch(int fd, unsigned events, F&& cb) {
     if (fd < 0) return io_handle(errc::bad_fd);
     if (fd >= FD_SETSIZE) return io_handle(errc::fd_out_of_range);
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
+    if (detail::is_null_callable(cb)) return io_handle(errc::bad_argument);
     if (fd_slot_[fd] != no_slot || fd == wake_rd_) return io_handle(errc::already_watched);
     uint32_t id = io_pool_.acquire();
     if (id == 0) return io_handle(errc::table_full);
@@ -505,6 +551,7 @@ timer_handle basic_loop<Cap>::add_timer(std::chrono::duration<Rep1, Period1> tim
                                                std::chrono::duration<Rep2, Period2> repeat, F&& cb) {
     int64_t after_ns, period_ns;
     if (!detail::to_ns(timeout, after_ns) || !detail::to_ns(repeat, period_ns)) return timer_handle(errc::bad_timeout);
+    if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
     uint32_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
     uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
@@ -523,8 +570,14 @@ error_code basic_loop<Cap>::rearm(timer_handle h, std::chrono::duration<Rep, Per
     int64_t ns;
     if (!detail::to_ns(timeout, ns)) return errc::bad_timeout;
     timer_slot& t = timers_[slot];
-    if (t.heap_pos != no_pos) heap_remove(t.heap_pos);
-    heap_push(slot, now_ns() + ns);
+    if (t.heap_pos != no_pos) {
+        // Armed: re-keyed in place, one sift instead of a remove and a push.
+        // A fresh seq, as a push would give, keeps equal deadlines in arming order.
+        heap_entry e = {now_ns() + ns, seq_++, slot};
+        heap_sift(t.heap_pos, e);
+    } else {
+        heap_push(slot, now_ns() + ns);
+    }
     return error_code();
 }
 
@@ -556,24 +609,32 @@ void basic_loop<Cap>::release_timer(uint16_t slot) {
     timer_pool_.release(slot);
 }
 
-// Moves `e` from `pos` up or down to where it belongs: O(log n).
+// Moves `e` from `pos` up or down to where it belongs: O(log n). The heap is
+// 4-ary (as libev's): half the depth of a binary heap, so an entry moves
+// through half as many levels, and siblings sit next to each other in memory.
 template <class Cap>
 void basic_loop<Cap>::heap_sift(uint16_t pos, heap_entry e) {
-    while (pos > 0) {
-        uint16_t parent = static_cast<uint16_t>((pos - 1) / 2);
+    uint32_t at = pos;
+    while (at > 0) {
+        uint32_t parent = (at - 1u) / 4u;
         if (!heap_less(e, heap_[parent])) break;
-        heap_place(pos, heap_[parent]);
-        pos = parent;
+        heap_place(static_cast<uint16_t>(at), heap_[parent]);
+        at = parent;
     }
+    // heap_size_ never exceeds the capacity; the clamp tells the optimiser so
+    // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
+    const uint32_t size = heap_size_ < Cap::timers ? heap_size_ : static_cast<uint32_t>(Cap::timers);
     for (;;) {
-        uint32_t child = 2u * pos + 1u;
-        if (child >= heap_size_) break;
-        if (child + 1 < heap_size_ && heap_less(heap_[child + 1], heap_[child])) ++child;
-        if (!heap_less(heap_[child], e)) break;
-        heap_place(pos, heap_[child]);
-        pos = static_cast<uint16_t>(child);
+        uint32_t first = 4u * at + 1u;
+        if (first >= size) break;
+        uint32_t end = size - first > 4u ? first + 4u : size, best = first;
+        for (uint32_t c = first + 1u; c < end; ++c)
+            if (heap_less(heap_[c], heap_[best])) best = c;
+        if (!heap_less(heap_[best], e)) break;
+        heap_place(static_cast<uint16_t>(at), heap_[best]);
+        at = best;
     }
-    heap_place(pos, e);
+    heap_place(static_cast<uint16_t>(at), e);
 }
 
 template <class Cap>
@@ -605,13 +666,15 @@ error_code basic_loop<Cap>::run() {
 // no limit.
 template <class Cap>
 int64_t basic_loop<Cap>::select_timeout(int64_t until) const {
-    int64_t wait = until < 0 ? -1 : until - now_;
+    // Past deadlines clamp to 0: a difference of exactly -1 must not read as
+    // "no limit".
+    int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
     if (heap_size_ > 0) {
-        int64_t t = heap_[0].deadline - now_;
+        int64_t t = heap_[0].deadline > now_ ? heap_[0].deadline - now_ : 0;
         if (wait < 0 || t < wait) wait = t;
     }
     if (stop_.load(std::memory_order_relaxed)) wait = 0;
-    return wait < -1 ? 0 : wait;
+    return wait;
 }
 
 template <class Cap>
@@ -619,8 +682,8 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
     ++iteration_;
     seq_mark_ = seq_;
     // The clock is read only when something depends on it, so a loop with no
-    // timers pays nothing for time.
-    bool timed = heap_size_ > 0 || max_wait_ns >= 0;
+    // timers pays nothing for time (poll() included: a zero wait needs none).
+    bool timed = heap_size_ > 0 || max_wait_ns > 0;
     if (timed) refresh_now();
     else now_valid_ = false;
     const int64_t until = max_wait_ns < 0 ? -1 : now_ + max_wait_ns;
@@ -630,19 +693,20 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
     int n, nfds;
     for (;;) {
         nfds = maxfd_ + 1;
-        const size_t bytes = static_cast<size_t>((nfds + detail::word_bits - 1) / detail::word_bits) *
+        // Only the words select() will look at are copied. The read set always
+        // holds the wake pipe; the others are usually empty and passed as NULL.
+        const size_t bytes = (static_cast<size_t>(nfds) + detail::word_bits - 1) / detail::word_bits *
                              sizeof(unsigned long);
-        for (int s = 0; s < 3; ++s) {
-            ptr[s] = nullptr;
-            if (s != rd && nwatch_[s] == 0) continue;
-            // Only the words select() will look at are copied.
-            if (fdset_words_) memcpy(&set[s], &master_[s], bytes);
-            else set[s] = master_[s];
-            ptr[s] = &set[s];
-        }
+        ptr[rd] = copy_set(set[rd], master_[rd], bytes);
+        ptr[wr] = nwatch_[wr] ? copy_set(set[wr], master_[wr], bytes) : nullptr;
+        ptr[ex] = nwatch_[ex] ? copy_set(set[ex], master_[ex], bytes) : nullptr;
         int64_t wait = select_timeout(until);
         struct timeval tv, *tvp = nullptr;
-        if (wait >= 0) {
+        if (wait == 0) { // poll(), or a timer already due: no divisions
+            tv.tv_sec = 0;
+            tv.tv_usec = 0;
+            tvp = &tv;
+        } else if (wait > 0) {
             // Rounded up: waking before the deadline would only spin.
             int64_t us = (wait + 999) / 1000;
             const int64_t max_s = 0x7fffffff; // fits a 32-bit time_t
@@ -666,64 +730,76 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
     }
 
     if (n > 0) {
-        const int nwords = (nfds + detail::word_bits - 1) / detail::word_bits;
+        const int nwords = static_cast<int>((static_cast<unsigned>(nfds) + detail::word_bits - 1) / detail::word_bits);
+        const unsigned long* sets[3];
+        unsigned long words[3][detail::fd_words];
         if (fdset_words_) {
-            dispatch_io(reinterpret_cast<const unsigned long*>(ptr[rd]),
-                        ptr[wr] ? reinterpret_cast<const unsigned long*>(ptr[wr]) : nullptr,
-                        ptr[ex] ? reinterpret_cast<const unsigned long*>(ptr[ex]) : nullptr, nwords);
+            for (int s = 0; s < 3; ++s) sets[s] = reinterpret_cast<const unsigned long*>(ptr[s]); // NULL stays NULL
         } else {
             // Portable path: translate the result sets into words through
             // FD_ISSET, for the fds we watch only.
-            unsigned long words[3][detail::fd_words];
             memset(words, 0, sizeof words);
             for (int fd = 0; fd < nfds; ++fd) {
                 if (!detail::test_bit(watched_, fd) && fd != wake_rd_) continue;
                 for (int s = 0; s < 3; ++s)
                     if (ptr[s] && FD_ISSET(fd, ptr[s])) detail::set_bit(words[s], fd);
             }
-            dispatch_io(words[rd], ptr[wr] ? words[wr] : nullptr, ptr[ex] ? words[ex] : nullptr, nwords);
+            for (int s = 0; s < 3; ++s) sets[s] = ptr[s] ? words[s] : nullptr;
         }
+        dispatch_io(sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
     }
     if (heap_size_ > 0) dispatch_timers();
     return error_code();
 }
 
-// Ready fds are found a word at a time; each is looked up in fd_slot_ at the
-// moment it is dispatched, so a watcher removed by an earlier callback of
-// this iteration is never called.
+// Ready fds are found a word at a time. nready is select()'s count of set
+// bits: the scan stops when it is used up. The wake pipe is drained after the
+// watchers ran, as before. Inlined into its one caller, iterate(): with one
+// ready fd per iteration, the call would cost more than the scan.
 template <class Cap>
-void basic_loop<Cap>::dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e,
-                                         int nwords) {
-    bool woken = false;
-    for (int i = 0; i < nwords; ++i) {
-        unsigned long rbits = r[i], wbits = w ? w[i] : 0ul, ebits = e ? e[i] : 0ul;
-        unsigned long ready = rbits | wbits | ebits;
-        while (ready) {
-            int bit = __builtin_ctzl(ready);
-            ready &= ready - 1;
-            int fd = i * detail::word_bits + bit;
-            fd_slot_t s = fd_slot_[fd];
-            if (s == no_slot) {
-                if (fd == wake_rd_) woken = true;
-                continue;
-            }
-            io_slot& io = io_[s];
-            unsigned events = (((rbits >> bit) & 1ul) ? readable : 0u) | (((wbits >> bit) & 1ul) ? writable : 0u) |
-                              (((ebits >> bit) & 1ul) ? priority : 0u);
-            events &= io.interest;
-            if (events == 0 || io.added_iter == iteration_) continue;
-            running_io_ = s;
-            io_event ev = {io_handle::from_id(io_pool_.id_of(s)), fd, events};
-            invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
-            running_io_ = no_pos;
-            if (running_released_) {
-                running_released_ = false;
-                io.cb.reset();
-                io_pool_.recycle(s);
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_io(const unsigned long* r, const unsigned long* w,
+                                                                  const unsigned long* e, int nwords,
+                                                                  int nready) {
+    if (!w && !e) {
+        // Only readers (the common case): the scan keeps its state in registers.
+        for (int i = 0; i < nwords && nready > 0; ++i)
+            for (unsigned long bits = r[i]; bits; bits &= bits - 1, --nready)
+                dispatch_fd(i * detail::word_bits + __builtin_ctzl(bits), readable);
+    } else {
+        static const unsigned long none[detail::fd_words] = {}; // an unused set reads as empty
+        if (!w) w = none;
+        if (!e) e = none;
+        for (int i = 0; i < nwords && nready > 0; ++i) {
+            for (unsigned long bits = r[i] | w[i] | e[i]; bits; bits &= bits - 1) {
+                int bit = __builtin_ctzl(bits);
+                unsigned long rb = (r[i] >> bit) & 1ul, wb = (w[i] >> bit) & 1ul, eb = (e[i] >> bit) & 1ul;
+                nready -= static_cast<int>(rb + wb + eb);
+                dispatch_fd(i * detail::word_bits + bit,
+                            (rb ? readable : 0u) | (wb ? writable : 0u) | (eb ? priority : 0u));
             }
         }
     }
-    if (woken) drain_wake();
+    if (wake_rd_ >= 0 && detail::test_bit(r, wake_rd_)) drain_wake();
+}
+
+// One ready fd, looked up in fd_slot_ at the moment it is dispatched, so a
+// watcher removed by an earlier callback of this iteration is never called.
+template <class Cap>
+void basic_loop<Cap>::dispatch_fd(int fd, unsigned ready) {
+    fd_slot_t s = fd_slot_[fd];
+    if (s == no_slot) return; // the wake pipe, or unwatched meanwhile
+    io_slot& io = io_[s];
+    unsigned events = ready & io.interest;
+    if (events == 0 || io.added_iter == iteration_) return;
+    running_io_ = s;
+    io_event ev = {io_handle::from_id(io_pool_.id_of(s)), fd, events};
+    invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
+    running_io_ = no_pos;
+    if (running_released_) {
+        running_released_ = false;
+        io.cb.reset();
+        io_pool_.recycle(s);
+    }
 }
 
 template <class Cap>
@@ -794,13 +870,18 @@ inline error_code loop_base::wake() {
 }
 
 inline void loop_base::drain_wake() {
-    // Cleared before draining: a wake() racing with us writes a new byte
-    // that the next select() sees, so no wake-up is lost. Modules keep their
-    // own pending flags; the pipe only wakes the loop.
-    wake_pending_.store(false);
+    // Cleared after draining, before the hooks run: a wake() that saw the
+    // flag set published its work before we clear it, so the hooks see that
+    // work; a wake() after the clear writes a byte the next select() sees.
+    // (Cleared before draining, the read could swallow the byte of a wake()
+    // whose flag stays set, and every later wake() would then skip its write.)
+    // An exchange, not a store, so that what the waker published before
+    // wake() is visible here. Modules keep their own pending flags; the pipe
+    // only wakes the loop.
     char buf[64];
     while (read(wake_rd_, buf, sizeof buf) == static_cast<ssize_t>(sizeof buf)) {
     }
+    wake_pending_.exchange(false);
     for (loop_hook* h = hooks_; h;) {
         loop_hook* next = h->next; // a hook may detach itself
         h->on_wake(h);
@@ -812,5 +893,7 @@ template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Childre
 using loop = basic_loop<capacity<Io, Timers, Signals, Children> >;
 
 } // namespace microloop
+
+#include "signal.hpp" // completes detail::signal_table
 
 #endif // MICROLOOP_LOOP_HPP

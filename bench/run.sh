@@ -1,0 +1,241 @@
+#!/bin/sh
+# bench/run.sh - `make bench`: microloop against a hand-written select() loop
+# (the floor), libev, libevent and libuv, measured in the same run.
+#
+#   1. pipe ring      wall time per loop iteration and per event (interleaved
+#                     repetitions, medians)
+#   2. instructions   user-space instructions per event under callgrind
+#                     (deterministic): delta Ir / delta events between two W
+#   3. timer churn    ns per stop + re-arm, 10,000 armed timers
+#   4. heap           allocation calls and bytes per phase (LD_PRELOAD counter)
+#
+# Environment: CXX, CC, CROSS_COMPILE, RUNNER (e.g. qemu for a cross build),
+# BUILD / BENCH_OUT (output directory), BENCH_REPS (interleaved repetitions,
+# default 5), BENCH_RUNS (timed runs per process, default 10), BENCH_QUICK=1
+# (fewer of both). Raw numbers: $OUT/results.txt.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-build}
+OUT=${BENCH_OUT:-$BUILD/bench}
+mkdir -p "$OUT" || exit 1
+OUT=$(cd "$OUT" && pwd)
+RAW=$OUT/results.txt
+CROSS_COMPILE=${CROSS_COMPILE:-}
+CXX=${CXX:-${CROSS_COMPILE}g++}
+CC=${CC:-${CROSS_COMPILE}gcc}
+RUNNER=${RUNNER:-}
+REPS=${BENCH_REPS:-5}
+RUNS=${BENCH_RUNS:-10}
+if [ "${BENCH_QUICK:-0}" = 1 ]; then REPS=3 RUNS=5; fi
+CXXFLAGS_BENCH="-std=c++11 -O2 -DNDEBUG -Wall -Wextra"
+
+note() { echo "bench: $*" >&2; }
+
+# ---- build: one binary per library ------------------------------------------------
+# name:BENCH_LIB:libs
+built=
+build() {
+    name=$1 lib=$2 libs=$3
+    if $CXX $CXXFLAGS_BENCH -I"$ROOT/include" -DBENCH_LIB="$lib" -o "$OUT/bench-$name" "$ROOT/bench/bench.cpp" \
+        $libs -ldl 2>"$OUT/build-$name.log"; then
+        built="$built $name"
+    else
+        case $name in
+        floor | microloop) note "building $name failed:"; cat "$OUT/build-$name.log" >&2; exit 1 ;;
+        libev) note "libev missing (install libev-dev): skipped" ;;
+        libevent) note "libevent missing (install libevent-dev): skipped" ;;
+        libuv) note "libuv missing (install libuv1-dev): skipped" ;;
+        esac
+    fi
+}
+build floor 0 ""
+build microloop 1 ""
+build libev 2 "-lev"
+build libevent 3 "-levent_core"
+build libuv 4 "-luv"
+has() { case " $built " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# The implementations: binary and backend variant.
+IMPLS="floor:select microloop:select"
+has libev && IMPLS="$IMPLS libev:select libev:epoll"
+has libevent && IMPLS="$IMPLS libevent:select libevent:epoll"
+has libuv && IMPLS="$IMPLS libuv:epoll"
+
+# Interleave: every repetition runs every implementation once, starting at a
+# different one each time, so drift on a noisy machine hits all alike.
+rotate() { # rotate N word...
+    k=$1
+    shift
+    n=$#
+    i=0
+    out=
+    for w in "$@"; do
+        pos=$(((i - k % n + n) % n))
+        eval "slot_$pos=\$w"
+        i=$((i + 1))
+    done
+    i=0
+    while [ $i -lt $n ]; do
+        eval "out=\"\$out \$slot_$i\""
+        i=$((i + 1))
+    done
+    echo $out
+}
+
+: >"$RAW"
+{
+    echo "# microloop bench $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "# nproc=$(nproc 2>/dev/null) cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//')"
+    echo "# CXX=$($CXX --version 2>/dev/null | head -n 1) RUNNER=$RUNNER reps=$REPS runs=$RUNS"
+} >>"$RAW"
+start=$(date +%s)
+
+# ---- 1. pipe ring -----------------------------------------------------------------------
+CONFIGS="100:1 100:100 500:1 500:100"
+W=1000
+rep=0
+echo "pipe ring: $REPS interleaved repetitions x $RUNS runs ..." >&2
+while [ $rep -lt "$REPS" ]; do
+    for cfg in $CONFIGS; do
+        n=${cfg%:*} a=${cfg#*:}
+        for impl in $(rotate $rep $IMPLS); do
+            bin=${impl%:*} var=${impl#*:}
+            line=$(env $RUNNER "$OUT/bench-$bin" ring "$var" "$n" "$a" "$W" "$RUNS") || note "ring $impl $n $a failed"
+            [ -n "$line" ] && echo "ring rep=$rep $line" >>"$RAW"
+        done
+    done
+    rep=$((rep + 1))
+done
+
+# ---- 2. instructions per event (callgrind) ----------------------------------------------
+if [ -n "$RUNNER" ]; then
+    note "cross build: callgrind skipped"
+elif ! command -v valgrind >/dev/null 2>&1; then
+    note "valgrind missing (apt-get install valgrind): instruction counts skipped"
+else
+    echo "callgrind ..." >&2
+    W1=1000 W2=4000
+    for cfg in 100:1 500:1 100:100 500:100; do
+        n=${cfg%:*} a=${cfg#*:}
+        for impl in $IMPLS; do
+            bin=${impl%:*} var=${impl#*:}
+            ir1=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$OUT/bench-$bin" ring "$var" "$n" "$a" $W1 1 2>&1 |
+                sed -n 's/.*Collected : //p')
+            ir2=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$OUT/bench-$bin" ring "$var" "$n" "$a" $W2 1 2>&1 |
+                sed -n 's/.*Collected : //p')
+            # each process does 2 warm-up runs + 1 timed run of W writes each
+            case $bin in floor | microloop) name=$bin ;; *) name=$bin-$var ;; esac
+            [ -n "$ir1" ] && [ -n "$ir2" ] &&
+                echo "ir lib=$name pairs=$n active=$a ir1=$ir1 ir2=$ir2 devents=$((3 * (W2 - W1)))" >>"$RAW"
+        done
+    done
+fi
+
+# ---- 3. timer churn -----------------------------------------------------------------------
+TIMPLS="microloop:select"
+has libev && TIMPLS="$TIMPLS libev:epoll"
+has libevent && TIMPLS="$TIMPLS libevent:epoll"
+has libuv && TIMPLS="$TIMPLS libuv:epoll"
+echo "timer churn ..." >&2
+rep=0
+while [ $rep -lt "$REPS" ]; do
+    for impl in $(rotate $rep $TIMPLS); do
+        bin=${impl%:*} var=${impl#*:}
+        line=$(env $RUNNER "$OUT/bench-$bin" timers "$var" 10000 100000 5) || note "timers $impl failed"
+        [ -n "$line" ] && echo "timers rep=$rep $line" >>"$RAW"
+    done
+    rep=$((rep + 1))
+done
+sed -i 's/^\(timers rep=[0-9]*\) lib=libev-epoll /\1 lib=libev /; s/^\(timers rep=[0-9]*\) lib=libevent-epoll /\1 lib=libevent /; s/^\(timers rep=[0-9]*\) lib=libuv-epoll /\1 lib=libuv /' "$RAW"
+
+# ---- 4. heap ------------------------------------------------------------------------------------
+if [ -n "$RUNNER" ]; then
+    note "cross build: heap counts skipped"
+elif ${CC} -O2 -shared -fPIC -o "$OUT/heapcount.so" "$ROOT/bench/heapcount.c" 2>"$OUT/build-heapcount.log"; then
+    for impl in $TIMPLS; do
+        bin=${impl%:*} var=${impl#*:}
+        LD_PRELOAD=$OUT/heapcount.so "$OUT/bench-$bin" heap "$var" | awk -v lib="$bin" '/^phase=/ { print "heap lib=" lib " " $0 }' >>"$RAW"
+    done
+else
+    note "heapcount.so failed to build: heap counts skipped"
+fi
+
+# ---- tables ------------------------------------------------------------------------------------
+awk -v elapsed=$(($(date +%s) - start)) '
+function kv(   i, p) { delete f; for (i = 1; i <= NF; i++) { p = index($i, "="); if (p) f[substr($i, 1, p - 1)] = substr($i, p + 1) } }
+function add(key, v) { cnt[key]++; val[key, cnt[key]] = v + 0 }
+function med(key,   n, i, j, t, a) {
+    n = cnt[key]; if (!n) return -1
+    for (i = 1; i <= n; i++) a[i] = val[key, i]
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "-" }
+function seen_lib(part, lib) { if (!((part, lib) in known)) { known[part, lib] = 1; libs[part, ++nlibs[part]] = lib } }
+/^#/ { print; next }
+$1 == "ring" { kv(); k = f["lib"] SUBSEP f["pairs"] SUBSEP f["active"]; add("us" SUBSEP k, f["us_per_iter"]); add("ns" SUBSEP k, f["ns_per_event"]); seen_lib("ring", f["lib"]); next }
+$1 == "ir" { kv(); k = f["lib"] SUBSEP f["pairs"] SUBSEP f["active"]; ir[k] = (f["ir2"] - f["ir1"]) / f["devents"]; seen_lib("ir", f["lib"]); next }
+$1 == "timers" { kv(); add("t" SUBSEP f["lib"], f["ns_per_op"]); seen_lib("timers", f["lib"]); next }
+$1 == "heap" { kv(); hc[f["lib"], f["phase"]] = f["calls"]; hb[f["lib"], f["phase"]] = f["bytes"]; seen_lib("heap", f["lib"]); next }
+END {
+    ncfg = split("100:1 100:100 500:1 500:100", cfgs, " ")
+    if (nlibs["ring"]) {
+        print ""
+        print "1. Pipe ring (W=1000 writes; medians of interleaved repetitions; wall time)"
+        printf "%-16s %5s %4s %10s %10s %9s %15s\n", "impl", "N", "A", "us/iter", "ns/event", "vs floor", "vs libev-select"
+        for (c = 1; c <= ncfg; c++) {
+            split(cfgs[c], na, ":")
+            fl = med("ns" SUBSEP "floor" SUBSEP na[1] SUBSEP na[2]); ev = med("ns" SUBSEP "libev-select" SUBSEP na[1] SUBSEP na[2])
+            for (i = 1; i <= nlibs["ring"]; i++) {
+                l = libs["ring", i]; k = l SUBSEP na[1] SUBSEP na[2]
+                if (!cnt["ns" SUBSEP k]) continue
+                x = med("ns" SUBSEP k)
+                printf "%-16s %5d %4d %10.2f %10.0f %9s %15s\n", l, na[1], na[2], med("us" SUBSEP k), x, ratio(x, fl), ratio(x, ev)
+            }
+        }
+    }
+    if (nlibs["ir"]) {
+        print ""
+        print "2. User-space instructions per event (callgrind, delta Ir / delta events, W=1000 vs 4000)"
+        printf "%-16s %5s %4s %10s %9s %15s\n", "impl", "N", "A", "Ir/event", "vs floor", "vs libev-select"
+        for (c = 1; c <= ncfg; c++) {
+            split(cfgs[c], na, ":")
+            fl = ir["floor", na[1], na[2]]; ev = ir["libev-select", na[1], na[2]]
+            for (i = 1; i <= nlibs["ir"]; i++) {
+                l = libs["ir", i]
+                if (!((l, na[1], na[2]) in ir)) continue
+                x = ir[l, na[1], na[2]]
+                printf "%-16s %5d %4d %10.0f %9s %15s\n", l, na[1], na[2], x, ratio(x, fl), ratio(x, ev)
+            }
+        }
+    }
+    if (nlibs["timers"]) {
+        print ""
+        print "3. Timer churn (10,000 armed timers, 100,000 stop+re-arm ops in a callback; median ns/op)"
+        printf "%-16s %10s %9s %9s\n", "impl", "ns/op", "vs floor", "vs libev"
+        ev = med("t" SUBSEP "libev")
+        for (i = 1; i <= nlibs["timers"]; i++) {
+            l = libs["timers", i]; x = med("t" SUBSEP l)
+            printf "%-16s %10.1f %9s %9s\n", l, x, "-", ratio(x, ev)
+        }
+    }
+    if (nlibs["heap"]) {
+        print ""
+        print "4. Heap: allocation calls / bytes per phase (loop, 100 fd watchers, 100 timers, first iteration)"
+        printf "%-12s %14s %14s %14s %14s %12s %9s\n", "impl", "create", "100 fds", "100 timers", "iterate", "total calls", "vs libev"
+        np = split("create fds timers iterate", ph, " ")
+        for (i = 1; i <= nlibs["heap"]; i++) {
+            l = libs["heap", i]; tot[l] = 0
+            for (p = 1; p <= np; p++) tot[l] += hc[l, ph[p]]
+        }
+        for (i = 1; i <= nlibs["heap"]; i++) {
+            l = libs["heap", i]
+            printf "%-12s", l
+            for (p = 1; p <= np; p++) printf " %14s", hc[l, ph[p]] "/" hb[l, ph[p]] "B"
+            printf " %12d %9s\n", tot[l], ("libev" in tot) ? (tot["libev"] ? sprintf("%.2fx", tot[l] / tot["libev"]) : "-") : "-"
+        }
+        print "(the floor allocates nothing; microloop: the loop object is static storage, as intended)"
+    }
+    printf "\nbench: %d s\n", elapsed
+}' "$RAW" | tee "$OUT/tables.txt"
+echo "raw: $RAW  tables: $OUT/tables.txt"

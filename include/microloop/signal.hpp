@@ -1,0 +1,502 @@
+// microloop/signal.hpp - signals and child processes as ordinary loop events.
+//
+//     loop.on_signal(SIGHUP, [&](microloop::signal_event) { reload(); });
+//     loop.on_child(pid, [](microloop::child_event ev) { printf("exit %d\n", ev.exit_code()); });
+//
+// The handler microloop installs only counts: it runs in signal context, so it
+// records the signal, the sender, and writes one byte to the loop's wake-up
+// pipe. The callback runs later inside the loop, where anything is allowed.
+//
+// Rules (the handler and dispositions are process-wide, loops are not):
+// - Signal and child watchers are active sources: run() keeps running while
+//   one exists (a daemon's SIGTERM callback calls stop()).
+// - One watcher per signal in the whole process. Watching a signal already
+//   watched (by this loop or another) is refused with errc::already_watched.
+//   Unwatching, or destroying the loop, puts back the disposition that was
+//   in place before (the saved sigaction).
+// - on_signal() unblocks the signal in the calling (loop) thread. Block
+//   signals in every other thread (block_signals() at the top of a worker
+//   thread, or before creating threads) so the kernel delivers them to the
+//   loop thread; the handler is correct in any thread, but delivery to a
+//   blocked-everywhere signal never happens.
+// - Child processes: on_child(pid, cb) reaps exactly that pid with
+//   waitpid(pid, WNOHANG) and reports it once. Children nobody watches are
+//   never reaped by microloop (no waitpid(-1)): their owner (system(),
+//   popen(), a library) waits for them. Every child watcher of the process
+//   lives in one loop, the one that owns SIGCHLD.
+// - SIGPIPE is left alone: a write to a closed socket or pipe kills the
+//   process by default. Send on sockets with MSG_NOSIGNAL, or call
+//   ignore_sigpipe() once at start-up so such writes fail with EPIPE.
+// - A forked child inherits the handler and the wake-up pipe (until exec):
+//   exec soon after fork, as posix_spawn() does.
+//
+// Included by loop.hpp (basic_loop holds a signal table); include
+// <microloop.hpp> or this file, which brings loop.hpp along.
+#ifndef MICROLOOP_SIGNAL_HPP
+#define MICROLOOP_SIGNAL_HPP
+
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "callback.hpp"
+#include "error.hpp"
+#include "handle.hpp"
+#include "loop.hpp"
+
+namespace microloop {
+
+// What a signal callback is told.
+struct signal_event {
+    signal_handle handle;
+    int signo;
+    // Arrivals since the last call, at least 1. The kernel merges a standard
+    // signal that arrives while the same one is pending; real-time signals
+    // (SIGRTMIN + n) are queued, and each one the kernel accepted is counted.
+    uint32_t count;
+    // The sender of the most recent arrival when a process sent it (kill,
+    // sigqueue, raise; for SIGCHLD, the child); 0 when the kernel raised it.
+    pid_t pid;
+    uid_t uid;
+};
+
+// What a child callback is told, once: the child has terminated and has been
+// reaped. `status` is waitpid()'s, for the W* macros, or -1 if someone else
+// reaped the child first (its status is then lost).
+struct child_event {
+    child_handle handle;
+    pid_t pid;
+    int status;
+
+    bool exited() const { return status != -1 && WIFEXITED(status); }
+    int exit_code() const { return exited() ? WEXITSTATUS(status) : -1; }
+    bool signaled() const { return status != -1 && WIFSIGNALED(status); }
+    int term_signal() const { return signaled() ? WTERMSIG(status) : 0; }
+    bool lost() const { return status == -1; }
+};
+
+typedef detail::inplace_callback<void(signal_event)> signal_callback;
+typedef detail::inplace_callback<void(child_event)> child_callback;
+
+// Blocks every signal in the calling thread, so the kernel delivers
+// process-directed signals to the loop thread instead. Call it at the start
+// of worker threads (threads inherit the creator's mask, so calling it in
+// main() before creating threads, then creating the loop, also works: the
+// loop thread's on_signal() unblocks what it watches). Synchronous faults
+// (SIGSEGV...) are still delivered; libc keeps its own internal signals.
+//
+// sigprocmask() rather than pthread_sigmask(): on Linux (glibc, musl,
+// uClibc-ng) both change the calling thread's mask only, and sigprocmask()
+// is in libc proper, so using signals needs no -pthread with older glibc.
+inline error_code block_signals() {
+    sigset_t all;
+    sigfillset(&all);
+    if (sigprocmask(SIG_BLOCK, &all, nullptr) != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
+namespace detail {
+
+// Signal numbers run from 1 to signal_limit - 1 (65 on most Linux targets,
+// 129 on MIPS).
+#if defined(NSIG)
+const int signal_limit = NSIG;
+#elif defined(_NSIG)
+const int signal_limit = _NSIG;
+#else
+const int signal_limit = 65;
+#endif
+
+static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_POINTER_LOCK_FREE == 2,
+              "microloop: the signal handler needs lock-free atomics (a lock could deadlock in signal context)");
+
+// The process-wide record of one signal, shared by the handler and the loop
+// that owns the signal. Only lock-free atomics: the handler may interrupt the
+// loop thread at any instruction, or run in another thread at the same time.
+struct signal_state {
+    std::atomic<const void*> owner; // the signal_table that watches it; null: nobody
+    std::atomic<int> wake_fd;       // the owner's wake-up pipe + 1; 0: drop arrivals
+    std::atomic<unsigned> pending;  // arrivals the loop has not taken yet
+    std::atomic<unsigned> busy;     // handlers running right now
+    // The latest sender, under a seqlock: odd while a handler writes.
+    std::atomic<unsigned> seq;
+    std::atomic<int> pid;
+    std::atomic<unsigned> uid;
+};
+
+// Static data of a class template: one instance per program however many
+// translation units include this header, and (all members zero) constant
+// initialised, so a signal arriving before main() finds a valid table.
+template <class Unused = void>
+struct signal_globals {
+    static signal_state state[signal_limit];
+
+    // Async-signal-safe: atomics, write(), errno saved and restored.
+    static void handler(int signo, siginfo_t* info, void*) {
+        if (signo <= 0 || signo >= signal_limit) return;
+        int saved_errno = errno;
+        signal_state& s = state[signo];
+        s.busy.fetch_add(1); // seq_cst, paired with release_signal()
+        int fd = s.wake_fd.load() - 1;
+        if (fd >= 0) {
+            record_sender(s, signo, info);
+            // Only the first arrival since the loop last looked writes a byte:
+            // a storm costs one byte, and a full pipe (EAGAIN) means the loop
+            // is about to wake anyway. The count itself is never lost.
+            if (s.pending.fetch_add(1) == 0) {
+                char byte = 0;
+                ssize_t r = write(fd, &byte, 1);
+                (void)r;
+            }
+        }
+        s.busy.fetch_sub(1);
+        errno = saved_errno;
+    }
+
+    // Writer side of the seqlock. Two handlers of one signal may run at once
+    // in two threads: the second one skips (its sender is as recent).
+    static void record_sender(signal_state& s, int signo, const siginfo_t* info) {
+        int pid = 0;
+        unsigned uid = 0;
+        bool sent = info && (info->si_code == SI_USER || info->si_code == SI_QUEUE ||
+#ifdef SI_TKILL
+                             info->si_code == SI_TKILL ||
+#endif
+                             signo == SIGCHLD);
+        if (sent) {
+            pid = static_cast<int>(info->si_pid);
+            uid = static_cast<unsigned>(info->si_uid);
+        }
+        // Release stores of the data (no fences: ThreadSanitizer cannot
+        // check them): a reader that sees new data also sees the odd count.
+        unsigned q = s.seq.load(std::memory_order_relaxed);
+        if ((q & 1u) || !s.seq.compare_exchange_strong(q, q + 1u, std::memory_order_relaxed)) return;
+        s.pid.store(pid, std::memory_order_release);
+        s.uid.store(uid, std::memory_order_release);
+        s.seq.store(q + 2u, std::memory_order_release);
+    }
+};
+
+template <class Unused>
+signal_state signal_globals<Unused>::state[signal_limit];
+
+typedef signal_globals<> globals;
+
+// Reader side, in the loop thread. A writer is a few instructions long, so a
+// few retries suffice; if a handler in another thread is preempted mid-write,
+// we give up after 64 tries and may pair one sender's pid with another's uid.
+inline void read_sender(const signal_state& s, pid_t& pid, uid_t& uid) {
+    for (int tries = 0; tries < 64; ++tries) {
+        unsigned q1 = s.seq.load(std::memory_order_acquire);
+        pid = static_cast<pid_t>(s.pid.load(std::memory_order_acquire));
+        uid = static_cast<uid_t>(s.uid.load(std::memory_order_acquire));
+        if (!(q1 & 1u) && s.seq.load(std::memory_order_relaxed) == q1) return;
+        sched_yield();
+    }
+}
+
+// A signal number that may be watched, before asking sigaction().
+inline bool watchable_signal(int signo) {
+    return signo > 0 && signo < signal_limit && signo != SIGKILL && signo != SIGSTOP;
+}
+
+// Take the signal for `owner`: claim it process-wide, install the handler,
+// and unblock it in this thread. The previous disposition goes to `saved`.
+inline error_code claim_signal(int signo, const void* owner, int wake_fd, struct sigaction* saved) {
+    signal_state& s = globals::state[signo];
+    const void* nobody = nullptr;
+    if (!s.owner.compare_exchange_strong(nobody, owner)) return errc::already_watched;
+    s.pending.store(0);
+    s.wake_fd.store(wake_fd + 1);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = &globals::handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
+    if (sigaction(signo, &sa, saved) != 0) {
+        int e = errno;
+        s.wake_fd.store(0);
+        s.owner.store(nullptr);
+        // EINVAL: a number libc or the kernel keeps for itself (glibc's
+        // threading signals between the standard and real-time ones).
+        return e == EINVAL ? error_code(errc::bad_argument, e) : error_code(errc::system, e);
+    }
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, signo);
+    sigprocmask(SIG_UNBLOCK, &one, nullptr); // this thread only, see block_signals()
+    return error_code();
+}
+
+// Give the signal back: restore the disposition, then wait until no handler
+// is still using the wake-up pipe, which may be closed right after. The
+// handler increments `busy` before reading `wake_fd` and we clear `wake_fd`
+// before reading `busy` (all seq_cst), so a handler that still saw the fd is
+// always seen as busy here.
+inline void release_signal(int signo, const struct sigaction& saved) {
+    signal_state& s = globals::state[signo];
+    sigaction(signo, &saved, nullptr); // cannot fail: the same call succeeded when claiming
+    s.wake_fd.store(0);
+    while (s.busy.load() != 0) sched_yield();
+    s.owner.store(nullptr);
+}
+
+// A loop's signal and child watchers: the fixed tables and the hook through
+// which the loop hands it each wake-up. Part of basic_loop.
+template <size_t Signals, size_t Children>
+class signal_table : private loop_hook {
+    // slot_pool needs at least one slot; a capacity of 0 is refused at run time.
+    static const size_t sig_cap = Signals ? Signals : 1, kid_cap = Children ? Children : 1;
+    static const uint16_t none = 0xffff;
+
+public:
+    explicit signal_table(loop_base& loop)
+        : loop_(&loop), chld_users_(0), chld_count_(0), kids_due_(false), running_(none), released_(false) {
+        on_wake = &signal_table::dispatch;
+        active = 0;
+        next = nullptr;
+        memset(&chld_saved_, 0, sizeof chld_saved_);
+        for (size_t i = 0; i < sig_cap; ++i) sigs_[i].signo = 0;
+        for (size_t i = 0; i < kid_cap; ++i) kids_[i].pid = 0;
+        loop_->attach(this);
+    }
+
+    ~signal_table() {
+        for (size_t i = 0; i < sig_cap; ++i)
+            if (sigs_[i].signo) give_back(sigs_[i]);
+        if (chld_users_ > 0) release_signal(SIGCHLD, chld_saved_);
+        loop_->detach(this);
+    }
+
+    signal_table(const signal_table&) = delete;
+    signal_table& operator=(const signal_table&) = delete;
+
+    template <class F>
+    signal_handle add(int signo, F&& cb) {
+        if (!watchable_signal(signo)) return signal_handle(errc::bad_argument);
+        if (Signals == 0 || sig_pool_.full()) return signal_handle(errc::table_full);
+        if (loop_->wake_fd() < 0) return signal_handle(no_pipe());
+        sig_slot& s = sigs_[slot_of(sig_pool_.acquire())];
+        error_code e = signo == SIGCHLD ? take_sigchld() : claim_signal(signo, this, loop_->wake_fd(), &s.saved);
+        uint16_t slot = static_cast<uint16_t>(&s - sigs_);
+        if (e) {
+            sig_pool_.release(slot);
+            if (e.sys()) errno = e.sys(); // kept for the caller: a handle carries only the errc
+            return signal_handle(e.code());
+        }
+        s.cb.emplace(std::forward<F>(cb));
+        s.signo = signo;
+        ++active;
+        return signal_handle::from_id(sig_pool_.id_of(slot));
+    }
+
+    error_code remove(signal_handle h) {
+        uint16_t slot = sig_pool_.lookup(h.id());
+        if (slot == sig_pool_.none) return errc::stale_handle;
+        give_back(sigs_[slot]);
+        if (slot == running_) { // free the callback's storage when it returns
+            sig_pool_.retire(slot);
+            released_ = true;
+        } else {
+            sigs_[slot].cb.reset();
+            sig_pool_.release(slot);
+        }
+        return error_code();
+    }
+
+    template <class F>
+    child_handle add_child(pid_t pid, F&& cb) {
+        if (pid <= 0) return child_handle(errc::bad_argument);
+        if (Children == 0 || kid_pool_.full()) return child_handle(errc::table_full);
+        for (size_t i = 0; i < kid_cap; ++i)
+            if (kids_[i].pid == pid) return child_handle(errc::already_watched);
+        if (loop_->wake_fd() < 0) return child_handle(no_pipe());
+        if (error_code e = take_sigchld()) {
+            if (e.sys()) errno = e.sys();
+            return child_handle(e.code());
+        }
+        // SIGCHLD is caught from here on; a child that ended earlier is
+        // already a zombie and sends nothing more: look once now. WNOWAIT
+        // leaves it unreaped, so unwatching before the report still leaves
+        // the child to its owner.
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        int r;
+        do r = waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) { // not our child, or already reaped by someone else
+            int e = errno;
+            drop_sigchld();
+            errno = e;
+            return child_handle(e == ECHILD ? errc::bad_argument : errc::system);
+        }
+        uint32_t id = kid_pool_.acquire();
+        kid_slot& k = kids_[slot_of(id)];
+        k.cb.emplace(std::forward<F>(cb));
+        k.pid = pid;
+        if (info.si_pid == pid) { // reported from the loop, never from inside on_child()
+            kids_due_ = true;
+            loop_->wake();
+        }
+        ++active;
+        return child_handle::from_id(id);
+    }
+
+    // Stop watching a child; it is left unreaped.
+    error_code remove_child(child_handle h) {
+        uint16_t slot = kid_pool_.lookup(h.id());
+        if (slot == kid_pool_.none) return errc::stale_handle;
+        kids_[slot].pid = 0;
+        kids_[slot].cb.reset(); // a running child callback's slot is already retired
+        kid_pool_.release(slot);
+        --active;
+        drop_sigchld();
+        return error_code();
+    }
+
+private:
+    struct sig_slot {
+        signal_callback cb;
+        int signo; // 0: free
+        struct sigaction saved; // the disposition to restore (not used for SIGCHLD)
+    };
+    struct kid_slot {
+        child_callback cb;
+        pid_t pid; // 0: free
+    };
+
+    static uint16_t slot_of(uint32_t id) { return static_cast<uint16_t>(id & 0xffffu); }
+
+    // The loop has no wake-up pipe: errno says why it could not be made.
+    errc no_pipe() {
+        errno = loop_->wake().sys();
+        return errc::system;
+    }
+
+    // SIGCHLD serves both a SIGCHLD watcher and every child watcher: it is
+    // claimed for the first of them and given back after the last.
+    error_code take_sigchld() {
+        if (chld_users_ == 0) {
+            if (error_code e = claim_signal(SIGCHLD, this, loop_->wake_fd(), &chld_saved_)) return e;
+            chld_count_ = 0;
+        }
+        ++chld_users_;
+        return error_code();
+    }
+    void drop_sigchld() {
+        if (--chld_users_ == 0) release_signal(SIGCHLD, chld_saved_);
+    }
+
+    void give_back(sig_slot& s) {
+        if (s.signo == SIGCHLD) drop_sigchld();
+        else release_signal(s.signo, s.saved);
+        s.signo = 0;
+        --active;
+    }
+
+    static void dispatch(loop_hook* hook) {
+        signal_table* self = static_cast<signal_table*>(hook);
+        if (self->chld_users_ > 0) self->chld_count_ += globals::state[SIGCHLD].pending.exchange(0);
+        if (self->kids_due_ || self->chld_count_ > 0) self->reap();
+        self->dispatch_signals();
+    }
+
+    // Each watched child is checked on its own; a SIGCHLD only says that
+    // some child changed state, and several exits may share one SIGCHLD.
+    void reap() {
+        kids_due_ = false;
+        for (size_t i = 0; i < kid_cap; ++i) {
+            kid_slot& k = kids_[i];
+            if (k.pid == 0) continue;
+            int status = 0;
+            pid_t r;
+            do r = waitpid(k.pid, &status, WNOHANG);
+            while (r < 0 && errno == EINTR);
+            if (r == 0) continue; // still running
+            // The watcher is gone before its callback runs: its handle is
+            // stale inside the callback, and its slot is reused only after.
+            uint16_t slot = static_cast<uint16_t>(i);
+            child_event ev = {child_handle::from_id(kid_pool_.id_of(slot)), k.pid, r == k.pid ? status : -1};
+            kid_pool_.retire(slot);
+            k.pid = 0;
+            --active;
+            drop_sigchld();
+            loop_->invoke(k.cb, ev, source_kind::child, ev.handle.id(), static_cast<int>(ev.pid));
+            k.cb.reset();
+            kid_pool_.recycle(slot);
+        }
+    }
+
+    void dispatch_signals() {
+        for (size_t i = 0; i < sig_cap; ++i) {
+            sig_slot& s = sigs_[i];
+            if (s.signo == 0) continue;
+            signal_state& g = globals::state[s.signo];
+            unsigned n;
+            if (s.signo == SIGCHLD) {
+                n = chld_count_;
+                chld_count_ = 0;
+            } else {
+                n = g.pending.exchange(0);
+            }
+            if (n == 0) continue;
+            uint16_t slot = static_cast<uint16_t>(i);
+            signal_event ev = {signal_handle::from_id(sig_pool_.id_of(slot)), s.signo, n, 0, 0};
+            read_sender(g, ev.pid, ev.uid);
+            running_ = slot;
+            loop_->invoke(s.cb, ev, source_kind::signal, ev.handle.id(), ev.signo);
+            running_ = none;
+            if (released_) {
+                released_ = false;
+                s.cb.reset();
+                sig_pool_.recycle(slot);
+            }
+        }
+        chld_count_ = 0; // nobody else wants the SIGCHLD count
+    }
+
+    loop_base* loop_;
+    slot_pool<sig_cap> sig_pool_;
+    sig_slot sigs_[sig_cap];
+    slot_pool<kid_cap> kid_pool_;
+    kid_slot kids_[kid_cap];
+    struct sigaction chld_saved_;
+    unsigned chld_users_;
+    unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
+    bool kids_due_;       // a child was found already ended when watched
+    uint16_t running_;    // the signal slot whose callback runs now
+    bool released_;       // ... and it was unwatched meanwhile
+};
+
+template <size_t S, size_t C> const size_t signal_table<S, C>::sig_cap;
+template <size_t S, size_t C> const size_t signal_table<S, C>::kid_cap;
+template <size_t S, size_t C> const uint16_t signal_table<S, C>::none;
+
+} // namespace detail
+
+// Makes writes to a closed pipe or socket fail with EPIPE instead of killing
+// the process: SIGPIPE's disposition becomes SIG_IGN, for the whole process
+// and for programs it execs later (reset it in a child before exec if they
+// expect the default). microloop never does this by itself: the disposition
+// belongs to the application. For sockets alone, send(..., MSG_NOSIGNAL)
+// needs no global change. errc::already_watched if a loop watches SIGPIPE.
+inline error_code ignore_sigpipe() {
+    if (detail::globals::state[SIGPIPE].owner.load()) return errc::already_watched;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGPIPE, &sa, nullptr) != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_SIGNAL_HPP

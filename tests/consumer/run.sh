@@ -1,0 +1,48 @@
+#!/bin/sh
+# Builds and runs tests/consumer/consumer.cpp the ways a project takes microloop in:
+#   1. CMake add_subdirectory() of the source tree
+#   2. CMake find_package() after `cmake --install`
+#   3. pkg-config after `make install PREFIX=...`
+#   4. `make install PREFIX=/usr DESTDIR=...` stages the right files (Buildroot/Yocto style)
+# Run from the top of the source tree. CXX selects the compiler (default c++).
+set -eu
+src=$(pwd)
+test -f "$src/include/microloop.hpp" || { echo "run from the top of the microloop tree" >&2; exit 1; }
+CXX=${CXX:-c++}
+work=$(mktemp -d "${TMPDIR:-/tmp}/microloop-consumer.XXXXXX")
+trap 'rm -rf "$work"' EXIT INT TERM
+step() { printf '  consumer: %s\n' "$*"; }
+quiet() { "$@" >"$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }; }
+
+step "cmake add_subdirectory"
+quiet cmake -S "$src/tests/consumer/add_subdirectory" -B "$work/sub" -DCMAKE_CXX_COMPILER="$CXX"
+quiet cmake --build "$work/sub"
+"$work/sub/consumer"
+# A parent project gets no tests, examples or install rules from microloop.
+if grep -q microloop_tests "$work/sub/Makefile" "$work/sub/microloop/Makefile" 2>/dev/null; then
+    echo "add_subdirectory built microloop's tests" >&2; exit 1
+fi
+
+step "cmake --install, then find_package"
+quiet cmake -S "$src" -B "$work/lib" -DCMAKE_INSTALL_PREFIX="$work/cmake-prefix" \
+    -DMICROLOOP_BUILD_TESTS=OFF -DMICROLOOP_BUILD_EXAMPLES=OFF -DCMAKE_CXX_COMPILER="$CXX"
+quiet cmake --install "$work/lib"
+quiet cmake -S "$src/tests/consumer/find_package" -B "$work/pkg" -DCMAKE_PREFIX_PATH="$work/cmake-prefix" \
+    -DCMAKE_CXX_COMPILER="$CXX"
+quiet cmake --build "$work/pkg"
+"$work/pkg/consumer"
+
+step "make install, then pkg-config"
+quiet make -C "$src" install PREFIX="$work/make-prefix"
+flags=$(PKG_CONFIG_PATH="$work/make-prefix/lib/pkgconfig" pkg-config --cflags --libs microloop)
+# shellcheck disable=SC2086 # the flags are words
+$CXX -std=c++11 -Wall -Wextra -Wpedantic -Werror -o "$work/pc-consumer" "$src/tests/consumer/consumer.cpp" $flags
+"$work/pc-consumer"
+
+step "make install DESTDIR staging"
+quiet make -C "$src" install PREFIX=/usr DESTDIR="$work/stage"
+for f in usr/include/microloop.hpp usr/include/microloop/loop.hpp usr/lib/pkgconfig/microloop.pc; do
+    test -f "$work/stage/$f" || { echo "missing $f in DESTDIR" >&2; exit 1; }
+done
+grep -qx 'prefix=/usr' "$work/stage/usr/lib/pkgconfig/microloop.pc" || { echo "bad prefix in microloop.pc" >&2; exit 1; }
+echo "  consumer: all ways in work"

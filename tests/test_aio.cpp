@@ -1,0 +1,566 @@
+// AIO: real files in a temporary directory, real libc AIO threads.
+#include <microloop.hpp>
+#include <microloop/aio.hpp>
+#include <microloop/continuation.hpp>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "catch.hpp"
+
+using namespace std::chrono;
+
+// ThreadSanitizer cannot follow threads that glibc's AIO starts from its own
+// helper thread (they are created and allocate behind its interceptors, and
+// it crashes). Under TSan, glibc is told to use one helper thread that never
+// retires; it is still the real thing.
+#if defined(__SANITIZE_THREAD__)
+#define MICROLOOP_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MICROLOOP_TEST_TSAN 1
+#endif
+#endif
+#if defined(MICROLOOP_TEST_TSAN) && defined(__GLIBC__)
+namespace {
+struct one_aio_thread {
+    one_aio_thread() {
+        struct aioinit init;
+        memset(&init, 0, sizeof init);
+        init.aio_threads = 1;
+        init.aio_num = 64;
+        init.aio_idle_time = 3600;
+        aio_init(&init);
+    }
+} one_aio_thread_instance;
+} // namespace
+#endif
+
+namespace {
+
+// A directory under $TMPDIR (or /tmp), removed with what is in it.
+struct temp_dir {
+    char path[256];
+    temp_dir() {
+        const char* base = getenv("TMPDIR");
+        snprintf(path, sizeof path, "%s/microloop-aio-XXXXXX", base && *base ? base : "/tmp");
+        if (!mkdtemp(path)) path[0] = 0;
+    }
+    ~temp_dir() {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+        if (path[0] && system(cmd) != 0) {
+        }
+    }
+    const char* file(const char* name) {
+        snprintf(name_, sizeof name_, "%s/%s", path, name);
+        return name_;
+    }
+    char name_[300];
+};
+
+// Deterministic pseudo-random bytes (xorshift32).
+void fill_pattern(unsigned char* p, size_t n, uint32_t seed) {
+    uint32_t x = seed ? seed : 1;
+    for (size_t i = 0; i < n; ++i) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        p[i] = static_cast<unsigned char>(x);
+    }
+}
+
+bool write_all(int fd, const unsigned char* p, size_t n) {
+    while (n > 0) {
+        ssize_t w = ::write(fd, p, n);
+        if (w <= 0) return false;
+        p += w;
+        n -= static_cast<size_t>(w);
+    }
+    return true;
+}
+
+typedef microloop::loop<8, 8> test_loop;
+
+// Stops a test that would otherwise hang, and says so.
+struct watchdog {
+    bool fired;
+    microloop::timer_handle h;
+    explicit watchdog(test_loop& loop) : fired(false) {
+        h = loop.after(seconds(30), [this, &loop](microloop::timer_event) {
+            fired = true;
+            loop.stop();
+        });
+    }
+};
+
+} // namespace
+
+TEST_CASE("aio: 4 MiB in 64 KiB chunks, 8 in flight, bytes match", "[aio]") {
+    const size_t total = 4u << 20, chunk = 64u << 10;
+    temp_dir dir;
+    REQUIRE(dir.path[0]);
+    static unsigned char expected[4u << 20], got[4u << 20];
+    fill_pattern(expected, total, 12345);
+    memset(got, 0, total);
+    int wfd = open(dir.file("data"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(wfd >= 0);
+    REQUIRE(write_all(wfd, expected, total));
+    close(wfd);
+    int fd = open(dir.file("data"), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+
+    test_loop loop;
+    microloop::aio<8> disk(loop);
+    struct state {
+        microloop::aio<8>* disk;
+        int fd;
+        size_t next, done, bytes, errors, max_in_flight;
+    } st = {&disk, fd, 0, 0, 0, 0, 0};
+
+    struct start {
+        static void one(state& s, size_t chunk, size_t total) {
+            if (s.next >= total) return;
+            size_t off = s.next;
+            s.next += chunk;
+            microloop::aio_handle h =
+                s.disk->read(s.fd, got + off, chunk, static_cast<off_t>(off), [&s, chunk](microloop::aio_event ev) {
+                    ++s.done;
+                    if (ev.error || ev.result != static_cast<ssize_t>(chunk)) ++s.errors;
+                    else s.bytes += static_cast<size_t>(ev.result);
+                    one(s, chunk, 4u << 20);
+                });
+            if (!h) ++s.errors;
+            if (s.disk->in_flight() > s.max_in_flight) s.max_in_flight = s.disk->in_flight();
+        }
+    };
+    for (int i = 0; i < 8; ++i) start::one(st, chunk, total);
+    CHECK(disk.in_flight() == 8);
+    CHECK(loop.active() >= 8); // in-flight operations keep run() running
+    watchdog dog(loop);
+    while (st.done < total / chunk && !dog.fired) REQUIRE_FALSE(loop.run_once());
+    CHECK_FALSE(dog.fired);
+    CHECK(st.errors == 0);
+    CHECK(st.done == total / chunk);
+    CHECK(st.bytes == total);
+    CHECK(st.max_in_flight == 8);
+    CHECK(disk.in_flight() == 0);
+    CHECK(memcmp(got, expected, total) == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: run() keeps running while operations are in flight, then ends", "[aio]") {
+    temp_dir dir;
+    int fd = open(dir.file("f"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    static const char text[] = "0123456789";
+    REQUIRE(::write(fd, text, 10) == 10);
+    test_loop loop;
+    microloop::aio<4> disk(loop);
+    char buf[10];
+    int calls = 0;
+    ssize_t result = -2;
+    REQUIRE(disk.read(fd, buf, sizeof buf, 0, [&](microloop::aio_event ev) {
+        ++calls;
+        result = ev.result;
+    }));
+    CHECK(loop.active() == 1);
+    CHECK_FALSE(loop.run()); // nothing else is active: returns after the completion
+    CHECK(calls == 1);
+    CHECK(result == 10);
+    CHECK(memcmp(buf, text, 10) == 0);
+    CHECK(loop.active() == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: write, fsync, read back", "[aio]") {
+    temp_dir dir;
+    int fd = open(dir.file("wr"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    test_loop loop;
+    microloop::aio<4> disk(loop);
+    static unsigned char out[100000], in[100000];
+    fill_pattern(out, sizeof out, 777);
+    // Each step starts the next from its callback: one pointer of capture.
+    struct chain {
+        microloop::aio<4>* disk;
+        int fd, step;
+        ssize_t wrote, synced, datasynced, readback;
+        microloop::error_code sync_error;
+        static void read_back(chain* c, microloop::aio_event ev) {
+            CHECK(c->step++ == 2);
+            CHECK_FALSE(ev.error);
+            c->datasynced = ev.result;
+            CHECK(c->disk->read(c->fd, in, sizeof in, 4096, [c](microloop::aio_event ev4) {
+                CHECK(c->step++ == 3);
+                CHECK_FALSE(ev4.error);
+                c->readback = ev4.result;
+            }));
+        }
+        static void sync(chain* c, microloop::aio_event ev) {
+            CHECK(c->step++ == 1);
+            c->sync_error = ev.error;
+            c->synced = ev.result;
+            CHECK(c->disk->fdatasync(c->fd, [c](microloop::aio_event ev3) { read_back(c, ev3); }));
+        }
+        static void written(chain* c, microloop::aio_event ev) {
+            CHECK(c->step++ == 0);
+            CHECK_FALSE(ev.error);
+            c->wrote = ev.result;
+            CHECK(c->disk->fsync(c->fd, [c](microloop::aio_event ev2) { sync(c, ev2); }));
+        }
+    };
+    chain ch = {&disk, fd, 0, -1, -1, -1, -1, microloop::error_code(microloop::errc::bad_argument)};
+    chain* c = &ch;
+    REQUIRE(disk.write(fd, out, sizeof out, 4096, [c](microloop::aio_event ev) { chain::written(c, ev); }));
+    CHECK_FALSE(loop.run());
+    CHECK(ch.step == 4);
+    CHECK(ch.wrote == static_cast<ssize_t>(sizeof out));
+    CHECK_FALSE(ch.sync_error);
+    CHECK(ch.synced == 0);
+    CHECK(ch.datasynced == 0);
+    CHECK(ch.readback == static_cast<ssize_t>(sizeof in));
+    CHECK(memcmp(in, out, sizeof out) == 0);
+    struct stat st;
+    REQUIRE(fstat(fd, &st) == 0);
+    CHECK(st.st_size == static_cast<off_t>(4096 + sizeof out)); // written at the offset asked for
+    close(fd);
+}
+
+TEST_CASE("aio: bad fd, read past EOF, bad arguments", "[aio]") {
+    temp_dir dir;
+    int fd = open(dir.file("small"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(::write(fd, "abc", 3) == 3);
+    test_loop loop;
+    microloop::aio<4> disk(loop);
+    int closed = 900; // a descriptor number that is not open
+    while (fcntl(closed, F_GETFD) != -1) ++closed;
+    char buf[16];
+    microloop::aio_event bad = {}, eof = {}, partial = {};
+    int bad_calls = 0, eof_calls = 0, partial_calls = 0;
+    microloop::aio_handle hb = disk.read(closed, buf, sizeof buf, 0, [&](microloop::aio_event ev) {
+        ++bad_calls;
+        bad = ev;
+    });
+    if (hb) {
+        CHECK(disk.read(fd, buf, sizeof buf, 1000, [&](microloop::aio_event ev) {
+            ++eof_calls;
+            eof = ev;
+        }));
+        CHECK(disk.read(fd, buf, sizeof buf, 1, [&](microloop::aio_event ev) {
+            ++partial_calls;
+            partial = ev;
+        }));
+        CHECK_FALSE(loop.run());
+        CHECK(bad_calls == 1);
+        CHECK(bad.handle == hb);
+        CHECK(bad.result == -1);
+        CHECK(bad.error == microloop::errc::system);
+        CHECK(bad.error.sys() == EBADF);
+    } else {
+        // A libc may refuse a bad descriptor at submission instead.
+        CHECK(hb.error() == microloop::errc::system);
+        CHECK(disk.last_error().sys() == EBADF);
+    }
+    CHECK(eof_calls == (hb ? 1 : 0));
+    if (hb) {
+        CHECK_FALSE(eof.error);
+        CHECK(eof.result == 0);
+        CHECK(partial_calls == 1);
+        CHECK(partial.result == 2);
+        CHECK(memcmp(buf, "bc", 2) == 0);
+    }
+
+    // Refused before reaching the libc; nothing is left in flight.
+    CHECK(disk.read(-1, buf, 1, 0, [](microloop::aio_event) {}).error() == microloop::errc::bad_fd);
+    CHECK(disk.read(fd, buf, 1, -1, [](microloop::aio_event) {}).error() == microloop::errc::bad_argument);
+    CHECK(disk.read(fd, nullptr, 1, 0, [](microloop::aio_event) {}).error() == microloop::errc::bad_argument);
+    CHECK(disk.read(fd, buf, static_cast<size_t>(-1), 0, [](microloop::aio_event) {}).error() ==
+          microloop::errc::bad_argument);
+    CHECK(disk.last_error() == microloop::errc::bad_argument);
+    CHECK(disk.in_flight() == 0);
+    close(fd);
+}
+
+// A FIFO keeps the libc's helper thread inside read() until we write to it,
+// and later requests on the same descriptor queue behind it: a request that
+// is certain not to have started yet, and one certain to be running.
+TEST_CASE("aio: cancel before completion, callback exactly once", "[aio]") {
+    temp_dir dir;
+    REQUIRE(mkfifo(dir.file("fifo"), 0600) == 0);
+    int fd = open(dir.file("fifo"), O_RDWR | O_CLOEXEC); // O_RDWR: no wait for a peer
+    REQUIRE(fd >= 0);
+    test_loop loop;
+    microloop::aio<4> disk(loop);
+    char first[8], second[8];
+    int first_calls = 0, second_calls = 0;
+    microloop::aio_event first_ev = {}, second_ev = {};
+    microloop::aio_handle running = disk.read(fd, first, sizeof first, 0, [&](microloop::aio_event ev) {
+        ++first_calls;
+        first_ev = ev;
+    });
+    REQUIRE(running);
+    microloop::aio_handle queued = disk.read(fd, second, sizeof second, 0, [&](microloop::aio_event ev) {
+        ++second_calls;
+        second_ev = ev;
+    });
+    REQUIRE(queued);
+    CHECK_FALSE(disk.cancel(queued));
+    // Give the canceled one a chance to arrive; the running read is still blocked.
+    while (second_calls == 0) REQUIRE_FALSE(loop.run_once(seconds(30)));
+    CHECK(second_calls == 1);
+    CHECK(second_ev.handle == queued);
+    CHECK(second_ev.error == microloop::errc::canceled);
+    CHECK(second_ev.error.sys() == ECANCELED);
+    CHECK(second_ev.result == -1);
+    CHECK(disk.cancel(queued) == microloop::errc::stale_handle);
+    CHECK(first_calls == 0);
+    CHECK(disk.in_flight() == 1);
+
+    // The first read has usually started by now and cannot be canceled
+    // any more (it ends with its real result); if the libc had not handed it
+    // to a thread yet, the cancel wins. Either way: one call.
+    CHECK_FALSE(disk.cancel(running));
+    REQUIRE(::write(fd, "hey", 3) == 3);
+    CHECK_FALSE(loop.run());
+    CHECK(first_calls == 1);
+    CHECK(second_calls == 1);
+    CHECK(first_ev.handle == running);
+    if (first_ev.error) {
+        CHECK(first_ev.error == microloop::errc::canceled);
+    } else {
+        CHECK(first_ev.result == 3);
+        CHECK(memcmp(first, "hey", 3) == 0);
+    }
+    close(fd);
+}
+
+TEST_CASE("aio: cancel after completion, and racing with it", "[aio]") {
+    temp_dir dir;
+    int fd = open(dir.file("f"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    static unsigned char data[65536];
+    fill_pattern(data, sizeof data, 9);
+    REQUIRE(write_all(fd, data, sizeof data));
+    test_loop loop;
+    microloop::aio<8> disk(loop);
+    static unsigned char buf[8][65536];
+
+    // Completed and called back: cancel is refused and calls nothing.
+    int calls = 0;
+    microloop::aio_handle h = disk.read(fd, buf[0], sizeof buf[0], 0, [&](microloop::aio_event) { ++calls; });
+    REQUIRE(h);
+    CHECK_FALSE(loop.run());
+    CHECK(calls == 1);
+    CHECK(disk.cancel(h) == microloop::errc::stale_handle);
+    CHECK(calls == 1);
+
+    // Completed in the libc but not yet called back: one call, real result.
+    calls = 0;
+    ssize_t result = -2;
+    h = disk.read(fd, buf[0], sizeof buf[0], 0, [&](microloop::aio_event ev) {
+        ++calls;
+        result = ev.result;
+    });
+    REQUIRE(h);
+    usleep(100000); // usually done by now; either way there is one call
+    CHECK_FALSE(disk.cancel(h));
+    CHECK_FALSE(loop.run());
+    CHECK(calls == 1);
+    CHECK((result == static_cast<ssize_t>(sizeof data) || result == -1));
+
+    // Canceled at once, whatever state they are in: each called exactly once,
+    // with either its data or ECANCELED.
+    struct tally {
+        int counts[8];
+        int canceled, completed;
+    } t = {{0}, 0, 0};
+    tally* tp = &t;
+    microloop::aio_handle hs[8];
+    for (int i = 0; i < 8; ++i) {
+        hs[i] = disk.read(fd, buf[i], sizeof buf[i], 0, [tp, i](microloop::aio_event ev) {
+            ++tp->counts[i];
+            if (ev.error == microloop::errc::canceled) ++tp->canceled;
+            else if (ev.result == static_cast<ssize_t>(sizeof data) && memcmp(buf[i], data, sizeof data) == 0)
+                ++tp->completed;
+        });
+        REQUIRE(hs[i]);
+    }
+    for (int i = 7; i >= 0; --i) CHECK_FALSE(disk.cancel(hs[i]));
+    CHECK_FALSE(loop.run());
+    for (int i = 0; i < 8; ++i) CHECK(t.counts[i] == 1);
+    CHECK(t.canceled + t.completed == 8);
+    close(fd);
+}
+
+TEST_CASE("aio: a full table is an error at submission; the loop goes on", "[aio]") {
+    temp_dir dir;
+    int fd = open(dir.file("f"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(::write(fd, "abcdef", 6) == 6);
+    test_loop loop;
+    microloop::aio<2> disk(loop);
+    char a[6], b[6], c[6];
+    int calls = 0;
+    REQUIRE(disk.read(fd, a, 6, 0, [&](microloop::aio_event) { ++calls; }));
+    REQUIRE(disk.read(fd, b, 6, 0, [&](microloop::aio_event) { ++calls; }));
+    microloop::aio_handle full = disk.read(fd, c, 6, 0, [&](microloop::aio_event) { ++calls; });
+    CHECK_FALSE(full);
+    CHECK(full.error() == microloop::errc::table_full);
+    CHECK(disk.last_error() == microloop::errc::table_full);
+    CHECK(disk.in_flight() == 2);
+    CHECK_FALSE(loop.run());
+    CHECK(calls == 2);
+    // Slots are free again.
+    REQUIRE(disk.read(fd, c, 6, 0, [&](microloop::aio_event ev) {
+        ++calls;
+        CHECK(ev.result == 6);
+    }));
+    CHECK_FALSE(loop.run());
+    CHECK(calls == 3);
+    CHECK(memcmp(c, "abcdef", 6) == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: timers keep firing while an operation is in flight", "[aio]") {
+    temp_dir dir;
+    REQUIRE(mkfifo(dir.file("fifo"), 0600) == 0);
+    int fd = open(dir.file("fifo"), O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    test_loop loop;
+    microloop::aio<2> disk(loop);
+    char buf[4];
+    struct counts {
+        test_loop* loop;
+        int fd, ticks, reads, ticks_at_read;
+    } n = {&loop, fd, 0, 0, -1};
+    counts* p = &n;
+    REQUIRE(disk.read(fd, buf, sizeof buf, 0, [p](microloop::aio_event ev) {
+        ++p->reads;
+        p->ticks_at_read = p->ticks;
+        CHECK(ev.result == 1);
+    }));
+    microloop::timer_handle tick = loop.every(milliseconds(10), [p](microloop::timer_event ev) {
+        ++p->ticks;
+        if (p->ticks == 5) CHECK(::write(p->fd, "x", 1) == 1); // lets the read finish
+        if (p->reads == 1 && p->ticks >= 7) p->loop->cancel(ev.handle);
+    });
+    REQUIRE(tick);
+    watchdog dog(loop);
+    while (!dog.fired && loop.active() > 1) REQUIRE_FALSE(loop.run_once());
+    loop.cancel(dog.h);
+    CHECK_FALSE(dog.fired);
+    CHECK(n.reads == 1);
+    CHECK(n.ticks_at_read >= 5); // the timer ran while the read was blocked
+    CHECK(n.ticks >= 7);         // and went on after it
+    close(fd);
+}
+
+TEST_CASE("aio: destroying the module waits for what is in flight", "[aio]") {
+    temp_dir dir;
+    int fd = open(dir.file("f"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    const size_t chunk = 65536;
+    static unsigned char data[16 * 65536], bufs[17 * 65536];
+    fill_pattern(data, sizeof data, 3);
+    REQUIRE(write_all(fd, data, sizeof data));
+
+    test_loop loop;
+    int calls = 0;
+    {
+        microloop::aio<16> disk(loop);
+        // Requests on one descriptor run one after the other: most of these
+        // are still queued when the destructor cancels them.
+        for (size_t i = 0; i < 16; ++i)
+            REQUIRE(disk.read(fd, bufs + i * chunk, chunk, static_cast<off_t>(i * chunk),
+                              [&](microloop::aio_event) { ++calls; }));
+        CHECK(loop.active() == 16);
+        {
+            microloop::aio<2> second(loop); // two modules on one loop
+            CHECK(second.read(fd, bufs + 16 * chunk, chunk, 0, [&](microloop::aio_event) { ++calls; }));
+            CHECK(loop.active() == 17);
+        }
+        CHECK(loop.active() == 16);
+    }
+    CHECK(calls == 0); // callbacks of what was in flight are dropped, not called
+    CHECK(loop.active() == 0); // the hooks are gone
+    // Nothing writes into the buffers any more.
+    memset(bufs, 0x5a, sizeof bufs);
+    usleep(50000);
+    size_t changed = 0;
+    for (size_t i = 0; i < sizeof bufs; ++i) changed += bufs[i] != 0x5a;
+    CHECK(changed == 0);
+    CHECK_FALSE(loop.poll());
+    // A new module on the same loop works.
+    microloop::aio<1> again(loop);
+    REQUIRE(again.read(fd, bufs, 10, 0, [&](microloop::aio_event ev) { calls += ev.result == 10; }));
+    CHECK_FALSE(loop.run());
+    CHECK(calls == 1);
+    CHECK(memcmp(bufs, data, 10) == 0);
+    close(fd);
+}
+
+// The pattern AIO needs continuations for: a request arrives on a socket,
+// the reply is read from disk, and whatever finishing it needs is kept in the
+// table, not on a stack that no longer exists.
+TEST_CASE("aio with continuations: finish the request when the read completes", "[aio][continuation]") {
+    temp_dir dir;
+    int file = open(dir.file("doc"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(file >= 0);
+    static const char doc[] = "<html>hello from disk</html>";
+    REQUIRE(::write(file, doc, sizeof doc - 1) == static_cast<ssize_t>(sizeof doc - 1));
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+
+    struct request {
+        int sock;
+        int file;
+        char buf[64];
+    };
+    test_loop loop;
+    microloop::aio<4> disk(loop);
+    microloop::continuation_table<4, sizeof(request)> pending;
+    int finished = 0;
+
+    // The request handler: start the read, keep the state, return at once.
+    auto start = [&](int sock) {
+        microloop::continuation_id id = pending.emplace<request>();
+        REQUIRE(id);
+        request* r = pending.get<request>(id);
+        r->sock = sock;
+        r->file = file;
+        microloop::continuation_table<4, sizeof(request)>* table = &pending;
+        // The callback captures two words: the table and the id.
+        microloop::aio_handle h = disk.read(file, r->buf, sizeof r->buf, 0, [table, id](microloop::aio_event ev) {
+            microloop::taken<request> req = table->take<request>(id); // id is stale from here on
+            if (!req) return;
+            if (!ev.error) CHECK(::write(req->sock, req->buf, static_cast<size_t>(ev.result)) == ev.result);
+        });
+        if (!h) pending.release(id);
+    };
+    auto reader = loop.watch(sv[0], microloop::readable, [&](microloop::io_event ev) {
+        char reply[64];
+        ssize_t n = ::read(ev.fd, reply, sizeof reply);
+        REQUIRE(n == static_cast<ssize_t>(sizeof doc - 1));
+        CHECK(memcmp(reply, doc, static_cast<size_t>(n)) == 0);
+        ++finished;
+        loop.unwatch(ev.handle);
+    });
+    REQUIRE(reader);
+    start(sv[1]);
+    CHECK(pending.size() == 1);
+    CHECK_FALSE(loop.run());
+    CHECK(finished == 1);
+    CHECK(pending.size() == 0); // the state was destroyed when the request finished
+    close(sv[0]);
+    close(sv[1]);
+    close(file);
+}

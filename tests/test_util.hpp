@@ -1,0 +1,169 @@
+// tests/test_util.hpp - helpers shared by the core tests: fds that close
+// themselves, real pipes and sockets, the clock, and a fixed-size event log
+// (no heap, so the allocation test can use it too).
+#ifndef MICROLOOP_TEST_UTIL_HPP
+#define MICROLOOP_TEST_UTIL_HPP
+
+#include <microloop.hpp>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+namespace test {
+
+// Owns an fd; release() hands it over to a test that closes it itself.
+class unique_fd {
+public:
+    explicit unique_fd(int fd = -1) : fd_(fd) {}
+    ~unique_fd() { reset(); }
+    unique_fd(unique_fd&& o) : fd_(o.release()) {}
+    unique_fd& operator=(unique_fd&& o) {
+        if (this != &o) reset(o.release());
+        return *this;
+    }
+    unique_fd(const unique_fd&) = delete;
+    unique_fd& operator=(const unique_fd&) = delete;
+
+    int get() const { return fd_; }
+    int release() {
+        int fd = fd_;
+        fd_ = -1;
+        return fd;
+    }
+    void reset(int fd = -1) {
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = fd;
+    }
+
+private:
+    int fd_;
+};
+
+// Two connected fds. For a pipe, a is the read end and b the write end; for
+// sockets both ends read and write. Both are -1 if they could not be made.
+struct fd_pair {
+    unique_fd a, b;
+    bool ok() const { return a.get() >= 0 && b.get() >= 0; }
+};
+
+inline fd_pair make_pipe() {
+    fd_pair p;
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) == 0) {
+        p.a.reset(fds[0]);
+        p.b.reset(fds[1]);
+    }
+    return p;
+}
+
+inline fd_pair make_socketpair() {
+    fd_pair p;
+    int fds[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0) {
+        p.a.reset(fds[0]);
+        p.b.reset(fds[1]);
+    }
+    return p;
+}
+
+// A connected TCP pair on 127.0.0.1: a is the client, b the accepted server
+// side. TCP because only it has out-of-band data (select's except set).
+inline fd_pair make_tcp_pair() {
+    fd_pair p;
+    unique_fd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (listener.get() < 0) return p;
+    struct sockaddr_in addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    socklen_t len = sizeof addr;
+    if (bind(listener.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) != 0 ||
+        listen(listener.get(), 1) != 0 ||
+        getsockname(listener.get(), reinterpret_cast<struct sockaddr*>(&addr), &len) != 0)
+        return p;
+    unique_fd client(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (client.get() < 0 || connect(client.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) != 0)
+        return p;
+    unique_fd server(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (server.get() < 0) return p;
+    p.a = static_cast<unique_fd&&>(client);
+    p.b = static_cast<unique_fd&&>(server);
+    return p;
+}
+
+inline bool put_byte(int fd, char c = 'x') { return write(fd, &c, 1) == 1; }
+
+// Reads whatever is there without blocking; the number of bytes read.
+inline long drain(int fd) {
+    char buf[256];
+    long total = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n <= 0) return total;
+        total += n;
+    }
+}
+
+inline int64_t now_ns() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// Sleeps at least `ms` milliseconds, signals or not.
+inline void sleep_ms(int ms) {
+    int64_t until = now_ns() + static_cast<int64_t>(ms) * 1000000;
+    for (;;) {
+        int64_t left = until - now_ns();
+        if (left <= 0) return;
+        struct timespec ts = {static_cast<time_t>(left / 1000000000), static_cast<long>(left % 1000000000)};
+        nanosleep(&ts, nullptr);
+    }
+}
+
+// What fd callbacks saw, in order. Fixed size: never allocates.
+struct io_log {
+    struct entry {
+        int fd;
+        unsigned events;
+        uint32_t id;
+    };
+    entry e[256];
+    int n;
+
+    io_log() : n(0) {}
+    void add(microloop::io_event ev) {
+        if (n < 256) {
+            e[n].fd = ev.fd;
+            e[n].events = ev.events;
+            e[n].id = ev.handle.id();
+            ++n;
+        }
+    }
+    int count_fd(int fd) const {
+        int c = 0;
+        for (int i = 0; i < n; ++i) c += e[i].fd == fd;
+        return c;
+    }
+};
+
+// Runs iterations (each waiting at most 1 s) until done() or `max` of them.
+template <class Loop, class Pred>
+int run_until(Loop& loop, Pred done, int max = 50) {
+    int i = 0;
+    while (!done() && i < max) {
+        loop.run_once(std::chrono::seconds(1));
+        ++i;
+    }
+    return i;
+}
+
+} // namespace test
+
+#endif // MICROLOOP_TEST_UTIL_HPP
