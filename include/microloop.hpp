@@ -47,6 +47,21 @@
 //       (exited()/exit_code()/signaled()/term_signal()). Unwatched children
 //       are never reaped. SIGPIPE is left alone: see ignore_sigpipe().
 //
+// ---- Beyond one loop -----------------------------------------------------------
+//
+//   mailbox<N> box(loop); box.post(cb)
+//       Any thread hands cb() to the loop's thread (lock-free, never blocks;
+//       errc::table_full when N are queued). One loop per thread + a mailbox
+//       each is how microloop uses several cores.
+//   continuation_table<N, Size> t; id = t.emplace<T>(...); t.get<T>(id);
+//   t.take<T>(id); t.release(id)
+//       The state an async operation needs when it completes, saved when it
+//       starts; stale ids and wrong types are refused, never misread.
+//   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
+//       POSIX AIO: disk I/O that never blocks the loop, its completion an
+//       ordinary callback (opt-in, see MICROLOOP_WITH_AIO below).
+//   lock_memory(): mlockall, so page faults cannot stall the loop.
+//
 // Callbacks are function pointers or lambdas whose captures fit in
 // MICROLOOP_CALLBACK_SIZE bytes (two pointers by default); a larger capture is
 // a compile-time error. Any callback may add, change or remove any source,
@@ -95,6 +110,8 @@
 #include "microloop/loop.hpp"
 #include "microloop/signal.hpp"
 #include "microloop/continuation.hpp"
+#include "microloop/mailbox.hpp"
+#include "microloop/memory.hpp"
 #if defined(MICROLOOP_WITH_AIO)
 #include "microloop/aio.hpp"
 #endif

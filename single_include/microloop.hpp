@@ -50,6 +50,21 @@
 //       (exited()/exit_code()/signaled()/term_signal()). Unwatched children
 //       are never reaped. SIGPIPE is left alone: see ignore_sigpipe().
 //
+// ---- Beyond one loop -----------------------------------------------------------
+//
+//   mailbox<N> box(loop); box.post(cb)
+//       Any thread hands cb() to the loop's thread (lock-free, never blocks;
+//       errc::table_full when N are queued). One loop per thread + a mailbox
+//       each is how microloop uses several cores.
+//   continuation_table<N, Size> t; id = t.emplace<T>(...); t.get<T>(id);
+//   t.take<T>(id); t.release(id)
+//       The state an async operation needs when it completes, saved when it
+//       starts; stale ids and wrong types are refused, never misread.
+//   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
+//       POSIX AIO: disk I/O that never blocks the loop, its completion an
+//       ordinary callback (opt-in, see MICROLOOP_WITH_AIO below).
+//   lock_memory(): mlockall, so page faults cannot stall the loop.
+//
 // Callbacks are function pointers or lambdas whose captures fit in
 // MICROLOOP_CALLBACK_SIZE bytes (two pointers by default); a larger capture is
 // a compile-time error. Any callback may add, change or remove any source,
@@ -143,7 +158,7 @@ enum class errc : unsigned char {
     table_full,      // the fixed-capacity table for this source is full
     stale_handle,    // the handle names a source that no longer exists
     bad_timeout,     // negative, zero period, or too large to represent
-    bad_argument,    // e.g. no events asked for, an invalid signal number
+    bad_argument,    // e.g. unknown event bits, a null callback, an invalid signal number
     system,          // a system call failed; error_code::sys() has errno
     canceled         // the operation was canceled before it completed
 };
@@ -719,7 +734,7 @@ private:
     void set_interest(io_slot& io, unsigned events);
     void recompute_maxfd();
     void release_io(uint16_t slot);
-    void disable_bad_fds();
+    bool disable_bad_fds();
 
     void heap_place(uint16_t pos, const heap_entry& e) {
         heap_[pos] = e;
@@ -903,13 +918,16 @@ void basic_loop<Cap>::release_io(uint16_t slot) {
 
 // select() failed with EBADF: some watched fd was closed behind our back.
 // Find each one, report it to its watcher once, and disable the watcher.
+// False if no watcher owns a bad fd (the wake-up pipe itself was closed).
 template <class Cap>
-void basic_loop<Cap>::disable_bad_fds() {
+bool basic_loop<Cap>::disable_bad_fds() {
+    bool found = false;
     for (int fd = 0; fd <= maxfd_; ++fd) {
         fd_slot_t s = fd_slot_[fd];
         if (s == no_slot || io_[s].interest == 0) continue;
         if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
         io_slot& io = io_[s];
+        found = true;
         set_interest(io, 0);
         running_io_ = s;
         io_event ev = {io_handle::from_id(io_pool_.id_of(s)), fd, io_error};
@@ -921,6 +939,7 @@ void basic_loop<Cap>::disable_bad_fds() {
             io_pool_.recycle(s);
         }
     }
+    return found;
 }
 
 // ---- timers -----------------------------------------------------------------
@@ -1102,7 +1121,9 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
             continue; // retried with what is left of the timeout
         }
         if (errno == EBADF) {
-            disable_bad_fds();
+            // Retrying would fail the same way: with nothing to disable,
+            // report it instead of spinning.
+            if (!disable_bad_fds()) return error_code(errc::system, EBADF);
             n = 0;
             break;
         }
@@ -2003,6 +2024,156 @@ template <size_t N, size_t Size> const size_t continuation_table<N, Size>::slot_
 #endif // MICROLOOP_CONTINUATION_HPP
 // ---- end microloop/continuation.hpp ------------------------------------
 
+// ---- begin microloop/mailbox.hpp ---------------------------------------
+// microloop/mailbox.hpp - hand work to a loop from other threads.
+#ifndef MICROLOOP_MAILBOX_HPP
+#define MICROLOOP_MAILBOX_HPP
+
+#include <stddef.h>
+
+#include <atomic>
+
+namespace microloop {
+
+// A fixed-capacity queue of callbacks that any thread may post() to; they run
+// in the loop's thread, in the order posted. One loop per thread plus a
+// mailbox each is how microloop uses several cores.
+//
+// The queue is a bounded lock-free ring (each cell carries a sequence number,
+// after Dmitry Vyukov's MPMC queue): posting never takes a lock or makes a
+// system call other than the one-byte wake-up, so a high-priority thread
+// cannot be held up by a preempted poster. N must be a power of two. A full
+// mailbox refuses the post with errc::table_full rather than block.
+//
+// While it exists, a mailbox keeps loop.run() running (it may receive work at
+// any time); call close() or destroy it to let run() end. Callbacks that were
+// posted but have not run when the mailbox is destroyed are discarded.
+template <size_t N = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
+class mailbox : private loop_hook {
+    static_assert(N >= 2 && (N & (N - 1)) == 0, "mailbox capacity must be a power of two");
+
+public:
+    explicit mailbox(loop_base& l) : loop_(&l), enqueue_(0), dequeue_(0) {
+        for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
+        on_wake = &mailbox::drain;
+        active = 1;
+        next = nullptr;
+        loop_->attach(this);
+    }
+    ~mailbox() { close(); }
+    mailbox(const mailbox&) = delete;
+    mailbox& operator=(const mailbox&) = delete;
+
+    // Queue cb() to run in the loop's thread. Thread-safe.
+    template <class F>
+    error_code post(F&& cb) {
+        size_t pos = enqueue_.load(std::memory_order_relaxed);
+        cell* c;
+        for (;;) {
+            c = &cells_[pos & (N - 1)];
+            size_t seq = c->seq.load(std::memory_order_acquire);
+            intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos);
+            if (diff == 0) {
+                if (enqueue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) break;
+            } else if (diff < 0) {
+                return errc::table_full; // the loop has not caught up yet
+            } else {
+                pos = enqueue_.load(std::memory_order_relaxed);
+            }
+        }
+        c->fn.emplace(std::forward<F>(cb));
+        c->seq.store(pos + 1, std::memory_order_release);
+        return loop_->wake();
+    }
+
+    // Stop receiving: run() no longer waits for this mailbox. Loop thread only.
+    void close() {
+        if (!loop_) return;
+        loop_->detach(this);
+        loop_ = nullptr;
+    }
+
+private:
+    struct cell {
+        std::atomic<size_t> seq;
+        detail::inplace_callback<void(), Size> fn;
+    };
+
+    // Runs what was posted before this wake-up, at most N, so posters that
+    // keep posting cannot starve the rest of the loop.
+    static void drain(loop_hook* h) {
+        mailbox* self = static_cast<mailbox*>(h);
+        for (size_t n = 0; n < N; ++n) {
+            cell& c = self->cells_[self->dequeue_ & (N - 1)];
+            if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
+            c.fn();
+            c.fn.reset();
+            c.seq.store(self->dequeue_ + N, std::memory_order_release);
+            ++self->dequeue_;
+        }
+        self->loop_->wake(); // more may be waiting: come back next iteration
+    }
+
+    loop_base* loop_;
+    cell cells_[N];
+    std::atomic<size_t> enqueue_;
+    size_t dequeue_;
+};
+
+} // namespace microloop
+
+#endif // MICROLOOP_MAILBOX_HPP
+// ---- end microloop/mailbox.hpp -----------------------------------------
+
+// ---- begin microloop/memory.hpp ----------------------------------------
+// microloop/memory.hpp - keep the loop's memory resident.
+#ifndef MICROLOOP_MEMORY_HPP
+#define MICROLOOP_MEMORY_HPP
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/mman.h>
+
+namespace microloop {
+
+// A page fault blocks the whole loop just as a blocking read does: on a board
+// that swaps to flash, or that reclaims clean pages of the binary under
+// memory pressure, one fault can cost milliseconds. lock_memory() locks every
+// page the process has now and will map later (mlockall MCL_CURRENT |
+// MCL_FUTURE), and touches `stack_bytes` of stack so those pages are mapped
+// and locked before the loop runs rather than on first use.
+//
+// Call it once, after creating the loop (whose tables live in the loop object
+// and need no later allocation). It needs CAP_IPC_LOCK or a large enough
+// RLIMIT_MEMLOCK: otherwise it returns errc::system with EPERM or ENOMEM, and
+// nothing changes.
+inline error_code lock_memory(size_t stack_bytes = 64 * 1024) {
+    if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) return error_code(errc::system, errno);
+    // Only run when locking succeeded; touching is what maps the pages.
+    struct toucher {
+        static void touch(size_t n) {
+            volatile unsigned char page[4096];
+            memset(const_cast<unsigned char*>(page), 0, sizeof page);
+            if (n > sizeof page) touch(n - sizeof page);
+            page[0] = page[0]; // keeps each frame alive, so the recursion is real
+        }
+    };
+    toucher::touch(stack_bytes);
+    return error_code();
+}
+
+// Undo lock_memory().
+inline error_code unlock_memory() {
+    if (munlockall() != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_MEMORY_HPP
+// ---- end microloop/memory.hpp ------------------------------------------
+
 #if defined(MICROLOOP_WITH_AIO)
 
 // ---- begin microloop/aio.hpp -------------------------------------------
@@ -2060,8 +2231,10 @@ template <size_t N, size_t Size> const size_t continuation_table<N, Size>::slot_
 
 // The signal AIO completions are reported with. A standard signal is never
 // lost (only merged, which is harmless here); a realtime one may be refused
-// when the queue is full (RLIMIT_SIGPENDING). Do not also watch it with the
-// loop's signal watchers, which would replace this handler.
+// when the queue is full (RLIMIT_SIGPENDING). Once an AIO module exists, the
+// signal belongs to AIO for the life of the process: on_signal() for it is
+// refused with errc::already_watched (and an AIO module cannot start while
+// the signal is watched).
 #ifndef MICROLOOP_AIO_SIGNAL
 #define MICROLOOP_AIO_SIGNAL SIGIO
 #endif
@@ -2119,6 +2292,15 @@ struct aio_signal {
         for (;;) {
             int s = 0;
             if (state.compare_exchange_strong(s, 1)) {
+                // The signal is claimed in the signal watchers' process-wide
+                // table, for good: loop.on_signal(MICROLOOP_AIO_SIGNAL) is then
+                // refused instead of silently taking completions away, and a
+                // signal someone already watches is not taken from them.
+                const void* nobody = nullptr;
+                if (!globals::state[MICROLOOP_AIO_SIGNAL].owner.compare_exchange_strong(nobody, &state)) {
+                    state.store(0);
+                    return errc::already_watched;
+                }
                 struct sigaction sa;
                 memset(&sa, 0, sizeof sa);
                 sa.sa_sigaction = &handler;
@@ -2126,6 +2308,7 @@ struct aio_signal {
                 sigemptyset(&sa.sa_mask);
                 if (sigaction(MICROLOOP_AIO_SIGNAL, &sa, &previous) != 0) {
                     int e = errno;
+                    globals::state[MICROLOOP_AIO_SIGNAL].owner.store(nullptr);
                     state.store(0);
                     return error_code(errc::system, e);
                 }
@@ -2390,154 +2573,3 @@ void aio<N>::complete() {
 #endif
 
 #endif // MICROLOOP_HPP
-
-// ---- begin microloop/mailbox.hpp ---------------------------------------
-// microloop/mailbox.hpp - hand work to a loop from other threads.
-#ifndef MICROLOOP_MAILBOX_HPP
-#define MICROLOOP_MAILBOX_HPP
-
-#include <stddef.h>
-
-#include <atomic>
-
-namespace microloop {
-
-// A fixed-capacity queue of callbacks that any thread may post() to; they run
-// in the loop's thread, in the order posted. One loop per thread plus a
-// mailbox each is how microloop uses several cores.
-//
-// The queue is a bounded lock-free ring (each cell carries a sequence number,
-// after Dmitry Vyukov's MPMC queue): posting never takes a lock or makes a
-// system call other than the one-byte wake-up, so a high-priority thread
-// cannot be held up by a preempted poster. N must be a power of two. A full
-// mailbox refuses the post with errc::table_full rather than block.
-//
-// While it exists, a mailbox keeps loop.run() running (it may receive work at
-// any time); call close() or destroy it to let run() end. Callbacks that were
-// posted but have not run when the mailbox is destroyed are discarded.
-template <size_t N = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
-class mailbox : private loop_hook {
-    static_assert(N >= 2 && (N & (N - 1)) == 0, "mailbox capacity must be a power of two");
-
-public:
-    explicit mailbox(loop_base& l) : loop_(&l), enqueue_(0), dequeue_(0) {
-        for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
-        on_wake = &mailbox::drain;
-        active = 1;
-        next = nullptr;
-        loop_->attach(this);
-    }
-    ~mailbox() { close(); }
-    mailbox(const mailbox&) = delete;
-    mailbox& operator=(const mailbox&) = delete;
-
-    // Queue cb() to run in the loop's thread. Thread-safe.
-    template <class F>
-    error_code post(F&& cb) {
-        size_t pos = enqueue_.load(std::memory_order_relaxed);
-        cell* c;
-        for (;;) {
-            c = &cells_[pos & (N - 1)];
-            size_t seq = c->seq.load(std::memory_order_acquire);
-            intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos);
-            if (diff == 0) {
-                if (enqueue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) break;
-            } else if (diff < 0) {
-                return errc::table_full; // the loop has not caught up yet
-            } else {
-                pos = enqueue_.load(std::memory_order_relaxed);
-            }
-        }
-        c->fn.emplace(std::forward<F>(cb));
-        c->seq.store(pos + 1, std::memory_order_release);
-        return loop_->wake();
-    }
-
-    // Stop receiving: run() no longer waits for this mailbox. Loop thread only.
-    void close() {
-        if (!loop_) return;
-        loop_->detach(this);
-        loop_ = nullptr;
-    }
-
-private:
-    struct cell {
-        std::atomic<size_t> seq;
-        detail::inplace_callback<void(), Size> fn;
-    };
-
-    // Runs what was posted before this wake-up, at most N, so posters that
-    // keep posting cannot starve the rest of the loop.
-    static void drain(loop_hook* h) {
-        mailbox* self = static_cast<mailbox*>(h);
-        for (size_t n = 0; n < N; ++n) {
-            cell& c = self->cells_[self->dequeue_ & (N - 1)];
-            if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
-            c.fn();
-            c.fn.reset();
-            c.seq.store(self->dequeue_ + N, std::memory_order_release);
-            ++self->dequeue_;
-        }
-        self->loop_->wake(); // more may be waiting: come back next iteration
-    }
-
-    loop_base* loop_;
-    cell cells_[N];
-    std::atomic<size_t> enqueue_;
-    size_t dequeue_;
-};
-
-} // namespace microloop
-
-#endif // MICROLOOP_MAILBOX_HPP
-// ---- end microloop/mailbox.hpp -----------------------------------------
-
-// ---- begin microloop/memory.hpp ----------------------------------------
-// microloop/memory.hpp - keep the loop's memory resident.
-#ifndef MICROLOOP_MEMORY_HPP
-#define MICROLOOP_MEMORY_HPP
-
-#include <errno.h>
-#include <stddef.h>
-#include <string.h>
-#include <sys/mman.h>
-
-namespace microloop {
-
-// A page fault blocks the whole loop just as a blocking read does: on a board
-// that swaps to flash, or that reclaims clean pages of the binary under
-// memory pressure, one fault can cost milliseconds. lock_memory() locks every
-// page the process has now and will map later (mlockall MCL_CURRENT |
-// MCL_FUTURE), and touches `stack_bytes` of stack so those pages are mapped
-// and locked before the loop runs rather than on first use.
-//
-// Call it once, after creating the loop (whose tables live in the loop object
-// and need no later allocation). It needs CAP_IPC_LOCK or a large enough
-// RLIMIT_MEMLOCK: otherwise it returns errc::system with EPERM or ENOMEM, and
-// nothing changes.
-inline error_code lock_memory(size_t stack_bytes = 64 * 1024) {
-    if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) return error_code(errc::system, errno);
-    // Only run when locking succeeded; touching is what maps the pages.
-    struct toucher {
-        static void touch(size_t n) {
-            volatile unsigned char page[4096];
-            memset(const_cast<unsigned char*>(page), 0, sizeof page);
-            if (n > sizeof page) touch(n - sizeof page);
-            page[0] = page[0]; // keeps each frame alive, so the recursion is real
-        }
-    };
-    toucher::touch(stack_bytes);
-    return error_code();
-}
-
-// Undo lock_memory().
-inline error_code unlock_memory() {
-    if (munlockall() != 0) return error_code(errc::system, errno);
-    return error_code();
-}
-
-} // namespace microloop
-
-#endif // MICROLOOP_MEMORY_HPP
-// ---- end microloop/memory.hpp ------------------------------------------
-

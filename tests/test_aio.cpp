@@ -430,6 +430,26 @@ TEST_CASE("aio: a full table is an error at submission; the loop goes on", "[aio
     close(fd);
 }
 
+TEST_CASE("aio: its completion signal belongs to AIO, not to a signal watcher", "[aio][signal]") {
+    test_loop loop;
+    microloop::aio<1> disk(loop);
+    // Watching it would take completions away from every AIO module.
+    microloop::signal_handle h = loop.on_signal(MICROLOOP_AIO_SIGNAL, [](microloop::signal_event) {});
+    CHECK_FALSE(h);
+    CHECK(h.error() == microloop::errc::already_watched);
+    // AIO still works.
+    temp_dir dir;
+    int fd = open(dir.file("g"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(::write(fd, "xyz", 3) == 3);
+    char buf[3];
+    ssize_t got = -1;
+    REQUIRE(disk.read(fd, buf, 3, 0, [&](microloop::aio_event ev) { got = ev.result; }));
+    CHECK_FALSE(loop.run());
+    CHECK(got == 3);
+    close(fd);
+}
+
 TEST_CASE("aio: timers keep firing while an operation is in flight", "[aio]") {
     temp_dir dir;
     REQUIRE(mkfifo(dir.file("fifo"), 0600) == 0);

@@ -54,15 +54,23 @@ struct alloc_window {
 // delete (valgrind does) then sees every call, never half of a pair.
 #define ML_TEST_NOINLINE __attribute__((noinline))
 
-ML_TEST_NOINLINE void* operator new(size_t n) {
-    void* p = counted_alloc(n);
-    if (!p) throw std::bad_alloc();
+// operator new must not return null; with -fno-exceptions it cannot throw.
+static void* or_bad_alloc(void* p) {
+    if (!p) {
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+        throw std::bad_alloc();
+#else
+        abort();
+#endif
+    }
     return p;
 }
+
+ML_TEST_NOINLINE void* operator new(size_t n) {
+    return or_bad_alloc(counted_alloc(n));
+}
 ML_TEST_NOINLINE void* operator new[](size_t n) {
-    void* p = counted_alloc(n);
-    if (!p) throw std::bad_alloc();
-    return p;
+    return or_bad_alloc(counted_alloc(n));
 }
 ML_TEST_NOINLINE void* operator new(size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
 ML_TEST_NOINLINE void* operator new[](size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
@@ -76,14 +84,10 @@ ML_TEST_NOINLINE void operator delete[](void* p, size_t) noexcept { counted_free
 #endif
 #if defined(__cpp_aligned_new)
 ML_TEST_NOINLINE void* operator new(size_t n, std::align_val_t al) {
-    void* p = counted_aligned_alloc(n, al);
-    if (!p) throw std::bad_alloc();
-    return p;
+    return or_bad_alloc(counted_aligned_alloc(n, al));
 }
 ML_TEST_NOINLINE void* operator new[](size_t n, std::align_val_t al) {
-    void* p = counted_aligned_alloc(n, al);
-    if (!p) throw std::bad_alloc();
-    return p;
+    return or_bad_alloc(counted_aligned_alloc(n, al));
 }
 ML_TEST_NOINLINE void* operator new(size_t n, std::align_val_t al, const std::nothrow_t&) noexcept {
     return counted_aligned_alloc(n, al);

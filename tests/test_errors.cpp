@@ -3,6 +3,7 @@
 // failure the loop must keep working.
 #include <microloop.hpp>
 
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -319,6 +320,22 @@ TEST_CASE("an fd closed while watched is reported once and disabled", "[error]")
     int64_t t0 = test::now_ns();
     CHECK(!loop.run_once(milliseconds(30)));
     CHECK(test::now_ns() - t0 >= 30000000);
+}
+
+TEST_CASE("the loop's own wake-up pipe closed behind its back is an error, not a spin", "[error]") {
+    // pipe2() hands out the lowest free fds, read end first: the loop's wake
+    // pipe read end gets the number just freed here.
+    int probe = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    REQUIRE(probe >= 0);
+    close(probe);
+    small_loop loop;
+    REQUIRE(fcntl(probe, F_GETFD) != -1);
+    close(probe); // what a "close every fd" routine would do
+    // select() now fails with EBADF, and no watcher owns the bad fd: the loop
+    // must say so rather than return success with nothing done, forever.
+    microloop::error_code e = loop.run_once(milliseconds(10));
+    CHECK(e == errc::system);
+    CHECK(e.sys() == EBADF);
 }
 
 TEST_CASE("a watcher closing its own fd and another's", "[error]") {

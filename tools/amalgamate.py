@@ -104,7 +104,7 @@ class Amalgamator:
 
     def expand_rest(self, out):
         """Headers the umbrella does not include (modules included on their
-        own, e.g. <microloop/mailbox.hpp>) follow it, so the one file holds
+        own) follow it, so the one file holds
         the whole library."""
         for directory, _, files in sorted(os.walk(self.root)):
             for f in sorted(files):

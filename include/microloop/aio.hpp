@@ -58,8 +58,10 @@
 
 // The signal AIO completions are reported with. A standard signal is never
 // lost (only merged, which is harmless here); a realtime one may be refused
-// when the queue is full (RLIMIT_SIGPENDING). Do not also watch it with the
-// loop's signal watchers, which would replace this handler.
+// when the queue is full (RLIMIT_SIGPENDING). Once an AIO module exists, the
+// signal belongs to AIO for the life of the process: on_signal() for it is
+// refused with errc::already_watched (and an AIO module cannot start while
+// the signal is watched).
 #ifndef MICROLOOP_AIO_SIGNAL
 #define MICROLOOP_AIO_SIGNAL SIGIO
 #endif
@@ -117,6 +119,15 @@ struct aio_signal {
         for (;;) {
             int s = 0;
             if (state.compare_exchange_strong(s, 1)) {
+                // The signal is claimed in the signal watchers' process-wide
+                // table, for good: loop.on_signal(MICROLOOP_AIO_SIGNAL) is then
+                // refused instead of silently taking completions away, and a
+                // signal someone already watches is not taken from them.
+                const void* nobody = nullptr;
+                if (!globals::state[MICROLOOP_AIO_SIGNAL].owner.compare_exchange_strong(nobody, &state)) {
+                    state.store(0);
+                    return errc::already_watched;
+                }
                 struct sigaction sa;
                 memset(&sa, 0, sizeof sa);
                 sa.sa_sigaction = &handler;
@@ -124,6 +135,7 @@ struct aio_signal {
                 sigemptyset(&sa.sa_mask);
                 if (sigaction(MICROLOOP_AIO_SIGNAL, &sa, &previous) != 0) {
                     int e = errno;
+                    globals::state[MICROLOOP_AIO_SIGNAL].owner.store(nullptr);
                     state.store(0);
                     return error_code(errc::system, e);
                 }

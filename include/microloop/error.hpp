@@ -13,7 +13,7 @@ enum class errc : unsigned char {
     table_full,      // the fixed-capacity table for this source is full
     stale_handle,    // the handle names a source that no longer exists
     bad_timeout,     // negative, zero period, or too large to represent
-    bad_argument,    // e.g. no events asked for, an invalid signal number
+    bad_argument,    // e.g. unknown event bits, a null callback, an invalid signal number
     system,          // a system call failed; error_code::sys() has errno
     canceled         // the operation was canceled before it completed
 };

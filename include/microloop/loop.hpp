@@ -339,7 +339,7 @@ private:
     void set_interest(io_slot& io, unsigned events);
     void recompute_maxfd();
     void release_io(uint16_t slot);
-    void disable_bad_fds();
+    bool disable_bad_fds();
 
     void heap_place(uint16_t pos, const heap_entry& e) {
         heap_[pos] = e;
@@ -523,13 +523,16 @@ void basic_loop<Cap>::release_io(uint16_t slot) {
 
 // select() failed with EBADF: some watched fd was closed behind our back.
 // Find each one, report it to its watcher once, and disable the watcher.
+// False if no watcher owns a bad fd (the wake-up pipe itself was closed).
 template <class Cap>
-void basic_loop<Cap>::disable_bad_fds() {
+bool basic_loop<Cap>::disable_bad_fds() {
+    bool found = false;
     for (int fd = 0; fd <= maxfd_; ++fd) {
         fd_slot_t s = fd_slot_[fd];
         if (s == no_slot || io_[s].interest == 0) continue;
         if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
         io_slot& io = io_[s];
+        found = true;
         set_interest(io, 0);
         running_io_ = s;
         io_event ev = {io_handle::from_id(io_pool_.id_of(s)), fd, io_error};
@@ -541,6 +544,7 @@ void basic_loop<Cap>::disable_bad_fds() {
             io_pool_.recycle(s);
         }
     }
+    return found;
 }
 
 // ---- timers -----------------------------------------------------------------
@@ -722,7 +726,9 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
             continue; // retried with what is left of the timeout
         }
         if (errno == EBADF) {
-            disable_bad_fds();
+            // Retrying would fail the same way: with nothing to disable,
+            // report it instead of spinning.
+            if (!disable_bad_fds()) return error_code(errc::system, EBADF);
             n = 0;
             break;
         }
