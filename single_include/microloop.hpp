@@ -733,7 +733,15 @@ private:
 
     void set_interest(io_slot& io, unsigned events);
     void recompute_maxfd();
-    void release_io(uint16_t slot);
+    // Removing a source whose callback is running right now makes its
+    // handles stale at once but frees the callback only when it returns.
+    template <class Pool, class Callback>
+    void release_slot(Pool& pool, Callback& cb, uint16_t slot, uint16_t running);
+    template <class Pool, class Callback>
+    bool finish_running(Pool& pool, Callback& cb, uint16_t slot);
+    void release_io(uint16_t slot) { release_slot(io_pool_, io_[slot].cb, slot, running_io_); }
+    void release_timer(uint16_t slot) { release_slot(timer_pool_, timers_[slot].cb, slot, running_timer_); }
+    void call_io(uint16_t s, int fd, unsigned events);
     bool disable_bad_fds();
 
     void heap_place(uint16_t pos, const heap_entry& e) {
@@ -746,7 +754,6 @@ private:
     void heap_sift(uint16_t pos, heap_entry e);
     void heap_push(uint16_t slot, int64_t deadline);
     void heap_remove(uint16_t pos);
-    void release_timer(uint16_t slot);
 
     error_code iterate(int64_t max_wait_ns);
     error_code iterate_once(int64_t max_wait_ns) {
@@ -906,14 +913,38 @@ void basic_loop<Cap>::recompute_maxfd() {
 // The handle goes stale at once; the storage of a callback that is running
 // right now is freed only when it returns.
 template <class Cap>
-void basic_loop<Cap>::release_io(uint16_t slot) {
-    if (slot == running_io_) {
-        io_pool_.retire(slot);
+template <class Pool, class Callback>
+void basic_loop<Cap>::release_slot(Pool& pool, Callback& cb, uint16_t slot, uint16_t running) {
+    if (slot == running) {
+        pool.retire(slot);
         running_released_ = true;
         return;
     }
-    io_[slot].cb.reset();
-    io_pool_.release(slot);
+    cb.reset();
+    pool.release(slot);
+}
+
+// After a callback returns: free its slot if the callback removed its own
+// source. True if it did.
+template <class Cap>
+template <class Pool, class Callback>
+bool basic_loop<Cap>::finish_running(Pool& pool, Callback& cb, uint16_t slot) {
+    if (!running_released_) return false;
+    running_released_ = false;
+    cb.reset();
+    pool.recycle(slot);
+    return true;
+}
+
+// Runs watcher s's callback, which may remove the watcher or anything else.
+template <class Cap>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::call_io(uint16_t s, int fd, unsigned events) {
+    io_slot& io = io_[s];
+    running_io_ = s;
+    io_event ev = {io_handle::from_id(io_pool_.id_of(s)), fd, events};
+    invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
+    running_io_ = no_pos;
+    finish_running(io_pool_, io.cb, s);
 }
 
 // select() failed with EBADF: some watched fd was closed behind our back.
@@ -929,15 +960,7 @@ bool basic_loop<Cap>::disable_bad_fds() {
         io_slot& io = io_[s];
         found = true;
         set_interest(io, 0);
-        running_io_ = s;
-        io_event ev = {io_handle::from_id(io_pool_.id_of(s)), fd, io_error};
-        invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
-        running_io_ = no_pos;
-        if (running_released_) {
-            running_released_ = false;
-            io_[s].cb.reset();
-            io_pool_.recycle(s);
-        }
+        call_io(s, fd, io_error);
     }
     return found;
 }
@@ -995,17 +1018,6 @@ std::chrono::nanoseconds basic_loop<Cap>::remaining(timer_handle h) const {
     if (slot == timer_pool_.none || timers_[slot].heap_pos == no_pos) return std::chrono::nanoseconds::zero();
     int64_t left = heap_[timers_[slot].heap_pos].deadline - detail::monotonic_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
-}
-
-template <class Cap>
-void basic_loop<Cap>::release_timer(uint16_t slot) {
-    if (slot == running_timer_) {
-        timer_pool_.retire(slot);
-        running_released_ = true;
-        return;
-    }
-    timers_[slot].cb.reset();
-    timer_pool_.release(slot);
 }
 
 // Moves `e` from `pos` up or down to where it belongs: O(log n). The heap is
@@ -1192,15 +1204,7 @@ void basic_loop<Cap>::dispatch_fd(int fd, unsigned ready) {
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
     if (events == 0 || io.added_iter == iteration_) return;
-    running_io_ = s;
-    io_event ev = {io_handle::from_id(io_pool_.id_of(s)), fd, events};
-    invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
-    running_io_ = no_pos;
-    if (running_released_) {
-        running_released_ = false;
-        io.cb.reset();
-        io_pool_.recycle(s);
-    }
+    call_io(s, fd, events);
 }
 
 template <class Cap>
@@ -1223,13 +1227,8 @@ void basic_loop<Cap>::dispatch_timers() {
         timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
         invoke(t.cb, ev, source_kind::timer, ev.handle.id(), -1);
         running_timer_ = no_pos;
-        if (running_released_) {
-            running_released_ = false;
-            t.cb.reset();
-            timer_pool_.recycle(top.slot);
-        } else if (t.heap_pos == no_pos) {
+        if (!finish_running(timer_pool_, t.cb, top.slot) && t.heap_pos == no_pos)
             release_timer(top.slot); // a one-shot timer that was not re-armed
-        }
     }
 }
 
