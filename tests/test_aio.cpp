@@ -63,6 +63,16 @@ struct temp_dir {
         snprintf(name_, sizeof name_, "%s/%s", path, name);
         return name_;
     }
+    // A new file `name` holding `len` bytes of `content`, open read-write;
+    // -1 on failure.
+    int create(const char* name, const void* content = nullptr, size_t len = 0) {
+        int fd = open(file(name), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd >= 0 && len > 0 && ::write(fd, content, len) != static_cast<ssize_t>(len)) {
+            close(fd);
+            fd = -1;
+        }
+        return fd;
+    }
     char name_[300];
 };
 
@@ -158,7 +168,7 @@ TEST_CASE("aio: 4 MiB in 64 KiB chunks, 8 in flight, bytes match", "[aio]") {
 
 TEST_CASE("aio: run() keeps running while operations are in flight, then ends", "[aio]") {
     temp_dir dir;
-    int fd = open(dir.file("f"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = dir.create("f");
     REQUIRE(fd >= 0);
     static const char text[] = "0123456789";
     REQUIRE(::write(fd, text, 10) == 10);
@@ -182,7 +192,7 @@ TEST_CASE("aio: run() keeps running while operations are in flight, then ends", 
 
 TEST_CASE("aio: write, fsync, read back", "[aio]") {
     temp_dir dir;
-    int fd = open(dir.file("wr"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = dir.create("wr");
     REQUIRE(fd >= 0);
     test_loop loop;
     microloop::aio<4> disk(loop);
@@ -236,9 +246,8 @@ TEST_CASE("aio: write, fsync, read back", "[aio]") {
 
 TEST_CASE("aio: bad fd, read past EOF, bad arguments", "[aio]") {
     temp_dir dir;
-    int fd = open(dir.file("small"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = dir.create("small", "abc", 3);
     REQUIRE(fd >= 0);
-    REQUIRE(::write(fd, "abc", 3) == 3);
     test_loop loop;
     microloop::aio<4> disk(loop);
     int closed = 900; // a descriptor number that is not open
@@ -345,7 +354,7 @@ TEST_CASE("aio: cancel before completion, callback exactly once", "[aio]") {
 
 TEST_CASE("aio: cancel after completion, and racing with it", "[aio]") {
     temp_dir dir;
-    int fd = open(dir.file("f"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = dir.create("f");
     REQUIRE(fd >= 0);
     static unsigned char data[65536];
     fill_pattern(data, sizeof data, 9);
@@ -403,9 +412,8 @@ TEST_CASE("aio: cancel after completion, and racing with it", "[aio]") {
 
 TEST_CASE("aio: a full table is an error at submission; the loop goes on", "[aio]") {
     temp_dir dir;
-    int fd = open(dir.file("f"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = dir.create("f", "abcdef", 6);
     REQUIRE(fd >= 0);
-    REQUIRE(::write(fd, "abcdef", 6) == 6);
     test_loop loop;
     microloop::aio<2> disk(loop);
     char a[6], b[6], c[6];
@@ -439,9 +447,8 @@ TEST_CASE("aio: its completion signal belongs to AIO, not to a signal watcher", 
     CHECK(h.error() == microloop::errc::already_watched);
     // AIO still works.
     temp_dir dir;
-    int fd = open(dir.file("g"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = dir.create("g", "xyz", 3);
     REQUIRE(fd >= 0);
-    REQUIRE(::write(fd, "xyz", 3) == 3);
     char buf[3];
     ssize_t got = -1;
     REQUIRE(disk.read(fd, buf, 3, 0, [&](microloop::aio_event ev) { got = ev.result; }));
@@ -486,7 +493,7 @@ TEST_CASE("aio: timers keep firing while an operation is in flight", "[aio]") {
 
 TEST_CASE("aio: destroying the module waits for what is in flight", "[aio]") {
     temp_dir dir;
-    int fd = open(dir.file("f"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = dir.create("f");
     REQUIRE(fd >= 0);
     const size_t chunk = 65536;
     static unsigned char data[16 * 65536], bufs[17 * 65536];
@@ -533,7 +540,7 @@ TEST_CASE("aio: destroying the module waits for what is in flight", "[aio]") {
 // table, not on a stack that no longer exists.
 TEST_CASE("aio with continuations: finish the request when the read completes", "[aio][continuation]") {
     temp_dir dir;
-    int file = open(dir.file("doc"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int file = dir.create("doc");
     REQUIRE(file >= 0);
     static const char doc[] = "<html>hello from disk</html>";
     REQUIRE(::write(file, doc, sizeof doc - 1) == static_cast<ssize_t>(sizeof doc - 1));
