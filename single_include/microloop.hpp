@@ -496,9 +496,12 @@ inline bool serial_before(uint32_t a, uint32_t b) { return static_cast<int32_t>(
 const int word_bits = static_cast<int>(CHAR_BIT * sizeof(unsigned long));
 const int fd_words = (FD_SETSIZE + word_bits - 1) / word_bits;
 
-inline void set_bit(unsigned long* w, int fd) { w[fd / word_bits] |= 1ul << (fd % word_bits); }
-inline void clear_bit(unsigned long* w, int fd) { w[fd / word_bits] &= ~(1ul << (fd % word_bits)); }
-inline bool test_bit(const unsigned long* w, int fd) { return (w[fd / word_bits] >> (fd % word_bits)) & 1ul; }
+// fd >= 0 always; unsigned arithmetic makes / and % plain shifts and masks.
+inline unsigned word_of(int fd) { return static_cast<unsigned>(fd) / static_cast<unsigned>(word_bits); }
+inline unsigned long bit_of(int fd) { return 1ul << (static_cast<unsigned>(fd) % static_cast<unsigned>(word_bits)); }
+inline void set_bit(unsigned long* w, int fd) { w[word_of(fd)] |= bit_of(fd); }
+inline void clear_bit(unsigned long* w, int fd) { w[word_of(fd)] &= ~bit_of(fd); }
+inline bool test_bit(const unsigned long* w, int fd) { return (w[word_of(fd)] & bit_of(fd)) != 0; }
 
 // Does this libc lay fd_set out as an array of unsigned long words with fd n
 // at bit n % word_bits of word n / word_bits? Every Linux libc does, but POSIX
@@ -710,6 +713,7 @@ private:
         int fd;
         unsigned interest;
         uint32_t added_iter; // not dispatched in the iteration it was added in
+        uint32_t id;         // its handle's id, fixed while the watcher lives
     };
     struct timer_slot {
         timer_callback cb;
@@ -797,6 +801,7 @@ private:
 
     int64_t now_;
     bool now_valid_;
+    bool wake_seen_; // the wake pipe was ready in this iteration
     bool fdset_words_;
 
     detail::signal_table<Cap::signals, Cap::children> signals_; // a loop_hook
@@ -809,7 +814,7 @@ private:
 template <class Cap>
 basic_loop<Cap>::basic_loop()
     : maxfd_(-1), active_io_(0), heap_size_(0), seq_(0), seq_mark_(0), iteration_(0), running_io_(no_pos),
-      running_timer_(no_pos), running_released_(false), now_(0), now_valid_(false),
+      running_timer_(no_pos), running_released_(false), now_(0), now_valid_(false), wake_seen_(false),
       fdset_words_(detail::fdset_is_words()), signals_(*this) {
     for (int i = 0; i < 3; ++i) {
         FD_ZERO(&master_[i]);
@@ -851,6 +856,7 @@ io_handle basic_loop<Cap>::watch(int fd, unsigned events, F&& cb) {
     io.fd = fd;
     io.interest = 0;
     io.added_iter = iteration_;
+    io.id = id;
     fd_slot_[fd] = static_cast<fd_slot_t>(slot);
     detail::set_bit(watched_, fd);
     if (fd > maxfd_) maxfd_ = fd;
@@ -941,7 +947,7 @@ template <class Cap>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     running_io_ = s;
-    io_event ev = {io_handle::from_id(io_pool_.id_of(s)), fd, events};
+    io_event ev = {io_handle::from_id(io.id), fd, events};
     invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
     running_io_ = no_pos;
     finish_running(io_pool_, io.cb, s);
@@ -1084,7 +1090,6 @@ int64_t basic_loop<Cap>::select_timeout(int64_t until) const {
         int64_t t = heap_[0].deadline > now_ ? heap_[0].deadline - now_ : 0;
         if (wait < 0 || t < wait) wait = t;
     }
-    if (stop_.load(std::memory_order_relaxed)) wait = 0;
     return wait;
 }
 
@@ -1092,12 +1097,17 @@ template <class Cap>
 error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
     ++iteration_;
     seq_mark_ = seq_;
-    // The clock is read only when something depends on it, so a loop with no
-    // timers pays nothing for time (poll() included: a zero wait needs none).
-    bool timed = heap_size_ > 0 || max_wait_ns > 0;
-    if (timed) refresh_now();
-    else now_valid_ = false;
-    const int64_t until = max_wait_ns < 0 ? -1 : now_ + max_wait_ns;
+    // The clock is read only when something depends on it: with no timer and
+    // no time limit (run() with fds only, or poll()'s zero wait) the loop pays
+    // nothing for time, and timers armed in callbacks read it themselves.
+    const bool timed = heap_size_ > 0 || max_wait_ns > 0;
+    int64_t until = -1;
+    if (timed) {
+        refresh_now();
+        if (max_wait_ns >= 0) until = now_ + max_wait_ns;
+    } else {
+        now_valid_ = false;
+    }
 
     fd_set set[3];
     fd_set* ptr[3];
@@ -1111,7 +1121,8 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
         ptr[rd] = copy_set(set[rd], master_[rd], bytes);
         ptr[wr] = nwatch_[wr] ? copy_set(set[wr], master_[wr], bytes) : nullptr;
         ptr[ex] = nwatch_[ex] ? copy_set(set[ex], master_[ex], bytes) : nullptr;
-        int64_t wait = select_timeout(until);
+        int64_t wait = timed ? select_timeout(until) : max_wait_ns; // untimed: -1 (forever) or 0
+        if (stop_.load(std::memory_order_relaxed)) wait = 0;
         struct timeval tv, *tvp = nullptr;
         if (wait == 0) { // poll(), or a timer already due: no divisions
             tv.tv_sec = 0;
@@ -1126,12 +1137,9 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
             tvp = &tv;
         }
         n = select(nfds, ptr[rd], ptr[wr], ptr[ex], tvp);
-        if (timed || heap_size_ > 0) refresh_now();
+        if (timed) refresh_now();
         if (n >= 0) break;
-        if (errno == EINTR) {
-            if (!timed && heap_size_ > 0) { timed = true; }
-            continue; // retried with what is left of the timeout
-        }
+        if (errno == EINTR) continue; // retried with what is left of the timeout
         if (errno == EBADF) {
             // Retrying would fail the same way: with nothing to disable,
             // report it instead of spinning.
@@ -1192,15 +1200,21 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_io(const unsigned 
             }
         }
     }
-    if (wake_rd_ >= 0 && detail::test_bit(r, wake_rd_)) drain_wake();
+    if (wake_seen_) {
+        wake_seen_ = false;
+        drain_wake();
+    }
 }
 
 // One ready fd, looked up in fd_slot_ at the moment it is dispatched, so a
 // watcher removed by an earlier callback of this iteration is never called.
 template <class Cap>
-void basic_loop<Cap>::dispatch_fd(int fd, unsigned ready) {
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_fd(int fd, unsigned ready) {
     fd_slot_t s = fd_slot_[fd];
-    if (s == no_slot) return; // the wake pipe, or unwatched meanwhile
+    if (s == no_slot) { // the wake pipe (drained after the watchers), or unwatched meanwhile
+        if (fd == wake_rd_) wake_seen_ = true;
+        return;
+    }
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
     if (events == 0 || io.added_iter == iteration_) return;
