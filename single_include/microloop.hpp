@@ -391,6 +391,46 @@ private:
 
 template <size_t N> const uint16_t slot_pool<N>::none;
 
+// Which slot's callback is running right now. Removing that source from
+// inside its own callback makes its handles stale at once but frees the
+// callback's storage only when it returns (the closure is still executing).
+// Every table whose callbacks may remove their own source keeps one.
+class running_slot {
+public:
+    running_slot() : slot_(none), released_(false) {}
+
+    void begin(uint16_t slot) { slot_ = slot; }
+    // Release `slot` of `pool`, whose callback is `cb`: now, or deferred to
+    // end() if that callback is the one running.
+    template <class Pool, class Callback>
+    void release(Pool& pool, Callback& cb, uint16_t slot) {
+        if (slot == slot_) {
+            pool.retire(slot);
+            released_ = true;
+            return;
+        }
+        cb.reset();
+        pool.release(slot);
+    }
+    // The callback returned; true if it had removed its own source, which is
+    // freed now.
+    template <class Pool, class Callback>
+    bool end(Pool& pool, Callback& cb) {
+        uint16_t slot = slot_;
+        slot_ = none;
+        if (!released_) return false;
+        released_ = false;
+        cb.reset();
+        pool.recycle(slot);
+        return true;
+    }
+
+private:
+    enum { none = 0xffff }; // no slot: nothing is running
+    uint16_t slot_;
+    bool released_;
+};
+
 } // namespace detail
 } // namespace microloop
 
@@ -737,14 +777,8 @@ private:
 
     void set_interest(io_slot& io, unsigned events);
     void recompute_maxfd();
-    // Removing a source whose callback is running right now makes its
-    // handles stale at once but frees the callback only when it returns.
-    template <class Pool, class Callback>
-    void release_slot(Pool& pool, Callback& cb, uint16_t slot, uint16_t running);
-    template <class Pool, class Callback>
-    bool finish_running(Pool& pool, Callback& cb, uint16_t slot);
-    void release_io(uint16_t slot) { release_slot(io_pool_, io_[slot].cb, slot, running_io_); }
-    void release_timer(uint16_t slot) { release_slot(timer_pool_, timers_[slot].cb, slot, running_timer_); }
+    void release_io(uint16_t slot) { running_io_.release(io_pool_, io_[slot].cb, slot); }
+    void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
     bool disable_bad_fds();
 
@@ -796,8 +830,7 @@ private:
     uint32_t iteration_;
 
     // The callback running now, so removing it defers freeing its storage.
-    uint16_t running_io_, running_timer_;
-    bool running_released_;
+    detail::running_slot running_io_, running_timer_;
 
     int64_t now_;
     bool now_valid_;
@@ -813,8 +846,7 @@ private:
 
 template <class Cap>
 basic_loop<Cap>::basic_loop()
-    : maxfd_(-1), active_io_(0), heap_size_(0), seq_(0), seq_mark_(0), iteration_(0), running_io_(no_pos),
-      running_timer_(no_pos), running_released_(false), now_(0), now_valid_(false), wake_seen_(false),
+    : maxfd_(-1), active_io_(0), heap_size_(0), seq_(0), seq_mark_(0), iteration_(0), now_(0), now_valid_(false), wake_seen_(false),
       fdset_words_(detail::fdset_is_words()), signals_(*this) {
     for (int i = 0; i < 3; ++i) {
         FD_ZERO(&master_[i]);
@@ -916,41 +948,14 @@ void basic_loop<Cap>::recompute_maxfd() {
     }
 }
 
-// The handle goes stale at once; the storage of a callback that is running
-// right now is freed only when it returns.
-template <class Cap>
-template <class Pool, class Callback>
-void basic_loop<Cap>::release_slot(Pool& pool, Callback& cb, uint16_t slot, uint16_t running) {
-    if (slot == running) {
-        pool.retire(slot);
-        running_released_ = true;
-        return;
-    }
-    cb.reset();
-    pool.release(slot);
-}
-
-// After a callback returns: free its slot if the callback removed its own
-// source. True if it did.
-template <class Cap>
-template <class Pool, class Callback>
-bool basic_loop<Cap>::finish_running(Pool& pool, Callback& cb, uint16_t slot) {
-    if (!running_released_) return false;
-    running_released_ = false;
-    cb.reset();
-    pool.recycle(slot);
-    return true;
-}
-
 // Runs watcher s's callback, which may remove the watcher or anything else.
 template <class Cap>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
-    running_io_ = s;
+    running_io_.begin(s);
     io_event ev = {io_handle::from_id(io.id), fd, events};
     invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
-    running_io_ = no_pos;
-    finish_running(io_pool_, io.cb, s);
+    running_io_.end(io_pool_, io.cb);
 }
 
 // select() failed with EBADF: some watched fd was closed behind our back.
@@ -1237,11 +1242,10 @@ void basic_loop<Cap>::dispatch_timers() {
         } else {
             heap_remove(0);
         }
-        running_timer_ = top.slot;
+        running_timer_.begin(top.slot);
         timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
         invoke(t.cb, ev, source_kind::timer, ev.handle.id(), -1);
-        running_timer_ = no_pos;
-        if (!finish_running(timer_pool_, t.cb, top.slot) && t.heap_pos == no_pos)
+        if (!running_timer_.end(timer_pool_, t.cb) && t.heap_pos == no_pos)
             release_timer(top.slot); // a one-shot timer that was not re-armed
     }
 }
@@ -1564,7 +1568,7 @@ class signal_table : private loop_hook {
 
 public:
     explicit signal_table(loop_base& loop)
-        : loop_(&loop), chld_users_(0), chld_count_(0), kids_due_(false), running_(none), released_(false) {
+        : loop_(&loop), chld_users_(0), chld_count_(0), kids_due_(false) {
         on_wake = &signal_table::dispatch;
         active = 0;
         next = nullptr;
@@ -1607,13 +1611,7 @@ public:
         uint16_t slot = sig_pool_.lookup(h.id());
         if (slot == sig_pool_.none) return errc::stale_handle;
         give_back(sigs_[slot]);
-        if (slot == running_) { // free the callback's storage when it returns
-            sig_pool_.retire(slot);
-            released_ = true;
-        } else {
-            sigs_[slot].cb.reset();
-            sig_pool_.release(slot);
-        }
+        running_.release(sig_pool_, sigs_[slot].cb, slot);
         return error_code();
     }
 
@@ -1756,14 +1754,9 @@ private:
             uint16_t slot = static_cast<uint16_t>(i);
             signal_event ev = {signal_handle::from_id(sig_pool_.id_of(slot)), s.signo, n, 0, 0};
             read_sender(g, ev.pid, ev.uid);
-            running_ = slot;
+            running_.begin(slot);
             loop_->invoke(s.cb, ev, source_kind::signal, ev.handle.id(), ev.signo);
-            running_ = none;
-            if (released_) {
-                released_ = false;
-                s.cb.reset();
-                sig_pool_.recycle(slot);
-            }
+            running_.end(sig_pool_, s.cb);
         }
         chld_count_ = 0; // nobody else wants the SIGCHLD count
     }
@@ -1777,8 +1770,7 @@ private:
     unsigned chld_users_;
     unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
     bool kids_due_;       // a child was found already ended when watched
-    uint16_t running_;    // the signal slot whose callback runs now
-    bool released_;       // ... and it was unwatched meanwhile
+    running_slot running_; // the signal slot whose callback runs now
 };
 
 template <size_t S, size_t C> const size_t signal_table<S, C>::sig_cap;

@@ -105,6 +105,46 @@ private:
 
 template <size_t N> const uint16_t slot_pool<N>::none;
 
+// Which slot's callback is running right now. Removing that source from
+// inside its own callback makes its handles stale at once but frees the
+// callback's storage only when it returns (the closure is still executing).
+// Every table whose callbacks may remove their own source keeps one.
+class running_slot {
+public:
+    running_slot() : slot_(none), released_(false) {}
+
+    void begin(uint16_t slot) { slot_ = slot; }
+    // Release `slot` of `pool`, whose callback is `cb`: now, or deferred to
+    // end() if that callback is the one running.
+    template <class Pool, class Callback>
+    void release(Pool& pool, Callback& cb, uint16_t slot) {
+        if (slot == slot_) {
+            pool.retire(slot);
+            released_ = true;
+            return;
+        }
+        cb.reset();
+        pool.release(slot);
+    }
+    // The callback returned; true if it had removed its own source, which is
+    // freed now.
+    template <class Pool, class Callback>
+    bool end(Pool& pool, Callback& cb) {
+        uint16_t slot = slot_;
+        slot_ = none;
+        if (!released_) return false;
+        released_ = false;
+        cb.reset();
+        pool.recycle(slot);
+        return true;
+    }
+
+private:
+    enum { none = 0xffff }; // no slot: nothing is running
+    uint16_t slot_;
+    bool released_;
+};
+
 } // namespace detail
 } // namespace microloop
 

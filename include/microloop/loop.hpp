@@ -342,14 +342,8 @@ private:
 
     void set_interest(io_slot& io, unsigned events);
     void recompute_maxfd();
-    // Removing a source whose callback is running right now makes its
-    // handles stale at once but frees the callback only when it returns.
-    template <class Pool, class Callback>
-    void release_slot(Pool& pool, Callback& cb, uint16_t slot, uint16_t running);
-    template <class Pool, class Callback>
-    bool finish_running(Pool& pool, Callback& cb, uint16_t slot);
-    void release_io(uint16_t slot) { release_slot(io_pool_, io_[slot].cb, slot, running_io_); }
-    void release_timer(uint16_t slot) { release_slot(timer_pool_, timers_[slot].cb, slot, running_timer_); }
+    void release_io(uint16_t slot) { running_io_.release(io_pool_, io_[slot].cb, slot); }
+    void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
     bool disable_bad_fds();
 
@@ -401,8 +395,7 @@ private:
     uint32_t iteration_;
 
     // The callback running now, so removing it defers freeing its storage.
-    uint16_t running_io_, running_timer_;
-    bool running_released_;
+    detail::running_slot running_io_, running_timer_;
 
     int64_t now_;
     bool now_valid_;
@@ -418,8 +411,7 @@ private:
 
 template <class Cap>
 basic_loop<Cap>::basic_loop()
-    : maxfd_(-1), active_io_(0), heap_size_(0), seq_(0), seq_mark_(0), iteration_(0), running_io_(no_pos),
-      running_timer_(no_pos), running_released_(false), now_(0), now_valid_(false), wake_seen_(false),
+    : maxfd_(-1), active_io_(0), heap_size_(0), seq_(0), seq_mark_(0), iteration_(0), now_(0), now_valid_(false), wake_seen_(false),
       fdset_words_(detail::fdset_is_words()), signals_(*this) {
     for (int i = 0; i < 3; ++i) {
         FD_ZERO(&master_[i]);
@@ -521,41 +513,14 @@ void basic_loop<Cap>::recompute_maxfd() {
     }
 }
 
-// The handle goes stale at once; the storage of a callback that is running
-// right now is freed only when it returns.
-template <class Cap>
-template <class Pool, class Callback>
-void basic_loop<Cap>::release_slot(Pool& pool, Callback& cb, uint16_t slot, uint16_t running) {
-    if (slot == running) {
-        pool.retire(slot);
-        running_released_ = true;
-        return;
-    }
-    cb.reset();
-    pool.release(slot);
-}
-
-// After a callback returns: free its slot if the callback removed its own
-// source. True if it did.
-template <class Cap>
-template <class Pool, class Callback>
-bool basic_loop<Cap>::finish_running(Pool& pool, Callback& cb, uint16_t slot) {
-    if (!running_released_) return false;
-    running_released_ = false;
-    cb.reset();
-    pool.recycle(slot);
-    return true;
-}
-
 // Runs watcher s's callback, which may remove the watcher or anything else.
 template <class Cap>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
-    running_io_ = s;
+    running_io_.begin(s);
     io_event ev = {io_handle::from_id(io.id), fd, events};
     invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
-    running_io_ = no_pos;
-    finish_running(io_pool_, io.cb, s);
+    running_io_.end(io_pool_, io.cb);
 }
 
 // select() failed with EBADF: some watched fd was closed behind our back.
@@ -842,11 +807,10 @@ void basic_loop<Cap>::dispatch_timers() {
         } else {
             heap_remove(0);
         }
-        running_timer_ = top.slot;
+        running_timer_.begin(top.slot);
         timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
         invoke(t.cb, ev, source_kind::timer, ev.handle.id(), -1);
-        running_timer_ = no_pos;
-        if (!finish_running(timer_pool_, t.cb, top.slot) && t.heap_pos == no_pos)
+        if (!running_timer_.end(timer_pool_, t.cb) && t.heap_pos == no_pos)
             release_timer(top.slot); // a one-shot timer that was not re-armed
     }
 }

@@ -258,7 +258,7 @@ class signal_table : private loop_hook {
 
 public:
     explicit signal_table(loop_base& loop)
-        : loop_(&loop), chld_users_(0), chld_count_(0), kids_due_(false), running_(none), released_(false) {
+        : loop_(&loop), chld_users_(0), chld_count_(0), kids_due_(false) {
         on_wake = &signal_table::dispatch;
         active = 0;
         next = nullptr;
@@ -301,13 +301,7 @@ public:
         uint16_t slot = sig_pool_.lookup(h.id());
         if (slot == sig_pool_.none) return errc::stale_handle;
         give_back(sigs_[slot]);
-        if (slot == running_) { // free the callback's storage when it returns
-            sig_pool_.retire(slot);
-            released_ = true;
-        } else {
-            sigs_[slot].cb.reset();
-            sig_pool_.release(slot);
-        }
+        running_.release(sig_pool_, sigs_[slot].cb, slot);
         return error_code();
     }
 
@@ -450,14 +444,9 @@ private:
             uint16_t slot = static_cast<uint16_t>(i);
             signal_event ev = {signal_handle::from_id(sig_pool_.id_of(slot)), s.signo, n, 0, 0};
             read_sender(g, ev.pid, ev.uid);
-            running_ = slot;
+            running_.begin(slot);
             loop_->invoke(s.cb, ev, source_kind::signal, ev.handle.id(), ev.signo);
-            running_ = none;
-            if (released_) {
-                released_ = false;
-                s.cb.reset();
-                sig_pool_.recycle(slot);
-            }
+            running_.end(sig_pool_, s.cb);
         }
         chld_count_ = 0; // nobody else wants the SIGCHLD count
     }
@@ -471,8 +460,7 @@ private:
     unsigned chld_users_;
     unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
     bool kids_due_;       // a child was found already ended when watched
-    uint16_t running_;    // the signal slot whose callback runs now
-    bool released_;       // ... and it was unwatched meanwhile
+    running_slot running_; // the signal slot whose callback runs now
 };
 
 template <size_t S, size_t C> const size_t signal_table<S, C>::sig_cap;
