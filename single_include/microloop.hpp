@@ -120,9 +120,11 @@
 
 // Bytes of inline storage for one callback's captures. A lambda that captures
 // more is a compile-time error (capture a pointer to your state instead).
-// Changes sizeof(loop); every slot of every table carries one callback.
+// Changes sizeof(loop); every slot of every table carries one callback. The
+// default, 16 bytes on 32- and 64-bit targets alike, holds a pointer and a
+// (64-bit) handle: `[this, h]`.
 #ifndef MICROLOOP_CALLBACK_SIZE
-#define MICROLOOP_CALLBACK_SIZE (2 * sizeof(void*))
+#define MICROLOOP_CALLBACK_SIZE 16
 #endif
 
 // Internal invariant checks. They never guard against bad user input: bad
@@ -160,7 +162,9 @@ enum class errc : unsigned char {
     bad_timeout,     // negative, zero period, or too large to represent
     bad_argument,    // e.g. unknown event bits, a null callback, an invalid signal number
     system,          // a system call failed; error_code::sys() has errno
-    canceled         // the operation was canceled before it completed
+    canceled,        // the operation was canceled before it completed
+    forked           // a loop inherited across fork() was used in the child
+                     // before after_fork()
 };
 
 inline const char* message(errc e) {
@@ -175,6 +179,7 @@ inline const char* message(errc e) {
     case errc::bad_argument: return "bad argument";
     case errc::system: return "system call failed";
     case errc::canceled: return "canceled";
+    case errc::forked: return "loop used in a forked child without after_fork()";
     }
     return "unknown error";
 }
@@ -280,6 +285,33 @@ private:
     storage_t buf_;
 };
 
+// Runs f when the scope ends, normally or by an exception thrown from a user
+// callback. microloop never throws, but user code may: whatever bookkeeping
+// surrounds a callback is finished here, so the tables stay consistent and
+// the exception reaches the caller of run(). Works the same with
+// -fno-exceptions (then it is simply the end of the scope).
+template <class F>
+class scope_exit {
+public:
+    explicit scope_exit(F f) : f_(f), armed_(true) {}
+    scope_exit(scope_exit&& other) : f_(other.f_), armed_(other.armed_) { other.armed_ = false; }
+    scope_exit(const scope_exit&) = delete;
+    scope_exit& operator=(const scope_exit&) = delete;
+    ~scope_exit() {
+        if (armed_) f_();
+    }
+    void dismiss() { armed_ = false; }
+
+private:
+    F f_;
+    bool armed_;
+};
+
+template <class F>
+scope_exit<F> on_scope_exit(F f) {
+    return scope_exit<F>(f);
+}
+
 } // namespace detail
 } // namespace microloop
 
@@ -298,103 +330,149 @@ private:
 
 namespace microloop {
 
-// A handle is 32 bits: generation << 16 | slot. Generation 0 never names a
-// live source, so a failed creation returns a handle whose low bits hold the
-// reason instead: `if (!h) puts(h.error().message());`. A handle kept after
-// its source is gone (and the slot reused) no longer matches the slot's
-// generation and is refused with errc::stale_handle. The generation is 16
-// bits: a handle would be mistaken only after the same slot was reused 32767
-// times while the stale handle was kept.
+// A handle is 64 bits: a 48-bit generation above a 16-bit slot. A handle
+// kept after its source is gone no longer matches its slot's generation and
+// is refused with errc::stale_handle, for every handle type. Each reuse of a
+// slot advances its generation by one, so a kept handle could be mistaken
+// for a newer source only after its slot was reused 2^48 - 1 times: 8.9 years
+// of a million reuses a second, of that one slot.
+//
+// A failed creation returns an invalid handle that carries the reason and,
+// for errc::system, the errno: `if (!h) puts(h.error().message());`.
+// Copying a handle is copying one uint64_t: cheap to capture in a callback.
 template <class Tag>
 class basic_handle {
 public:
-    basic_handle() : bits_(static_cast<uint32_t>(errc::stale_handle)) {}
-    basic_handle(errc failure) : bits_(static_cast<uint32_t>(failure)) {}
+    basic_handle() : bits_(failure_bits(error_code(errc::stale_handle))) {}
+    // Explicit: `io_handle h = errc::ok;` must not compile into a handle
+    // whose error() claims success. errc::ok itself becomes stale_handle.
+    explicit basic_handle(error_code failure) : bits_(failure_bits(failure)) {}
+    explicit basic_handle(errc failure) : bits_(failure_bits(error_code(failure))) {}
 
-    bool valid() const { return (bits_ >> 16) != 0; }
+    // Generation 0 never names a live source, and slot 0xffff never exists.
+    bool valid() const { return (bits_ & 0xffffu) != 0xffffu && (bits_ >> 16) != 0; }
     explicit operator bool() const { return valid(); }
-    // Why creation failed; errc::ok for a valid handle.
-    error_code error() const { return valid() ? error_code() : error_code(static_cast<errc>(bits_ & 0xffu)); }
-    uint32_t id() const { return bits_; }
+    // Why creation failed (with errno for errc::system); errc::ok for a
+    // valid handle.
+    error_code error() const {
+        if (valid()) return error_code();
+        if ((bits_ & 0xffffu) != 0xffffu) return error_code(errc::stale_handle);
+        return error_code(static_cast<errc>((bits_ >> 16) & 0xffu), static_cast<int>(bits_ >> 32));
+    }
+    uint64_t id() const { return bits_; }
 
-    static basic_handle from_id(uint32_t id) { basic_handle h; h.bits_ = id; return h; }
+    static basic_handle from_id(uint64_t id) {
+        basic_handle h;
+        h.bits_ = id;
+        return h;
+    }
     friend bool operator==(basic_handle a, basic_handle b) { return a.bits_ == b.bits_; }
     friend bool operator!=(basic_handle a, basic_handle b) { return a.bits_ != b.bits_; }
 
 private:
-    uint32_t bits_;
+    // slot 0xffff, the errc in bits 16..23, errno in bits 32..63.
+    static uint64_t failure_bits(error_code e) {
+        errc why = e.code() == errc::ok ? errc::stale_handle : e.code();
+        return static_cast<uint64_t>(static_cast<uint32_t>(e.sys())) << 32 |
+               static_cast<uint64_t>(static_cast<unsigned char>(why)) << 16 | 0xffffu;
+    }
+
+    uint64_t bits_;
 };
 
 typedef basic_handle<struct io_tag> io_handle;
 typedef basic_handle<struct timer_tag> timer_handle;
 
+// How full a table is, and how full it ever was since it was made: size
+// capacities from `high_water` measured in a real run.
+struct table_stats {
+    size_t used;
+    size_t capacity;
+    size_t high_water;
+};
+
 namespace detail {
 
 // Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
-// The generation is bumped on acquire and again on release, so a handle
-// stops matching the moment its slot is released.
-template <size_t N>
+// N slots may be live at once. Spare extra slots let a table whose callback
+// removes its own source take a new one at once, in that callback: the
+// removed source's slot stays out of use until its callback has returned
+// (its closure is still running), but no longer counts against N. A table of
+// N always holds N.
+template <size_t N, size_t Spare = 0>
 class slot_pool {
-    static_assert(N > 0 && N < 0xffff, "capacity must be between 1 and 65534");
-
 public:
+    static const size_t slots = N + Spare;
+    static_assert(slots > 0 && slots < 0xffff, "capacity must be at most 65533");
     static const uint16_t none = 0xffff;
+    static const uint64_t max_generation = (uint64_t(1) << 48) - 1;
 
-    slot_pool() : nfree_(static_cast<uint16_t>(N)) {
-        for (size_t i = 0; i < N; ++i) {
-            free_[i] = static_cast<uint16_t>(N - 1 - i); // hand out slot 0 first
+    slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) {
+        for (size_t i = 0; i < slots; ++i) {
+            free_[i] = static_cast<uint16_t>(slots - 1 - i); // hand out slot 0 first
             gen_[i] = 0;
         }
     }
 
-    // A fresh handle id, or 0 when full.
-    uint32_t acquire() {
-        if (nfree_ == 0) return 0;
+    // A fresh handle id, or 0 when N are live.
+    uint64_t acquire() {
+        if (live_ == N || nfree_ == 0) return 0;
         uint16_t slot = free_[--nfree_];
-        bump(slot);
-        return static_cast<uint32_t>(gen_[slot]) << 16 | slot;
+        uint64_t g = (gen_[slot] >> 1) + 1;
+        if (g > max_generation) g = 1; // 0 never names a live source
+        gen_[slot] = g << 1 | 1u;
+        if (++live_ > high_water_) high_water_ = live_;
+        return id_of(slot);
     }
     void release(uint16_t slot) {
         retire(slot);
         recycle(slot);
     }
-    // Release in two steps: retire() makes the slot's handles stale at once;
-    // recycle() lets the slot be handed out again (used while the slot's
-    // callback is still running).
+    // Release in two steps: retire() makes the slot's handles stale at once
+    // and frees its place among the N; recycle() lets the slot be handed out
+    // again (deferred while the slot's callback is still running).
     void retire(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < N && (gen_[slot] & 1u));
-        bump(slot);
+        MICROLOOP_ASSERT(slot < slots && (gen_[slot] & 1u));
+        gen_[slot] &= ~uint64_t(1);
+        --live_;
     }
     void recycle(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < N && nfree_ < N);
+        MICROLOOP_ASSERT(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
         free_[nfree_++] = slot;
     }
     // The slot a live handle names, or `none`.
-    uint16_t lookup(uint32_t id) const {
-        uint32_t slot = id & 0xffffu, gen = id >> 16;
-        if (slot >= N || gen == 0 || gen_[slot] != gen || !(gen & 1u)) return none;
+    uint16_t lookup(uint64_t id) const {
+        uint64_t slot = id & 0xffffu;
+        if (slot >= slots || gen_[slot] != ((id >> 16) << 1 | 1u)) return none;
         return static_cast<uint16_t>(slot);
     }
-    uint32_t id_of(uint16_t slot) const { return static_cast<uint32_t>(gen_[slot]) << 16 | slot; }
-    size_t used() const { return N - nfree_; }
-    bool full() const { return nfree_ == 0; }
+    uint64_t id_of(uint16_t slot) const { return (gen_[slot] >> 1) << 16 | slot; }
+    bool live(uint16_t slot) const { return (gen_[slot] & 1u) != 0; }
+    size_t used() const { return live_; }
+    bool full() const { return live_ == N; }
+    table_stats stats() const {
+        table_stats s = {live_, N, high_water_};
+        return s;
+    }
 
 private:
-    // Live slots have odd generations, free ones even, so a live handle's
-    // generation is never 0 (0 marks an error handle). Wraps by design.
-    void bump(uint16_t slot) { gen_[slot] = static_cast<uint16_t>(gen_[slot] + 1u); }
+    friend struct test_access;
 
-    uint16_t free_[N];
-    uint16_t gen_[N];
+    uint64_t gen_[slots]; // generation << 1 | live
+    uint16_t free_[slots];
     uint16_t nfree_;
+    uint16_t live_, high_water_;
 };
 
-template <size_t N> const uint16_t slot_pool<N>::none;
+template <size_t N, size_t S> const size_t slot_pool<N, S>::slots;
+template <size_t N, size_t S> const uint16_t slot_pool<N, S>::none;
+template <size_t N, size_t S> const uint64_t slot_pool<N, S>::max_generation;
 
 // Which slot's callback is running right now. Removing that source from
 // inside its own callback makes its handles stale at once but frees the
 // callback's storage only when it returns (the closure is still executing).
-// Every table whose callbacks may remove their own source keeps one.
+// Every table whose callbacks may remove their own source keeps one, and
+// gives its pool a spare slot (see slot_pool).
 class running_slot {
 public:
     running_slot() : slot_(none), released_(false) {}
@@ -412,8 +490,8 @@ public:
         cb.reset();
         pool.release(slot);
     }
-    // The callback returned; true if it had removed its own source, which is
-    // freed now.
+    // The callback returned (or threw); true if it had removed its own
+    // source, which is freed now.
     template <class Pool, class Callback>
     bool end(Pool& pool, Callback& cb) {
         uint16_t slot = slot_;
@@ -486,13 +564,26 @@ struct timer_event {
 };
 
 // What kind of callback a stall report names.
-enum class source_kind : unsigned char { io, timer, signal, aio, child };
+enum class source_kind : unsigned char { io, timer, signal, aio, child, post };
+
+// "io", "timer", "signal", "aio", "child" or "post" (a mailbox callback).
+inline const char* name(source_kind k) {
+    switch (k) {
+    case source_kind::io: return "io";
+    case source_kind::timer: return "timer";
+    case source_kind::signal: return "signal";
+    case source_kind::aio: return "aio";
+    case source_kind::child: return "child";
+    case source_kind::post: return "post";
+    }
+    return "unknown";
+}
 
 // Given to the stall callback when a callback ran longer than the threshold.
 struct stall_report {
     source_kind kind;
-    uint32_t id;          // the handle's id()
-    int detail;           // the fd, signal number or pid; -1 for timers
+    uint64_t id;          // the handle's id(); 0 for a mailbox callback
+    int detail;           // the fd, signal number or pid; -1 for timers and posts
     int64_t duration_ns;  // how long the callback ran
 };
 
@@ -509,10 +600,21 @@ class signal_table; // signal.hpp, included at the end of this file
 
 namespace detail {
 
+struct test_access; // lets the tests reach internal counters (wrap tests)
+
+// static_cast for types whose width depends on the target (time_t, pid_t,
+// int64_t...): written in a template, so the cast that is a no-op on one
+// target is not flagged by -Wuseless-cast there and still narrows explicitly
+// (-Wconversion) on another.
+template <class To, class From>
+To narrow(From v) {
+    return static_cast<To>(v);
+}
+
 inline int64_t monotonic_ns() {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+    return narrow<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
 // A duration in nanoseconds; false when negative, NaN or beyond 100 years
@@ -529,9 +631,6 @@ bool to_ns(std::chrono::duration<Rep, Period> d, int64_t& out) {
     out = static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
     return true;
 }
-
-// a before b, for counters that wrap
-inline bool serial_before(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
 
 const int word_bits = static_cast<int>(CHAR_BIT * sizeof(unsigned long));
 const int fd_words = (FD_SETSIZE + word_bits - 1) / word_bits;
@@ -565,6 +664,37 @@ inline bool fdset_is_words() {
 
 } // namespace detail
 
+// The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
+// wall-clock time. A loop's second template parameter may replace it with
+// any class that has `int64_t now_ns() const` (nanoseconds, never
+// decreasing), such as manual_clock.
+struct monotonic_clock {
+    int64_t now_ns() const { return detail::monotonic_ns(); }
+};
+
+// A clock that moves only when told: timer tests (ours and users') run in
+// virtual time, deterministically, with no sleeping. Drive such a loop with
+// poll() (or run_once(zero)) after each advance(): a wait for a timer would
+// otherwise sleep in real time for the virtual interval.
+//
+//     microloop::basic_loop<microloop::capacity<4, 4>, microloop::manual_clock> loop;
+//     loop.after(seconds(10), cb);
+//     loop.clock().advance(seconds(10));
+//     loop.poll();                                // cb runs
+class manual_clock {
+public:
+    manual_clock() : now_(0) {}
+    int64_t now_ns() const { return now_; }
+    void set(int64_t ns) { now_ = ns > now_ ? ns : now_; } // never backwards
+    template <class Rep, class Period>
+    void advance(std::chrono::duration<Rep, Period> d) {
+        set(now_ + static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+    }
+
+private:
+    int64_t now_;
+};
+
 // Compile-time capacities: how many fd watchers, timers, signal watchers and
 // child watchers one loop can hold. Each slot costs memory (see README).
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>
@@ -572,12 +702,15 @@ struct capacity {
     static const size_t io = Io, timers = Timers, signals = Signals, children = Children;
 };
 
-// How a module (signals, AIO) hangs off a loop without the loop knowing its
-// type: after the wake-up pipe is drained, the loop calls on_wake of every
-// attached hook in its own thread; `active` counts the sources the module
-// keeps pending, which keep run() running. The hook lives in the module.
+// How a module (signals, AIO, a mailbox) hangs off a loop without the loop
+// knowing its type: after the wake-up pipe is drained, the loop calls on_wake
+// of every attached hook in its own thread; `active` counts the sources the
+// module keeps pending, which keep run() running; on_fork is called by
+// after_fork() in a forked child, to drop what belongs to the parent. The
+// hook lives in the module.
 struct loop_hook {
     void (*on_wake)(loop_hook* self);
+    void (*on_fork)(loop_hook* self);
     size_t active;
     loop_hook* next;
 };
@@ -625,20 +758,24 @@ public:
     int wake_fd() const { return wake_wr_; }
 
     // Runs a user callback, reporting it if it stalled the loop. For modules.
-    template <class Cb, class Ev>
-    void invoke(Cb& cb, Ev ev, source_kind kind, uint32_t id, int what) {
+    // Stalls are measured on the real monotonic clock, whatever the timers use.
+    template <class Cb, class... Ev>
+    void invoke(Cb& cb, source_kind kind, uint64_t id, int what, Ev... ev) {
         if (stall_ns_ == 0) {
-            cb(ev);
+            cb(ev...);
             return;
         }
         int64_t t0 = detail::monotonic_ns();
-        cb(ev);
+        cb(ev...);
         int64_t took = detail::monotonic_ns() - t0;
         if (took >= stall_ns_) {
             stall_report r = {kind, id, what, took};
             stall_cb_(r);
         }
     }
+
+    // Which process made this loop, or called after_fork() last.
+    pid_t owner_pid() const { return owner_pid_; }
 
 protected:
     loop_base();
@@ -647,6 +784,7 @@ protected:
     loop_base& operator=(const loop_base&) = delete;
 
     void drain_wake();
+    error_code renew_wake_pipe();
     size_t hooks_active() const {
         size_t n = 0;
         for (const loop_hook* h = hooks_; h; h = h->next) n += h->active;
@@ -655,6 +793,8 @@ protected:
 
     int wake_rd_, wake_wr_;
     int wake_errno_; // why the wake pipe could not be made, or 0
+    pid_t owner_pid_; // the wake pipe is shared with forked children: only this process reads it
+    bool forked_;     // this is a forked child that has not called after_fork()
     std::atomic<bool> wake_pending_;
     std::atomic<bool> stop_;
     loop_hook* hooks_;
@@ -665,8 +805,8 @@ protected:
 // The loop. Every table lives inside the object, sized by Cap (a capacity<>);
 // nothing is allocated after construction. One loop per thread: only wake()
 // and stop() may be called from other threads (and wake() from a signal
-// handler).
-template <class Cap>
+// handler). Timers run on Clock (monotonic_clock, or manual_clock in tests).
+template <class Cap, class Clock = monotonic_clock>
 class basic_loop : public loop_base {
 public:
     basic_loop();
@@ -680,7 +820,7 @@ public:
     error_code modify(io_handle h, unsigned events);
     error_code unwatch(io_handle h);
 
-    // ---- timers (CLOCK_MONOTONIC) -----------------------------------------
+    // ---- timers -----------------------------------------------------------
     // Fire once after `timeout`.
     template <class Rep, class Period, class F>
     timer_handle after(std::chrono::duration<Rep, Period> timeout, F&& cb) {
@@ -688,12 +828,14 @@ public:
     }
     // Fire every `period`, first after one period. Deadlines advance by the
     // period, never by when the callback ran, so the timer does not drift.
+    // A period of zero (or one that rounds to 0 ns) is errc::bad_timeout.
     template <class Rep, class Period, class F>
     timer_handle every(std::chrono::duration<Rep, Period> period, F&& cb) {
         if (period == std::chrono::duration<Rep, Period>::zero()) return timer_handle(errc::bad_timeout);
         return add_timer(period, period, std::forward<F>(cb));
     }
-    // The general form: first after `timeout`, then every `repeat` (0: once).
+    // The general form: first after `timeout`, then every `repeat` (0: once;
+    // a non-zero repeat that rounds to 0 ns is errc::bad_timeout).
     template <class Rep1, class Period1, class Rep2, class Period2, class F>
     timer_handle add_timer(std::chrono::duration<Rep1, Period1> timeout, std::chrono::duration<Rep2, Period2> repeat,
                            F&& cb);
@@ -707,7 +849,11 @@ public:
     std::chrono::nanoseconds remaining(timer_handle h) const;
 
     // ---- running ----------------------------------------------------------
-    // Until stop() or until no active watcher or timer is left.
+    // Until stop() or until no active watcher or timer is left. Returns ok,
+    // or why the loop cannot go on: errc::system (select() failed; sys() has
+    // the errno), errc::forked (see after_fork()). A callback that throws
+    // leaves every table consistent; the exception propagates out of run()
+    // and the loop can be run again.
     error_code run();
     // One iteration: wait (forever, or at most max_wait), dispatch, return.
     // A stop() ends the wait and is used up, as in run().
@@ -734,26 +880,76 @@ public:
     child_handle on_child(pid_t pid, F&& cb) { return signals_.add_child(pid, std::forward<F>(cb)); }
     error_code unwatch(child_handle h) { return signals_.remove_child(h); }
 
-    // Loop time: taken after each wait, so every callback of one iteration
-    // sees the same "now" and timers armed in them are relative to it.
-    std::chrono::nanoseconds now() { return std::chrono::nanoseconds(now_ns()); }
+    // ---- fork ---------------------------------------------------------------
+    // A forked child that wants to keep using this loop calls after_fork()
+    // first: the loop gets its own wake-up pipe and signal routing, and drops
+    // what it inherited pending from the parent (signal counts, mailbox
+    // posts, AIO operations in flight, child watchers: those belong to the
+    // parent). Watchers, timers and signal watchers carry on. Until then the
+    // child cannot disturb the parent: its signal handler and its loop leave
+    // the shared pipe alone, and its run() returns errc::forked the first
+    // time it would have read from it. errc::bad_argument in the process
+    // that made the loop; errc::system if no pipe could be made.
+    error_code after_fork();
+
+    // ---- time -----------------------------------------------------------------
+    // Inside callbacks: the loop time, taken after each wait, so every
+    // callback of one iteration sees the same "now" and timers armed in them
+    // are relative to it. Outside callbacks (start-up, between run() calls)
+    // the clock is read afresh, so after(1s) means one second from now.
+    std::chrono::nanoseconds now() { return std::chrono::nanoseconds(arm_time()); }
     void update_now() { refresh_now(); }
+    Clock& clock() { return clock_; }
+
+    // ---- introspection ------------------------------------------------------
     // Watchers with a non-zero interest, armed timers, and what modules
     // (signals, AIO) keep pending.
     size_t active() const { return active_io_ + heap_size_ + hooks_active(); }
+    struct loop_stats {
+        table_stats io, timers, signals, children;
+    };
+    // How full each table is and was at most: size capacities from a real run.
+    loop_stats stats() const {
+        loop_stats s = {io_pool_.stats(), timer_pool_.stats(), signals_.signal_stats(), signals_.child_stats()};
+        return s;
+    }
+    // f(io_handle, int fd, unsigned events) for every fd watcher.
+    template <class F>
+    void for_each_io(F&& f) const {
+        for (uint16_t s = 0; s < io_pool_.slots; ++s)
+            if (io_pool_.live(s)) f(io_handle::from_id(io_[s].id), io_[s].fd, io_[s].interest);
+    }
+    // f(timer_handle, std::chrono::nanoseconds deadline, std::chrono::nanoseconds period)
+    // for every armed timer, in no particular order; the deadline is on
+    // clock()'s scale (compare it with now()), the period 0 for one-shots.
+    template <class F>
+    void for_each_timer(F&& f) const {
+        for (uint16_t i = 0; i < heap_size_; ++i) {
+            uint16_t s = heap_[i].slot;
+            f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(heap_[i].deadline),
+              std::chrono::nanoseconds(timers_[s].period));
+        }
+    }
 
 private:
-    typedef typename std::conditional<(Cap::io < 255), uint8_t, uint16_t>::type fd_slot_t;
+    friend struct detail::test_access;
+    // One spare slot per table: a callback that removes its own source can
+    // add a new one at once (see slot_pool).
+    typedef detail::slot_pool<Cap::io, 1> io_pool;
+    typedef detail::slot_pool<Cap::timers, 1> timer_pool;
+    static_assert(Cap::io < 254, "at most 253 fd watchers per loop");
+    typedef typename std::conditional<(io_pool::slots < 255), uint8_t, uint16_t>::type fd_slot_t;
     static const fd_slot_t no_slot = static_cast<fd_slot_t>(~0u);
     static const uint16_t no_pos = 0xffff;
+    static const size_t heap_cap = Cap::timers ? Cap::timers : 1; // only live timers are armed
     enum { rd = 0, wr = 1, ex = 2 };
 
     struct io_slot {
         io_callback cb;
         int fd;
         unsigned interest;
-        uint32_t added_iter; // not dispatched in the iteration it was added in
-        uint32_t id;         // its handle's id, fixed while the watcher lives
+        uint64_t added_iter; // not dispatched in the iteration it was added in
+        uint64_t id;         // its handle's id, fixed while the watcher lives
     };
     struct timer_slot {
         timer_callback cb;
@@ -771,8 +967,14 @@ private:
         return now_;
     }
     void refresh_now() {
-        now_ = detail::monotonic_ns();
+        now_ = clock_.now_ns();
         now_valid_ = true;
+    }
+    // What timers are armed relative to: the iteration's time inside
+    // callbacks, the clock's time outside them.
+    int64_t arm_time() {
+        if (!dispatching_) refresh_now();
+        return now_ns();
     }
 
     void set_interest(io_slot& io, unsigned events);
@@ -782,16 +984,21 @@ private:
     void call_io(uint16_t s, int fd, unsigned events);
     bool disable_bad_fds();
 
-    void heap_place(uint16_t pos, const heap_entry& e) {
+    void heap_place(uint32_t pos, const heap_entry& e) {
         heap_[pos] = e;
-        timers_[e.slot].heap_pos = pos;
+        timers_[e.slot].heap_pos = static_cast<uint16_t>(pos);
     }
     static bool heap_less(const heap_entry& a, const heap_entry& b) {
-        return a.deadline < b.deadline || (a.deadline == b.deadline && detail::serial_before(a.seq, b.seq));
+        return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
     }
-    void heap_sift(uint16_t pos, heap_entry e);
+    uint32_t next_seq() {
+        if (seq_ == UINT32_MAX) renumber_seqs();
+        return seq_++;
+    }
+    void renumber_seqs();
+    void heap_sift(uint32_t pos, heap_entry e);
     void heap_push(uint16_t slot, int64_t deadline);
-    void heap_remove(uint16_t pos);
+    void heap_remove(uint32_t pos);
 
     error_code iterate(int64_t max_wait_ns);
     error_code iterate_once(int64_t max_wait_ns) {
@@ -817,25 +1024,31 @@ private:
     int maxfd_;
     unsigned nwatch_[3]; // watchers interested in each set: an empty set is passed as NULL
     size_t active_io_;
+    uint64_t iteration_; // 64 bits: never wraps onto a watcher's added_iter
 
-    detail::slot_pool<Cap::io> io_pool_;
-    io_slot io_[Cap::io];
+    io_pool io_pool_;
+    io_slot io_[io_pool::slots];
 
-    detail::slot_pool<Cap::timers> timer_pool_;
-    timer_slot timers_[Cap::timers];
-    heap_entry heap_[Cap::timers];
+    timer_pool timer_pool_;
+    timer_slot timers_[timer_pool::slots];
+    heap_entry heap_[heap_cap];
     uint16_t heap_size_;
-    uint32_t seq_;        // next arming sequence number
-    uint32_t seq_mark_;   // seq_ when this iteration began
-    uint32_t iteration_;
+    // Arming order. Timers armed while the timer pass runs have a seq at or
+    // above seq_mark_ and wait for the next pass. Before seq_ could wrap,
+    // the armed timers are renumbered 0..n-1 in order, so no comparison
+    // ever meets a wrapped counter (renumber_seqs()).
+    uint32_t seq_;
+    uint32_t seq_mark_;
 
     // The callback running now, so removing it defers freeing its storage.
     detail::running_slot running_io_, running_timer_;
 
     int64_t now_;
     bool now_valid_;
-    bool wake_seen_; // the wake pipe was ready in this iteration
+    bool dispatching_; // inside an iteration, after the wait: callbacks use now_
+    bool wake_seen_;   // the wake pipe was ready in this iteration
     bool fdset_words_;
+    Clock clock_;
 
     detail::signal_table<Cap::signals, Cap::children> signals_; // a loop_hook
 };
@@ -844,10 +1057,10 @@ private:
 // Implementation
 // ============================================================================
 
-template <class Cap>
-basic_loop<Cap>::basic_loop()
-    : maxfd_(-1), active_io_(0), heap_size_(0), seq_(0), seq_mark_(0), iteration_(0), now_(0), now_valid_(false), wake_seen_(false),
-      fdset_words_(detail::fdset_is_words()), signals_(*this) {
+template <class Cap, class Clock>
+basic_loop<Cap, Clock>::basic_loop()
+    : maxfd_(-1), active_io_(0), iteration_(0), heap_size_(0), seq_(0), seq_mark_(0), now_(0), now_valid_(false),
+      dispatching_(false), wake_seen_(false), fdset_words_(detail::fdset_is_words()), signals_(*this) {
     for (int i = 0; i < 3; ++i) {
         FD_ZERO(&master_[i]);
         nwatch_[i] = 0;
@@ -860,18 +1073,19 @@ basic_loop<Cap>::basic_loop()
     }
 }
 
-template <class Cap> const typename basic_loop<Cap>::fd_slot_t basic_loop<Cap>::no_slot;
-template <class Cap> const uint16_t basic_loop<Cap>::no_pos;
+template <class Cap, class Clock> const typename basic_loop<Cap, Clock>::fd_slot_t basic_loop<Cap, Clock>::no_slot;
+template <class Cap, class Clock> const uint16_t basic_loop<Cap, Clock>::no_pos;
+template <class Cap, class Clock> const size_t basic_loop<Cap, Clock>::heap_cap;
 
 // Callbacks of live slots are destroyed with the slot arrays.
-template <class Cap>
-basic_loop<Cap>::~basic_loop() {}
+template <class Cap, class Clock>
+basic_loop<Cap, Clock>::~basic_loop() {}
 
 // ---- fd watchers ------------------------------------------------------------
 
-template <class Cap>
+template <class Cap, class Clock>
 template <class F>
-io_handle basic_loop<Cap>::watch(int fd, unsigned events, F&& cb) {
+io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     // Checked before anything touches an fd_set: FD_SET beyond FD_SETSIZE
     // writes past the end of the set.
     if (fd < 0) return io_handle(errc::bad_fd);
@@ -879,7 +1093,7 @@ io_handle basic_loop<Cap>::watch(int fd, unsigned events, F&& cb) {
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
     if (detail::is_null_callable(cb)) return io_handle(errc::bad_argument);
     if (fd_slot_[fd] != no_slot || fd == wake_rd_) return io_handle(errc::already_watched);
-    uint32_t id = io_pool_.acquire();
+    uint64_t id = io_pool_.acquire();
     if (id == 0) return io_handle(errc::table_full);
 
     uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
@@ -896,8 +1110,8 @@ io_handle basic_loop<Cap>::watch(int fd, unsigned events, F&& cb) {
     return io_handle::from_id(id);
 }
 
-template <class Cap>
-error_code basic_loop<Cap>::modify(io_handle h, unsigned events) {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     if (events & ~(readable | writable | priority)) return errc::bad_argument;
@@ -905,8 +1119,8 @@ error_code basic_loop<Cap>::modify(io_handle h, unsigned events) {
     return error_code();
 }
 
-template <class Cap>
-error_code basic_loop<Cap>::unwatch(io_handle h) {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     io_slot& io = io_[slot];
@@ -918,8 +1132,8 @@ error_code basic_loop<Cap>::unwatch(io_handle h) {
     return error_code();
 }
 
-template <class Cap>
-void basic_loop<Cap>::set_interest(io_slot& io, unsigned events) {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
     static const unsigned bit[3] = {readable, writable, priority};
     if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
     for (int s = 0; s < 3; ++s) {
@@ -936,8 +1150,8 @@ void basic_loop<Cap>::set_interest(io_slot& io, unsigned events) {
     io.interest = events;
 }
 
-template <class Cap>
-void basic_loop<Cap>::recompute_maxfd() {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::recompute_maxfd() {
     maxfd_ = wake_rd_;
     for (int w = detail::fd_words - 1; w >= 0; --w) {
         if (watched_[w]) {
@@ -948,21 +1162,22 @@ void basic_loop<Cap>::recompute_maxfd() {
     }
 }
 
-// Runs watcher s's callback, which may remove the watcher or anything else.
-template <class Cap>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::call_io(uint16_t s, int fd, unsigned events) {
+// Runs watcher s's callback, which may remove the watcher or anything else,
+// or throw.
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     running_io_.begin(s);
+    auto done = detail::on_scope_exit([this, &io] { running_io_.end(io_pool_, io.cb); });
     io_event ev = {io_handle::from_id(io.id), fd, events};
-    invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
-    running_io_.end(io_pool_, io.cb);
+    invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
 
 // select() failed with EBADF: some watched fd was closed behind our back.
 // Find each one, report it to its watcher once, and disable the watcher.
 // False if no watcher owns a bad fd (the wake-up pipe itself was closed).
-template <class Cap>
-bool basic_loop<Cap>::disable_bad_fds() {
+template <class Cap, class Clock>
+bool basic_loop<Cap, Clock>::disable_bad_fds() {
     bool found = false;
     for (int fd = 0; fd <= maxfd_; ++fd) {
         fd_slot_t s = fd_slot_[fd];
@@ -978,26 +1193,29 @@ bool basic_loop<Cap>::disable_bad_fds() {
 
 // ---- timers -----------------------------------------------------------------
 
-template <class Cap>
+template <class Cap, class Clock>
 template <class Rep1, class Period1, class Rep2, class Period2, class F>
-timer_handle basic_loop<Cap>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
+timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
                                                std::chrono::duration<Rep2, Period2> repeat, F&& cb) {
     int64_t after_ns, period_ns;
     if (!detail::to_ns(timeout, after_ns) || !detail::to_ns(repeat, period_ns)) return timer_handle(errc::bad_timeout);
+    // A repeat finer than a nanosecond would silently make a one-shot.
+    if (period_ns == 0 && repeat != std::chrono::duration<Rep2, Period2>::zero())
+        return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
-    uint32_t id = timer_pool_.acquire();
+    uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
     uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
     timer_slot& t = timers_[slot];
     t.cb.emplace(std::forward<F>(cb));
     t.period = period_ns;
-    heap_push(slot, now_ns() + after_ns);
+    heap_push(slot, arm_time() + after_ns);
     return timer_handle::from_id(id);
 }
 
-template <class Cap>
+template <class Cap, class Clock>
 template <class Rep, class Period>
-error_code basic_loop<Cap>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
+error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
     int64_t ns;
@@ -1005,17 +1223,19 @@ error_code basic_loop<Cap>::rearm(timer_handle h, std::chrono::duration<Rep, Per
     timer_slot& t = timers_[slot];
     if (t.heap_pos != no_pos) {
         // Armed: re-keyed in place, one sift instead of a remove and a push.
-        // A fresh seq, as a push would give, keeps equal deadlines in arming order.
-        heap_entry e = {now_ns() + ns, seq_++, slot};
+        // A fresh seq, as a push would give, keeps equal deadlines in arming
+        // order (taken first: renumbering moves entries).
+        uint32_t seq = next_seq();
+        heap_entry e = {arm_time() + ns, seq, slot};
         heap_sift(t.heap_pos, e);
     } else {
-        heap_push(slot, now_ns() + ns);
+        heap_push(slot, arm_time() + ns);
     }
     return error_code();
 }
 
-template <class Cap>
-error_code basic_loop<Cap>::cancel(timer_handle h) {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
     if (timers_[slot].heap_pos != no_pos) heap_remove(timers_[slot].heap_pos);
@@ -1023,29 +1243,30 @@ error_code basic_loop<Cap>::cancel(timer_handle h) {
     return error_code();
 }
 
-template <class Cap>
-std::chrono::nanoseconds basic_loop<Cap>::remaining(timer_handle h) const {
+template <class Cap, class Clock>
+std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none || timers_[slot].heap_pos == no_pos) return std::chrono::nanoseconds::zero();
-    int64_t left = heap_[timers_[slot].heap_pos].deadline - detail::monotonic_ns();
+    int64_t left = heap_[timers_[slot].heap_pos].deadline - clock_.now_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
 }
 
 // Moves `e` from `pos` up or down to where it belongs: O(log n). The heap is
 // 4-ary (as libev's): half the depth of a binary heap, so an entry moves
 // through half as many levels, and siblings sit next to each other in memory.
-template <class Cap>
-void basic_loop<Cap>::heap_sift(uint16_t pos, heap_entry e) {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::heap_sift(uint32_t pos, heap_entry e) {
+    if (pos >= heap_cap) return; // never true; tells the optimiser (gcc -Warray-bounds, capacity 1)
     uint32_t at = pos;
     while (at > 0) {
         uint32_t parent = (at - 1u) / 4u;
         if (!heap_less(e, heap_[parent])) break;
-        heap_place(static_cast<uint16_t>(at), heap_[parent]);
+        heap_place(at, heap_[parent]);
         at = parent;
     }
     // heap_size_ never exceeds the capacity; the clamp tells the optimiser so
     // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
-    const uint32_t size = heap_size_ < Cap::timers ? heap_size_ : static_cast<uint32_t>(Cap::timers);
+    const uint32_t size = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
     for (;;) {
         uint32_t first = 4u * at + 1u;
         if (first >= size) break;
@@ -1053,28 +1274,74 @@ void basic_loop<Cap>::heap_sift(uint16_t pos, heap_entry e) {
         for (uint32_t c = first + 1u; c < end; ++c)
             if (heap_less(heap_[c], heap_[best])) best = c;
         if (!heap_less(heap_[best], e)) break;
-        heap_place(static_cast<uint16_t>(at), heap_[best]);
+        heap_place(at, heap_[best]);
         at = best;
     }
-    heap_place(static_cast<uint16_t>(at), e);
+    heap_place(at, e);
 }
 
-template <class Cap>
-void basic_loop<Cap>::heap_push(uint16_t slot, int64_t deadline) {
-    heap_entry e = {deadline, seq_++, slot};
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::heap_push(uint16_t slot, int64_t deadline) {
+    if (heap_size_ >= heap_cap) return; // never true: only live timers are armed
+    heap_entry e = {deadline, next_seq(), slot};
     heap_sift(heap_size_++, e);
 }
 
-template <class Cap>
-void basic_loop<Cap>::heap_remove(uint16_t pos) {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::heap_remove(uint32_t pos) {
     timers_[heap_[pos].slot].heap_pos = no_pos;
     if (pos != --heap_size_) heap_sift(pos, heap_[heap_size_]);
 }
 
+// seq_ is about to wrap (after 2^32 armings): give the armed timers the
+// numbers 0..n-1 in their arming order, move the mark with them, and rebuild
+// the heap. O(n log n), once per 4 billion armings. Deadlines and the order
+// of equal deadlines are unchanged; no comparison ever sees a wrapped value.
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::renumber_seqs() {
+    const uint32_t n = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
+    // Heapsort on seq alone, in place (no allocation): a max-heap, then
+    // repeatedly the largest to the end.
+    struct by_seq {
+        static void sift_down(heap_entry* a, uint32_t at, uint32_t size) {
+            heap_entry e = a[at];
+            for (;;) {
+                uint32_t c = 2u * at + 1u;
+                if (c >= size) break;
+                if (c + 1u < size && a[c + 1u].seq > a[c].seq) ++c;
+                if (a[c].seq <= e.seq) break;
+                a[at] = a[c];
+                at = c;
+            }
+            a[at] = e;
+        }
+    };
+    for (uint32_t i = n / 2u; i-- > 0;) by_seq::sift_down(heap_, i, n);
+    for (uint32_t end = n; end > 1u; --end) {
+        heap_entry top = heap_[0];
+        heap_[0] = heap_[end - 1u];
+        heap_[end - 1u] = top;
+        by_seq::sift_down(heap_, 0, end - 1u);
+    }
+    uint32_t mark = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        if (heap_[i].seq < seq_mark_) mark = i + 1u;
+        heap_[i].seq = i;
+    }
+    seq_mark_ = mark;
+    seq_ = n;
+    // Sorted by seq is not yet a heap by deadline: insert the entries again,
+    // one by one (heap_sift also records every heap_pos).
+    for (uint32_t i = 0; i < n; ++i) {
+        heap_size_ = static_cast<uint16_t>(i + 1u);
+        heap_sift(i, heap_[i]);
+    }
+}
+
 // ---- the iteration ----------------------------------------------------------
 
-template <class Cap>
-error_code basic_loop<Cap>::run() {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::run() {
     error_code result;
     while (!stop_.load(std::memory_order_relaxed) && active() > 0) {
         result = iterate(-1);
@@ -1086,8 +1353,8 @@ error_code basic_loop<Cap>::run() {
 
 // Nanoseconds select() may sleep: until the first timer or `until`, -1 for
 // no limit.
-template <class Cap>
-int64_t basic_loop<Cap>::select_timeout(int64_t until) const {
+template <class Cap, class Clock>
+int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) const {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
@@ -1098,8 +1365,9 @@ int64_t basic_loop<Cap>::select_timeout(int64_t until) const {
     return wait;
 }
 
-template <class Cap>
-error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
+    if (forked_) return errc::forked;
     ++iteration_;
     seq_mark_ = seq_;
     // The clock is read only when something depends on it: with no timer and
@@ -1137,8 +1405,8 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
             // Rounded up: waking before the deadline would only spin.
             int64_t us = (wait + 999) / 1000;
             const int64_t max_s = 0x7fffffff; // fits a 32-bit time_t
-            tv.tv_sec = static_cast<time_t>(us / 1000000 > max_s ? max_s : us / 1000000);
-            tv.tv_usec = static_cast<suseconds_t>(us % 1000000);
+            tv.tv_sec = detail::narrow<time_t>(us / 1000000 > max_s ? max_s : us / 1000000);
+            tv.tv_usec = detail::narrow<suseconds_t>(us % 1000000);
             tvp = &tv;
         }
         n = select(nfds, ptr[rd], ptr[wr], ptr[ex], tvp);
@@ -1155,6 +1423,10 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
         return error_code(errc::system, errno);
     }
 
+    // From here on callbacks run: timers they arm count from now_.
+    const bool outer = dispatching_;
+    dispatching_ = true;
+    auto done = detail::on_scope_exit([this, outer] { dispatching_ = outer; });
     if (n > 0) {
         const int nwords = static_cast<int>((static_cast<unsigned>(nfds) + detail::word_bits - 1) / detail::word_bits);
         const unsigned long* sets[3];
@@ -1173,6 +1445,7 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
             for (int s = 0; s < 3; ++s) sets[s] = ptr[s] ? words[s] : nullptr;
         }
         dispatch_io(sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
+        if (forked_) return errc::forked;
     }
     if (heap_size_ > 0) dispatch_timers();
     return error_code();
@@ -1182,10 +1455,10 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
 // bits: the scan stops when it is used up. The wake pipe is drained after the
 // watchers ran, as before. Inlined into its one caller, iterate(): with one
 // ready fd per iteration, the call would cost more than the scan.
-template <class Cap>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_io(const unsigned long* r, const unsigned long* w,
-                                                                  const unsigned long* e, int nwords,
-                                                                  int nready) {
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const unsigned long* r, const unsigned long* w,
+                                                                         const unsigned long* e, int nwords,
+                                                                         int nready) {
     if (!w && !e) {
         // Only readers (the common case): the scan keeps its state in registers.
         for (int i = 0; i < nwords && nready > 0; ++i)
@@ -1213,8 +1486,8 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_io(const unsigned 
 
 // One ready fd, looked up in fd_slot_ at the moment it is dispatched, so a
 // watcher removed by an earlier callback of this iteration is never called.
-template <class Cap>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_fd(int fd, unsigned ready) {
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, unsigned ready) {
     fd_slot_t s = fd_slot_[fd];
     if (s == no_slot) { // the wake pipe (drained after the watchers), or unwatched meanwhile
         if (fd == wake_rd_) wake_seen_ = true;
@@ -1226,9 +1499,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_fd(int fd, unsigne
     call_io(s, fd, events);
 }
 
-template <class Cap>
-void basic_loop<Cap>::dispatch_timers() {
-    while (heap_size_ > 0 && heap_[0].deadline <= now_ && detail::serial_before(heap_[0].seq, seq_mark_)) {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::dispatch_timers() {
+    while (heap_size_ > 0 && heap_[0].deadline <= now_ && heap_[0].seq < seq_mark_) {
         const heap_entry top = heap_[0];
         timer_slot& t = timers_[top.slot];
         uint32_t overruns = 0;
@@ -1237,26 +1510,62 @@ void basic_loop<Cap>::dispatch_timers() {
             // during a stall are skipped and counted, not fired in a burst.
             int64_t missed = (now_ - top.deadline) / t.period;
             overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
-            heap_entry next = {top.deadline + (missed + 1) * t.period, seq_++, top.slot};
+            uint32_t seq = next_seq();
+            heap_entry next = {top.deadline + (missed + 1) * t.period, seq, top.slot};
             heap_sift(0, next);
         } else {
             heap_remove(0);
         }
         running_timer_.begin(top.slot);
+        // Also when the callback throws: a one-shot that was not re-armed is
+        // gone, and its slot with it.
+        auto done = detail::on_scope_exit([this, &t, top] {
+            if (!running_timer_.end(timer_pool_, t.cb) && t.heap_pos == no_pos) release_timer(top.slot);
+        });
         timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
-        invoke(t.cb, ev, source_kind::timer, ev.handle.id(), -1);
-        if (!running_timer_.end(timer_pool_, t.cb) && t.heap_pos == no_pos)
-            release_timer(top.slot); // a one-shot timer that was not re-armed
+        invoke(t.cb, source_kind::timer, ev.handle.id(), -1, ev);
     }
+}
+
+// ---- fork ---------------------------------------------------------------------
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::after_fork() {
+    if (getpid() == owner_pid_) return errc::bad_argument;
+    if (wake_rd_ >= 0) FD_CLR(wake_rd_, &master_[rd]);
+    error_code e = renew_wake_pipe();
+    if (wake_rd_ >= 0) FD_SET(wake_rd_, &master_[rd]);
+    recompute_maxfd();
+    if (e) return e;
+    for (loop_hook* h = hooks_; h;) {
+        loop_hook* next = h->next; // a hook may detach itself
+        h->on_fork(h);
+        h = next;
+    }
+    return error_code();
 }
 
 // ---- loop_base: the wake-up pipe ---------------------------------------------
 
 inline loop_base::loop_base()
-    : wake_rd_(-1), wake_wr_(-1), wake_errno_(0), wake_pending_(false), stop_(false), hooks_(nullptr),
-      stall_ns_(0) {
-    // Non-blocking so neither a full pipe nor an empty one can block the
-    // loop or a signal handler; close-on-exec so children do not inherit it.
+    : wake_rd_(-1), wake_wr_(-1), wake_errno_(0), owner_pid_(getpid()), forked_(false), wake_pending_(false),
+      stop_(false), hooks_(nullptr), stall_ns_(0) {
+    renew_wake_pipe();
+}
+
+// Makes the wake-up pipe (again, after a fork: the child closes its copies of
+// the parent's pipe, which stays the parent's). Non-blocking so neither a
+// full pipe nor an empty one can block the loop or a signal handler;
+// close-on-exec so exec'd programs do not inherit it.
+inline error_code loop_base::renew_wake_pipe() {
+    if (wake_rd_ >= 0) close(wake_rd_);
+    if (wake_wr_ >= 0) close(wake_wr_);
+    wake_rd_ = wake_wr_ = -1;
+    wake_errno_ = 0;
+    owner_pid_ = getpid();
+    forked_ = false;
+    wake_pending_.store(false);
+    stop_.store(false);
     int p[2];
     if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
         wake_errno_ = errno;
@@ -1267,7 +1576,9 @@ inline loop_base::loop_base()
     } else {
         wake_rd_ = p[0];
         wake_wr_ = p[1];
+        return error_code();
     }
+    return error_code(errc::system, wake_errno_);
 }
 
 inline loop_base::~loop_base() {
@@ -1288,6 +1599,15 @@ inline error_code loop_base::wake() {
 }
 
 inline void loop_base::drain_wake() {
+    // After fork() the child shares this pipe with the parent. Reading it in
+    // the child would take the parent's bytes while the parent's
+    // wake_pending_ stays set, and every later wake() of the parent would be
+    // skipped: the child leaves it alone (iterate() then returns
+    // errc::forked). One getpid() per wake-up, never per event.
+    if (getpid() != owner_pid_) {
+        forked_ = true;
+        return;
+    }
     // Cleared after draining, before the hooks run: a wake() that saw the
     // flag set published its work before we clear it, so the hooks see that
     // work; a wake() after the clear writes a byte the next select() sees.
@@ -1300,11 +1620,15 @@ inline void loop_base::drain_wake() {
     while (read(wake_rd_, buf, sizeof buf) == static_cast<ssize_t>(sizeof buf)) {
     }
     wake_pending_.exchange(false);
+    // If a hook's callback throws, the hooks after it (and the rest of its
+    // own work) get their turn in the next iteration.
+    auto rewake = detail::on_scope_exit([this] { wake(); });
     for (loop_hook* h = hooks_; h;) {
         loop_hook* next = h->next; // a hook may detach itself
         h->on_wake(h);
         h = next;
     }
+    rewake.dismiss();
 }
 
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>
@@ -1342,8 +1666,14 @@ using loop = basic_loop<capacity<Io, Timers, Signals, Children> >;
 // - SIGPIPE is left alone: a write to a closed socket or pipe kills the
 //   process by default. Send on sockets with MSG_NOSIGNAL, or call
 //   ignore_sigpipe() once at start-up so such writes fail with EPIPE.
-// - A forked child inherits the handler and the wake-up pipe (until exec):
-//   exec soon after fork, as posix_spawn() does.
+// - fork(): a child inherits the handler and the loop's wake-up pipe, but
+//   never disturbs the parent through them: the handler writes to a loop's
+//   pipe only in the process that owns the loop, so a signal the child
+//   receives before exec (or before after_fork()) wakes nobody. A child that
+//   keeps the loop calls loop.after_fork(): from then on its signals reach
+//   its own loop; signal counts inherited from the parent are dropped, and so
+//   are arrivals between fork() and after_fork() (block signals around fork()
+//   if those matter: the kernel keeps them pending until unblocked).
 //
 // Included by loop.hpp (basic_loop holds a signal table); include
 // <microloop.hpp> or this file, which brings loop.hpp along.
@@ -1435,6 +1765,7 @@ struct signal_state {
     std::atomic<int> wake_fd;       // the owner's wake-up pipe + 1; 0: drop arrivals
     std::atomic<unsigned> pending;  // arrivals the loop has not taken yet
     std::atomic<unsigned> busy;     // handlers running right now
+    std::atomic<int> claimant;      // the process whose loop owns it (not a forked child)
     // The latest sender, under a seqlock: odd while a handler writes.
     std::atomic<unsigned> seq;
     std::atomic<int> pid;
@@ -1459,8 +1790,10 @@ struct signal_globals {
             record_sender(s, signo, info);
             // Only the first arrival since the loop last looked writes a byte:
             // a storm costs one byte, and a full pipe (EAGAIN) means the loop
-            // is about to wake anyway. The count itself is never lost.
-            if (s.pending.fetch_add(1) == 0) {
+            // is about to wake anyway. The count itself is never lost. In a
+            // forked child the pipe is still the parent's: no byte (and the
+            // count stays the child's, until its after_fork() drops it).
+            if (s.pending.fetch_add(1) == 0 && getpid() == s.claimant.load()) {
                 char byte = 0;
                 ssize_t r = write(fd, &byte, 1);
                 (void)r;
@@ -1505,8 +1838,8 @@ typedef signal_globals<> globals;
 inline void read_sender(const signal_state& s, pid_t& pid, uid_t& uid) {
     for (int tries = 0; tries < 64; ++tries) {
         unsigned q1 = s.seq.load(std::memory_order_acquire);
-        pid = static_cast<pid_t>(s.pid.load(std::memory_order_acquire));
-        uid = static_cast<uid_t>(s.uid.load(std::memory_order_acquire));
+        pid = narrow<pid_t>(s.pid.load(std::memory_order_acquire));
+        uid = narrow<uid_t>(s.uid.load(std::memory_order_acquire));
         if (!(q1 & 1u) && s.seq.load(std::memory_order_relaxed) == q1) return;
         sched_yield();
     }
@@ -1524,6 +1857,7 @@ inline error_code claim_signal(int signo, const void* owner, int wake_fd, struct
     const void* nobody = nullptr;
     if (!s.owner.compare_exchange_strong(nobody, owner)) return errc::already_watched;
     s.pending.store(0);
+    s.claimant.store(narrow<int>(getpid()));
     s.wake_fd.store(wake_fd + 1);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -1558,28 +1892,39 @@ inline void release_signal(int signo, const struct sigaction& saved) {
     s.owner.store(nullptr);
 }
 
+// After fork(), in the child: route the signal to the child's new pipe and
+// drop the count inherited from the parent (it is the parent's to deliver).
+inline void retarget_signal(int signo, int wake_fd) {
+    signal_state& s = globals::state[signo];
+    s.wake_fd.store(0);
+    s.claimant.store(narrow<int>(getpid()));
+    s.pending.store(0);
+    s.wake_fd.store(wake_fd + 1);
+}
+
 // A loop's signal and child watchers: the fixed tables and the hook through
 // which the loop hands it each wake-up. Part of basic_loop.
 template <size_t Signals, size_t Children>
 class signal_table : private loop_hook {
-    // slot_pool needs at least one slot; a capacity of 0 is refused at run time.
-    static const size_t sig_cap = Signals ? Signals : 1, kid_cap = Children ? Children : 1;
-    static const uint16_t none = 0xffff;
+    // One spare slot each: a callback can replace its own watcher at once.
+    typedef slot_pool<Signals, 1> sig_pool;
+    typedef slot_pool<Children, 1> kid_pool;
 
 public:
-    explicit signal_table(loop_base& loop)
-        : loop_(&loop), chld_users_(0), chld_count_(0), kids_due_(false) {
+    explicit signal_table(loop_base& owner)
+        : loop_(&owner), chld_users_(0), chld_count_(0), kids_due_(false) {
         on_wake = &signal_table::dispatch;
+        on_fork = &signal_table::forked;
         active = 0;
         next = nullptr;
         memset(&chld_saved_, 0, sizeof chld_saved_);
-        for (size_t i = 0; i < sig_cap; ++i) sigs_[i].signo = 0;
-        for (size_t i = 0; i < kid_cap; ++i) kids_[i].pid = 0;
+        for (size_t i = 0; i < sig_pool::slots; ++i) sigs_[i].signo = 0;
+        for (size_t i = 0; i < kid_pool::slots; ++i) kids_[i].pid = 0;
         loop_->attach(this);
     }
 
     ~signal_table() {
-        for (size_t i = 0; i < sig_cap; ++i)
+        for (size_t i = 0; i < sig_pool::slots; ++i)
             if (sigs_[i].signo) give_back(sigs_[i]);
         if (chld_users_ > 0) release_signal(SIGCHLD, chld_saved_);
         loop_->detach(this);
@@ -1588,23 +1933,25 @@ public:
     signal_table(const signal_table&) = delete;
     signal_table& operator=(const signal_table&) = delete;
 
+    // A failed watch carries its errno in the handle: h.error().sys().
     template <class F>
     signal_handle add(int signo, F&& cb) {
-        if (!watchable_signal(signo)) return signal_handle(errc::bad_argument);
-        if (Signals == 0 || sig_pool_.full()) return signal_handle(errc::table_full);
+        if (!watchable_signal(signo) || is_null_callable(cb)) return signal_handle(errc::bad_argument);
+        if (sig_pool_.full()) return signal_handle(errc::table_full);
         if (loop_->wake_fd() < 0) return signal_handle(no_pipe());
-        sig_slot& s = sigs_[slot_of(sig_pool_.acquire())];
+        uint64_t id = sig_pool_.acquire();
+        if (id == 0) return signal_handle(errc::table_full);
+        uint16_t slot = slot_of(id);
+        sig_slot& s = sigs_[slot];
         error_code e = signo == SIGCHLD ? take_sigchld() : claim_signal(signo, this, loop_->wake_fd(), &s.saved);
-        uint16_t slot = static_cast<uint16_t>(&s - sigs_);
         if (e) {
             sig_pool_.release(slot);
-            if (e.sys()) errno = e.sys(); // kept for the caller: a handle carries only the errc
-            return signal_handle(e.code());
+            return signal_handle(e);
         }
         s.cb.emplace(std::forward<F>(cb));
         s.signo = signo;
         ++active;
-        return signal_handle::from_id(sig_pool_.id_of(slot));
+        return signal_handle::from_id(id);
     }
 
     error_code remove(signal_handle h) {
@@ -1617,15 +1964,12 @@ public:
 
     template <class F>
     child_handle add_child(pid_t pid, F&& cb) {
-        if (pid <= 0) return child_handle(errc::bad_argument);
-        if (Children == 0 || kid_pool_.full()) return child_handle(errc::table_full);
-        for (size_t i = 0; i < kid_cap; ++i)
+        if (pid <= 0 || is_null_callable(cb)) return child_handle(errc::bad_argument);
+        if (kid_pool_.full()) return child_handle(errc::table_full);
+        for (size_t i = 0; i < kid_pool::slots; ++i)
             if (kids_[i].pid == pid) return child_handle(errc::already_watched);
         if (loop_->wake_fd() < 0) return child_handle(no_pipe());
-        if (error_code e = take_sigchld()) {
-            if (e.sys()) errno = e.sys();
-            return child_handle(e.code());
-        }
+        if (error_code e = take_sigchld()) return child_handle(e);
         // SIGCHLD is caught from here on; a child that ended earlier is
         // already a zombie and sends nothing more: look once now. WNOWAIT
         // leaves it unreaped, so unwatching before the report still leaves
@@ -1635,13 +1979,16 @@ public:
         int r;
         do r = waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
         while (r < 0 && errno == EINTR);
-        if (r < 0) { // not our child, or already reaped by someone else
+        if (r < 0) { // not our child (ECHILD: errc::bad_argument), or already reaped by someone else
             int e = errno;
             drop_sigchld();
-            errno = e;
-            return child_handle(e == ECHILD ? errc::bad_argument : errc::system);
+            return child_handle(error_code(e == ECHILD ? errc::bad_argument : errc::system, e));
         }
-        uint32_t id = kid_pool_.acquire();
+        uint64_t id = kid_pool_.acquire();
+        if (id == 0) {
+            drop_sigchld();
+            return child_handle(errc::table_full);
+        }
         kid_slot& k = kids_[slot_of(id)];
         k.cb.emplace(std::forward<F>(cb));
         k.pid = pid;
@@ -1657,13 +2004,12 @@ public:
     error_code remove_child(child_handle h) {
         uint16_t slot = kid_pool_.lookup(h.id());
         if (slot == kid_pool_.none) return errc::stale_handle;
-        kids_[slot].pid = 0;
-        kids_[slot].cb.reset(); // a running child callback's slot is already retired
-        kid_pool_.release(slot);
-        --active;
-        drop_sigchld();
+        forget_child(slot);
         return error_code();
     }
+
+    table_stats signal_stats() const { return sig_pool_.stats(); }
+    table_stats child_stats() const { return kid_pool_.stats(); }
 
 private:
     struct sig_slot {
@@ -1676,13 +2022,10 @@ private:
         pid_t pid; // 0: free
     };
 
-    static uint16_t slot_of(uint32_t id) { return static_cast<uint16_t>(id & 0xffffu); }
+    static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
 
-    // The loop has no wake-up pipe: errno says why it could not be made.
-    errc no_pipe() {
-        errno = loop_->wake().sys();
-        return errc::system;
-    }
+    // The loop has no wake-up pipe: the error says why it could not be made.
+    error_code no_pipe() { return loop_->wake(); }
 
     // SIGCHLD serves both a SIGCHLD watcher and every child watcher: it is
     // claimed for the first of them and given back after the last.
@@ -1705,6 +2048,14 @@ private:
         --active;
     }
 
+    void forget_child(uint16_t slot) {
+        kids_[slot].pid = 0;
+        kids_[slot].cb.reset(); // a running child callback's slot is already retired
+        kid_pool_.release(slot);
+        --active;
+        drop_sigchld();
+    }
+
     static void dispatch(loop_hook* hook) {
         signal_table* self = static_cast<signal_table*>(hook);
         if (self->chld_users_ > 0) self->chld_count_ += globals::state[SIGCHLD].pending.exchange(0);
@@ -1712,11 +2063,27 @@ private:
         self->dispatch_signals();
     }
 
+    // after_fork() in the child: signals now wake the child's own pipe, with
+    // the parent's pending counts dropped. The child watchers name the
+    // parent's children, which this process can neither wait for nor reap:
+    // they are dropped, without a call.
+    static void forked(loop_hook* hook) {
+        signal_table* self = static_cast<signal_table*>(hook);
+        int fd = self->loop_->wake_fd();
+        for (size_t i = 0; i < sig_pool::slots; ++i)
+            if (self->sigs_[i].signo && self->sigs_[i].signo != SIGCHLD) retarget_signal(self->sigs_[i].signo, fd);
+        for (uint16_t i = 0; i < kid_pool::slots; ++i)
+            if (self->kids_[i].pid) self->forget_child(i);
+        if (self->chld_users_ > 0) retarget_signal(SIGCHLD, fd);
+        self->chld_count_ = 0;
+        self->kids_due_ = false;
+    }
+
     // Each watched child is checked on its own; a SIGCHLD only says that
     // some child changed state, and several exits may share one SIGCHLD.
     void reap() {
         kids_due_ = false;
-        for (size_t i = 0; i < kid_cap; ++i) {
+        for (size_t i = 0; i < kid_pool::slots; ++i) {
             kid_slot& k = kids_[i];
             if (k.pid == 0) continue;
             int status = 0;
@@ -1725,21 +2092,24 @@ private:
             while (r < 0 && errno == EINTR);
             if (r == 0) continue; // still running
             // The watcher is gone before its callback runs: its handle is
-            // stale inside the callback, and its slot is reused only after.
+            // stale inside the callback, and its slot is reused only after
+            // (the spare slot lets the callback watch another child).
             uint16_t slot = static_cast<uint16_t>(i);
             child_event ev = {child_handle::from_id(kid_pool_.id_of(slot)), k.pid, r == k.pid ? status : -1};
             kid_pool_.retire(slot);
             k.pid = 0;
             --active;
             drop_sigchld();
-            loop_->invoke(k.cb, ev, source_kind::child, ev.handle.id(), static_cast<int>(ev.pid));
-            k.cb.reset();
-            kid_pool_.recycle(slot);
+            auto done = on_scope_exit([this, &k, slot] {
+                k.cb.reset();
+                kid_pool_.recycle(slot);
+            });
+            loop_->invoke(k.cb, source_kind::child, ev.handle.id(), narrow<int>(ev.pid), ev);
         }
     }
 
     void dispatch_signals() {
-        for (size_t i = 0; i < sig_cap; ++i) {
+        for (size_t i = 0; i < sig_pool::slots; ++i) {
             sig_slot& s = sigs_[i];
             if (s.signo == 0) continue;
             signal_state& g = globals::state[s.signo];
@@ -1755,27 +2125,23 @@ private:
             signal_event ev = {signal_handle::from_id(sig_pool_.id_of(slot)), s.signo, n, 0, 0};
             read_sender(g, ev.pid, ev.uid);
             running_.begin(slot);
-            loop_->invoke(s.cb, ev, source_kind::signal, ev.handle.id(), ev.signo);
-            running_.end(sig_pool_, s.cb);
+            auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
+            loop_->invoke(s.cb, source_kind::signal, ev.handle.id(), ev.signo, ev);
         }
         chld_count_ = 0; // nobody else wants the SIGCHLD count
     }
 
     loop_base* loop_;
-    slot_pool<sig_cap> sig_pool_;
-    sig_slot sigs_[sig_cap];
-    slot_pool<kid_cap> kid_pool_;
-    kid_slot kids_[kid_cap];
+    sig_pool sig_pool_;
+    sig_slot sigs_[sig_pool::slots];
+    kid_pool kid_pool_;
+    kid_slot kids_[kid_pool::slots];
     struct sigaction chld_saved_;
     unsigned chld_users_;
     unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
     bool kids_due_;       // a child was found already ended when watched
     running_slot running_; // the signal slot whose callback runs now
 };
-
-template <size_t S, size_t C> const size_t signal_table<S, C>::sig_cap;
-template <size_t S, size_t C> const size_t signal_table<S, C>::kid_cap;
-template <size_t S, size_t C> const uint16_t signal_table<S, C>::none;
 
 } // namespace detail
 
@@ -1815,6 +2181,9 @@ inline error_code ignore_sigpipe() {
 //     struct request { int sock; char buf[64]; };
 //     microloop::continuation_table<16, 128> pending;
 //     microloop::continuation_id id = pending.emplace<request>();    // in place
+//     // or, to fill it in at once: the id and the object together
+//     microloop::made<request> req = pending.make<request>();
+//     if (req) { req->sock = fd; id = req.id(); }
 //     ...
 //     microloop::taken<request> req = pending.take<request>(id);     // id is stale now
 //     if (req) write(req->sock, req->buf, n);                        // freed at scope end
@@ -1874,7 +2243,7 @@ struct slot_recycler {
 template <class T>
 class taken {
 public:
-    taken(errc why) : obj_(nullptr), slot_(0), why_(why) { back_.recycle = nullptr; back_.table = nullptr; }
+    explicit taken(errc why) : obj_(nullptr), slot_(0), why_(why) { back_.recycle = nullptr; back_.table = nullptr; }
     taken(T* obj, detail::slot_recycler back, uint16_t slot) : obj_(obj), back_(back), slot_(slot), why_(errc::ok) {}
     taken(taken&& other) : obj_(other.obj_), back_(other.back_), slot_(other.slot_), why_(other.why_) {
         other.obj_ = nullptr;
@@ -1904,6 +2273,25 @@ private:
     errc why_;
 };
 
+// What make<T>() returns: the new entry's id and the object itself, or
+// (false) why there is none. The object stays in the table; this is a view.
+template <class T>
+class made {
+public:
+    explicit made(errc why) : obj_(nullptr), id_(why) {}
+    made(T* obj, continuation_id id) : obj_(obj), id_(id) {}
+    explicit operator bool() const { return obj_ != nullptr; }
+    error_code error() const { return id_.error(); }
+    continuation_id id() const { return id_; }
+    T* get() const { return obj_; }
+    T* operator->() const { return obj_; }
+    T& operator*() const { return *obj_; }
+
+private:
+    T* obj_;
+    continuation_id id_;
+};
+
 // N slots of Size bytes each, aligned for any pointer, long long or double.
 // Each slot also costs one pointer (the type tag) and 4 bytes of slot pool.
 // Every operation is O(1); nothing is allocated. Not thread-safe: use it
@@ -1925,17 +2313,24 @@ public:
     continuation_table(const continuation_table&) = delete;
     continuation_table& operator=(const continuation_table&) = delete;
 
-    // Construct a T in a free slot from args. An invalid id carries
+    // Construct a T in a free slot from args (T(args...): with no args, value
+    // initialisation, so a plain struct starts zeroed). An invalid id carries
     // errc::table_full when every slot is taken.
     template <class T, class... Args>
     continuation_id emplace(Args&&... args) {
+        return make<T>(std::forward<Args>(args)...).id();
+    }
+    // The same, handing back the object with its id: no get<T>() needed to
+    // fill it in (nor a null check the compiler cannot see through).
+    template <class T, class... Args>
+    made<T> make(Args&&... args) {
         static_assert(sizeof(T) <= Size,
                       "microloop: state too big for this continuation table; raise its Size parameter");
         static_assert(alignof(T) <= alignof(storage_t),
                       "microloop: over-aligned state; store a pointer to it instead");
         static_assert(!std::is_reference<T>::value && !std::is_array<T>::value, "microloop: store an object type");
-        uint32_t id = pool_.acquire();
-        if (id == 0) return continuation_id(errc::table_full);
+        uint64_t id = pool_.acquire();
+        if (id == 0) return made<T>(errc::table_full);
         uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
         // Gives the slot back if T's constructor throws (where exceptions exist).
         struct guard {
@@ -1945,10 +2340,10 @@ public:
                 if (pool) pool->release(slot);
             }
         } g = {&pool_, slot};
-        ::new (static_cast<void*>(&slots_[slot])) T(std::forward<Args>(args)...);
+        T* obj = ::new (static_cast<void*>(&slots_[slot])) T(std::forward<Args>(args)...);
         g.pool = nullptr;
         type_[slot] = &detail::stored_type_of<typename std::remove_cv<T>::type>::tag;
-        return continuation_id::from_id(id);
+        return made<T>(obj, continuation_id::from_id(id));
     }
 
     // The T stored under id; nullptr if id is stale, released or taken, or
@@ -1996,6 +2391,14 @@ public:
 
     size_t size() const { return pool_.used(); }
     bool full() const { return pool_.full(); }
+    // Entries held now, N, and the most ever held at once.
+    table_stats stats() const { return pool_.stats(); }
+    // f(continuation_id) for every entry held (not those taken out).
+    template <class F>
+    void for_each(F&& f) const {
+        for (uint16_t i = 0; i < N; ++i)
+            if (type_[i]) f(continuation_id::from_id(pool_.id_of(i)));
+    }
 
 private:
     union storage_t {
@@ -2052,7 +2455,10 @@ namespace microloop {
 //
 // While it exists, a mailbox keeps loop.run() running (it may receive work at
 // any time); call close() or destroy it to let run() end. Callbacks that were
-// posted but have not run when the mailbox is destroyed are discarded.
+// posted but have not run when the mailbox is destroyed are discarded, and so
+// are, in a forked child, those the parent had queued (loop.after_fork()).
+// Posted callbacks go through stall detection (source_kind::post); one that
+// throws is used up, and the rest run in the next iteration.
 template <size_t N = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
 class mailbox : private loop_hook {
     static_assert(N >= 2 && (N & (N - 1)) == 0, "mailbox capacity must be a power of two");
@@ -2061,6 +2467,7 @@ public:
     explicit mailbox(loop_base& l) : loop_(&l), enqueue_(0), dequeue_(0) {
         for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
         on_wake = &mailbox::drain;
+        on_fork = &mailbox::forked;
         active = 1;
         next = nullptr;
         loop_->attach(this);
@@ -2111,12 +2518,26 @@ private:
         for (size_t n = 0; n < N; ++n) {
             cell& c = self->cells_[self->dequeue_ & (N - 1)];
             if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
-            c.fn();
-            c.fn.reset();
-            c.seq.store(self->dequeue_ + N, std::memory_order_release);
-            ++self->dequeue_;
+            auto done = detail::on_scope_exit([self, &c] { // the cell is used up even if fn throws
+                c.fn.reset();
+                c.seq.store(self->dequeue_ + N, std::memory_order_release);
+                ++self->dequeue_;
+            });
+            self->loop_->invoke(c.fn, source_kind::post, 0, -1);
         }
         self->loop_->wake(); // more may be waiting: come back next iteration
+    }
+
+    // A forked child has one thread: no post is under way. What the parent
+    // had queued is the parent's to run.
+    static void forked(loop_hook* h) {
+        mailbox* self = static_cast<mailbox*>(h);
+        for (size_t i = 0; i < N; ++i) {
+            self->cells_[i].fn.reset();
+            self->cells_[i].seq.store(i, std::memory_order_relaxed);
+        }
+        self->enqueue_.store(0, std::memory_order_relaxed);
+        self->dequeue_ = 0;
     }
 
     loop_base* loop_;
@@ -2353,7 +2774,7 @@ template <class U> struct sigaction aio_signal<U>::previous;
 template <size_t N>
 class aio {
 public:
-    explicit aio(loop_base& loop);
+    explicit aio(loop_base& owner);
     // Cancels what is in flight and waits for it (an operation the libc has
     // already started cannot be canceled, so this may wait for the disk, or
     // for data on a pipe); their callbacks are not called. Not from inside
@@ -2392,6 +2813,14 @@ public:
     size_t in_flight() const { return hook_.active; }
     // The error of the last failed submission, with its errno.
     error_code last_error() const { return last_error_; }
+    // Operations in flight: now, at most N, and the most ever at once.
+    table_stats stats() const { return pool_.stats(); }
+    // f(aio_handle, int fd) for every operation in flight.
+    template <class F>
+    void for_each_in_flight(F&& f) const {
+        for (uint16_t i = 0; i < N; ++i)
+            if (slots_[i].busy) f(aio_handle::from_id(pool_.id_of(i)), cbs_[i].aio_fildes);
+    }
 
 private:
     enum op_kind { op_read, op_write, op_fsync, op_fdatasync };
@@ -2411,13 +2840,16 @@ private:
     template <class F>
     aio_handle submit(op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb);
     static void on_wake(loop_hook* h) { static_cast<hook_type*>(h)->owner->complete(); }
+    static void on_fork(loop_hook* h) { static_cast<hook_type*>(h)->owner->abandon(); }
+    void abandon();
     void complete();
     aio_handle fail(errc why, int sys = 0) {
         last_error_ = error_code(why, sys);
-        return aio_handle(why);
+        return aio_handle(last_error_);
     }
 
     loop_base& loop_;
+    pid_t pid_; // in a forked child, the operations in flight are the parent's
     hook_type hook_;
     int registered_; // index in the signal handler's table, or -1
     error_code setup_error_;
@@ -2438,8 +2870,10 @@ private:
 // ============================================================================
 
 template <size_t N>
-aio<N>::aio(loop_base& loop) : loop_(loop), registered_(-1), pass_(0), spare_(static_cast<uint16_t>(N)) {
+aio<N>::aio(loop_base& owner)
+    : loop_(owner), pid_(getpid()), registered_(-1), pass_(0), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
+    hook_.on_fork = &on_fork;
     hook_.active = 0;
     hook_.next = nullptr;
     hook_.owner = this;
@@ -2464,6 +2898,10 @@ aio<N>::aio(loop_base& loop) : loop_(loop), registered_(-1), pass_(0), spare_(st
 
 template <size_t N>
 aio<N>::~aio() {
+    // In a forked child that never called after_fork() the operations in
+    // flight are the parent's: this process's libc knows nothing of them and
+    // would wait forever.
+    if (getpid() != pid_) abandon();
     // The libc writes into the aiocb and the buffer until aio_error() says
     // the operation is over: wait for that before the memory goes away.
     for (size_t i = 0; i < N; ++i)
@@ -2481,14 +2919,11 @@ aio<N>::~aio() {
 template <size_t N>
 template <class F>
 aio_handle aio<N>::submit(op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb) {
-    if (setup_error_) {
-        last_error_ = setup_error_;
-        return aio_handle(setup_error_.code());
-    }
+    if (setup_error_) return fail(setup_error_.code(), setup_error_.sys());
     if (fd < 0) return fail(errc::bad_fd);
     if (offset < 0 || len > static_cast<size_t>(SSIZE_MAX) || (buf == nullptr && len > 0))
         return fail(errc::bad_argument);
-    uint32_t id = pool_.acquire();
+    uint64_t id = pool_.acquire();
     if (id == 0) return fail(errc::table_full);
     uint16_t index = static_cast<uint16_t>(id & 0xffffu);
     slot& s = slots_[index];
@@ -2551,7 +2986,7 @@ void aio<N>::complete() {
         s.busy = false;
         --hook_.active;
         uint16_t index = static_cast<uint16_t>(i);
-        uint32_t id = pool_.id_of(index);
+        uint64_t id = pool_.id_of(index);
         int fd = ctl.aio_fildes;
         // The handle is stale inside the callback (no cancel, no second
         // call) and the slot free, with the spare callback storage.
@@ -2565,9 +3000,25 @@ void aio<N>::complete() {
         if (err == 0) ev.error = error_code();
         else if (err == ECANCELED) ev.error = error_code(errc::canceled, ECANCELED);
         else ev.error = error_code(errc::system, err);
-        loop_.invoke(callbacks_[running], ev, source_kind::aio, id, fd);
-        callbacks_[running].reset();
+        aio_callback& cb = callbacks_[running];
+        auto done = detail::on_scope_exit([&cb] { cb.reset(); }); // also if it throws
+        loop_.invoke(cb, source_kind::aio, id, fd, ev);
     }
+}
+
+// after_fork() in a child (or the destructor of a module a child inherited):
+// the operations in flight are the parent's; the libc of this process knows
+// nothing of them. Forget them without calling their callbacks.
+template <size_t N>
+void aio<N>::abandon() {
+    for (uint16_t i = 0; i < N; ++i) {
+        if (!slots_[i].busy) continue;
+        slots_[i].busy = false;
+        callbacks_[slots_[i].callback].reset();
+        pool_.release(i);
+    }
+    hook_.active = 0;
+    pid_ = getpid();
 }
 
 } // namespace microloop

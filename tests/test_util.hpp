@@ -132,7 +132,7 @@ struct io_log {
     struct entry {
         int fd;
         unsigned events;
-        uint32_t id;
+        uint64_t id;
     };
     entry e[256];
     int n;

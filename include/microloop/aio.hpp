@@ -175,7 +175,7 @@ template <class U> struct sigaction aio_signal<U>::previous;
 template <size_t N>
 class aio {
 public:
-    explicit aio(loop_base& loop);
+    explicit aio(loop_base& owner);
     // Cancels what is in flight and waits for it (an operation the libc has
     // already started cannot be canceled, so this may wait for the disk, or
     // for data on a pipe); their callbacks are not called. Not from inside
@@ -214,6 +214,14 @@ public:
     size_t in_flight() const { return hook_.active; }
     // The error of the last failed submission, with its errno.
     error_code last_error() const { return last_error_; }
+    // Operations in flight: now, at most N, and the most ever at once.
+    table_stats stats() const { return pool_.stats(); }
+    // f(aio_handle, int fd) for every operation in flight.
+    template <class F>
+    void for_each_in_flight(F&& f) const {
+        for (uint16_t i = 0; i < N; ++i)
+            if (slots_[i].busy) f(aio_handle::from_id(pool_.id_of(i)), cbs_[i].aio_fildes);
+    }
 
 private:
     enum op_kind { op_read, op_write, op_fsync, op_fdatasync };
@@ -233,13 +241,16 @@ private:
     template <class F>
     aio_handle submit(op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb);
     static void on_wake(loop_hook* h) { static_cast<hook_type*>(h)->owner->complete(); }
+    static void on_fork(loop_hook* h) { static_cast<hook_type*>(h)->owner->abandon(); }
+    void abandon();
     void complete();
     aio_handle fail(errc why, int sys = 0) {
         last_error_ = error_code(why, sys);
-        return aio_handle(why);
+        return aio_handle(last_error_);
     }
 
     loop_base& loop_;
+    pid_t pid_; // in a forked child, the operations in flight are the parent's
     hook_type hook_;
     int registered_; // index in the signal handler's table, or -1
     error_code setup_error_;
@@ -260,8 +271,10 @@ private:
 // ============================================================================
 
 template <size_t N>
-aio<N>::aio(loop_base& loop) : loop_(loop), registered_(-1), pass_(0), spare_(static_cast<uint16_t>(N)) {
+aio<N>::aio(loop_base& owner)
+    : loop_(owner), pid_(getpid()), registered_(-1), pass_(0), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
+    hook_.on_fork = &on_fork;
     hook_.active = 0;
     hook_.next = nullptr;
     hook_.owner = this;
@@ -286,6 +299,10 @@ aio<N>::aio(loop_base& loop) : loop_(loop), registered_(-1), pass_(0), spare_(st
 
 template <size_t N>
 aio<N>::~aio() {
+    // In a forked child that never called after_fork() the operations in
+    // flight are the parent's: this process's libc knows nothing of them and
+    // would wait forever.
+    if (getpid() != pid_) abandon();
     // The libc writes into the aiocb and the buffer until aio_error() says
     // the operation is over: wait for that before the memory goes away.
     for (size_t i = 0; i < N; ++i)
@@ -303,14 +320,11 @@ aio<N>::~aio() {
 template <size_t N>
 template <class F>
 aio_handle aio<N>::submit(op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb) {
-    if (setup_error_) {
-        last_error_ = setup_error_;
-        return aio_handle(setup_error_.code());
-    }
+    if (setup_error_) return fail(setup_error_.code(), setup_error_.sys());
     if (fd < 0) return fail(errc::bad_fd);
     if (offset < 0 || len > static_cast<size_t>(SSIZE_MAX) || (buf == nullptr && len > 0))
         return fail(errc::bad_argument);
-    uint32_t id = pool_.acquire();
+    uint64_t id = pool_.acquire();
     if (id == 0) return fail(errc::table_full);
     uint16_t index = static_cast<uint16_t>(id & 0xffffu);
     slot& s = slots_[index];
@@ -373,7 +387,7 @@ void aio<N>::complete() {
         s.busy = false;
         --hook_.active;
         uint16_t index = static_cast<uint16_t>(i);
-        uint32_t id = pool_.id_of(index);
+        uint64_t id = pool_.id_of(index);
         int fd = ctl.aio_fildes;
         // The handle is stale inside the callback (no cancel, no second
         // call) and the slot free, with the spare callback storage.
@@ -387,9 +401,25 @@ void aio<N>::complete() {
         if (err == 0) ev.error = error_code();
         else if (err == ECANCELED) ev.error = error_code(errc::canceled, ECANCELED);
         else ev.error = error_code(errc::system, err);
-        loop_.invoke(callbacks_[running], ev, source_kind::aio, id, fd);
-        callbacks_[running].reset();
+        aio_callback& cb = callbacks_[running];
+        auto done = detail::on_scope_exit([&cb] { cb.reset(); }); // also if it throws
+        loop_.invoke(cb, source_kind::aio, id, fd, ev);
     }
+}
+
+// after_fork() in a child (or the destructor of a module a child inherited):
+// the operations in flight are the parent's; the libc of this process knows
+// nothing of them. Forget them without calling their callbacks.
+template <size_t N>
+void aio<N>::abandon() {
+    for (uint16_t i = 0; i < N; ++i) {
+        if (!slots_[i].busy) continue;
+        slots_[i].busy = false;
+        callbacks_[slots_[i].callback].reset();
+        pool_.release(i);
+    }
+    hook_.active = 0;
+    pid_ = getpid();
 }
 
 } // namespace microloop

@@ -73,6 +73,33 @@ private:
     storage_t buf_;
 };
 
+// Runs f when the scope ends, normally or by an exception thrown from a user
+// callback. microloop never throws, but user code may: whatever bookkeeping
+// surrounds a callback is finished here, so the tables stay consistent and
+// the exception reaches the caller of run(). Works the same with
+// -fno-exceptions (then it is simply the end of the scope).
+template <class F>
+class scope_exit {
+public:
+    explicit scope_exit(F f) : f_(f), armed_(true) {}
+    scope_exit(scope_exit&& other) : f_(other.f_), armed_(other.armed_) { other.armed_ = false; }
+    scope_exit(const scope_exit&) = delete;
+    scope_exit& operator=(const scope_exit&) = delete;
+    ~scope_exit() {
+        if (armed_) f_();
+    }
+    void dismiss() { armed_ = false; }
+
+private:
+    F f_;
+    bool armed_;
+};
+
+template <class F>
+scope_exit<F> on_scope_exit(F f) {
+    return scope_exit<F>(f);
+}
+
 } // namespace detail
 } // namespace microloop
 

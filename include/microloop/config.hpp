@@ -11,9 +11,11 @@
 
 // Bytes of inline storage for one callback's captures. A lambda that captures
 // more is a compile-time error (capture a pointer to your state instead).
-// Changes sizeof(loop); every slot of every table carries one callback.
+// Changes sizeof(loop); every slot of every table carries one callback. The
+// default, 16 bytes on 32- and 64-bit targets alike, holds a pointer and a
+// (64-bit) handle: `[this, h]`.
 #ifndef MICROLOOP_CALLBACK_SIZE
-#define MICROLOOP_CALLBACK_SIZE (2 * sizeof(void*))
+#define MICROLOOP_CALLBACK_SIZE 16
 #endif
 
 // Internal invariant checks. They never guard against bad user input: bad

@@ -9,6 +9,9 @@
 //     struct request { int sock; char buf[64]; };
 //     microloop::continuation_table<16, 128> pending;
 //     microloop::continuation_id id = pending.emplace<request>();    // in place
+//     // or, to fill it in at once: the id and the object together
+//     microloop::made<request> req = pending.make<request>();
+//     if (req) { req->sock = fd; id = req.id(); }
 //     ...
 //     microloop::taken<request> req = pending.take<request>(id);     // id is stale now
 //     if (req) write(req->sock, req->buf, n);                        // freed at scope end
@@ -72,7 +75,7 @@ struct slot_recycler {
 template <class T>
 class taken {
 public:
-    taken(errc why) : obj_(nullptr), slot_(0), why_(why) { back_.recycle = nullptr; back_.table = nullptr; }
+    explicit taken(errc why) : obj_(nullptr), slot_(0), why_(why) { back_.recycle = nullptr; back_.table = nullptr; }
     taken(T* obj, detail::slot_recycler back, uint16_t slot) : obj_(obj), back_(back), slot_(slot), why_(errc::ok) {}
     taken(taken&& other) : obj_(other.obj_), back_(other.back_), slot_(other.slot_), why_(other.why_) {
         other.obj_ = nullptr;
@@ -102,6 +105,25 @@ private:
     errc why_;
 };
 
+// What make<T>() returns: the new entry's id and the object itself, or
+// (false) why there is none. The object stays in the table; this is a view.
+template <class T>
+class made {
+public:
+    explicit made(errc why) : obj_(nullptr), id_(why) {}
+    made(T* obj, continuation_id id) : obj_(obj), id_(id) {}
+    explicit operator bool() const { return obj_ != nullptr; }
+    error_code error() const { return id_.error(); }
+    continuation_id id() const { return id_; }
+    T* get() const { return obj_; }
+    T* operator->() const { return obj_; }
+    T& operator*() const { return *obj_; }
+
+private:
+    T* obj_;
+    continuation_id id_;
+};
+
 // N slots of Size bytes each, aligned for any pointer, long long or double.
 // Each slot also costs one pointer (the type tag) and 4 bytes of slot pool.
 // Every operation is O(1); nothing is allocated. Not thread-safe: use it
@@ -123,17 +145,24 @@ public:
     continuation_table(const continuation_table&) = delete;
     continuation_table& operator=(const continuation_table&) = delete;
 
-    // Construct a T in a free slot from args. An invalid id carries
+    // Construct a T in a free slot from args (T(args...): with no args, value
+    // initialisation, so a plain struct starts zeroed). An invalid id carries
     // errc::table_full when every slot is taken.
     template <class T, class... Args>
     continuation_id emplace(Args&&... args) {
+        return make<T>(std::forward<Args>(args)...).id();
+    }
+    // The same, handing back the object with its id: no get<T>() needed to
+    // fill it in (nor a null check the compiler cannot see through).
+    template <class T, class... Args>
+    made<T> make(Args&&... args) {
         static_assert(sizeof(T) <= Size,
                       "microloop: state too big for this continuation table; raise its Size parameter");
         static_assert(alignof(T) <= alignof(storage_t),
                       "microloop: over-aligned state; store a pointer to it instead");
         static_assert(!std::is_reference<T>::value && !std::is_array<T>::value, "microloop: store an object type");
-        uint32_t id = pool_.acquire();
-        if (id == 0) return continuation_id(errc::table_full);
+        uint64_t id = pool_.acquire();
+        if (id == 0) return made<T>(errc::table_full);
         uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
         // Gives the slot back if T's constructor throws (where exceptions exist).
         struct guard {
@@ -143,10 +172,10 @@ public:
                 if (pool) pool->release(slot);
             }
         } g = {&pool_, slot};
-        ::new (static_cast<void*>(&slots_[slot])) T(std::forward<Args>(args)...);
+        T* obj = ::new (static_cast<void*>(&slots_[slot])) T(std::forward<Args>(args)...);
         g.pool = nullptr;
         type_[slot] = &detail::stored_type_of<typename std::remove_cv<T>::type>::tag;
-        return continuation_id::from_id(id);
+        return made<T>(obj, continuation_id::from_id(id));
     }
 
     // The T stored under id; nullptr if id is stale, released or taken, or
@@ -194,6 +223,14 @@ public:
 
     size_t size() const { return pool_.used(); }
     bool full() const { return pool_.full(); }
+    // Entries held now, N, and the most ever held at once.
+    table_stats stats() const { return pool_.stats(); }
+    // f(continuation_id) for every entry held (not those taken out).
+    template <class F>
+    void for_each(F&& f) const {
+        for (uint16_t i = 0; i < N; ++i)
+            if (type_[i]) f(continuation_id::from_id(pool_.id_of(i)));
+    }
 
 private:
     union storage_t {

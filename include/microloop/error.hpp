@@ -15,7 +15,9 @@ enum class errc : unsigned char {
     bad_timeout,     // negative, zero period, or too large to represent
     bad_argument,    // e.g. unknown event bits, a null callback, an invalid signal number
     system,          // a system call failed; error_code::sys() has errno
-    canceled         // the operation was canceled before it completed
+    canceled,        // the operation was canceled before it completed
+    forked           // a loop inherited across fork() was used in the child
+                     // before after_fork()
 };
 
 inline const char* message(errc e) {
@@ -30,6 +32,7 @@ inline const char* message(errc e) {
     case errc::bad_argument: return "bad argument";
     case errc::system: return "system call failed";
     case errc::canceled: return "canceled";
+    case errc::forked: return "loop used in a forked child without after_fork()";
     }
     return "unknown error";
 }

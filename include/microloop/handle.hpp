@@ -12,103 +12,149 @@
 
 namespace microloop {
 
-// A handle is 32 bits: generation << 16 | slot. Generation 0 never names a
-// live source, so a failed creation returns a handle whose low bits hold the
-// reason instead: `if (!h) puts(h.error().message());`. A handle kept after
-// its source is gone (and the slot reused) no longer matches the slot's
-// generation and is refused with errc::stale_handle. The generation is 16
-// bits: a handle would be mistaken only after the same slot was reused 32767
-// times while the stale handle was kept.
+// A handle is 64 bits: a 48-bit generation above a 16-bit slot. A handle
+// kept after its source is gone no longer matches its slot's generation and
+// is refused with errc::stale_handle, for every handle type. Each reuse of a
+// slot advances its generation by one, so a kept handle could be mistaken
+// for a newer source only after its slot was reused 2^48 - 1 times: 8.9 years
+// of a million reuses a second, of that one slot.
+//
+// A failed creation returns an invalid handle that carries the reason and,
+// for errc::system, the errno: `if (!h) puts(h.error().message());`.
+// Copying a handle is copying one uint64_t: cheap to capture in a callback.
 template <class Tag>
 class basic_handle {
 public:
-    basic_handle() : bits_(static_cast<uint32_t>(errc::stale_handle)) {}
-    basic_handle(errc failure) : bits_(static_cast<uint32_t>(failure)) {}
+    basic_handle() : bits_(failure_bits(error_code(errc::stale_handle))) {}
+    // Explicit: `io_handle h = errc::ok;` must not compile into a handle
+    // whose error() claims success. errc::ok itself becomes stale_handle.
+    explicit basic_handle(error_code failure) : bits_(failure_bits(failure)) {}
+    explicit basic_handle(errc failure) : bits_(failure_bits(error_code(failure))) {}
 
-    bool valid() const { return (bits_ >> 16) != 0; }
+    // Generation 0 never names a live source, and slot 0xffff never exists.
+    bool valid() const { return (bits_ & 0xffffu) != 0xffffu && (bits_ >> 16) != 0; }
     explicit operator bool() const { return valid(); }
-    // Why creation failed; errc::ok for a valid handle.
-    error_code error() const { return valid() ? error_code() : error_code(static_cast<errc>(bits_ & 0xffu)); }
-    uint32_t id() const { return bits_; }
+    // Why creation failed (with errno for errc::system); errc::ok for a
+    // valid handle.
+    error_code error() const {
+        if (valid()) return error_code();
+        if ((bits_ & 0xffffu) != 0xffffu) return error_code(errc::stale_handle);
+        return error_code(static_cast<errc>((bits_ >> 16) & 0xffu), static_cast<int>(bits_ >> 32));
+    }
+    uint64_t id() const { return bits_; }
 
-    static basic_handle from_id(uint32_t id) { basic_handle h; h.bits_ = id; return h; }
+    static basic_handle from_id(uint64_t id) {
+        basic_handle h;
+        h.bits_ = id;
+        return h;
+    }
     friend bool operator==(basic_handle a, basic_handle b) { return a.bits_ == b.bits_; }
     friend bool operator!=(basic_handle a, basic_handle b) { return a.bits_ != b.bits_; }
 
 private:
-    uint32_t bits_;
+    // slot 0xffff, the errc in bits 16..23, errno in bits 32..63.
+    static uint64_t failure_bits(error_code e) {
+        errc why = e.code() == errc::ok ? errc::stale_handle : e.code();
+        return static_cast<uint64_t>(static_cast<uint32_t>(e.sys())) << 32 |
+               static_cast<uint64_t>(static_cast<unsigned char>(why)) << 16 | 0xffffu;
+    }
+
+    uint64_t bits_;
 };
 
 typedef basic_handle<struct io_tag> io_handle;
 typedef basic_handle<struct timer_tag> timer_handle;
 
+// How full a table is, and how full it ever was since it was made: size
+// capacities from `high_water` measured in a real run.
+struct table_stats {
+    size_t used;
+    size_t capacity;
+    size_t high_water;
+};
+
 namespace detail {
 
 // Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
-// The generation is bumped on acquire and again on release, so a handle
-// stops matching the moment its slot is released.
-template <size_t N>
+// N slots may be live at once. Spare extra slots let a table whose callback
+// removes its own source take a new one at once, in that callback: the
+// removed source's slot stays out of use until its callback has returned
+// (its closure is still running), but no longer counts against N. A table of
+// N always holds N.
+template <size_t N, size_t Spare = 0>
 class slot_pool {
-    static_assert(N > 0 && N < 0xffff, "capacity must be between 1 and 65534");
-
 public:
+    static const size_t slots = N + Spare;
+    static_assert(slots > 0 && slots < 0xffff, "capacity must be at most 65533");
     static const uint16_t none = 0xffff;
+    static const uint64_t max_generation = (uint64_t(1) << 48) - 1;
 
-    slot_pool() : nfree_(static_cast<uint16_t>(N)) {
-        for (size_t i = 0; i < N; ++i) {
-            free_[i] = static_cast<uint16_t>(N - 1 - i); // hand out slot 0 first
+    slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) {
+        for (size_t i = 0; i < slots; ++i) {
+            free_[i] = static_cast<uint16_t>(slots - 1 - i); // hand out slot 0 first
             gen_[i] = 0;
         }
     }
 
-    // A fresh handle id, or 0 when full.
-    uint32_t acquire() {
-        if (nfree_ == 0) return 0;
+    // A fresh handle id, or 0 when N are live.
+    uint64_t acquire() {
+        if (live_ == N || nfree_ == 0) return 0;
         uint16_t slot = free_[--nfree_];
-        bump(slot);
-        return static_cast<uint32_t>(gen_[slot]) << 16 | slot;
+        uint64_t g = (gen_[slot] >> 1) + 1;
+        if (g > max_generation) g = 1; // 0 never names a live source
+        gen_[slot] = g << 1 | 1u;
+        if (++live_ > high_water_) high_water_ = live_;
+        return id_of(slot);
     }
     void release(uint16_t slot) {
         retire(slot);
         recycle(slot);
     }
-    // Release in two steps: retire() makes the slot's handles stale at once;
-    // recycle() lets the slot be handed out again (used while the slot's
-    // callback is still running).
+    // Release in two steps: retire() makes the slot's handles stale at once
+    // and frees its place among the N; recycle() lets the slot be handed out
+    // again (deferred while the slot's callback is still running).
     void retire(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < N && (gen_[slot] & 1u));
-        bump(slot);
+        MICROLOOP_ASSERT(slot < slots && (gen_[slot] & 1u));
+        gen_[slot] &= ~uint64_t(1);
+        --live_;
     }
     void recycle(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < N && nfree_ < N);
+        MICROLOOP_ASSERT(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
         free_[nfree_++] = slot;
     }
     // The slot a live handle names, or `none`.
-    uint16_t lookup(uint32_t id) const {
-        uint32_t slot = id & 0xffffu, gen = id >> 16;
-        if (slot >= N || gen == 0 || gen_[slot] != gen || !(gen & 1u)) return none;
+    uint16_t lookup(uint64_t id) const {
+        uint64_t slot = id & 0xffffu;
+        if (slot >= slots || gen_[slot] != ((id >> 16) << 1 | 1u)) return none;
         return static_cast<uint16_t>(slot);
     }
-    uint32_t id_of(uint16_t slot) const { return static_cast<uint32_t>(gen_[slot]) << 16 | slot; }
-    size_t used() const { return N - nfree_; }
-    bool full() const { return nfree_ == 0; }
+    uint64_t id_of(uint16_t slot) const { return (gen_[slot] >> 1) << 16 | slot; }
+    bool live(uint16_t slot) const { return (gen_[slot] & 1u) != 0; }
+    size_t used() const { return live_; }
+    bool full() const { return live_ == N; }
+    table_stats stats() const {
+        table_stats s = {live_, N, high_water_};
+        return s;
+    }
 
 private:
-    // Live slots have odd generations, free ones even, so a live handle's
-    // generation is never 0 (0 marks an error handle). Wraps by design.
-    void bump(uint16_t slot) { gen_[slot] = static_cast<uint16_t>(gen_[slot] + 1u); }
+    friend struct test_access;
 
-    uint16_t free_[N];
-    uint16_t gen_[N];
+    uint64_t gen_[slots]; // generation << 1 | live
+    uint16_t free_[slots];
     uint16_t nfree_;
+    uint16_t live_, high_water_;
 };
 
-template <size_t N> const uint16_t slot_pool<N>::none;
+template <size_t N, size_t S> const size_t slot_pool<N, S>::slots;
+template <size_t N, size_t S> const uint16_t slot_pool<N, S>::none;
+template <size_t N, size_t S> const uint64_t slot_pool<N, S>::max_generation;
 
 // Which slot's callback is running right now. Removing that source from
 // inside its own callback makes its handles stale at once but frees the
 // callback's storage only when it returns (the closure is still executing).
-// Every table whose callbacks may remove their own source keeps one.
+// Every table whose callbacks may remove their own source keeps one, and
+// gives its pool a spare slot (see slot_pool).
 class running_slot {
 public:
     running_slot() : slot_(none), released_(false) {}
@@ -126,8 +172,8 @@ public:
         cb.reset();
         pool.release(slot);
     }
-    // The callback returned; true if it had removed its own source, which is
-    // freed now.
+    // The callback returned (or threw); true if it had removed its own
+    // source, which is freed now.
     template <class Pool, class Callback>
     bool end(Pool& pool, Callback& cb) {
         uint16_t slot = slot_;

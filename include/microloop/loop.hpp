@@ -51,13 +51,26 @@ struct timer_event {
 };
 
 // What kind of callback a stall report names.
-enum class source_kind : unsigned char { io, timer, signal, aio, child };
+enum class source_kind : unsigned char { io, timer, signal, aio, child, post };
+
+// "io", "timer", "signal", "aio", "child" or "post" (a mailbox callback).
+inline const char* name(source_kind k) {
+    switch (k) {
+    case source_kind::io: return "io";
+    case source_kind::timer: return "timer";
+    case source_kind::signal: return "signal";
+    case source_kind::aio: return "aio";
+    case source_kind::child: return "child";
+    case source_kind::post: return "post";
+    }
+    return "unknown";
+}
 
 // Given to the stall callback when a callback ran longer than the threshold.
 struct stall_report {
     source_kind kind;
-    uint32_t id;          // the handle's id()
-    int detail;           // the fd, signal number or pid; -1 for timers
+    uint64_t id;          // the handle's id(); 0 for a mailbox callback
+    int detail;           // the fd, signal number or pid; -1 for timers and posts
     int64_t duration_ns;  // how long the callback ran
 };
 
@@ -74,10 +87,21 @@ class signal_table; // signal.hpp, included at the end of this file
 
 namespace detail {
 
+struct test_access; // lets the tests reach internal counters (wrap tests)
+
+// static_cast for types whose width depends on the target (time_t, pid_t,
+// int64_t...): written in a template, so the cast that is a no-op on one
+// target is not flagged by -Wuseless-cast there and still narrows explicitly
+// (-Wconversion) on another.
+template <class To, class From>
+To narrow(From v) {
+    return static_cast<To>(v);
+}
+
 inline int64_t monotonic_ns() {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+    return narrow<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
 // A duration in nanoseconds; false when negative, NaN or beyond 100 years
@@ -94,9 +118,6 @@ bool to_ns(std::chrono::duration<Rep, Period> d, int64_t& out) {
     out = static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
     return true;
 }
-
-// a before b, for counters that wrap
-inline bool serial_before(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
 
 const int word_bits = static_cast<int>(CHAR_BIT * sizeof(unsigned long));
 const int fd_words = (FD_SETSIZE + word_bits - 1) / word_bits;
@@ -130,6 +151,37 @@ inline bool fdset_is_words() {
 
 } // namespace detail
 
+// The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
+// wall-clock time. A loop's second template parameter may replace it with
+// any class that has `int64_t now_ns() const` (nanoseconds, never
+// decreasing), such as manual_clock.
+struct monotonic_clock {
+    int64_t now_ns() const { return detail::monotonic_ns(); }
+};
+
+// A clock that moves only when told: timer tests (ours and users') run in
+// virtual time, deterministically, with no sleeping. Drive such a loop with
+// poll() (or run_once(zero)) after each advance(): a wait for a timer would
+// otherwise sleep in real time for the virtual interval.
+//
+//     microloop::basic_loop<microloop::capacity<4, 4>, microloop::manual_clock> loop;
+//     loop.after(seconds(10), cb);
+//     loop.clock().advance(seconds(10));
+//     loop.poll();                                // cb runs
+class manual_clock {
+public:
+    manual_clock() : now_(0) {}
+    int64_t now_ns() const { return now_; }
+    void set(int64_t ns) { now_ = ns > now_ ? ns : now_; } // never backwards
+    template <class Rep, class Period>
+    void advance(std::chrono::duration<Rep, Period> d) {
+        set(now_ + static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+    }
+
+private:
+    int64_t now_;
+};
+
 // Compile-time capacities: how many fd watchers, timers, signal watchers and
 // child watchers one loop can hold. Each slot costs memory (see README).
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>
@@ -137,12 +189,15 @@ struct capacity {
     static const size_t io = Io, timers = Timers, signals = Signals, children = Children;
 };
 
-// How a module (signals, AIO) hangs off a loop without the loop knowing its
-// type: after the wake-up pipe is drained, the loop calls on_wake of every
-// attached hook in its own thread; `active` counts the sources the module
-// keeps pending, which keep run() running. The hook lives in the module.
+// How a module (signals, AIO, a mailbox) hangs off a loop without the loop
+// knowing its type: after the wake-up pipe is drained, the loop calls on_wake
+// of every attached hook in its own thread; `active` counts the sources the
+// module keeps pending, which keep run() running; on_fork is called by
+// after_fork() in a forked child, to drop what belongs to the parent. The
+// hook lives in the module.
 struct loop_hook {
     void (*on_wake)(loop_hook* self);
+    void (*on_fork)(loop_hook* self);
     size_t active;
     loop_hook* next;
 };
@@ -190,20 +245,24 @@ public:
     int wake_fd() const { return wake_wr_; }
 
     // Runs a user callback, reporting it if it stalled the loop. For modules.
-    template <class Cb, class Ev>
-    void invoke(Cb& cb, Ev ev, source_kind kind, uint32_t id, int what) {
+    // Stalls are measured on the real monotonic clock, whatever the timers use.
+    template <class Cb, class... Ev>
+    void invoke(Cb& cb, source_kind kind, uint64_t id, int what, Ev... ev) {
         if (stall_ns_ == 0) {
-            cb(ev);
+            cb(ev...);
             return;
         }
         int64_t t0 = detail::monotonic_ns();
-        cb(ev);
+        cb(ev...);
         int64_t took = detail::monotonic_ns() - t0;
         if (took >= stall_ns_) {
             stall_report r = {kind, id, what, took};
             stall_cb_(r);
         }
     }
+
+    // Which process made this loop, or called after_fork() last.
+    pid_t owner_pid() const { return owner_pid_; }
 
 protected:
     loop_base();
@@ -212,6 +271,7 @@ protected:
     loop_base& operator=(const loop_base&) = delete;
 
     void drain_wake();
+    error_code renew_wake_pipe();
     size_t hooks_active() const {
         size_t n = 0;
         for (const loop_hook* h = hooks_; h; h = h->next) n += h->active;
@@ -220,6 +280,8 @@ protected:
 
     int wake_rd_, wake_wr_;
     int wake_errno_; // why the wake pipe could not be made, or 0
+    pid_t owner_pid_; // the wake pipe is shared with forked children: only this process reads it
+    bool forked_;     // this is a forked child that has not called after_fork()
     std::atomic<bool> wake_pending_;
     std::atomic<bool> stop_;
     loop_hook* hooks_;
@@ -230,8 +292,8 @@ protected:
 // The loop. Every table lives inside the object, sized by Cap (a capacity<>);
 // nothing is allocated after construction. One loop per thread: only wake()
 // and stop() may be called from other threads (and wake() from a signal
-// handler).
-template <class Cap>
+// handler). Timers run on Clock (monotonic_clock, or manual_clock in tests).
+template <class Cap, class Clock = monotonic_clock>
 class basic_loop : public loop_base {
 public:
     basic_loop();
@@ -245,7 +307,7 @@ public:
     error_code modify(io_handle h, unsigned events);
     error_code unwatch(io_handle h);
 
-    // ---- timers (CLOCK_MONOTONIC) -----------------------------------------
+    // ---- timers -----------------------------------------------------------
     // Fire once after `timeout`.
     template <class Rep, class Period, class F>
     timer_handle after(std::chrono::duration<Rep, Period> timeout, F&& cb) {
@@ -253,12 +315,14 @@ public:
     }
     // Fire every `period`, first after one period. Deadlines advance by the
     // period, never by when the callback ran, so the timer does not drift.
+    // A period of zero (or one that rounds to 0 ns) is errc::bad_timeout.
     template <class Rep, class Period, class F>
     timer_handle every(std::chrono::duration<Rep, Period> period, F&& cb) {
         if (period == std::chrono::duration<Rep, Period>::zero()) return timer_handle(errc::bad_timeout);
         return add_timer(period, period, std::forward<F>(cb));
     }
-    // The general form: first after `timeout`, then every `repeat` (0: once).
+    // The general form: first after `timeout`, then every `repeat` (0: once;
+    // a non-zero repeat that rounds to 0 ns is errc::bad_timeout).
     template <class Rep1, class Period1, class Rep2, class Period2, class F>
     timer_handle add_timer(std::chrono::duration<Rep1, Period1> timeout, std::chrono::duration<Rep2, Period2> repeat,
                            F&& cb);
@@ -272,7 +336,11 @@ public:
     std::chrono::nanoseconds remaining(timer_handle h) const;
 
     // ---- running ----------------------------------------------------------
-    // Until stop() or until no active watcher or timer is left.
+    // Until stop() or until no active watcher or timer is left. Returns ok,
+    // or why the loop cannot go on: errc::system (select() failed; sys() has
+    // the errno), errc::forked (see after_fork()). A callback that throws
+    // leaves every table consistent; the exception propagates out of run()
+    // and the loop can be run again.
     error_code run();
     // One iteration: wait (forever, or at most max_wait), dispatch, return.
     // A stop() ends the wait and is used up, as in run().
@@ -299,26 +367,76 @@ public:
     child_handle on_child(pid_t pid, F&& cb) { return signals_.add_child(pid, std::forward<F>(cb)); }
     error_code unwatch(child_handle h) { return signals_.remove_child(h); }
 
-    // Loop time: taken after each wait, so every callback of one iteration
-    // sees the same "now" and timers armed in them are relative to it.
-    std::chrono::nanoseconds now() { return std::chrono::nanoseconds(now_ns()); }
+    // ---- fork ---------------------------------------------------------------
+    // A forked child that wants to keep using this loop calls after_fork()
+    // first: the loop gets its own wake-up pipe and signal routing, and drops
+    // what it inherited pending from the parent (signal counts, mailbox
+    // posts, AIO operations in flight, child watchers: those belong to the
+    // parent). Watchers, timers and signal watchers carry on. Until then the
+    // child cannot disturb the parent: its signal handler and its loop leave
+    // the shared pipe alone, and its run() returns errc::forked the first
+    // time it would have read from it. errc::bad_argument in the process
+    // that made the loop; errc::system if no pipe could be made.
+    error_code after_fork();
+
+    // ---- time -----------------------------------------------------------------
+    // Inside callbacks: the loop time, taken after each wait, so every
+    // callback of one iteration sees the same "now" and timers armed in them
+    // are relative to it. Outside callbacks (start-up, between run() calls)
+    // the clock is read afresh, so after(1s) means one second from now.
+    std::chrono::nanoseconds now() { return std::chrono::nanoseconds(arm_time()); }
     void update_now() { refresh_now(); }
+    Clock& clock() { return clock_; }
+
+    // ---- introspection ------------------------------------------------------
     // Watchers with a non-zero interest, armed timers, and what modules
     // (signals, AIO) keep pending.
     size_t active() const { return active_io_ + heap_size_ + hooks_active(); }
+    struct loop_stats {
+        table_stats io, timers, signals, children;
+    };
+    // How full each table is and was at most: size capacities from a real run.
+    loop_stats stats() const {
+        loop_stats s = {io_pool_.stats(), timer_pool_.stats(), signals_.signal_stats(), signals_.child_stats()};
+        return s;
+    }
+    // f(io_handle, int fd, unsigned events) for every fd watcher.
+    template <class F>
+    void for_each_io(F&& f) const {
+        for (uint16_t s = 0; s < io_pool_.slots; ++s)
+            if (io_pool_.live(s)) f(io_handle::from_id(io_[s].id), io_[s].fd, io_[s].interest);
+    }
+    // f(timer_handle, std::chrono::nanoseconds deadline, std::chrono::nanoseconds period)
+    // for every armed timer, in no particular order; the deadline is on
+    // clock()'s scale (compare it with now()), the period 0 for one-shots.
+    template <class F>
+    void for_each_timer(F&& f) const {
+        for (uint16_t i = 0; i < heap_size_; ++i) {
+            uint16_t s = heap_[i].slot;
+            f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(heap_[i].deadline),
+              std::chrono::nanoseconds(timers_[s].period));
+        }
+    }
 
 private:
-    typedef typename std::conditional<(Cap::io < 255), uint8_t, uint16_t>::type fd_slot_t;
+    friend struct detail::test_access;
+    // One spare slot per table: a callback that removes its own source can
+    // add a new one at once (see slot_pool).
+    typedef detail::slot_pool<Cap::io, 1> io_pool;
+    typedef detail::slot_pool<Cap::timers, 1> timer_pool;
+    static_assert(Cap::io < 254, "at most 253 fd watchers per loop");
+    typedef typename std::conditional<(io_pool::slots < 255), uint8_t, uint16_t>::type fd_slot_t;
     static const fd_slot_t no_slot = static_cast<fd_slot_t>(~0u);
     static const uint16_t no_pos = 0xffff;
+    static const size_t heap_cap = Cap::timers ? Cap::timers : 1; // only live timers are armed
     enum { rd = 0, wr = 1, ex = 2 };
 
     struct io_slot {
         io_callback cb;
         int fd;
         unsigned interest;
-        uint32_t added_iter; // not dispatched in the iteration it was added in
-        uint32_t id;         // its handle's id, fixed while the watcher lives
+        uint64_t added_iter; // not dispatched in the iteration it was added in
+        uint64_t id;         // its handle's id, fixed while the watcher lives
     };
     struct timer_slot {
         timer_callback cb;
@@ -336,8 +454,14 @@ private:
         return now_;
     }
     void refresh_now() {
-        now_ = detail::monotonic_ns();
+        now_ = clock_.now_ns();
         now_valid_ = true;
+    }
+    // What timers are armed relative to: the iteration's time inside
+    // callbacks, the clock's time outside them.
+    int64_t arm_time() {
+        if (!dispatching_) refresh_now();
+        return now_ns();
     }
 
     void set_interest(io_slot& io, unsigned events);
@@ -347,16 +471,21 @@ private:
     void call_io(uint16_t s, int fd, unsigned events);
     bool disable_bad_fds();
 
-    void heap_place(uint16_t pos, const heap_entry& e) {
+    void heap_place(uint32_t pos, const heap_entry& e) {
         heap_[pos] = e;
-        timers_[e.slot].heap_pos = pos;
+        timers_[e.slot].heap_pos = static_cast<uint16_t>(pos);
     }
     static bool heap_less(const heap_entry& a, const heap_entry& b) {
-        return a.deadline < b.deadline || (a.deadline == b.deadline && detail::serial_before(a.seq, b.seq));
+        return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
     }
-    void heap_sift(uint16_t pos, heap_entry e);
+    uint32_t next_seq() {
+        if (seq_ == UINT32_MAX) renumber_seqs();
+        return seq_++;
+    }
+    void renumber_seqs();
+    void heap_sift(uint32_t pos, heap_entry e);
     void heap_push(uint16_t slot, int64_t deadline);
-    void heap_remove(uint16_t pos);
+    void heap_remove(uint32_t pos);
 
     error_code iterate(int64_t max_wait_ns);
     error_code iterate_once(int64_t max_wait_ns) {
@@ -382,25 +511,31 @@ private:
     int maxfd_;
     unsigned nwatch_[3]; // watchers interested in each set: an empty set is passed as NULL
     size_t active_io_;
+    uint64_t iteration_; // 64 bits: never wraps onto a watcher's added_iter
 
-    detail::slot_pool<Cap::io> io_pool_;
-    io_slot io_[Cap::io];
+    io_pool io_pool_;
+    io_slot io_[io_pool::slots];
 
-    detail::slot_pool<Cap::timers> timer_pool_;
-    timer_slot timers_[Cap::timers];
-    heap_entry heap_[Cap::timers];
+    timer_pool timer_pool_;
+    timer_slot timers_[timer_pool::slots];
+    heap_entry heap_[heap_cap];
     uint16_t heap_size_;
-    uint32_t seq_;        // next arming sequence number
-    uint32_t seq_mark_;   // seq_ when this iteration began
-    uint32_t iteration_;
+    // Arming order. Timers armed while the timer pass runs have a seq at or
+    // above seq_mark_ and wait for the next pass. Before seq_ could wrap,
+    // the armed timers are renumbered 0..n-1 in order, so no comparison
+    // ever meets a wrapped counter (renumber_seqs()).
+    uint32_t seq_;
+    uint32_t seq_mark_;
 
     // The callback running now, so removing it defers freeing its storage.
     detail::running_slot running_io_, running_timer_;
 
     int64_t now_;
     bool now_valid_;
-    bool wake_seen_; // the wake pipe was ready in this iteration
+    bool dispatching_; // inside an iteration, after the wait: callbacks use now_
+    bool wake_seen_;   // the wake pipe was ready in this iteration
     bool fdset_words_;
+    Clock clock_;
 
     detail::signal_table<Cap::signals, Cap::children> signals_; // a loop_hook
 };
@@ -409,10 +544,10 @@ private:
 // Implementation
 // ============================================================================
 
-template <class Cap>
-basic_loop<Cap>::basic_loop()
-    : maxfd_(-1), active_io_(0), heap_size_(0), seq_(0), seq_mark_(0), iteration_(0), now_(0), now_valid_(false), wake_seen_(false),
-      fdset_words_(detail::fdset_is_words()), signals_(*this) {
+template <class Cap, class Clock>
+basic_loop<Cap, Clock>::basic_loop()
+    : maxfd_(-1), active_io_(0), iteration_(0), heap_size_(0), seq_(0), seq_mark_(0), now_(0), now_valid_(false),
+      dispatching_(false), wake_seen_(false), fdset_words_(detail::fdset_is_words()), signals_(*this) {
     for (int i = 0; i < 3; ++i) {
         FD_ZERO(&master_[i]);
         nwatch_[i] = 0;
@@ -425,18 +560,19 @@ basic_loop<Cap>::basic_loop()
     }
 }
 
-template <class Cap> const typename basic_loop<Cap>::fd_slot_t basic_loop<Cap>::no_slot;
-template <class Cap> const uint16_t basic_loop<Cap>::no_pos;
+template <class Cap, class Clock> const typename basic_loop<Cap, Clock>::fd_slot_t basic_loop<Cap, Clock>::no_slot;
+template <class Cap, class Clock> const uint16_t basic_loop<Cap, Clock>::no_pos;
+template <class Cap, class Clock> const size_t basic_loop<Cap, Clock>::heap_cap;
 
 // Callbacks of live slots are destroyed with the slot arrays.
-template <class Cap>
-basic_loop<Cap>::~basic_loop() {}
+template <class Cap, class Clock>
+basic_loop<Cap, Clock>::~basic_loop() {}
 
 // ---- fd watchers ------------------------------------------------------------
 
-template <class Cap>
+template <class Cap, class Clock>
 template <class F>
-io_handle basic_loop<Cap>::watch(int fd, unsigned events, F&& cb) {
+io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     // Checked before anything touches an fd_set: FD_SET beyond FD_SETSIZE
     // writes past the end of the set.
     if (fd < 0) return io_handle(errc::bad_fd);
@@ -444,7 +580,7 @@ io_handle basic_loop<Cap>::watch(int fd, unsigned events, F&& cb) {
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
     if (detail::is_null_callable(cb)) return io_handle(errc::bad_argument);
     if (fd_slot_[fd] != no_slot || fd == wake_rd_) return io_handle(errc::already_watched);
-    uint32_t id = io_pool_.acquire();
+    uint64_t id = io_pool_.acquire();
     if (id == 0) return io_handle(errc::table_full);
 
     uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
@@ -461,8 +597,8 @@ io_handle basic_loop<Cap>::watch(int fd, unsigned events, F&& cb) {
     return io_handle::from_id(id);
 }
 
-template <class Cap>
-error_code basic_loop<Cap>::modify(io_handle h, unsigned events) {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     if (events & ~(readable | writable | priority)) return errc::bad_argument;
@@ -470,8 +606,8 @@ error_code basic_loop<Cap>::modify(io_handle h, unsigned events) {
     return error_code();
 }
 
-template <class Cap>
-error_code basic_loop<Cap>::unwatch(io_handle h) {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     io_slot& io = io_[slot];
@@ -483,8 +619,8 @@ error_code basic_loop<Cap>::unwatch(io_handle h) {
     return error_code();
 }
 
-template <class Cap>
-void basic_loop<Cap>::set_interest(io_slot& io, unsigned events) {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
     static const unsigned bit[3] = {readable, writable, priority};
     if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
     for (int s = 0; s < 3; ++s) {
@@ -501,8 +637,8 @@ void basic_loop<Cap>::set_interest(io_slot& io, unsigned events) {
     io.interest = events;
 }
 
-template <class Cap>
-void basic_loop<Cap>::recompute_maxfd() {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::recompute_maxfd() {
     maxfd_ = wake_rd_;
     for (int w = detail::fd_words - 1; w >= 0; --w) {
         if (watched_[w]) {
@@ -513,21 +649,22 @@ void basic_loop<Cap>::recompute_maxfd() {
     }
 }
 
-// Runs watcher s's callback, which may remove the watcher or anything else.
-template <class Cap>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::call_io(uint16_t s, int fd, unsigned events) {
+// Runs watcher s's callback, which may remove the watcher or anything else,
+// or throw.
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     running_io_.begin(s);
+    auto done = detail::on_scope_exit([this, &io] { running_io_.end(io_pool_, io.cb); });
     io_event ev = {io_handle::from_id(io.id), fd, events};
-    invoke(io.cb, ev, source_kind::io, ev.handle.id(), fd);
-    running_io_.end(io_pool_, io.cb);
+    invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
 
 // select() failed with EBADF: some watched fd was closed behind our back.
 // Find each one, report it to its watcher once, and disable the watcher.
 // False if no watcher owns a bad fd (the wake-up pipe itself was closed).
-template <class Cap>
-bool basic_loop<Cap>::disable_bad_fds() {
+template <class Cap, class Clock>
+bool basic_loop<Cap, Clock>::disable_bad_fds() {
     bool found = false;
     for (int fd = 0; fd <= maxfd_; ++fd) {
         fd_slot_t s = fd_slot_[fd];
@@ -543,26 +680,29 @@ bool basic_loop<Cap>::disable_bad_fds() {
 
 // ---- timers -----------------------------------------------------------------
 
-template <class Cap>
+template <class Cap, class Clock>
 template <class Rep1, class Period1, class Rep2, class Period2, class F>
-timer_handle basic_loop<Cap>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
+timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
                                                std::chrono::duration<Rep2, Period2> repeat, F&& cb) {
     int64_t after_ns, period_ns;
     if (!detail::to_ns(timeout, after_ns) || !detail::to_ns(repeat, period_ns)) return timer_handle(errc::bad_timeout);
+    // A repeat finer than a nanosecond would silently make a one-shot.
+    if (period_ns == 0 && repeat != std::chrono::duration<Rep2, Period2>::zero())
+        return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
-    uint32_t id = timer_pool_.acquire();
+    uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
     uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
     timer_slot& t = timers_[slot];
     t.cb.emplace(std::forward<F>(cb));
     t.period = period_ns;
-    heap_push(slot, now_ns() + after_ns);
+    heap_push(slot, arm_time() + after_ns);
     return timer_handle::from_id(id);
 }
 
-template <class Cap>
+template <class Cap, class Clock>
 template <class Rep, class Period>
-error_code basic_loop<Cap>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
+error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
     int64_t ns;
@@ -570,17 +710,19 @@ error_code basic_loop<Cap>::rearm(timer_handle h, std::chrono::duration<Rep, Per
     timer_slot& t = timers_[slot];
     if (t.heap_pos != no_pos) {
         // Armed: re-keyed in place, one sift instead of a remove and a push.
-        // A fresh seq, as a push would give, keeps equal deadlines in arming order.
-        heap_entry e = {now_ns() + ns, seq_++, slot};
+        // A fresh seq, as a push would give, keeps equal deadlines in arming
+        // order (taken first: renumbering moves entries).
+        uint32_t seq = next_seq();
+        heap_entry e = {arm_time() + ns, seq, slot};
         heap_sift(t.heap_pos, e);
     } else {
-        heap_push(slot, now_ns() + ns);
+        heap_push(slot, arm_time() + ns);
     }
     return error_code();
 }
 
-template <class Cap>
-error_code basic_loop<Cap>::cancel(timer_handle h) {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
     if (timers_[slot].heap_pos != no_pos) heap_remove(timers_[slot].heap_pos);
@@ -588,29 +730,30 @@ error_code basic_loop<Cap>::cancel(timer_handle h) {
     return error_code();
 }
 
-template <class Cap>
-std::chrono::nanoseconds basic_loop<Cap>::remaining(timer_handle h) const {
+template <class Cap, class Clock>
+std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none || timers_[slot].heap_pos == no_pos) return std::chrono::nanoseconds::zero();
-    int64_t left = heap_[timers_[slot].heap_pos].deadline - detail::monotonic_ns();
+    int64_t left = heap_[timers_[slot].heap_pos].deadline - clock_.now_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
 }
 
 // Moves `e` from `pos` up or down to where it belongs: O(log n). The heap is
 // 4-ary (as libev's): half the depth of a binary heap, so an entry moves
 // through half as many levels, and siblings sit next to each other in memory.
-template <class Cap>
-void basic_loop<Cap>::heap_sift(uint16_t pos, heap_entry e) {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::heap_sift(uint32_t pos, heap_entry e) {
+    if (pos >= heap_cap) return; // never true; tells the optimiser (gcc -Warray-bounds, capacity 1)
     uint32_t at = pos;
     while (at > 0) {
         uint32_t parent = (at - 1u) / 4u;
         if (!heap_less(e, heap_[parent])) break;
-        heap_place(static_cast<uint16_t>(at), heap_[parent]);
+        heap_place(at, heap_[parent]);
         at = parent;
     }
     // heap_size_ never exceeds the capacity; the clamp tells the optimiser so
     // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
-    const uint32_t size = heap_size_ < Cap::timers ? heap_size_ : static_cast<uint32_t>(Cap::timers);
+    const uint32_t size = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
     for (;;) {
         uint32_t first = 4u * at + 1u;
         if (first >= size) break;
@@ -618,28 +761,74 @@ void basic_loop<Cap>::heap_sift(uint16_t pos, heap_entry e) {
         for (uint32_t c = first + 1u; c < end; ++c)
             if (heap_less(heap_[c], heap_[best])) best = c;
         if (!heap_less(heap_[best], e)) break;
-        heap_place(static_cast<uint16_t>(at), heap_[best]);
+        heap_place(at, heap_[best]);
         at = best;
     }
-    heap_place(static_cast<uint16_t>(at), e);
+    heap_place(at, e);
 }
 
-template <class Cap>
-void basic_loop<Cap>::heap_push(uint16_t slot, int64_t deadline) {
-    heap_entry e = {deadline, seq_++, slot};
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::heap_push(uint16_t slot, int64_t deadline) {
+    if (heap_size_ >= heap_cap) return; // never true: only live timers are armed
+    heap_entry e = {deadline, next_seq(), slot};
     heap_sift(heap_size_++, e);
 }
 
-template <class Cap>
-void basic_loop<Cap>::heap_remove(uint16_t pos) {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::heap_remove(uint32_t pos) {
     timers_[heap_[pos].slot].heap_pos = no_pos;
     if (pos != --heap_size_) heap_sift(pos, heap_[heap_size_]);
 }
 
+// seq_ is about to wrap (after 2^32 armings): give the armed timers the
+// numbers 0..n-1 in their arming order, move the mark with them, and rebuild
+// the heap. O(n log n), once per 4 billion armings. Deadlines and the order
+// of equal deadlines are unchanged; no comparison ever sees a wrapped value.
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::renumber_seqs() {
+    const uint32_t n = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
+    // Heapsort on seq alone, in place (no allocation): a max-heap, then
+    // repeatedly the largest to the end.
+    struct by_seq {
+        static void sift_down(heap_entry* a, uint32_t at, uint32_t size) {
+            heap_entry e = a[at];
+            for (;;) {
+                uint32_t c = 2u * at + 1u;
+                if (c >= size) break;
+                if (c + 1u < size && a[c + 1u].seq > a[c].seq) ++c;
+                if (a[c].seq <= e.seq) break;
+                a[at] = a[c];
+                at = c;
+            }
+            a[at] = e;
+        }
+    };
+    for (uint32_t i = n / 2u; i-- > 0;) by_seq::sift_down(heap_, i, n);
+    for (uint32_t end = n; end > 1u; --end) {
+        heap_entry top = heap_[0];
+        heap_[0] = heap_[end - 1u];
+        heap_[end - 1u] = top;
+        by_seq::sift_down(heap_, 0, end - 1u);
+    }
+    uint32_t mark = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        if (heap_[i].seq < seq_mark_) mark = i + 1u;
+        heap_[i].seq = i;
+    }
+    seq_mark_ = mark;
+    seq_ = n;
+    // Sorted by seq is not yet a heap by deadline: insert the entries again,
+    // one by one (heap_sift also records every heap_pos).
+    for (uint32_t i = 0; i < n; ++i) {
+        heap_size_ = static_cast<uint16_t>(i + 1u);
+        heap_sift(i, heap_[i]);
+    }
+}
+
 // ---- the iteration ----------------------------------------------------------
 
-template <class Cap>
-error_code basic_loop<Cap>::run() {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::run() {
     error_code result;
     while (!stop_.load(std::memory_order_relaxed) && active() > 0) {
         result = iterate(-1);
@@ -651,8 +840,8 @@ error_code basic_loop<Cap>::run() {
 
 // Nanoseconds select() may sleep: until the first timer or `until`, -1 for
 // no limit.
-template <class Cap>
-int64_t basic_loop<Cap>::select_timeout(int64_t until) const {
+template <class Cap, class Clock>
+int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) const {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
@@ -663,8 +852,9 @@ int64_t basic_loop<Cap>::select_timeout(int64_t until) const {
     return wait;
 }
 
-template <class Cap>
-error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
+    if (forked_) return errc::forked;
     ++iteration_;
     seq_mark_ = seq_;
     // The clock is read only when something depends on it: with no timer and
@@ -702,8 +892,8 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
             // Rounded up: waking before the deadline would only spin.
             int64_t us = (wait + 999) / 1000;
             const int64_t max_s = 0x7fffffff; // fits a 32-bit time_t
-            tv.tv_sec = static_cast<time_t>(us / 1000000 > max_s ? max_s : us / 1000000);
-            tv.tv_usec = static_cast<suseconds_t>(us % 1000000);
+            tv.tv_sec = detail::narrow<time_t>(us / 1000000 > max_s ? max_s : us / 1000000);
+            tv.tv_usec = detail::narrow<suseconds_t>(us % 1000000);
             tvp = &tv;
         }
         n = select(nfds, ptr[rd], ptr[wr], ptr[ex], tvp);
@@ -720,6 +910,10 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
         return error_code(errc::system, errno);
     }
 
+    // From here on callbacks run: timers they arm count from now_.
+    const bool outer = dispatching_;
+    dispatching_ = true;
+    auto done = detail::on_scope_exit([this, outer] { dispatching_ = outer; });
     if (n > 0) {
         const int nwords = static_cast<int>((static_cast<unsigned>(nfds) + detail::word_bits - 1) / detail::word_bits);
         const unsigned long* sets[3];
@@ -738,6 +932,7 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
             for (int s = 0; s < 3; ++s) sets[s] = ptr[s] ? words[s] : nullptr;
         }
         dispatch_io(sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
+        if (forked_) return errc::forked;
     }
     if (heap_size_ > 0) dispatch_timers();
     return error_code();
@@ -747,10 +942,10 @@ error_code basic_loop<Cap>::iterate(int64_t max_wait_ns) {
 // bits: the scan stops when it is used up. The wake pipe is drained after the
 // watchers ran, as before. Inlined into its one caller, iterate(): with one
 // ready fd per iteration, the call would cost more than the scan.
-template <class Cap>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_io(const unsigned long* r, const unsigned long* w,
-                                                                  const unsigned long* e, int nwords,
-                                                                  int nready) {
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const unsigned long* r, const unsigned long* w,
+                                                                         const unsigned long* e, int nwords,
+                                                                         int nready) {
     if (!w && !e) {
         // Only readers (the common case): the scan keeps its state in registers.
         for (int i = 0; i < nwords && nready > 0; ++i)
@@ -778,8 +973,8 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_io(const unsigned 
 
 // One ready fd, looked up in fd_slot_ at the moment it is dispatched, so a
 // watcher removed by an earlier callback of this iteration is never called.
-template <class Cap>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_fd(int fd, unsigned ready) {
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, unsigned ready) {
     fd_slot_t s = fd_slot_[fd];
     if (s == no_slot) { // the wake pipe (drained after the watchers), or unwatched meanwhile
         if (fd == wake_rd_) wake_seen_ = true;
@@ -791,9 +986,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap>::dispatch_fd(int fd, unsigne
     call_io(s, fd, events);
 }
 
-template <class Cap>
-void basic_loop<Cap>::dispatch_timers() {
-    while (heap_size_ > 0 && heap_[0].deadline <= now_ && detail::serial_before(heap_[0].seq, seq_mark_)) {
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::dispatch_timers() {
+    while (heap_size_ > 0 && heap_[0].deadline <= now_ && heap_[0].seq < seq_mark_) {
         const heap_entry top = heap_[0];
         timer_slot& t = timers_[top.slot];
         uint32_t overruns = 0;
@@ -802,26 +997,62 @@ void basic_loop<Cap>::dispatch_timers() {
             // during a stall are skipped and counted, not fired in a burst.
             int64_t missed = (now_ - top.deadline) / t.period;
             overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
-            heap_entry next = {top.deadline + (missed + 1) * t.period, seq_++, top.slot};
+            uint32_t seq = next_seq();
+            heap_entry next = {top.deadline + (missed + 1) * t.period, seq, top.slot};
             heap_sift(0, next);
         } else {
             heap_remove(0);
         }
         running_timer_.begin(top.slot);
+        // Also when the callback throws: a one-shot that was not re-armed is
+        // gone, and its slot with it.
+        auto done = detail::on_scope_exit([this, &t, top] {
+            if (!running_timer_.end(timer_pool_, t.cb) && t.heap_pos == no_pos) release_timer(top.slot);
+        });
         timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
-        invoke(t.cb, ev, source_kind::timer, ev.handle.id(), -1);
-        if (!running_timer_.end(timer_pool_, t.cb) && t.heap_pos == no_pos)
-            release_timer(top.slot); // a one-shot timer that was not re-armed
+        invoke(t.cb, source_kind::timer, ev.handle.id(), -1, ev);
     }
+}
+
+// ---- fork ---------------------------------------------------------------------
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::after_fork() {
+    if (getpid() == owner_pid_) return errc::bad_argument;
+    if (wake_rd_ >= 0) FD_CLR(wake_rd_, &master_[rd]);
+    error_code e = renew_wake_pipe();
+    if (wake_rd_ >= 0) FD_SET(wake_rd_, &master_[rd]);
+    recompute_maxfd();
+    if (e) return e;
+    for (loop_hook* h = hooks_; h;) {
+        loop_hook* next = h->next; // a hook may detach itself
+        h->on_fork(h);
+        h = next;
+    }
+    return error_code();
 }
 
 // ---- loop_base: the wake-up pipe ---------------------------------------------
 
 inline loop_base::loop_base()
-    : wake_rd_(-1), wake_wr_(-1), wake_errno_(0), wake_pending_(false), stop_(false), hooks_(nullptr),
-      stall_ns_(0) {
-    // Non-blocking so neither a full pipe nor an empty one can block the
-    // loop or a signal handler; close-on-exec so children do not inherit it.
+    : wake_rd_(-1), wake_wr_(-1), wake_errno_(0), owner_pid_(getpid()), forked_(false), wake_pending_(false),
+      stop_(false), hooks_(nullptr), stall_ns_(0) {
+    renew_wake_pipe();
+}
+
+// Makes the wake-up pipe (again, after a fork: the child closes its copies of
+// the parent's pipe, which stays the parent's). Non-blocking so neither a
+// full pipe nor an empty one can block the loop or a signal handler;
+// close-on-exec so exec'd programs do not inherit it.
+inline error_code loop_base::renew_wake_pipe() {
+    if (wake_rd_ >= 0) close(wake_rd_);
+    if (wake_wr_ >= 0) close(wake_wr_);
+    wake_rd_ = wake_wr_ = -1;
+    wake_errno_ = 0;
+    owner_pid_ = getpid();
+    forked_ = false;
+    wake_pending_.store(false);
+    stop_.store(false);
     int p[2];
     if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
         wake_errno_ = errno;
@@ -832,7 +1063,9 @@ inline loop_base::loop_base()
     } else {
         wake_rd_ = p[0];
         wake_wr_ = p[1];
+        return error_code();
     }
+    return error_code(errc::system, wake_errno_);
 }
 
 inline loop_base::~loop_base() {
@@ -853,6 +1086,15 @@ inline error_code loop_base::wake() {
 }
 
 inline void loop_base::drain_wake() {
+    // After fork() the child shares this pipe with the parent. Reading it in
+    // the child would take the parent's bytes while the parent's
+    // wake_pending_ stays set, and every later wake() of the parent would be
+    // skipped: the child leaves it alone (iterate() then returns
+    // errc::forked). One getpid() per wake-up, never per event.
+    if (getpid() != owner_pid_) {
+        forked_ = true;
+        return;
+    }
     // Cleared after draining, before the hooks run: a wake() that saw the
     // flag set published its work before we clear it, so the hooks see that
     // work; a wake() after the clear writes a byte the next select() sees.
@@ -865,11 +1107,15 @@ inline void loop_base::drain_wake() {
     while (read(wake_rd_, buf, sizeof buf) == static_cast<ssize_t>(sizeof buf)) {
     }
     wake_pending_.exchange(false);
+    // If a hook's callback throws, the hooks after it (and the rest of its
+    // own work) get their turn in the next iteration.
+    auto rewake = detail::on_scope_exit([this] { wake(); });
     for (loop_hook* h = hooks_; h;) {
         loop_hook* next = h->next; // a hook may detach itself
         h->on_wake(h);
         h = next;
     }
+    rewake.dismiss();
 }
 
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>

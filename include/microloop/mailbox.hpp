@@ -24,7 +24,10 @@ namespace microloop {
 //
 // While it exists, a mailbox keeps loop.run() running (it may receive work at
 // any time); call close() or destroy it to let run() end. Callbacks that were
-// posted but have not run when the mailbox is destroyed are discarded.
+// posted but have not run when the mailbox is destroyed are discarded, and so
+// are, in a forked child, those the parent had queued (loop.after_fork()).
+// Posted callbacks go through stall detection (source_kind::post); one that
+// throws is used up, and the rest run in the next iteration.
 template <size_t N = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
 class mailbox : private loop_hook {
     static_assert(N >= 2 && (N & (N - 1)) == 0, "mailbox capacity must be a power of two");
@@ -33,6 +36,7 @@ public:
     explicit mailbox(loop_base& l) : loop_(&l), enqueue_(0), dequeue_(0) {
         for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
         on_wake = &mailbox::drain;
+        on_fork = &mailbox::forked;
         active = 1;
         next = nullptr;
         loop_->attach(this);
@@ -83,12 +87,26 @@ private:
         for (size_t n = 0; n < N; ++n) {
             cell& c = self->cells_[self->dequeue_ & (N - 1)];
             if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
-            c.fn();
-            c.fn.reset();
-            c.seq.store(self->dequeue_ + N, std::memory_order_release);
-            ++self->dequeue_;
+            auto done = detail::on_scope_exit([self, &c] { // the cell is used up even if fn throws
+                c.fn.reset();
+                c.seq.store(self->dequeue_ + N, std::memory_order_release);
+                ++self->dequeue_;
+            });
+            self->loop_->invoke(c.fn, source_kind::post, 0, -1);
         }
         self->loop_->wake(); // more may be waiting: come back next iteration
+    }
+
+    // A forked child has one thread: no post is under way. What the parent
+    // had queued is the parent's to run.
+    static void forked(loop_hook* h) {
+        mailbox* self = static_cast<mailbox*>(h);
+        for (size_t i = 0; i < N; ++i) {
+            self->cells_[i].fn.reset();
+            self->cells_[i].seq.store(i, std::memory_order_relaxed);
+        }
+        self->enqueue_.store(0, std::memory_order_relaxed);
+        self->dequeue_ = 0;
     }
 
     loop_base* loop_;

@@ -27,8 +27,14 @@
 // - SIGPIPE is left alone: a write to a closed socket or pipe kills the
 //   process by default. Send on sockets with MSG_NOSIGNAL, or call
 //   ignore_sigpipe() once at start-up so such writes fail with EPIPE.
-// - A forked child inherits the handler and the wake-up pipe (until exec):
-//   exec soon after fork, as posix_spawn() does.
+// - fork(): a child inherits the handler and the loop's wake-up pipe, but
+//   never disturbs the parent through them: the handler writes to a loop's
+//   pipe only in the process that owns the loop, so a signal the child
+//   receives before exec (or before after_fork()) wakes nobody. A child that
+//   keeps the loop calls loop.after_fork(): from then on its signals reach
+//   its own loop; signal counts inherited from the parent are dropped, and so
+//   are arrivals between fork() and after_fork() (block signals around fork()
+//   if those matter: the kernel keeps them pending until unblocked).
 //
 // Included by loop.hpp (basic_loop holds a signal table); include
 // <microloop.hpp> or this file, which brings loop.hpp along.
@@ -125,6 +131,7 @@ struct signal_state {
     std::atomic<int> wake_fd;       // the owner's wake-up pipe + 1; 0: drop arrivals
     std::atomic<unsigned> pending;  // arrivals the loop has not taken yet
     std::atomic<unsigned> busy;     // handlers running right now
+    std::atomic<int> claimant;      // the process whose loop owns it (not a forked child)
     // The latest sender, under a seqlock: odd while a handler writes.
     std::atomic<unsigned> seq;
     std::atomic<int> pid;
@@ -149,8 +156,10 @@ struct signal_globals {
             record_sender(s, signo, info);
             // Only the first arrival since the loop last looked writes a byte:
             // a storm costs one byte, and a full pipe (EAGAIN) means the loop
-            // is about to wake anyway. The count itself is never lost.
-            if (s.pending.fetch_add(1) == 0) {
+            // is about to wake anyway. The count itself is never lost. In a
+            // forked child the pipe is still the parent's: no byte (and the
+            // count stays the child's, until its after_fork() drops it).
+            if (s.pending.fetch_add(1) == 0 && getpid() == s.claimant.load()) {
                 char byte = 0;
                 ssize_t r = write(fd, &byte, 1);
                 (void)r;
@@ -195,8 +204,8 @@ typedef signal_globals<> globals;
 inline void read_sender(const signal_state& s, pid_t& pid, uid_t& uid) {
     for (int tries = 0; tries < 64; ++tries) {
         unsigned q1 = s.seq.load(std::memory_order_acquire);
-        pid = static_cast<pid_t>(s.pid.load(std::memory_order_acquire));
-        uid = static_cast<uid_t>(s.uid.load(std::memory_order_acquire));
+        pid = narrow<pid_t>(s.pid.load(std::memory_order_acquire));
+        uid = narrow<uid_t>(s.uid.load(std::memory_order_acquire));
         if (!(q1 & 1u) && s.seq.load(std::memory_order_relaxed) == q1) return;
         sched_yield();
     }
@@ -214,6 +223,7 @@ inline error_code claim_signal(int signo, const void* owner, int wake_fd, struct
     const void* nobody = nullptr;
     if (!s.owner.compare_exchange_strong(nobody, owner)) return errc::already_watched;
     s.pending.store(0);
+    s.claimant.store(narrow<int>(getpid()));
     s.wake_fd.store(wake_fd + 1);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -248,28 +258,39 @@ inline void release_signal(int signo, const struct sigaction& saved) {
     s.owner.store(nullptr);
 }
 
+// After fork(), in the child: route the signal to the child's new pipe and
+// drop the count inherited from the parent (it is the parent's to deliver).
+inline void retarget_signal(int signo, int wake_fd) {
+    signal_state& s = globals::state[signo];
+    s.wake_fd.store(0);
+    s.claimant.store(narrow<int>(getpid()));
+    s.pending.store(0);
+    s.wake_fd.store(wake_fd + 1);
+}
+
 // A loop's signal and child watchers: the fixed tables and the hook through
 // which the loop hands it each wake-up. Part of basic_loop.
 template <size_t Signals, size_t Children>
 class signal_table : private loop_hook {
-    // slot_pool needs at least one slot; a capacity of 0 is refused at run time.
-    static const size_t sig_cap = Signals ? Signals : 1, kid_cap = Children ? Children : 1;
-    static const uint16_t none = 0xffff;
+    // One spare slot each: a callback can replace its own watcher at once.
+    typedef slot_pool<Signals, 1> sig_pool;
+    typedef slot_pool<Children, 1> kid_pool;
 
 public:
-    explicit signal_table(loop_base& loop)
-        : loop_(&loop), chld_users_(0), chld_count_(0), kids_due_(false) {
+    explicit signal_table(loop_base& owner)
+        : loop_(&owner), chld_users_(0), chld_count_(0), kids_due_(false) {
         on_wake = &signal_table::dispatch;
+        on_fork = &signal_table::forked;
         active = 0;
         next = nullptr;
         memset(&chld_saved_, 0, sizeof chld_saved_);
-        for (size_t i = 0; i < sig_cap; ++i) sigs_[i].signo = 0;
-        for (size_t i = 0; i < kid_cap; ++i) kids_[i].pid = 0;
+        for (size_t i = 0; i < sig_pool::slots; ++i) sigs_[i].signo = 0;
+        for (size_t i = 0; i < kid_pool::slots; ++i) kids_[i].pid = 0;
         loop_->attach(this);
     }
 
     ~signal_table() {
-        for (size_t i = 0; i < sig_cap; ++i)
+        for (size_t i = 0; i < sig_pool::slots; ++i)
             if (sigs_[i].signo) give_back(sigs_[i]);
         if (chld_users_ > 0) release_signal(SIGCHLD, chld_saved_);
         loop_->detach(this);
@@ -278,23 +299,25 @@ public:
     signal_table(const signal_table&) = delete;
     signal_table& operator=(const signal_table&) = delete;
 
+    // A failed watch carries its errno in the handle: h.error().sys().
     template <class F>
     signal_handle add(int signo, F&& cb) {
-        if (!watchable_signal(signo)) return signal_handle(errc::bad_argument);
-        if (Signals == 0 || sig_pool_.full()) return signal_handle(errc::table_full);
+        if (!watchable_signal(signo) || is_null_callable(cb)) return signal_handle(errc::bad_argument);
+        if (sig_pool_.full()) return signal_handle(errc::table_full);
         if (loop_->wake_fd() < 0) return signal_handle(no_pipe());
-        sig_slot& s = sigs_[slot_of(sig_pool_.acquire())];
+        uint64_t id = sig_pool_.acquire();
+        if (id == 0) return signal_handle(errc::table_full);
+        uint16_t slot = slot_of(id);
+        sig_slot& s = sigs_[slot];
         error_code e = signo == SIGCHLD ? take_sigchld() : claim_signal(signo, this, loop_->wake_fd(), &s.saved);
-        uint16_t slot = static_cast<uint16_t>(&s - sigs_);
         if (e) {
             sig_pool_.release(slot);
-            if (e.sys()) errno = e.sys(); // kept for the caller: a handle carries only the errc
-            return signal_handle(e.code());
+            return signal_handle(e);
         }
         s.cb.emplace(std::forward<F>(cb));
         s.signo = signo;
         ++active;
-        return signal_handle::from_id(sig_pool_.id_of(slot));
+        return signal_handle::from_id(id);
     }
 
     error_code remove(signal_handle h) {
@@ -307,15 +330,12 @@ public:
 
     template <class F>
     child_handle add_child(pid_t pid, F&& cb) {
-        if (pid <= 0) return child_handle(errc::bad_argument);
-        if (Children == 0 || kid_pool_.full()) return child_handle(errc::table_full);
-        for (size_t i = 0; i < kid_cap; ++i)
+        if (pid <= 0 || is_null_callable(cb)) return child_handle(errc::bad_argument);
+        if (kid_pool_.full()) return child_handle(errc::table_full);
+        for (size_t i = 0; i < kid_pool::slots; ++i)
             if (kids_[i].pid == pid) return child_handle(errc::already_watched);
         if (loop_->wake_fd() < 0) return child_handle(no_pipe());
-        if (error_code e = take_sigchld()) {
-            if (e.sys()) errno = e.sys();
-            return child_handle(e.code());
-        }
+        if (error_code e = take_sigchld()) return child_handle(e);
         // SIGCHLD is caught from here on; a child that ended earlier is
         // already a zombie and sends nothing more: look once now. WNOWAIT
         // leaves it unreaped, so unwatching before the report still leaves
@@ -325,13 +345,16 @@ public:
         int r;
         do r = waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
         while (r < 0 && errno == EINTR);
-        if (r < 0) { // not our child, or already reaped by someone else
+        if (r < 0) { // not our child (ECHILD: errc::bad_argument), or already reaped by someone else
             int e = errno;
             drop_sigchld();
-            errno = e;
-            return child_handle(e == ECHILD ? errc::bad_argument : errc::system);
+            return child_handle(error_code(e == ECHILD ? errc::bad_argument : errc::system, e));
         }
-        uint32_t id = kid_pool_.acquire();
+        uint64_t id = kid_pool_.acquire();
+        if (id == 0) {
+            drop_sigchld();
+            return child_handle(errc::table_full);
+        }
         kid_slot& k = kids_[slot_of(id)];
         k.cb.emplace(std::forward<F>(cb));
         k.pid = pid;
@@ -347,13 +370,12 @@ public:
     error_code remove_child(child_handle h) {
         uint16_t slot = kid_pool_.lookup(h.id());
         if (slot == kid_pool_.none) return errc::stale_handle;
-        kids_[slot].pid = 0;
-        kids_[slot].cb.reset(); // a running child callback's slot is already retired
-        kid_pool_.release(slot);
-        --active;
-        drop_sigchld();
+        forget_child(slot);
         return error_code();
     }
+
+    table_stats signal_stats() const { return sig_pool_.stats(); }
+    table_stats child_stats() const { return kid_pool_.stats(); }
 
 private:
     struct sig_slot {
@@ -366,13 +388,10 @@ private:
         pid_t pid; // 0: free
     };
 
-    static uint16_t slot_of(uint32_t id) { return static_cast<uint16_t>(id & 0xffffu); }
+    static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
 
-    // The loop has no wake-up pipe: errno says why it could not be made.
-    errc no_pipe() {
-        errno = loop_->wake().sys();
-        return errc::system;
-    }
+    // The loop has no wake-up pipe: the error says why it could not be made.
+    error_code no_pipe() { return loop_->wake(); }
 
     // SIGCHLD serves both a SIGCHLD watcher and every child watcher: it is
     // claimed for the first of them and given back after the last.
@@ -395,6 +414,14 @@ private:
         --active;
     }
 
+    void forget_child(uint16_t slot) {
+        kids_[slot].pid = 0;
+        kids_[slot].cb.reset(); // a running child callback's slot is already retired
+        kid_pool_.release(slot);
+        --active;
+        drop_sigchld();
+    }
+
     static void dispatch(loop_hook* hook) {
         signal_table* self = static_cast<signal_table*>(hook);
         if (self->chld_users_ > 0) self->chld_count_ += globals::state[SIGCHLD].pending.exchange(0);
@@ -402,11 +429,27 @@ private:
         self->dispatch_signals();
     }
 
+    // after_fork() in the child: signals now wake the child's own pipe, with
+    // the parent's pending counts dropped. The child watchers name the
+    // parent's children, which this process can neither wait for nor reap:
+    // they are dropped, without a call.
+    static void forked(loop_hook* hook) {
+        signal_table* self = static_cast<signal_table*>(hook);
+        int fd = self->loop_->wake_fd();
+        for (size_t i = 0; i < sig_pool::slots; ++i)
+            if (self->sigs_[i].signo && self->sigs_[i].signo != SIGCHLD) retarget_signal(self->sigs_[i].signo, fd);
+        for (uint16_t i = 0; i < kid_pool::slots; ++i)
+            if (self->kids_[i].pid) self->forget_child(i);
+        if (self->chld_users_ > 0) retarget_signal(SIGCHLD, fd);
+        self->chld_count_ = 0;
+        self->kids_due_ = false;
+    }
+
     // Each watched child is checked on its own; a SIGCHLD only says that
     // some child changed state, and several exits may share one SIGCHLD.
     void reap() {
         kids_due_ = false;
-        for (size_t i = 0; i < kid_cap; ++i) {
+        for (size_t i = 0; i < kid_pool::slots; ++i) {
             kid_slot& k = kids_[i];
             if (k.pid == 0) continue;
             int status = 0;
@@ -415,21 +458,24 @@ private:
             while (r < 0 && errno == EINTR);
             if (r == 0) continue; // still running
             // The watcher is gone before its callback runs: its handle is
-            // stale inside the callback, and its slot is reused only after.
+            // stale inside the callback, and its slot is reused only after
+            // (the spare slot lets the callback watch another child).
             uint16_t slot = static_cast<uint16_t>(i);
             child_event ev = {child_handle::from_id(kid_pool_.id_of(slot)), k.pid, r == k.pid ? status : -1};
             kid_pool_.retire(slot);
             k.pid = 0;
             --active;
             drop_sigchld();
-            loop_->invoke(k.cb, ev, source_kind::child, ev.handle.id(), static_cast<int>(ev.pid));
-            k.cb.reset();
-            kid_pool_.recycle(slot);
+            auto done = on_scope_exit([this, &k, slot] {
+                k.cb.reset();
+                kid_pool_.recycle(slot);
+            });
+            loop_->invoke(k.cb, source_kind::child, ev.handle.id(), narrow<int>(ev.pid), ev);
         }
     }
 
     void dispatch_signals() {
-        for (size_t i = 0; i < sig_cap; ++i) {
+        for (size_t i = 0; i < sig_pool::slots; ++i) {
             sig_slot& s = sigs_[i];
             if (s.signo == 0) continue;
             signal_state& g = globals::state[s.signo];
@@ -445,27 +491,23 @@ private:
             signal_event ev = {signal_handle::from_id(sig_pool_.id_of(slot)), s.signo, n, 0, 0};
             read_sender(g, ev.pid, ev.uid);
             running_.begin(slot);
-            loop_->invoke(s.cb, ev, source_kind::signal, ev.handle.id(), ev.signo);
-            running_.end(sig_pool_, s.cb);
+            auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
+            loop_->invoke(s.cb, source_kind::signal, ev.handle.id(), ev.signo, ev);
         }
         chld_count_ = 0; // nobody else wants the SIGCHLD count
     }
 
     loop_base* loop_;
-    slot_pool<sig_cap> sig_pool_;
-    sig_slot sigs_[sig_cap];
-    slot_pool<kid_cap> kid_pool_;
-    kid_slot kids_[kid_cap];
+    sig_pool sig_pool_;
+    sig_slot sigs_[sig_pool::slots];
+    kid_pool kid_pool_;
+    kid_slot kids_[kid_pool::slots];
     struct sigaction chld_saved_;
     unsigned chld_users_;
     unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
     bool kids_due_;       // a child was found already ended when watched
     running_slot running_; // the signal slot whose callback runs now
 };
-
-template <size_t S, size_t C> const size_t signal_table<S, C>::sig_cap;
-template <size_t S, size_t C> const size_t signal_table<S, C>::kid_cap;
-template <size_t S, size_t C> const uint16_t signal_table<S, C>::none;
 
 } // namespace detail
 
