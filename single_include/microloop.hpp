@@ -440,6 +440,21 @@ public:
         MICROLOOP_ASSERT(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
         free_[nfree_++] = slot;
     }
+    // Undo retire() for a slot not yet recycled: the same handles are live
+    // again. False (nothing changes) when N are live.
+    bool revive(uint16_t slot) {
+        MICROLOOP_ASSERT(slot < slots && !(gen_[slot] & 1u));
+        if (live_ == N) return false;
+        gen_[slot] |= 1u;
+        if (++live_ > high_water_) high_water_ = live_;
+        return true;
+    }
+    // The slot a retired (not live) handle names, or `none`: for revive().
+    uint16_t lookup_retired(uint64_t id) const {
+        uint64_t slot = id & 0xffffu;
+        if (slot >= slots || (id >> 16) == 0 || gen_[slot] != (id >> 16) << 1) return none;
+        return static_cast<uint16_t>(slot);
+    }
     // The slot a live handle names, or `none`.
     uint16_t lookup(uint64_t id) const {
         uint64_t slot = id & 0xffffu;
@@ -490,6 +505,10 @@ public:
         cb.reset();
         pool.release(slot);
     }
+    // Whether `slot` is the running one and has been released meanwhile (it
+    // is retired, not yet recycled), and to take that release back.
+    bool released(uint16_t slot) const { return released_ && slot == slot_; }
+    void keep() { released_ = false; }
     // The callback returned (or threw); true if it had removed its own
     // source, which is freed now.
     template <class Pool, class Callback>
@@ -840,8 +859,10 @@ public:
     timer_handle add_timer(std::chrono::duration<Rep1, Period1> timeout, std::chrono::duration<Rep2, Period2> repeat,
                            F&& cb);
     // Re-schedule to fire `timeout` from now (a repeating timer keeps its
-    // period). Also valid inside the callback of a one-shot timer, which
-    // keeps it alive; a one-shot timer that fired and was not re-armed is gone.
+    // period). A one-shot timer is gone when its callback runs (its handle
+    // is stale there, its place free for a new timer), unless that callback
+    // re-arms it: then it takes its place back (errc::table_full if the
+    // callback gave the place to another timer).
     template <class Rep, class Period>
     error_code rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout);
     error_code cancel(timer_handle h);
@@ -1216,10 +1237,18 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
 template <class Cap, class Clock>
 template <class Rep, class Period>
 error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
-    uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) return errc::stale_handle;
     int64_t ns;
-    if (!detail::to_ns(timeout, ns)) return errc::bad_timeout;
+    uint16_t slot = timer_pool_.lookup(h.id());
+    if (slot == timer_pool_.none) {
+        // The one-shot whose callback is running, re-armed from it.
+        slot = timer_pool_.lookup_retired(h.id());
+        if (slot == timer_pool_.none || !running_timer_.released(slot)) return errc::stale_handle;
+        if (!detail::to_ns(timeout, ns)) return errc::bad_timeout;
+        if (!timer_pool_.revive(slot)) return errc::table_full;
+        running_timer_.keep();
+    } else if (!detail::to_ns(timeout, ns)) {
+        return errc::bad_timeout;
+    }
     timer_slot& t = timers_[slot];
     if (t.heap_pos != no_pos) {
         // Armed: re-keyed in place, one sift instead of a remove and a push.
@@ -1517,11 +1546,11 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
             heap_remove(0);
         }
         running_timer_.begin(top.slot);
-        // Also when the callback throws: a one-shot that was not re-armed is
-        // gone, and its slot with it.
-        auto done = detail::on_scope_exit([this, &t, top] {
-            if (!running_timer_.end(timer_pool_, t.cb) && t.heap_pos == no_pos) release_timer(top.slot);
-        });
+        // A one-shot is gone as it fires: its place is free for a timer its
+        // callback arms, and its slot is recycled after the callback (also if
+        // it throws), unless the callback re-armed it.
+        if (t.period == 0) release_timer(top.slot);
+        auto done = detail::on_scope_exit([this, &t] { running_timer_.end(timer_pool_, t.cb); });
         timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
         invoke(t.cb, source_kind::timer, ev.handle.id(), -1, ev);
     }

@@ -122,6 +122,21 @@ public:
         MICROLOOP_ASSERT(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
         free_[nfree_++] = slot;
     }
+    // Undo retire() for a slot not yet recycled: the same handles are live
+    // again. False (nothing changes) when N are live.
+    bool revive(uint16_t slot) {
+        MICROLOOP_ASSERT(slot < slots && !(gen_[slot] & 1u));
+        if (live_ == N) return false;
+        gen_[slot] |= 1u;
+        if (++live_ > high_water_) high_water_ = live_;
+        return true;
+    }
+    // The slot a retired (not live) handle names, or `none`: for revive().
+    uint16_t lookup_retired(uint64_t id) const {
+        uint64_t slot = id & 0xffffu;
+        if (slot >= slots || (id >> 16) == 0 || gen_[slot] != (id >> 16) << 1) return none;
+        return static_cast<uint16_t>(slot);
+    }
     // The slot a live handle names, or `none`.
     uint16_t lookup(uint64_t id) const {
         uint64_t slot = id & 0xffffu;
@@ -172,6 +187,10 @@ public:
         cb.reset();
         pool.release(slot);
     }
+    // Whether `slot` is the running one and has been released meanwhile (it
+    // is retired, not yet recycled), and to take that release back.
+    bool released(uint16_t slot) const { return released_ && slot == slot_; }
+    void keep() { released_ = false; }
     // The callback returned (or threw); true if it had removed its own
     // source, which is freed now.
     template <class Pool, class Callback>
