@@ -426,7 +426,6 @@ private:
     // add a new one at once (see slot_pool).
     typedef detail::slot_pool<Cap::io, 1> io_pool;
     typedef detail::slot_pool<Cap::timers, 1> timer_pool;
-    static_assert(Cap::io < 254, "at most 253 fd watchers per loop");
     typedef typename std::conditional<(io_pool::slots < 255), uint8_t, uint16_t>::type fd_slot_t;
     static const fd_slot_t no_slot = static_cast<fd_slot_t>(~0u);
     static const uint16_t no_pos = 0xffff;
