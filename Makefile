@@ -206,10 +206,11 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/microloop/,$(notdir $(filter-out include/microloop.hpp,$(HEADERS))))
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/microloop
 
-# ---- benchmarks and footprint (bench/) ------------------------------------------------
-# Both scripts belong to bench/; they get the toolchain through the environment.
+# ---- benchmarks and footprint (tests/bench/) -------------------------------------------
+# Both scripts belong to tests/bench/; they get the toolchain through the environment.
+# tests/bench/ is not part of the unit-test build, which takes tests/*.cpp only.
 BENCH_ENV = CXX="$(CXX)" CXXFLAGS="$(CXXFLAGS)" CPPFLAGS="$(CPPFLAGS)" BUILD="$(BUILD)" RUNNER="$(RUNNER)"
-bench size: script = $(if $(filter bench,$@),bench/run.sh,bench/footprint.sh)
+bench size: script = $(if $(filter bench,$@),tests/bench/run.sh,tests/bench/footprint.sh)
 bench size:
 	@test -f $(script) || { echo "$(script) does not exist yet" >&2; exit 1; }
 	$(BENCH_ENV) $(if $(shell test -x $(script) && echo x),./$(script),sh $(script))
