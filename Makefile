@@ -156,11 +156,11 @@ $(BUILD)/tests/ $(BUILD)/examples/:
 # include/ is the source of truth; single_include/microloop.hpp is generated
 # from it and checked in, so vendoring is copying one file.
 single_include:
-	$(PYTHON) tools/amalgamate.py include/microloop.hpp single_include/microloop.hpp
+	$(PYTHON) single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp
 
 check-amalgamation:
 	@mkdir -p $(BUILD)
-	$(PYTHON) tools/amalgamate.py include/microloop.hpp $(BUILD)/microloop.amalgamated.hpp
+	$(PYTHON) single_include/amalgamate.py include/microloop.hpp $(BUILD)/microloop.amalgamated.hpp
 	@if cmp -s $(BUILD)/microloop.amalgamated.hpp single_include/microloop.hpp; then \
 	    echo "single_include/microloop.hpp is up to date"; \
 	else \

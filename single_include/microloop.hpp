@@ -1,4 +1,4 @@
-// microloop single-header edition: generated from include/ by tools/amalgamate.py.
+// microloop single-header edition: generated from include/ by single_include/amalgamate.py.
 // Do not edit: change the files in include/ and run `make single_include`.
 //
 // microloop - a header-only select() event loop for embedded Linux.

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Make the single-header edition of microloop from include/.
 
-    tools/amalgamate.py include/microloop.hpp single_include/microloop.hpp
+    single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp
+
+It lives next to what it makes; `make single_include` runs it and `make
+check-amalgamation` checks that its output is the checked-in file.
 
 Starting from the umbrella header, every `#include "..."` that names a project
 header (resolved against the including file's directory, then include/) is
@@ -24,7 +27,7 @@ import sys
 
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
 BANNER = (
-    "// microloop single-header edition: generated from include/ by tools/amalgamate.py.\n"
+    "// microloop single-header edition: generated from include/ by single_include/amalgamate.py.\n"
     "// Do not edit: change the files in include/ and run `make single_include`.\n"
     "//\n"
 )
@@ -115,7 +118,7 @@ class Amalgamator:
 
 def main(argv):
     if len(argv) != 3:
-        sys.exit("usage: amalgamate.py include/microloop.hpp single_include/microloop.hpp")
+        sys.exit("usage: single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp")
     src, dst = argv[1], argv[2]
     amalgamator = Amalgamator(os.path.dirname(src) or ".")
     out = [BANNER]
