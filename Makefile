@@ -192,13 +192,16 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 VERSION := $(shell sed -n 's/^\#define MICROLOOP_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' \
     include/microloop/config.hpp | paste -sd. -)
 INSTALL ?= install
+# microloop.pc is written by the install recipe; CMakeLists.txt writes the same lines.
+PC_DESCRIPTION := Header-only select() event loop for embedded Linux (C++11)
 
 install:
 	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR)/microloop $(DESTDIR)$(PKGCONFIGDIR)
 	$(INSTALL) -m 644 include/microloop.hpp $(DESTDIR)$(INCLUDEDIR)/microloop.hpp
 	$(INSTALL) -m 644 $(filter-out include/microloop.hpp,$(HEADERS)) $(DESTDIR)$(INCLUDEDIR)/microloop/
-	sed -e 's|@PC_PREFIX@|$(PREFIX)|' -e 's|@PC_INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|' \
-	    -e 's|@PC_VERSION@|$(VERSION)|' microloop.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
+	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))' '' \
+	    'Name: microloop' 'Description: $(PC_DESCRIPTION)' 'Version: $(VERSION)' \
+	    'Cflags: -I$${includedir} -pthread' 'Libs: -pthread -lrt' > $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
 
 uninstall:
