@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop single-header edition: generated from include/ by single_include/amalgamate.py.
 // Do not edit: change the files in include/ and run `make single_include`.
 //
@@ -97,12 +98,27 @@
 //
 // ---- Licence -------------------------------------------------------------------
 //
-// MIT. Copyright (c) 2026 the microloop authors. Permission is hereby granted,
-// free of charge, to any person obtaining a copy of this software, to deal in
-// it without restriction, including the rights to use, copy, modify, merge,
-// publish, distribute, sublicense and/or sell copies, subject to this notice
-// being included in all copies. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT
-// WARRANTY OF ANY KIND.
+// MIT License
+//
+// Copyright (c) 2026 the microloop authors
+//
+// Permission is hereby granted, free of charge, to any person obtaining a copy
+// of this software and associated documentation files (the "Software"), to deal
+// in the Software without restriction, including without limitation the rights
+// to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+// copies of the Software, and to permit persons to whom the Software is
+// furnished to do so, subject to the following conditions:
+//
+// The above copyright notice and this permission notice shall be included in all
+// copies or substantial portions of the Software.
+//
+// THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+// IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+// FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+// AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+// LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+// OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+// SOFTWARE.
 #ifndef MICROLOOP_HPP
 #define MICROLOOP_HPP
 
