@@ -15,17 +15,20 @@
 //     #include <microloop.hpp>
 //     using namespace std::chrono;
 //
-//     microloop::loop<> loop;                    // 64 fds, 64 timers (see capacity<>)
-//     auto in = loop.watch(0, microloop::readable, [&](microloop::io_event ev) {
-//         char buf[256];
-//         ssize_t n = read(ev.fd, buf, sizeof buf);
-//         if (n <= 0) loop.unwatch(ev.handle);    // EOF: the loop ends when nothing is left
-//     });
-//     if (!in) fprintf(stderr, "watch: %s\n", in.error().message());
-//     auto tick = loop.every(milliseconds(500), [](microloop::timer_event ev) {
-//         printf("tick (%u missed)\n", ev.overruns);
-//     });
-//     loop.run();                                 // until stop() or nothing is left
+//     microloop::loop<> loop;   // 64 fds, 64 timers (see capacity<>); at namespace
+//                               // scope: a static inside main() costs a guard
+//     int main() {
+//         auto in = loop.watch(0, microloop::readable, [](microloop::io_event ev) {
+//             char buf[256];
+//             ssize_t n = read(ev.fd, buf, sizeof buf);
+//             if (n <= 0) loop.unwatch(ev.handle);    // EOF: the loop ends when nothing is left
+//         });
+//         if (!in) fprintf(stderr, "watch: %s\n", in.error().message());
+//         auto tick = loop.every(milliseconds(500), [](microloop::timer_event ev) {
+//             printf("tick (%u missed)\n", ev.overruns);
+//         });
+//         return loop.run() ? 1 : 0;                  // until stop() or nothing is left
+//     }
 //
 // ---- Sources -------------------------------------------------------------------
 //
