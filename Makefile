@@ -156,11 +156,11 @@ $(BUILD)/tests/ $(BUILD)/examples/:
 # include/ is the source of truth; single_include/microloop.hpp is generated
 # from it and checked in, so vendoring is copying one file.
 single_include:
-	$(PYTHON) tools/amalgamate.py include/microloop.hpp single_include/microloop.hpp
+	$(PYTHON) single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp
 
 check-amalgamation:
 	@mkdir -p $(BUILD)
-	$(PYTHON) tools/amalgamate.py include/microloop.hpp $(BUILD)/microloop.amalgamated.hpp
+	$(PYTHON) single_include/amalgamate.py include/microloop.hpp $(BUILD)/microloop.amalgamated.hpp
 	@if cmp -s $(BUILD)/microloop.amalgamated.hpp single_include/microloop.hpp; then \
 	    echo "single_include/microloop.hpp is up to date"; \
 	else \
@@ -192,13 +192,16 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 VERSION := $(shell sed -n 's/^\#define MICROLOOP_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' \
     include/microloop/config.hpp | paste -sd. -)
 INSTALL ?= install
+# microloop.pc is written by the install recipe; CMakeLists.txt writes the same lines.
+PC_DESCRIPTION := Header-only select() event loop for embedded Linux (C++11)
 
 install:
 	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR)/microloop $(DESTDIR)$(PKGCONFIGDIR)
 	$(INSTALL) -m 644 include/microloop.hpp $(DESTDIR)$(INCLUDEDIR)/microloop.hpp
 	$(INSTALL) -m 644 $(filter-out include/microloop.hpp,$(HEADERS)) $(DESTDIR)$(INCLUDEDIR)/microloop/
-	sed -e 's|@PC_PREFIX@|$(PREFIX)|' -e 's|@PC_INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|' \
-	    -e 's|@PC_VERSION@|$(VERSION)|' microloop.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
+	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))' '' \
+	    'Name: microloop' 'Description: $(PC_DESCRIPTION)' 'Version: $(VERSION)' \
+	    'Cflags: -I$${includedir} -pthread' 'Libs: -pthread -lrt' > $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
 
 uninstall:
@@ -206,10 +209,11 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/microloop/,$(notdir $(filter-out include/microloop.hpp,$(HEADERS))))
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/microloop
 
-# ---- benchmarks and footprint (bench/) ------------------------------------------------
-# Both scripts belong to bench/; they get the toolchain through the environment.
+# ---- benchmarks and footprint (tests/bench/) -------------------------------------------
+# Both scripts belong to tests/bench/; they get the toolchain through the environment.
+# tests/bench/ is not part of the unit-test build, which takes tests/*.cpp only.
 BENCH_ENV = CXX="$(CXX)" CXXFLAGS="$(CXXFLAGS)" CPPFLAGS="$(CPPFLAGS)" BUILD="$(BUILD)" RUNNER="$(RUNNER)"
-bench size: script = $(if $(filter bench,$@),bench/run.sh,bench/footprint.sh)
+bench size: script = $(if $(filter bench,$@),tests/bench/run.sh,tests/bench/footprint.sh)
 bench size:
 	@test -f $(script) || { echo "$(script) does not exist yet" >&2; exit 1; }
 	$(BENCH_ENV) $(if $(shell test -x $(script) && echo x),./$(script),sh $(script))

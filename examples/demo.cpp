@@ -1,4 +1,4 @@
-// demo.cpp - a tour of the microloop core in about 1.5 seconds.
+// demo.cpp - a tour of the microloop core in about 1.3 seconds.
 //
 // A timer writes messages into a pipe and an fd watcher reads them; a
 // repeating heartbeat reports the periods it missed while a deliberately slow
@@ -30,8 +30,13 @@ static int fail(const char* what, microloop::error_code e) {
     return 1;
 }
 
+// At namespace scope rather than a static inside main(): a function-local
+// static brings in the thread-safe-statics guard (__cxa_guard_*), about
+// 33 KiB of text in a static armhf -Os build. The tables are inline in the
+// object, so it stays off a small stack either way.
+static demo d;
+
 int main() {
-    static demo d; // the loop's tables are inline: keep them off a small stack
     d.start = steady_clock::now();
     d.sent = 0;
     int p[2];

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop - a header-only select() event loop for embedded Linux.
 // Version 1.0.0. MIT licence (see the end of this guide).
 //
@@ -11,17 +12,20 @@
 //     #include <microloop.hpp>
 //     using namespace std::chrono;
 //
-//     microloop::loop<> loop;                    // 64 fds, 64 timers (see capacity<>)
-//     auto in = loop.watch(0, microloop::readable, [&](microloop::io_event ev) {
-//         char buf[256];
-//         ssize_t n = read(ev.fd, buf, sizeof buf);
-//         if (n <= 0) loop.unwatch(ev.handle);    // EOF: the loop ends when nothing is left
-//     });
-//     if (!in) fprintf(stderr, "watch: %s\n", in.error().message());
-//     auto tick = loop.every(milliseconds(500), [](microloop::timer_event ev) {
-//         printf("tick (%u missed)\n", ev.overruns);
-//     });
-//     loop.run();                                 // until stop() or nothing is left
+//     microloop::loop<> loop;   // 64 fds, 64 timers (see capacity<>); at namespace
+//                               // scope: a static inside main() costs a guard
+//     int main() {
+//         auto in = loop.watch(0, microloop::readable, [](microloop::io_event ev) {
+//             char buf[256];
+//             ssize_t n = read(ev.fd, buf, sizeof buf);
+//             if (n <= 0) loop.unwatch(ev.handle);    // EOF: the loop ends when nothing is left
+//         });
+//         if (!in) fprintf(stderr, "watch: %s\n", in.error().message());
+//         auto tick = loop.every(milliseconds(500), [](microloop::timer_event ev) {
+//             printf("tick (%u missed)\n", ev.overruns);
+//         });
+//         return loop.run() ? 1 : 0;                  // until stop() or nothing is left
+//     }
 //
 // ---- Sources -------------------------------------------------------------------
 //
@@ -94,12 +98,27 @@
 //
 // ---- Licence -------------------------------------------------------------------
 //
-// MIT. Copyright (c) 2026 the microloop authors. Permission is hereby granted,
-// free of charge, to any person obtaining a copy of this software, to deal in
-// it without restriction, including the rights to use, copy, modify, merge,
-// publish, distribute, sublicense and/or sell copies, subject to this notice
-// being included in all copies. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT
-// WARRANTY OF ANY KIND.
+// MIT License
+//
+// Copyright (c) 2026 the microloop authors
+//
+// Permission is hereby granted, free of charge, to any person obtaining a copy
+// of this software and associated documentation files (the "Software"), to deal
+// in the Software without restriction, including without limitation the rights
+// to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+// copies of the Software, and to permit persons to whom the Software is
+// furnished to do so, subject to the following conditions:
+//
+// The above copyright notice and this permission notice shall be included in all
+// copies or substantial portions of the Software.
+//
+// THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+// IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+// FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+// AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+// LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+// OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+// SOFTWARE.
 #ifndef MICROLOOP_HPP
 #define MICROLOOP_HPP
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/aio.hpp - disk reads, writes and fsyncs that do not block the
 // loop: POSIX AIO, with completions delivered as loop callbacks.
 //

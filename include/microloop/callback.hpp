@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/callback.hpp - a callable stored inline, without the heap.
 #ifndef MICROLOOP_CALLBACK_HPP
 #define MICROLOOP_CALLBACK_HPP

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/config.hpp - configuration macros and version.
 // Every macro here may be defined by the user before including microloop.
 #ifndef MICROLOOP_CONFIG_HPP

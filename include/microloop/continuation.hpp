@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/continuation.hpp - a fixed table of typed state objects, kept
 // between starting an asynchronous operation and finishing it.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/error.hpp - error codes. No exceptions are ever thrown.
 #ifndef MICROLOOP_ERROR_HPP
 #define MICROLOOP_ERROR_HPP

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/handle.hpp - generation-counted handles and the slot pool behind
 // every fixed-capacity table (fd watchers, timers, signals, AIO,
 // continuations).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/loop.hpp - the select() loop: fd watchers, timers, wake-up pipe,
 // and the hooks through which signals and AIO completions arrive.
 #ifndef MICROLOOP_LOOP_HPP

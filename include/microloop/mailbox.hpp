@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/mailbox.hpp - hand work to a loop from other threads.
 #ifndef MICROLOOP_MAILBOX_HPP
 #define MICROLOOP_MAILBOX_HPP

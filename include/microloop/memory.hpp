@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/memory.hpp - keep the loop's memory resident.
 #ifndef MICROLOOP_MEMORY_HPP
 #define MICROLOOP_MEMORY_HPP

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // microloop/signal.hpp - signals and child processes as ordinary loop events.
 //
 //     loop.on_signal(SIGHUP, [&](microloop::signal_event) { reload(); });

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds and runs tests/consumer/consumer.cpp the ways a project takes microloop in:
 #   1. CMake add_subdirectory() of the source tree
-#   2. CMake find_package() after `cmake --install`
+#   2. CMake find_package() after `cmake --install`, and pkg-config on the
+#      microloop.pc it installs
 #   3. pkg-config after `make install PREFIX=...`
 #   4. `make install PREFIX=/usr DESTDIR=...` stages the right files (Buildroot/Yocto style)
 # Run from the top of the source tree. CXX selects the compiler (default c++).
@@ -31,6 +32,13 @@ quiet cmake -S "$src/tests/consumer/find_package" -B "$work/pkg" -DCMAKE_PREFIX_
     -DCMAKE_CXX_COMPILER="$CXX"
 quiet cmake --build "$work/pkg"
 "$work/pkg/consumer"
+# cmake --install writes microloop.pc too (lib/ or lib/<multiarch>/).
+pc=$(find "$work/cmake-prefix" -name microloop.pc)
+test -n "$pc" || { echo "cmake --install wrote no microloop.pc" >&2; exit 1; }
+flags=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --cflags --libs microloop)
+# shellcheck disable=SC2086 # the flags are words
+$CXX -std=c++11 -Wall -Wextra -Wpedantic -Werror -o "$work/cmake-pc-consumer" "$src/tests/consumer/consumer.cpp" $flags
+"$work/cmake-pc-consumer"
 
 step "make install, then pkg-config"
 quiet make -C "$src" install PREFIX="$work/make-prefix"

@@ -1,4 +1,4 @@
-/* bench/footprint/libevent.c - the footprint program with libevent
+/* tests/bench/footprint/libevent.c - the footprint program with libevent
  * (libevent_core: the event loop without HTTP/DNS/RPC). */
 #include <event2/event.h>
 #include <signal.h>

@@ -1,4 +1,4 @@
-// bench/footprint/microloop.cpp - the footprint program with microloop: one
+// tests/bench/footprint/microloop.cpp - the footprint program with microloop: one
 // fd (stdin), one repeating 1 s timer; -DWITH_SIGNAL adds a SIGTERM watcher;
 // -DWITH_AIO adds an AIO read and a continuation table on top.
 #include <microloop.hpp>

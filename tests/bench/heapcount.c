@@ -1,4 +1,4 @@
-/* bench/heapcount.c - LD_PRELOAD allocation counter for `bench heap`.
+/* tests/bench/heapcount.c - LD_PRELOAD allocation counter for `bench heap`.
  *
  * Counts every call that hands out heap memory (malloc, calloc, realloc,
  * memalign, posix_memalign, aligned_alloc, valloc, pvalloc; C++ operator new

@@ -1,4 +1,4 @@
-/* bench/footprint/libev.c - the footprint program with libev (its default
+/* tests/bench/footprint/libev.c - the footprint program with libev (its default
  * backends, as a user would link it). */
 #include <ev.h>
 #include <unistd.h>

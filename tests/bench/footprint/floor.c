@@ -1,4 +1,4 @@
-/* bench/footprint/floor.c - the footprint floor: the same job as the other
+/* tests/bench/footprint/floor.c - the footprint floor: the same job as the other
  * footprint programs, written by hand on select() with no library. One fd
  * (stdin), one repeating 1 s timer on CLOCK_MONOTONIC and, with -DWITH_SIGNAL,
  * SIGTERM through a self-pipe; -DWITH_AIO adds one POSIX AIO read of a file,

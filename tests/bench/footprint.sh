@@ -1,8 +1,8 @@
 #!/bin/sh
-# bench/footprint.sh - `make size`: what microloop adds to a static -Os binary,
+# tests/bench/footprint.sh - `make size`: what microloop adds to a static -Os binary,
 # next to libev and libevent doing the same job, for the host and for armhf.
 #
-# Every program (bench/footprint/) watches stdin, runs a repeating 1 s timer
+# Every program (tests/bench/footprint/) watches stdin, runs a repeating 1 s timer
 # and, from the "fd+timer+signal" row on, stops on SIGTERM. The floor is the
 # same program written by hand on select(). All are built alike:
 #   -Os -ffunction-sections -fdata-sections -Wl,--gc-sections -static -s
@@ -15,8 +15,8 @@
 # armhf libev/libevent packages, BUILD / BENCH_OUT (output directory).
 # Raw numbers go to $OUT/footprint.txt.
 set -u
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SRC=$ROOT/bench/footprint
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SRC=$ROOT/tests/bench/footprint
 BUILD=${BUILD:-build}
 OUT=${BENCH_OUT:-$BUILD/bench}
 mkdir -p "$OUT/footprint" || exit 1

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Make the single-header edition of microloop from include/.
 
-    tools/amalgamate.py include/microloop.hpp single_include/microloop.hpp
+    single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp
+
+It lives next to what it makes; `make single_include` runs it and `make
+check-amalgamation` checks that its output is the checked-in file.
 
 Starting from the umbrella header, every `#include "..."` that names a project
 header (resolved against the including file's directory, then include/) is
@@ -12,7 +15,9 @@ A header included under an #if (an opt-in module such as AIO) stays under
 that #if. Headers the umbrella never includes follow it, in name order, so
 the one file holds every module. System includes (`#include <...>`) are kept
 as they are. The umbrella's own text, the usage guide at its top included,
-comes first after a banner.
+comes first after a banner. Every header starts with an SPDX licence line;
+the banner carries one SPDX line first, so it stays the output's first line,
+and the headers' own SPDX lines are not repeated inside.
 
 The output depends only on the input files: no timestamp, no absolute path,
 so `make check-amalgamation` can compare it byte for byte.
@@ -23,11 +28,14 @@ import re
 import sys
 
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
+SPDX_RE = re.compile(r"^//\s*SPDX-License-Identifier:\s*(\S+)\s*$")
+LICENSE_ID = "MIT"
 BANNER = (
-    "// microloop single-header edition: generated from include/ by tools/amalgamate.py.\n"
+    "// SPDX-License-Identifier: %s\n"
+    "// microloop single-header edition: generated from include/ by single_include/amalgamate.py.\n"
     "// Do not edit: change the files in include/ and run `make single_include`.\n"
     "//\n"
-)
+) % LICENSE_ID
 
 
 def read_lines(path):
@@ -78,6 +86,14 @@ class Amalgamator:
         if not top:
             out.append("\n// ---- begin %s " % self.name(path) + "-" * max(4, 60 - len(self.name(path))) + "\n")
         lines = read_lines(path)
+        # The SPDX line is the header's first line; the banner has the one
+        # the single header needs. A header under another licence is refused.
+        m = SPDX_RE.match(lines[0]) if lines else None
+        if not m:
+            sys.exit("amalgamate: %s: the first line is not an SPDX-License-Identifier line" % self.name(path))
+        if m.group(1) != LICENSE_ID:
+            sys.exit("amalgamate: %s: licence %s, expected %s" % (self.name(path), m.group(1), LICENSE_ID))
+        lines = lines[1:]
         depth, guard = 0, None
         for i, line in enumerate(lines):
             if COND_OPEN_RE.match(line):
@@ -115,7 +131,7 @@ class Amalgamator:
 
 def main(argv):
     if len(argv) != 3:
-        sys.exit("usage: amalgamate.py include/microloop.hpp single_include/microloop.hpp")
+        sys.exit("usage: single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp")
     src, dst = argv[1], argv[2]
     amalgamator = Amalgamator(os.path.dirname(src) or ".")
     out = [BANNER]

@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench/run.sh - `make bench`: microloop against a hand-written select() loop
+# tests/bench/run.sh - `make bench`: microloop against a hand-written select() loop
 # (the floor), libev, libevent and libuv, measured in the same run.
 #
 #   1. pipe ring      wall time per loop iteration and per event (interleaved
@@ -14,7 +14,7 @@
 # default 5), BENCH_RUNS (timed runs per process, default 10), BENCH_QUICK=1
 # (fewer of both). Raw numbers: $OUT/results.txt.
 set -u
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${BUILD:-build}
 OUT=${BENCH_OUT:-$BUILD/bench}
 mkdir -p "$OUT" || exit 1
@@ -36,7 +36,7 @@ note() { echo "bench: $*" >&2; }
 built=
 build() {
     name=$1 lib=$2 libs=$3
-    if $CXX $CXXFLAGS_BENCH -I"$ROOT/include" -DBENCH_LIB="$lib" -o "$OUT/bench-$name" "$ROOT/bench/bench.cpp" \
+    if $CXX $CXXFLAGS_BENCH -I"$ROOT/include" -DBENCH_LIB="$lib" -o "$OUT/bench-$name" "$ROOT/tests/bench/bench.cpp" \
         $libs -ldl 2>"$OUT/build-$name.log"; then
         built="$built $name"
     else
@@ -151,7 +151,7 @@ sed -i 's/^\(timers rep=[0-9]*\) lib=libev-epoll /\1 lib=libev /; s/^\(timers re
 # ---- 4. heap ------------------------------------------------------------------------------------
 if [ -n "$RUNNER" ]; then
     note "cross build: heap counts skipped"
-elif ${CC} -O2 -shared -fPIC -o "$OUT/heapcount.so" "$ROOT/bench/heapcount.c" 2>"$OUT/build-heapcount.log"; then
+elif ${CC} -O2 -shared -fPIC -o "$OUT/heapcount.so" "$ROOT/tests/bench/heapcount.c" 2>"$OUT/build-heapcount.log"; then
     for impl in $TIMPLS; do
         bin=${impl%:*} var=${impl#*:}
         LD_PRELOAD=$OUT/heapcount.so "$OUT/bench-$bin" heap "$var" | awk -v lib="$bin" '/^phase=/ { print "heap lib=" lib " " $0 }' >>"$RAW"

@@ -1,4 +1,4 @@
-// bench/bench.cpp - microloop against a hand-written select() loop, libev,
+// tests/bench/bench.cpp - microloop against a hand-written select() loop, libev,
 // libevent and libuv. Compiled once per library with -DBENCH_LIB=<n>; the
 // workload code is shared, only the thin adapter below differs.
 //
