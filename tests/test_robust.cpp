@@ -644,6 +644,19 @@ TEST_CASE("capacity 1: a callback can replace its own source", "[robust]") {
     CHECK(loop.stats().timers.high_water == 1);
 }
 
+TEST_CASE("a closed mailbox refuses posts instead of touching a detached loop", "[robust][thread]") {
+    microloop::loop<1, 1> loop;
+    microloop::mailbox<4> box(loop);
+    int ran = 0;
+    REQUIRE(!box.post([&ran] { ++ran; }));
+    REQUIRE(!loop.poll());
+    CHECK(ran == 1);
+    box.close();
+    box.close(); // twice is fine
+    CHECK(box.post([&ran] { ++ran; }) == errc::canceled); // before: a null loop pointer
+    CHECK(loop.active() == 0);
+}
+
 // ---- introspection and the virtual clock ------------------------------------------
 
 TEST_CASE("stats() and the visitors describe what a loop holds", "[robust]") {

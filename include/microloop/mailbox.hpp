@@ -34,7 +34,7 @@ class mailbox : private loop_hook {
     static_assert(N >= 2 && (N & (N - 1)) == 0, "mailbox capacity must be a power of two");
 
 public:
-    explicit mailbox(loop_base& l) : loop_(&l), enqueue_(0), dequeue_(0) {
+    explicit mailbox(loop_base& l) : loop_(&l), closed_(false), enqueue_(0), dequeue_(0) {
         for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
         on_wake = &mailbox::drain;
         on_fork = &mailbox::forked;
@@ -47,8 +47,10 @@ public:
     mailbox& operator=(const mailbox&) = delete;
 
     // Queue cb() to run in the loop's thread. Thread-safe.
+    // errc::table_full when N are queued; errc::canceled once closed.
     template <class F>
     error_code post(F&& cb) {
+        if (closed_.load(std::memory_order_acquire)) return errc::canceled;
         size_t pos = enqueue_.load(std::memory_order_relaxed);
         cell* c;
         for (;;) {
@@ -69,10 +71,11 @@ public:
     }
 
     // Stop receiving: run() no longer waits for this mailbox. Loop thread only.
+    // Later posts are refused with errc::canceled. The loop pointer stays
+    // valid (a post racing with close() still wakes a live loop).
     void close() {
-        if (!loop_) return;
+        if (closed_.exchange(true)) return;
         loop_->detach(this);
-        loop_ = nullptr;
     }
 
 private:
@@ -111,6 +114,7 @@ private:
     }
 
     loop_base* loop_;
+    std::atomic<bool> closed_;
     cell cells_[N];
     std::atomic<size_t> enqueue_;
     size_t dequeue_;
