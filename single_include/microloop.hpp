@@ -40,9 +40,17 @@
 //   rearm(h, timeout) / cancel(h) / remaining(h)
 //       Monotonic clock; repeating timers do not drift and, after a stall,
 //       skip the missed periods and report them in timer_event::overruns.
-//       Equal deadlines fire in arming order.
+//       Equal deadlines fire in arming order. Armed inside a callback, a
+//       timer counts from the iteration's time; outside, from the clock's now.
+//       A one-shot is gone when its callback runs, unless it re-arms itself.
 //   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
 //   on_stall(threshold, cb): names any callback that blocked the loop.
+//   stats() / for_each_io(f) / for_each_timer(f): what the loop holds, and
+//       the high-water mark of every table, to size capacities from a run.
+//   after_fork(): a forked child that keeps the loop calls it first; until
+//       then the child cannot disturb the parent (run() says errc::forked).
+//   basic_loop<capacity<...>, manual_clock>: timers in virtual time, for
+//       tests: loop.clock().advance(d); loop.poll();
 //   on_signal(signo, cb) / unwatch(h)
 //       cb(signal_event{handle, signo, count, pid, uid}) runs in the loop,
 //       never in signal context; count = arrivals since the last call. One
@@ -70,23 +78,27 @@
 //   lock_memory(): mlockall, so page faults cannot stall the loop.
 //
 // Callbacks are function pointers or lambdas whose captures fit in
-// MICROLOOP_CALLBACK_SIZE bytes (two pointers by default); a larger capture is
-// a compile-time error. Any callback may add, change or remove any source,
-// itself included. A source removed during an iteration is not called again;
+// MICROLOOP_CALLBACK_SIZE bytes (16: a pointer and a handle); a larger
+// capture is a compile-time error. Any callback may add, change or remove any
+// source, itself included; a table of N holds N sources even when a callback
+// replaces its own. A source removed during an iteration is not called again;
 // a source added during an iteration is first considered in the next one.
 //
 // ---- Errors --------------------------------------------------------------------
 //
 // Nothing throws. Actions return microloop::error_code, true on failure:
 //     if (microloop::error_code e = loop.unwatch(h)) puts(e.message());
-// Creating a source returns a handle; a failed one is false and carries why:
+// Creating a source returns a handle; a failed one is false and carries why
+// (and the errno, for errc::system):
 //     h.error() == microloop::errc::fd_out_of_range
-// Handles carry a generation count: a handle kept after its source is gone is
-// refused with errc::stale_handle and never acts on a newer source.
+// Handles are 64 bits with a 48-bit generation: a handle kept after its source
+// is gone is refused with errc::stale_handle and never acts on a newer source
+// (unless its slot is reused 2^48 times meanwhile). A user callback that
+// throws leaves every table consistent; the exception leaves run().
 //
 // ---- Configuration (define before including) ----------------------------------
 //
-//   MICROLOOP_CALLBACK_SIZE  inline capture bytes per callback (2*sizeof(void*))
+//   MICROLOOP_CALLBACK_SIZE  inline capture bytes per callback (16)
 //   MICROLOOP_ASSERT(c)      internal invariant checks (assert)
 //   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
 //                            the libc's fd_set layout allows (checked at run
