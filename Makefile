@@ -9,6 +9,7 @@
 #   make check-amalgamation        fail if single_include/ is out of date
 #   make install PREFIX=/usr DESTDIR=/tmp/stage
 #   make CROSS_COMPILE=arm-linux-gnueabihf- test     cross-build, run under qemu-user
+#   make fuzz                      libFuzzer on API sequences (clang++), 30 s; see tests/fuzz/fuzz.mk
 #
 # Variables (all optional): CXX CXXFLAGS CPPFLAGS LDFLAGS LDLIBS are appended
 # to what the build needs, never replace it. CROSS_COMPILE, BUILD, STD,
@@ -208,6 +209,8 @@ uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/microloop.hpp $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
 	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/microloop/,$(notdir $(filter-out include/microloop.hpp,$(HEADERS))))
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/microloop
+
+include tests/fuzz/fuzz.mk
 
 # ---- benchmarks and footprint (tests/bench/) -------------------------------------------
 # Both scripts belong to tests/bench/; they get the toolchain through the environment.
