@@ -1971,7 +1971,7 @@ class signal_table : private loop_hook {
 
 public:
     explicit signal_table(loop_base& owner)
-        : loop_(&owner), chld_users_(0), chld_count_(0), kids_due_(false) {
+        : loop_(&owner), chld_users_(0), chld_count_(0), chld_watched_(false), kids_due_(false) {
         on_wake = &signal_table::dispatch;
         on_fork = &signal_table::forked;
         active = 0;
@@ -1993,22 +1993,28 @@ public:
     signal_table& operator=(const signal_table&) = delete;
 
     // A failed watch carries its errno in the handle: h.error().sys().
+    // A signal already watched is refused as such before a full table is
+    // (the order of watch()); SIGCHLD too, though it is shared with this
+    // loop's child watchers.
     template <class F>
     signal_handle add(int signo, F&& cb) {
         if (!watchable_signal(signo) || is_null_callable(cb)) return signal_handle(errc::bad_argument);
+        if (signo == SIGCHLD ? chld_watched_ : globals::state[signo].owner.load() != nullptr)
+            return signal_handle(errc::already_watched);
         if (sig_pool_.full()) return signal_handle(errc::table_full);
         if (loop_->wake_fd() < 0) return signal_handle(no_pipe());
-        uint64_t id = sig_pool_.acquire();
-        if (id == 0) return signal_handle(errc::table_full);
-        uint16_t slot = slot_of(id);
-        sig_slot& s = sigs_[slot];
-        error_code e = signo == SIGCHLD ? take_sigchld() : claim_signal(signo, this, loop_->wake_fd(), &s.saved);
-        if (e) {
-            sig_pool_.release(slot);
-            return signal_handle(e);
-        }
+        // Claimed before a slot is taken: a refusal leaves no trace (not even
+        // in the high-water mark).
+        struct sigaction saved;
+        memset(&saved, 0, sizeof saved);
+        error_code e = signo == SIGCHLD ? take_sigchld() : claim_signal(signo, this, loop_->wake_fd(), &saved);
+        if (e) return signal_handle(e);
+        uint64_t id = sig_pool_.acquire(); // not full: checked above
+        sig_slot& s = sigs_[slot_of(id)];
+        s.saved = saved;
         s.cb.emplace(std::forward<F>(cb));
         s.signo = signo;
+        if (signo == SIGCHLD) chld_watched_ = true;
         ++active;
         return signal_handle::from_id(id);
     }
@@ -2101,8 +2107,12 @@ private:
     }
 
     void give_back(sig_slot& s) {
-        if (s.signo == SIGCHLD) drop_sigchld();
-        else release_signal(s.signo, s.saved);
+        if (s.signo == SIGCHLD) {
+            chld_watched_ = false;
+            drop_sigchld();
+        } else {
+            release_signal(s.signo, s.saved);
+        }
         s.signo = 0;
         --active;
     }
@@ -2198,6 +2208,7 @@ private:
     struct sigaction chld_saved_;
     unsigned chld_users_;
     unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
+    bool chld_watched_;   // a signal watcher for SIGCHLD exists (at most one)
     bool kids_due_;       // a child was found already ended when watched
     running_slot running_; // the signal slot whose callback runs now
 };

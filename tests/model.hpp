@@ -137,7 +137,7 @@ public:
     explicit world(chooser& c)
         : c_(c), b_live_(0), failed_(false), pipes_ok_(true), in_poll_(false), in_callback_(false), io_phase_(false),
           iter_now_known_(false), iter_now_(0), poll_no_(0), seq_(0), mark_(0), cursor_(-1),
-          self_io_(-1), self_timer_(-1), self_timer_id_(0), max_io_(0), max_timers_(0), max_cont_(0), value_(1) {
+          self_io_(-1), self_timer_(-1), self_timer_id_(0), firing_(), firing_active_(false), max_io_(0), max_timers_(0), max_cont_(0), value_(1) {
         msg_[0] = '\0';
         memset(&n_, 0, sizeof n_);
         for (int i = 0; i < nfds; ++i) fd_[i] = -1;
@@ -319,6 +319,7 @@ private:
         return false;
     }
     bool timer_live_id(uint64_t id) const {
+        if (firing_active_ && firing_.id() == id) return true; // revivable: not a plain dead handle
         for (int i = 0; i < timer_cap; ++i)
             if (tm_[i].live && tm_[i].h.id() == id) return true;
         return false;
@@ -649,6 +650,25 @@ private:
         int64_t timeout_ns = random_delay_ns();
         bool bad = c_.one_in(16);
         if (bad) timeout_ns = -1 - static_cast<int64_t>(c_.pick(1000));
+        if (firing_active_ && c_.one_in(3)) { // the firing one-shot re-arms itself: back in its place
+            bool full = live_timers() == timer_cap;
+            expect(loop_.rearm(firing_, nanoseconds(timeout_ns)),
+                   bad ? errc::bad_timeout : full ? errc::table_full : errc::ok, __LINE__, "rearm(firing one-shot)");
+            if (bad || full) return;
+            int j = 0;
+            while (j < timer_cap && tm_[j].live) ++j;
+            timer_model& t = tm_[j];
+            t.live = true;
+            t.armed = true;
+            t.h = firing_;
+            t.deadline_ns = arm_time() + timeout_ns;
+            t.period_ns = 0;
+            t.seq = seq_++;
+            firing_active_ = false;
+            int k = live_timers();
+            if (k > max_timers_) max_timers_ = k;
+            return;
+        }
         if (i < 0) {
             expect(loop_.rearm(dead_handle<microloop::timer_handle>(tm_ring_, &world::timer_live_id),
                                nanoseconds(timeout_ns)),
@@ -663,6 +683,10 @@ private:
     }
 
     void cancel() {
+        if (firing_active_ && c_.one_in(3)) {
+            expect(loop_.cancel(firing_), errc::stale_handle, __LINE__, "cancel(firing one-shot)");
+            return;
+        }
         int i = target_timer();
         if (i < 0) {
             expect(loop_.cancel(dead_handle<microloop::timer_handle>(tm_ring_, &world::timer_live_id)),
@@ -957,17 +981,20 @@ private:
             t.deadline_ns += (missed + 1) * t.period_ns;
             t.seq = seq_++;
         } else {
+            // A one-shot is gone as it fires; its callback may bring it back.
             verify(ev.overruns == 0, __LINE__, "a one-shot reports %u overruns", ev.overruns);
-            t.armed = false;
+            verify(loop_.remaining(ev.handle) == nanoseconds(0), __LINE__, "remaining() of a firing one-shot");
+            retire_timer(i);
+            firing_ = ev.handle;
+            firing_active_ = true;
         }
         in_callback_ = true;
-        self_timer_ = i;
+        self_timer_ = firing_active_ ? -1 : i;
         self_timer_id_ = ev.handle.id();
         act();
         self_timer_ = -1;
+        firing_active_ = false;
         in_callback_ = false;
-        // A one-shot that fired and was not re-armed (or cancelled) is gone.
-        if (tm_[i].live && tm_[i].h == ev.handle && !tm_[i].armed) retire_timer(i);
     }
 
     // ---- the whole-table check ------------------------------------------------------
@@ -1061,6 +1088,10 @@ private:
     unsigned snap_[nfds]; // what select() saw ready, per watched fd
     int self_io_, self_timer_;
     uint64_t self_timer_id_;
+    // The one-shot whose callback runs: gone (its handle stale, its place
+    // free) unless the callback re-arms it through that handle.
+    microloop::timer_handle firing_;
+    bool firing_active_;
 
     int max_io_, max_timers_, max_cont_;
     uint64_t value_;

@@ -739,3 +739,25 @@ TEST_CASE("a manual clock runs timers in virtual time, deterministically", "[rob
     CHECK(log.who[1] == 20);
     CHECK(log.who[2] == 12);
 }
+
+TEST_CASE("SIGCHLD: a second signal watcher is refused; one next to child watchers gets every arrival",
+          "[robust][signal][child]") {
+    microloop::loop<1, 1, 2, 2> loop;
+    int chld = 0, reaped = 0;
+    microloop::signal_handle first = loop.on_signal(SIGCHLD, [&chld](microloop::signal_event) { ++chld; });
+    REQUIRE(first);
+    // Before: accepted, and only the first watcher was ever called.
+    CHECK(loop.on_signal(SIGCHLD, [](microloop::signal_event) {}).error() == errc::already_watched);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) _exit(0);
+    REQUIRE(loop.on_child(pid, [&reaped](microloop::child_event) { ++reaped; }));
+    for (int i = 0; i < 100 && (reaped == 0 || chld == 0); ++i) loop.run_once(milliseconds(100));
+    CHECK(reaped == 1);
+    CHECK(chld >= 1);
+    CHECK(!loop.unwatch(first));
+    // Given back: it may be watched again.
+    microloop::signal_handle again = loop.on_signal(SIGCHLD, [](microloop::signal_event) {});
+    CHECK(again);
+    CHECK(!loop.unwatch(again));
+}
