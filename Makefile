@@ -92,7 +92,7 @@ endif
 $(BUILD)/tests/%.o: EXTRA_CXXFLAGS = -Wno-psabi
 endif
 
-.PHONY: all test check examples demo test-deps single_include check-amalgamation check-headers \
+.PHONY: all test check check-guarantees examples demo test-deps single_include check-amalgamation check-headers \
         vendor-check consumer-check install uninstall bench size clean
 
 all: examples $(TEST_BIN)
@@ -104,6 +104,10 @@ test: $(TEST_BIN)
 # The developer/CI gate: the suite with warnings as errors.
 check:
 	$(MAKE) WERROR=1 test
+
+# Every test the README's Guarantees table names exists in the suite.
+check-guarantees: $(TEST_BIN)
+	sh tests/check_guarantees.sh $(TEST_BIN) $(RUNNER)
 
 $(TEST_BIN): $(TEST_OBJS)
 	@test -n "$(TEST_OBJS)" || { echo "no tests/*.cpp to build" >&2; exit 1; }
