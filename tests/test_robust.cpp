@@ -761,3 +761,80 @@ TEST_CASE("SIGCHLD: a second signal watcher is refused; one next to child watche
     CHECK(again);
     CHECK(!loop.unwatch(again));
 }
+
+// ---- second adversarial round ----------------------------------------------------
+
+namespace {
+bool blocked_here(int signo) {
+    sigset_t now;
+    sigprocmask(SIG_BLOCK, nullptr, &now);
+    return sigismember(&now, signo) == 1;
+}
+} // namespace
+
+TEST_CASE("unwatching a signal puts back the thread's mask bit as it was", "[robust][signal]") {
+    sigset_t one, saved;
+    sigemptyset(&one);
+    sigaddset(&one, SIGUSR1);
+    sigaddset(&one, SIGCHLD);
+    REQUIRE(sigprocmask(SIG_BLOCK, &one, &saved) == 0); // a daemon blocking them during start-up
+    {
+        microloop::loop<1, 1, 2, 1> loop;
+        microloop::signal_handle h = loop.on_signal(SIGUSR1, [](microloop::signal_event) {});
+        REQUIRE(h);
+        CHECK_FALSE(blocked_here(SIGUSR1)); // unblocked while watched
+        REQUIRE(!loop.unwatch(h));
+        CHECK(blocked_here(SIGUSR1)); // before the fix: left unblocked
+        REQUIRE(loop.on_signal(SIGUSR1, [](microloop::signal_event) {}));
+        microloop::signal_handle c = loop.on_signal(SIGCHLD, [](microloop::signal_event) {});
+        REQUIRE(c);
+        CHECK_FALSE(blocked_here(SIGCHLD));
+        REQUIRE(!loop.unwatch(c));
+        CHECK(blocked_here(SIGCHLD));
+    } // destroyed with the SIGUSR1 watcher on
+    CHECK(blocked_here(SIGUSR1));
+    // A signal that was not blocked stays unblocked.
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    sigprocmask(SIG_UNBLOCK, &usr2, nullptr);
+    {
+        microloop::loop<1, 1, 1> loop;
+        REQUIRE(loop.on_signal(SIGUSR2, [](microloop::signal_event) {}));
+    }
+    CHECK_FALSE(blocked_here(SIGUSR2));
+    sigprocmask(SIG_SETMASK, &saved, nullptr);
+}
+
+TEST_CASE("destroying a continuation table runs each destructor once, even one that releases another entry",
+          "[robust][continuation]") {
+    typedef microloop::continuation_table<4, 64> table_t;
+    struct counts {
+        int destroyed[4];
+    };
+    struct request {
+        table_t* table;
+        counts* c;
+        int index;
+        microloop::continuation_id child; // a sub-request this one owns
+        request(table_t* t, counts* k, int i) : table(t), c(k), index(i), child() {}
+        ~request() {
+            ++c->destroyed[index];
+            if (table) table->release(child); // stale after the table retired it: refused, not run twice
+        }
+    };
+    counts c = {{0, 0, 0, 0}};
+    {
+        table_t table;
+        // The sub-requests take the first slots, their parents the later
+        // ones: the table's destructor meets each child before its parent.
+        microloop::continuation_id kid0 = table.emplace<request>(nullptr, &c, 0);
+        microloop::continuation_id kid1 = table.emplace<request>(nullptr, &c, 1);
+        microloop::made<request> parent0 = table.make<request>(&table, &c, 2);
+        microloop::made<request> parent1 = table.make<request>(&table, &c, 3);
+        REQUIRE((kid0 && kid1 && parent0 && parent1));
+        parent0->child = kid0;
+        parent1->child = kid1;
+    }
+    for (int i = 0; i < 4; ++i) CHECK(c.destroyed[i] == 1); // before the fix: the children twice
+}

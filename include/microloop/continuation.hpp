@@ -138,10 +138,13 @@ public:
     continuation_table() {
         for (size_t i = 0; i < N; ++i) type_[i] = nullptr;
     }
-    // The objects still stored are destroyed.
+    // The objects still stored are destroyed, each retired first as by
+    // release(): a destructor that releases another entry (a request that
+    // owns its sub-request's id) finds that entry alive or stale, never
+    // destroyed but still valid.
     ~continuation_table() {
-        for (size_t i = 0; i < N; ++i)
-            if (type_[i] && type_[i]->destroy) type_[i]->destroy(&slots_[i]);
+        for (uint16_t i = 0; i < N; ++i)
+            if (type_[i]) release(continuation_id::from_id(pool_.id_of(i)));
     }
     continuation_table(const continuation_table&) = delete;
     continuation_table& operator=(const continuation_table&) = delete;

@@ -217,9 +217,16 @@ inline bool watchable_signal(int signo) {
     return signo > 0 && signo < signal_limit && signo != SIGKILL && signo != SIGSTOP;
 }
 
+// What claiming a signal changed, to be put back when it is given back: the
+// disposition, and whether this thread had the signal blocked.
+struct claimed_signal {
+    struct sigaction disposition;
+    bool was_blocked;
+};
+
 // Take the signal for `owner`: claim it process-wide, install the handler,
-// and unblock it in this thread. The previous disposition goes to `saved`.
-inline error_code claim_signal(int signo, const void* owner, int wake_fd, struct sigaction* saved) {
+// and unblock it in this thread. What was there before goes to `saved`.
+inline error_code claim_signal(int signo, const void* owner, int wake_fd, claimed_signal* saved) {
     signal_state& s = globals::state[signo];
     const void* nobody = nullptr;
     if (!s.owner.compare_exchange_strong(nobody, owner)) return errc::already_watched;
@@ -231,7 +238,7 @@ inline error_code claim_signal(int signo, const void* owner, int wake_fd, struct
     sa.sa_sigaction = &globals::handler;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART | SA_SIGINFO;
-    if (sigaction(signo, &sa, saved) != 0) {
+    if (sigaction(signo, &sa, &saved->disposition) != 0) {
         int e = errno;
         s.wake_fd.store(0);
         s.owner.store(nullptr);
@@ -239,21 +246,30 @@ inline error_code claim_signal(int signo, const void* owner, int wake_fd, struct
         // threading signals between the standard and real-time ones).
         return e == EINVAL ? error_code(errc::bad_argument, e) : error_code(errc::system, e);
     }
-    sigset_t one;
+    sigset_t one, before;
     sigemptyset(&one);
     sigaddset(&one, signo);
-    sigprocmask(SIG_UNBLOCK, &one, nullptr); // this thread only, see block_signals()
+    sigprocmask(SIG_UNBLOCK, &one, &before); // this thread only, see block_signals()
+    saved->was_blocked = sigismember(&before, signo) == 1;
     return error_code();
 }
 
-// Give the signal back: restore the disposition, then wait until no handler
-// is still using the wake-up pipe, which may be closed right after. The
-// handler increments `busy` before reading `wake_fd` and we clear `wake_fd`
-// before reading `busy` (all seq_cst), so a handler that still saw the fd is
-// always seen as busy here.
-inline void release_signal(int signo, const struct sigaction& saved) {
+// Give the signal back: block it again in this thread if it was blocked when
+// claimed (a daemon that blocks SIGTERM while it shuts down must not be
+// killed by one because a watcher came and went), restore the disposition,
+// then wait until no handler is still using the wake-up pipe, which may be
+// closed right after. The handler increments `busy` before reading `wake_fd`
+// and we clear `wake_fd` before reading `busy` (all seq_cst), so a handler
+// that still saw the fd is always seen as busy here.
+inline void release_signal(int signo, const claimed_signal& saved) {
     signal_state& s = globals::state[signo];
-    sigaction(signo, &saved, nullptr); // cannot fail: the same call succeeded when claiming
+    if (saved.was_blocked) {
+        sigset_t one;
+        sigemptyset(&one);
+        sigaddset(&one, signo);
+        sigprocmask(SIG_BLOCK, &one, nullptr);
+    }
+    sigaction(signo, &saved.disposition, nullptr); // cannot fail: the same call succeeded when claiming
     s.wake_fd.store(0);
     while (s.busy.load() != 0) sched_yield();
     s.owner.store(nullptr);
@@ -313,7 +329,7 @@ public:
         if (loop_->wake_fd() < 0) return signal_handle(no_pipe());
         // Claimed before a slot is taken: a refusal leaves no trace (not even
         // in the high-water mark).
-        struct sigaction saved;
+        claimed_signal saved;
         memset(&saved, 0, sizeof saved);
         error_code e = signo == SIGCHLD ? take_sigchld() : claim_signal(signo, this, loop_->wake_fd(), &saved);
         if (e) return signal_handle(e);
@@ -388,7 +404,7 @@ private:
     struct sig_slot {
         signal_callback cb;
         int signo; // 0: free
-        struct sigaction saved; // the disposition to restore (not used for SIGCHLD)
+        claimed_signal saved; // what to restore (not used for SIGCHLD)
     };
     struct kid_slot {
         child_callback cb;
@@ -513,7 +529,7 @@ private:
     sig_slot sigs_[sig_pool::slots];
     kid_pool kid_pool_;
     kid_slot kids_[kid_pool::slots];
-    struct sigaction chld_saved_;
+    claimed_signal chld_saved_;
     unsigned chld_users_;
     unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
     bool chld_watched_;   // a signal watcher for SIGCHLD exists (at most one)
