@@ -7,6 +7,7 @@
 #include <microloop/aio.hpp>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -837,4 +838,44 @@ TEST_CASE("destroying a continuation table runs each destructor once, even one t
         parent1->child = kid1;
     }
     for (int i = 0; i < 4; ++i) CHECK(c.destroyed[i] == 1); // before the fix: the children twice
+}
+
+TEST_CASE("aio: on one fd, callbacks run in submission order (an fsync never before an earlier write)",
+          "[robust][aio]") {
+    microloop::loop<1, 1> loop;
+    microloop::aio<4> disk(loop);
+    test::fd_pair gate = test::make_pipe(); // D reads it: in flight until a byte comes
+    int full[2];
+    REQUIRE(gate.ok());
+    REQUIRE(pipe(full) == 0); // blocking: W's write waits in the libc's thread
+    test::unique_fd full_r(full[0]), full_w(full[1]);
+    int flags = fcntl(full[1], F_GETFL);
+    fcntl(full[1], F_SETFL, flags | O_NONBLOCK);
+    static char junk[4096];
+    while (write(full[1], junk, sizeof junk) > 0) {
+    }
+    fcntl(full[1], F_SETFL, flags);
+
+    struct order_rec {
+        char seen[8];
+        int n;
+    } rec = {{0}, 0};
+    static char byte_in[1], byte_out[1] = {'w'};
+    // D takes slot 0, W slot 1; D finishes and frees slot 0, which F, the
+    // fsync submitted after W on W's fd, then takes: slot order is F, W.
+    REQUIRE(disk.read(gate.a.get(), byte_in, 1, 0, [&rec](microloop::aio_event) { rec.seen[rec.n++] = 'D'; }));
+    REQUIRE(disk.write(full[1], byte_out, 1, 0, [&rec](microloop::aio_event) { rec.seen[rec.n++] = 'W'; }));
+    REQUIRE(test::put_byte(gate.b.get()));
+    for (int i = 0; i < 50 && rec.n == 0; ++i) loop.run_once(milliseconds(100));
+    REQUIRE(rec.n == 1);
+    REQUIRE(rec.seen[0] == 'D');
+    REQUIRE(disk.fsync(full[1], [&rec](microloop::aio_event) { rec.seen[rec.n++] = 'F'; }));
+    // Let W through, then give both time to finish before the loop looks.
+    fcntl(full[0], F_SETFL, O_NONBLOCK);
+    test::drain(full[0]);
+    test::sleep_ms(200);
+    for (int i = 0; i < 50 && rec.n < 3; ++i) loop.run_once(milliseconds(100));
+    REQUIRE(rec.n == 3);
+    CHECK(rec.seen[1] == 'W'); // before the fix: F, then W
+    CHECK(rec.seen[2] == 'F');
 }

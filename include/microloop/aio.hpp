@@ -217,11 +217,10 @@ public:
     error_code last_error() const { return last_error_; }
     // Operations in flight: now, at most N, and the most ever at once.
     table_stats stats() const { return pool_.stats(); }
-    // f(aio_handle, int fd) for every operation in flight.
+    // f(aio_handle, int fd) for every operation in flight, oldest first.
     template <class F>
     void for_each_in_flight(F&& f) const {
-        for (uint16_t i = 0; i < N; ++i)
-            if (slots_[i].busy) f(aio_handle::from_id(pool_.id_of(i)), cbs_[i].aio_fildes);
+        for (uint16_t i = head_; i != none; i = slots_[i].next) f(aio_handle::from_id(pool_.id_of(i)), cbs_[i].aio_fildes);
     }
 
 private:
@@ -231,10 +230,12 @@ private:
     // in a zero-length array on 64-bit targets, which may not be a member of
     // another struct in ISO C++ (an array of them is fine).
     struct slot {
-        uint32_t pass;     // the completion pass it was submitted in
-        uint16_t callback; // which of callbacks_ is this operation's
+        uint16_t next, prev; // the in-flight list, in submission order
+        uint16_t callback;   // which of callbacks_ is this operation's
         bool busy;
+        bool sync; // fsync or fdatasync: reported after what was submitted before it on its fd
     };
+    static const uint16_t none = 0xffff;
     struct hook_type : loop_hook {
         aio* owner;
     };
@@ -245,6 +246,7 @@ private:
     static void on_fork(loop_hook* h) { static_cast<hook_type*>(h)->owner->abandon(); }
     void abandon();
     void complete();
+    void unlink(uint16_t i);
     aio_handle fail(errc why, int sys = 0) {
         last_error_ = error_code(why, sys);
         return aio_handle(last_error_);
@@ -256,7 +258,7 @@ private:
     int registered_; // index in the signal handler's table, or -1
     error_code setup_error_;
     error_code last_error_;
-    uint32_t pass_;
+    uint16_t head_, tail_; // operations in flight, oldest first
     detail::slot_pool<N> pool_;
     struct aiocb cbs_[N];
     slot slots_[N];
@@ -273,7 +275,7 @@ private:
 
 template <size_t N>
 aio<N>::aio(loop_base& owner)
-    : loop_(owner), pid_(getpid()), registered_(-1), pass_(0), spare_(static_cast<uint16_t>(N)) {
+    : loop_(owner), pid_(getpid()), registered_(-1), head_(none), tail_(none), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
     hook_.active = 0;
@@ -281,7 +283,8 @@ aio<N>::aio(loop_base& owner)
     hook_.owner = this;
     for (size_t i = 0; i < N; ++i) {
         slots_[i].busy = false;
-        slots_[i].pass = 0;
+        slots_[i].sync = false;
+        slots_[i].next = slots_[i].prev = none;
         slots_[i].callback = static_cast<uint16_t>(i);
     }
     setup_error_ = detail::aio_signal<>::install();
@@ -353,7 +356,12 @@ aio_handle aio<N>::submit(op_kind op, int fd, void* buf, size_t len, off_t offse
         return fail(errc::system, e);
     }
     s.busy = true;
-    s.pass = pass_;
+    s.sync = op == op_fsync || op == op_fdatasync;
+    s.next = none;
+    s.prev = tail_;
+    if (tail_ != none) slots_[tail_].next = index;
+    else head_ = index;
+    tail_ = index;
     ++hook_.active;
     return aio_handle::from_id(id);
 }
@@ -373,39 +381,68 @@ error_code aio<N>::cancel(aio_handle h) {
 
 // Runs in the loop's thread after every wake-up: asks about each operation
 // in flight, so it needs no record of which signal meant which operation.
-// Operations submitted by the callbacks of this pass wait for the next one.
+// The operations are visited in submission order, and an fsync (or
+// fdatasync) that finished is held back while an operation submitted before
+// it on its fd is still in progress: its callback never runs before theirs,
+// as the promise "completes after every write submitted before it" means to
+// the user. (The libc finishes them in that order, but both may finish
+// between our two questions.) Other operations are reported as they finish,
+// so a cancelled read is not kept waiting behind a blocked one. Operations
+// submitted by the callbacks of this pass wait for the next one.
 template <size_t N>
 void aio<N>::complete() {
-    ++pass_;
-    for (size_t i = 0; i < N && hook_.active > 0; ++i) {
-        slot& s = slots_[i];
-        if (!s.busy || s.pass == pass_) continue;
+    const uint16_t last = tail_;
+    int busy_fds[N]; // fds with an operation still in progress, seen so far
+    size_t nbusy = 0;
+    for (uint16_t i = head_, next; i != none; i = next) {
+        next = slots_[i].next; // read first: i leaves the list below
+        const bool at_end = i == last;
         struct aiocb& ctl = cbs_[i];
-        int err = aio_error(&ctl);
-        if (err == EINPROGRESS) continue;
-        if (err < 0) err = errno;
-        ssize_t result = aio_return(&ctl);
-        s.busy = false;
-        --hook_.active;
-        uint16_t index = static_cast<uint16_t>(i);
-        uint64_t id = pool_.id_of(index);
-        int fd = ctl.aio_fildes;
-        // The handle is stale inside the callback (no cancel, no second
-        // call) and the slot free, with the spare callback storage.
-        uint16_t running = s.callback;
-        s.callback = spare_;
-        spare_ = running;
-        pool_.release(index);
-        aio_event ev;
-        ev.handle = aio_handle::from_id(id);
-        ev.result = err ? -1 : result;
-        if (err == 0) ev.error = error_code();
-        else if (err == ECANCELED) ev.error = error_code(errc::canceled, ECANCELED);
-        else ev.error = error_code(errc::system, err);
-        aio_callback& cb = callbacks_[running];
-        auto done = detail::on_scope_exit([&cb] { cb.reset(); }); // also if it throws
-        loop_.invoke(cb, source_kind::aio, id, fd, ev);
+        const int fd = ctl.aio_fildes;
+        bool seen = false;
+        for (size_t k = 0; k < nbusy && !seen; ++k) seen = busy_fds[k] == fd;
+        int err = seen && slots_[i].sync ? EINPROGRESS : aio_error(&ctl);
+        if (err == EINPROGRESS) {
+            if (!seen && nbusy < N) busy_fds[nbusy++] = fd;
+        } else {
+            if (err < 0) err = errno;
+            ssize_t result = aio_return(&ctl);
+            slot& s = slots_[i];
+            s.busy = false;
+            unlink(i);
+            --hook_.active;
+            uint64_t id = pool_.id_of(i);
+            // The handle is stale inside the callback (no cancel, no second
+            // call) and the slot free, with the spare callback storage.
+            uint16_t running = s.callback;
+            s.callback = spare_;
+            spare_ = running;
+            pool_.release(i);
+            aio_event ev;
+            ev.handle = aio_handle::from_id(id);
+            ev.result = err ? -1 : result;
+            if (err == 0) ev.error = error_code();
+            else if (err == ECANCELED) ev.error = error_code(errc::canceled, ECANCELED);
+            else ev.error = error_code(errc::system, err);
+            aio_callback& cb = callbacks_[running];
+            auto done = detail::on_scope_exit([&cb] { cb.reset(); }); // also if it throws
+            loop_.invoke(cb, source_kind::aio, id, fd, ev);
+        }
+        if (at_end) break;
     }
+}
+
+template <size_t N>
+const uint16_t aio<N>::none;
+
+template <size_t N>
+void aio<N>::unlink(uint16_t i) {
+    slot& s = slots_[i];
+    if (s.prev != none) slots_[s.prev].next = s.next;
+    else head_ = s.next;
+    if (s.next != none) slots_[s.next].prev = s.prev;
+    else tail_ = s.prev;
+    s.next = s.prev = none;
 }
 
 // after_fork() in a child (or the destructor of a module a child inherited):
@@ -416,9 +453,11 @@ void aio<N>::abandon() {
     for (uint16_t i = 0; i < N; ++i) {
         if (!slots_[i].busy) continue;
         slots_[i].busy = false;
+        slots_[i].next = slots_[i].prev = none;
         callbacks_[slots_[i].callback].reset();
         pool_.release(i);
     }
+    head_ = tail_ = none;
     hook_.active = 0;
     pid_ = getpid();
 }
