@@ -2353,7 +2353,7 @@ template <class U> struct sigaction aio_signal<U>::previous;
 template <size_t N>
 class aio {
 public:
-    explicit aio(loop_base& loop);
+    explicit aio(loop_base& l);
     // Cancels what is in flight and waits for it (an operation the libc has
     // already started cannot be canceled, so this may wait for the disk, or
     // for data on a pipe); their callbacks are not called. Not from inside
@@ -2438,7 +2438,7 @@ private:
 // ============================================================================
 
 template <size_t N>
-aio<N>::aio(loop_base& loop) : loop_(loop), registered_(-1), pass_(0), spare_(static_cast<uint16_t>(N)) {
+aio<N>::aio(loop_base& l) : loop_(l), registered_(-1), pass_(0), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
     hook_.active = 0;
     hook_.next = nullptr;
