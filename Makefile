@@ -182,6 +182,8 @@ check-headers: | $(BUILD)/tests/
 	        -fno-exceptions -fno-rtti $(CXXFLAGS) -x c++ -c -o /dev/null -; \
 	done
 
+include tests/strict/strict.mk # check-strict: every template, strict warnings, many compilers
+
 # Vendoring and packaging: the single header alone, the include/ tree, pkg-config,
 # and CMake add_subdirectory / find_package consumers.
 vendor-check:
