@@ -392,7 +392,7 @@ error_code aio<N>::cancel(aio_handle h) {
 template <size_t N>
 void aio<N>::complete() {
     const uint16_t last = tail_;
-    int busy_fds[N]; // fds with an operation still in progress, seen so far
+    int busy_fds[N] = {}; // fds with an operation still in progress, seen so far
     size_t nbusy = 0;
     for (uint16_t i = head_, next; i != none; i = next) {
         next = slots_[i].next; // read first: i leaves the list below

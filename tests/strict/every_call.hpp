@@ -141,13 +141,24 @@ void loop_calls(Loop& lp) {
     local += static_cast<int>(now.count() & 1) + static_cast<int>(lp.active()) + lp.wake_fd();
 
     // the module interface: hooks and invoke()
-    microloop::loop_hook hook = {nullptr, 0, nullptr};
+    microloop::loop_hook hook = {nullptr, nullptr, 0, nullptr};
     lp.attach(&hook);
     lp.detach(&hook);
     microloop::io_callback cb;
     cb.emplace(&on_io);
     microloop::io_event ev = {io2, 0, microloop::readable};
-    lp.invoke(cb, ev, microloop::source_kind::io, ev.handle.id(), ev.fd);
+    lp.invoke(cb, microloop::source_kind::io, ev.handle.id(), ev.fd, ev);
+    local += static_cast<int>(lp.owner_pid() & 1) + static_cast<int>(*microloop::name(microloop::source_kind::post));
+
+    // fork, introspection, the clock
+    if (lp.after_fork()) ++local;
+    typename Loop::loop_stats st = lp.stats();
+    local += static_cast<int>(st.io.used + st.timers.capacity + st.signals.high_water + st.children.used);
+    lp.for_each_io([p](microloop::io_handle h, int fd, unsigned events) { *p += static_cast<int>(h.id() & 1) + fd + static_cast<int>(events); });
+    lp.for_each_timer([p](microloop::timer_handle h, nanoseconds deadline, nanoseconds period) {
+        *p += static_cast<int>((h.id() ^ static_cast<uint64_t>(deadline.count() + period.count())) & 1);
+    });
+    local += static_cast<int>(lp.clock().now_ns() & 1);
 
     counter += local;
 }
@@ -180,6 +191,13 @@ void continuation_calls(Table& table) {
     microloop::taken<int> bad = table.template take<int>(b);
     if (!bad) puts(bad.error().message());
     local += static_cast<int>(table.size() + Table::capacity + Table::slot_size) + (table.full() ? 1 : 0);
+    microloop::made<int> m = table.template make<int>(3);
+    if (m) local += *m + *m.get() + static_cast<int>(m.id().id() & 1);
+    else puts(m.error().message());
+    microloop::table_stats st = table.stats();
+    local += static_cast<int>(st.used + st.capacity + st.high_water);
+    int* p = &local;
+    table.for_each([p](microloop::continuation_id id) { *p += static_cast<int>(id.id() & 1); });
     handle_ops(a);
     counter += local;
 }
@@ -205,6 +223,8 @@ void aio_calls(microloop::loop_base& lp) {
     if (microloop::error_code e = disk.cancel(r)) puts(e.message());
     if (disk.cancel(w) || disk.cancel(f)) ++local;
     local += static_cast<int>(disk.in_flight()) + disk.last_error().sys();
+    local += static_cast<int>(disk.stats().high_water);
+    disk.for_each_in_flight([p](microloop::aio_handle h, int fd) { *p += fd + static_cast<int>(h.id() & 1); });
     handle_ops(d);
     counter += local;
 }
@@ -233,14 +253,21 @@ void one_loop() {
 void everything() {
     // The user's global loop (the default capacities), and every table at
     // capacity 1, 2 and mixed; no signal or child slots; fd slot indices
-    // 8-bit (Io < 255) and 16-bit (Io >= 255). A capacity of 0 fd watchers
-    // or timers does not compile (slot_pool's static_assert): 0 is allowed
-    // for signals and children only.
+    // 8-bit (Io < 255) and 16-bit (Io >= 255); capacity 0 for every kind;
+    // the manual clock.
     loop_calls(loop);
     one_loop<microloop::loop<1, 1, 0, 0> >();
     one_loop<microloop::loop<8, 1> >();
     one_loop<microloop::loop<2, 2, 2, 2> >();
     one_loop<microloop::basic_loop<microloop::capacity<255, 3, 1, 0> > >();
+    one_loop<microloop::basic_loop<microloop::capacity<0, 0, 0, 0> > >();
+    one_loop<microloop::basic_loop<microloop::capacity<0, 4, 1, 0>, microloop::manual_clock> >();
+    {
+        microloop::basic_loop<microloop::capacity<1, 1>, microloop::manual_clock> virtual_time;
+        virtual_time.clock().advance(std::chrono::milliseconds(5));
+        virtual_time.clock().set(7);
+        counter += static_cast<int>(virtual_time.clock().now_ns() & 1);
+    }
 
     aio_calls<1>(loop);
     aio_calls<2>(loop);
