@@ -623,7 +623,7 @@ public:
     // loop's thread, applies it now. From elsewhere it checks only that prctl
     // answers, so that a system without it fails here rather than in run().
     error_code request(int64_t ns, bool in_loop_thread) {
-        want_ns_ = ns;
+        want_ns_ = static_cast<int32_t>(ns);
         if (in_loop_thread) return apply_here();
         if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == -1) {
             want_ns_ = -1;
@@ -638,7 +638,7 @@ public:
     // request (the next run goes on with the thread's slack as it is).
     error_code apply() {
         if (want_ns_ < 0) return error_code();
-        long now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        int now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
         if (seen_ns_ >= 0 && now == seen_ns_) return error_code();
         return apply_here();
     }
@@ -656,8 +656,10 @@ private:
         return error_code();
     }
 
-    int64_t want_ns_; // asked for, or -1: leave the thread's slack alone
-    long seen_ns_;    // what PR_GET_TIMERSLACK said after applying it, or -1
+    // Both fit an int: valid() stops at a second, and PR_GET_TIMERSLACK
+    // returns an int.
+    int32_t want_ns_; // asked for, or -1: leave the thread's slack alone
+    int32_t seen_ns_; // what PR_GET_TIMERSLACK said after applying it, or -1
 };
 
 } // namespace detail
@@ -1038,8 +1040,8 @@ public:
     // timer slack (prctl PR_SET_TIMERSLACK, 50 us by default). The loop
     // leaves it alone unless this is called. Takes effect in the loop's
     // thread: at once when called from a callback, otherwise when run(),
-    // run_once() or poll() next starts, in the thread that calls it (which
-    // then returns errc::system if prctl refuses there, and drops the
+    // run_once() or poll() next starts, in the thread running the loop
+    // (the start returns errc::system if prctl refuses there, and drops the
     // request; each start costs one prctl call once a slack was asked for).
     // Not for other threads while the loop runs. nanoseconds(1) is as
     // punctual as the kernel allows; 0 restores the thread's default slack

@@ -395,8 +395,8 @@ public:
     // timer slack (prctl PR_SET_TIMERSLACK, 50 us by default). The loop
     // leaves it alone unless this is called. Takes effect in the loop's
     // thread: at once when called from a callback, otherwise when run(),
-    // run_once() or poll() next starts, in the thread that calls it (which
-    // then returns errc::system if prctl refuses there, and drops the
+    // run_once() or poll() next starts, in the thread running the loop
+    // (the start returns errc::system if prctl refuses there, and drops the
     // request; each start costs one prctl call once a slack was asked for).
     // Not for other threads while the loop runs. nanoseconds(1) is as
     // punctual as the kernel allows; 0 restores the thread's default slack

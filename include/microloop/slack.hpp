@@ -36,7 +36,7 @@ public:
     // loop's thread, applies it now. From elsewhere it checks only that prctl
     // answers, so that a system without it fails here rather than in run().
     error_code request(int64_t ns, bool in_loop_thread) {
-        want_ns_ = ns;
+        want_ns_ = static_cast<int32_t>(ns);
         if (in_loop_thread) return apply_here();
         if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == -1) {
             want_ns_ = -1;
@@ -51,7 +51,7 @@ public:
     // request (the next run goes on with the thread's slack as it is).
     error_code apply() {
         if (want_ns_ < 0) return error_code();
-        long now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        int now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
         if (seen_ns_ >= 0 && now == seen_ns_) return error_code();
         return apply_here();
     }
@@ -69,8 +69,10 @@ private:
         return error_code();
     }
 
-    int64_t want_ns_; // asked for, or -1: leave the thread's slack alone
-    long seen_ns_;    // what PR_GET_TIMERSLACK said after applying it, or -1
+    // Both fit an int: valid() stops at a second, and PR_GET_TIMERSLACK
+    // returns an int.
+    int32_t want_ns_; // asked for, or -1: leave the thread's slack alone
+    int32_t seen_ns_; // what PR_GET_TIMERSLACK said after applying it, or -1
 };
 
 } // namespace detail
