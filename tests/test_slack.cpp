@@ -199,6 +199,7 @@ TEST_CASE("timers keep their order and counts with a slack of 1 ns", "[timer][sl
 // The state of the never-early test, reached through one pointer: callbacks
 // hold at most 16 bytes.
 struct punctual {
+    static const int64_t period = 1000000; // the repeating timer's, in ns
     slack_loop loop;
     int64_t due[3];
     int early, loop_early, fired, ticks;
@@ -209,12 +210,13 @@ struct punctual {
     }
 };
 
+const int64_t punctual::period;
+
 TEST_CASE("a timer never fires before its deadline", "[timer][slack]") {
     slack_guard guard;
     // Each callback compares the real clock, and the loop's time, with the
     // deadline it fired for: a one-shot's from when it was armed, a
     // repeating timer's from its next deadline less the periods it covered.
-    const int64_t period = 1000000;
     for (int with_slack = 0; with_slack < 2; ++with_slack) {
         punctual p;
         if (with_slack) REQUIRE(!p.loop.set_timer_slack(nanoseconds(1)));
@@ -229,9 +231,9 @@ TEST_CASE("a timer never fires before its deadline", "[timer][slack]") {
             REQUIRE(p.due[i] > 0);
         }
         punctual* pp = &p;
-        microloop::timer_handle rep = p.loop.every(nanoseconds(period), [pp, period](timer_event ev) {
+        microloop::timer_handle rep = p.loop.every(nanoseconds(punctual::period), [pp](timer_event ev) {
             int64_t next = deadline_of(pp->loop, ev.handle);
-            pp->check(next - (static_cast<int64_t>(ev.overruns) + 1) * period);
+            pp->check(next - (static_cast<int64_t>(ev.overruns) + 1) * punctual::period);
             pp->ticks += 1 + static_cast<int>(ev.overruns);
             if (pp->ticks >= 30) pp->loop.cancel(ev.handle);
         });
