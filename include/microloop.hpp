@@ -42,6 +42,9 @@
 //       A one-shot is gone when its callback runs, unless it re-arms itself.
 //   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
 //   on_stall(threshold, cb): names any callback that blocked the loop.
+//   set_timer_slack(d): how late Linux may wake the loop for a timer (the
+//       thread's timer slack, 50 us by default; left alone unless called).
+//       nanoseconds(1): as punctual as the kernel allows; 0: the default.
 //   stats() / for_each_io(f) / for_each_timer(f): what the loop holds, and
 //       the high-water mark of every table, to size capacities from a run.
 //   after_fork(): a forked child that keeps the loop calls it first; until

@@ -45,6 +45,9 @@
 //       A one-shot is gone when its callback runs, unless it re-arms itself.
 //   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
 //   on_stall(threshold, cb): names any callback that blocked the loop.
+//   set_timer_slack(d): how late Linux may wake the loop for a timer (the
+//       thread's timer slack, 50 us by default; left alone unless called).
+//       nanoseconds(1): as punctual as the kernel allows; 0: the default.
 //   stats() / for_each_io(f) / for_each_timer(f): what the loop holds, and
 //       the high-water mark of every table, to size capacities from a run.
 //   after_fork(): a forked child that keeps the loop calls it first; until
@@ -584,6 +587,87 @@ private:
 #include <chrono>
 #include <type_traits>
 
+// ---- begin microloop/slack.hpp -----------------------------------------
+// microloop/slack.hpp - the timer slack a loop was asked for, applied in the
+// thread that runs it (internal: the public call is basic_loop::set_timer_slack).
+#ifndef MICROLOOP_SLACK_HPP
+#define MICROLOOP_SLACK_HPP
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/prctl.h>
+
+namespace microloop {
+namespace detail {
+
+// Linux lets a sleep in select() end up to the thread's "timer slack" late
+// (50 us by default), so that wake-ups can be merged. The slack belongs to
+// the thread (prctl PR_SET_TIMERSLACK), not to the process, so the loop
+// remembers what it was asked for and applies it in the thread that runs it:
+// at once when asked from a callback, otherwise when run(), run_once() or
+// poll() next starts. Nothing is changed unless asked.
+//
+// Which thread is which is not told by pthread_self(): a joined thread's
+// pthread_t is reused by the next one, so a loop moved to a new thread could
+// not tell. Each start asks the thread itself instead (PR_GET_TIMERSLACK,
+// one system call, made only once a slack was asked for).
+class timer_slack {
+public:
+    // 0 (the thread's default) up to a second: PR_GET_TIMERSLACK returns an
+    // int, and more than a second defeats the timers it is meant to serve.
+    static bool valid(int64_t ns) { return ns >= 0 && ns <= 1000000000; }
+
+    timer_slack() : want_ns_(-1), seen_ns_(-1) {}
+
+    // Records `ns` (valid(); 0 is the thread's default slack) and, from the
+    // loop's thread, applies it now. From elsewhere it checks only that prctl
+    // answers, so that a system without it fails here rather than in run().
+    error_code request(int64_t ns, bool in_loop_thread) {
+        want_ns_ = static_cast<int32_t>(ns);
+        if (in_loop_thread) return apply_here();
+        if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == -1) {
+            want_ns_ = -1;
+            return error_code(errc::system, errno);
+        }
+        seen_ns_ = -1; // applied at the next start, whatever the thread has
+        return error_code();
+    }
+
+    // At the start of run(), run_once() and poll(): nothing if no slack was
+    // asked for, or if this thread has it already. A failure drops the
+    // request (the next run goes on with the thread's slack as it is).
+    error_code apply() {
+        if (want_ns_ < 0) return error_code();
+        int now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        if (seen_ns_ >= 0 && now == seen_ns_) return error_code();
+        return apply_here();
+    }
+
+private:
+    error_code apply_here() {
+        if (prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(want_ns_), 0, 0, 0) != 0) {
+            int e = errno;
+            want_ns_ = -1;
+            return error_code(errc::system, e);
+        }
+        // What the thread reports from now on: the value asked for, or for
+        // 0 the thread's default.
+        seen_ns_ = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        return error_code();
+    }
+
+    // Both fit an int: valid() stops at a second, and PR_GET_TIMERSLACK
+    // returns an int.
+    int32_t want_ns_; // asked for, or -1: leave the thread's slack alone
+    int32_t seen_ns_; // what PR_GET_TIMERSLACK said after applying it, or -1
+};
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_SLACK_HPP
+// ---- end microloop/slack.hpp -------------------------------------------
+
 // For the hot path only (internal).
 #if defined(__GNUC__)
 #define MICROLOOP_DETAIL_ALWAYS_INLINE __attribute__((always_inline)) inline
@@ -952,6 +1036,25 @@ public:
     std::chrono::nanoseconds now() { return std::chrono::nanoseconds(arm_time()); }
     void update_now() { refresh_now(); }
     Clock& clock() { return clock_; }
+    // How late Linux may wake the loop's select() for a timer: the thread's
+    // timer slack (prctl PR_SET_TIMERSLACK, 50 us by default). The loop
+    // leaves it alone unless this is called. Takes effect in the loop's
+    // thread: at once when called from a callback, otherwise when run(),
+    // run_once() or poll() next starts, in the thread running the loop
+    // (the start returns errc::system if prctl refuses there, and drops the
+    // request; each start costs one prctl call once a slack was asked for).
+    // Not for other threads while the loop runs. nanoseconds(1) is as
+    // punctual as the kernel allows; 0 restores the thread's default slack
+    // (prctl's meaning of 0). errc::bad_timeout: negative, above one second,
+    // or non-zero and rounding to 0 ns; errc::system: prctl failed (errno).
+    template <class Rep, class Period>
+    error_code set_timer_slack(std::chrono::duration<Rep, Period> slack) {
+        int64_t ns;
+        if (!detail::to_ns(slack, ns) || !detail::timer_slack::valid(ns) ||
+            (ns == 0 && slack != std::chrono::duration<Rep, Period>::zero()))
+            return errc::bad_timeout;
+        return slack_.request(ns, dispatching_);
+    }
 
     // ---- introspection ------------------------------------------------------
     // Watchers with a non-zero interest, armed timers, and what modules
@@ -1053,7 +1156,8 @@ private:
 
     error_code iterate(int64_t max_wait_ns);
     error_code iterate_once(int64_t max_wait_ns) {
-        error_code result = iterate(max_wait_ns);
+        error_code result = slack_.apply();
+        if (!result) result = iterate(max_wait_ns);
         stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
         return result;
     }
@@ -1100,6 +1204,7 @@ private:
     bool wake_seen_;   // the wake pipe was ready in this iteration
     bool fdset_words_;
     Clock clock_;
+    detail::timer_slack slack_; // set_timer_slack()
 
     detail::signal_table<Cap::signals, Cap::children> signals_; // a loop_hook
 };
@@ -1401,8 +1506,8 @@ void basic_loop<Cap, Clock>::renumber_seqs() {
 
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::run() {
-    error_code result;
-    while (!stop_.load(std::memory_order_relaxed) && active() > 0) {
+    error_code result = slack_.apply();
+    while (!result && !stop_.load(std::memory_order_relaxed) && active() > 0) {
         result = iterate(-1);
         if (result) break;
     }

@@ -21,6 +21,7 @@
 #include "config.hpp"
 #include "error.hpp"
 #include "handle.hpp"
+#include "slack.hpp"
 
 // For the hot path only (internal).
 #if defined(__GNUC__)
@@ -390,6 +391,25 @@ public:
     std::chrono::nanoseconds now() { return std::chrono::nanoseconds(arm_time()); }
     void update_now() { refresh_now(); }
     Clock& clock() { return clock_; }
+    // How late Linux may wake the loop's select() for a timer: the thread's
+    // timer slack (prctl PR_SET_TIMERSLACK, 50 us by default). The loop
+    // leaves it alone unless this is called. Takes effect in the loop's
+    // thread: at once when called from a callback, otherwise when run(),
+    // run_once() or poll() next starts, in the thread running the loop
+    // (the start returns errc::system if prctl refuses there, and drops the
+    // request; each start costs one prctl call once a slack was asked for).
+    // Not for other threads while the loop runs. nanoseconds(1) is as
+    // punctual as the kernel allows; 0 restores the thread's default slack
+    // (prctl's meaning of 0). errc::bad_timeout: negative, above one second,
+    // or non-zero and rounding to 0 ns; errc::system: prctl failed (errno).
+    template <class Rep, class Period>
+    error_code set_timer_slack(std::chrono::duration<Rep, Period> slack) {
+        int64_t ns;
+        if (!detail::to_ns(slack, ns) || !detail::timer_slack::valid(ns) ||
+            (ns == 0 && slack != std::chrono::duration<Rep, Period>::zero()))
+            return errc::bad_timeout;
+        return slack_.request(ns, dispatching_);
+    }
 
     // ---- introspection ------------------------------------------------------
     // Watchers with a non-zero interest, armed timers, and what modules
@@ -491,7 +511,8 @@ private:
 
     error_code iterate(int64_t max_wait_ns);
     error_code iterate_once(int64_t max_wait_ns) {
-        error_code result = iterate(max_wait_ns);
+        error_code result = slack_.apply();
+        if (!result) result = iterate(max_wait_ns);
         stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
         return result;
     }
@@ -538,6 +559,7 @@ private:
     bool wake_seen_;   // the wake pipe was ready in this iteration
     bool fdset_words_;
     Clock clock_;
+    detail::timer_slack slack_; // set_timer_slack()
 
     detail::signal_table<Cap::signals, Cap::children> signals_; // a loop_hook
 };
@@ -839,8 +861,8 @@ void basic_loop<Cap, Clock>::renumber_seqs() {
 
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::run() {
-    error_code result;
-    while (!stop_.load(std::memory_order_relaxed) && active() > 0) {
+    error_code result = slack_.apply();
+    while (!result && !stop_.load(std::memory_order_relaxed) && active() > 0) {
         result = iterate(-1);
         if (result) break;
     }

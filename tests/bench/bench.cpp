@@ -6,6 +6,9 @@
 //   bench timers <variant> <timers> <ops> <runs> timer churn
 //   bench heap   <variant>                      allocations per phase (needs
 //                                               LD_PRELOAD=heapcount.so)
+//   bench jitter <variant> <ticks> <period_us>  lateness of a periodic timer
+//                                               (floor: a timerfd; microloop:
+//                                               default or slack; libev: select)
 //
 // Every mode prints one "key=value ..." line per result, for bench/run.sh.
 #include <dlfcn.h>
@@ -14,13 +17,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <new>
 #include <vector>
 
@@ -112,6 +118,26 @@ void make_churn(int ntimers, int nops) {
     }
 }
 
+// ---- the jitter part's bookkeeping, identical for every library --------------
+// A periodic timer of g_jperiod_ns; each adapter knows the ideal deadline a
+// fire was for (first deadline + k periods, k advanced by the periods the
+// library says it covered) and calls jitter_fire() with the time its handler
+// started. The first g_jwarm fires are not counted.
+int g_jticks, g_jfires, g_early;
+const int g_jwarm = 10;
+int64_t g_jperiod_ns;
+std::vector<double> g_late_us; // in firing order
+
+// True when the last counted tick has fired.
+inline bool jitter_fire(int64_t now, int64_t deadline) {
+    if (g_jfires++ >= g_jwarm) {
+        double late = static_cast<double>(now - deadline) / 1e3;
+        g_late_us.push_back(late);
+        if (late < 0) ++g_early;
+    }
+    return g_jfires >= g_jwarm + g_jticks;
+}
+
 // ---- heap phases (LD_PRELOAD=heapcount.so) -----------------------------------------
 typedef void (*heapcount_fn)(unsigned long*, unsigned long*);
 heapcount_fn g_heapcount;
@@ -177,6 +203,31 @@ void run_nowait() {
 bool has_timers() { return false; }
 void run_churn(int) {}
 void heap_phases(int*, int) {}
+// The jitter floor: a blocking read() on a timerfd with the period as its
+// interval, armed on an absolute deadline. timerfd expiries ignore the
+// thread's timer slack: as punctual as the kernel's timers get.
+const char* jitter_name(const char*) { return "timerfd"; }
+bool run_jitter(const char*) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    if (fd < 0) die("timerfd_create");
+    const int64_t base = now_ns() + g_jperiod_ns;
+    struct itimerspec its;
+    its.it_value.tv_sec = static_cast<time_t>(base / 1000000000);
+    its.it_value.tv_nsec = static_cast<long>(base % 1000000000);
+    its.it_interval.tv_sec = static_cast<time_t>(g_jperiod_ns / 1000000000);
+    its.it_interval.tv_nsec = static_cast<long>(g_jperiod_ns % 1000000000);
+    if (timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) != 0) die("timerfd_settime");
+    int64_t k = 0;
+    for (;;) {
+        uint64_t expiries;
+        if (read(fd, &expiries, sizeof expiries) != static_cast<ssize_t>(sizeof expiries)) die("read timerfd");
+        bool done = jitter_fire(now_ns(), base + k * g_jperiod_ns);
+        k += static_cast<int64_t>(expiries);
+        if (done) break;
+    }
+    close(fd);
+    return true;
+}
 
 #elif BENCH_LIB == BENCH_MICROLOOP
 typedef microloop::loop<512, 16> ring_loop_t;
@@ -219,6 +270,40 @@ void run_churn(int runs) {
         });
         g_churn->run_once();
     }
+}
+// variant "default": the thread's timer slack as it is; "slack":
+// set_timer_slack(1 ns) first.
+typedef microloop::loop<4, 4> jitter_loop_t;
+alignas(jitter_loop_t) unsigned char g_jitter_mem[sizeof(jitter_loop_t)];
+jitter_loop_t* g_jl;
+int64_t g_jbase, g_jk;
+const char* jitter_name(const char* variant) {
+    return strcmp(variant, "slack") == 0 ? "microloop-slack1ns" : "microloop";
+}
+bool run_jitter(const char* variant) {
+    g_jl = new (g_jitter_mem) jitter_loop_t;
+    if (strcmp(variant, "slack") == 0) {
+        if (microloop::error_code e = g_jl->set_timer_slack(std::chrono::nanoseconds(1))) {
+            fprintf(stderr, "set_timer_slack: %s (errno %d)\n", e.message(), e.sys());
+            exit(2);
+        }
+    } else if (strcmp(variant, "default") != 0) {
+        return false;
+    }
+    microloop::timer_handle h = g_jl->every(std::chrono::nanoseconds(g_jperiod_ns), [](microloop::timer_event ev) {
+        bool done = jitter_fire(now_ns(), g_jbase + g_jk * g_jperiod_ns);
+        g_jk += 1 + static_cast<int64_t>(ev.overruns);
+        if (done) g_jl->cancel(ev.handle);
+    });
+    if (!h) return false;
+    g_jl->for_each_timer([](microloop::timer_handle, std::chrono::nanoseconds deadline, std::chrono::nanoseconds) {
+        g_jbase = static_cast<int64_t>(deadline.count());
+    });
+    if (microloop::error_code e = g_jl->run()) {
+        fprintf(stderr, "run: %s (errno %d)\n", e.message(), e.sys());
+        exit(2);
+    }
+    return true;
 }
 void heap_phases(int* fds, int nfds) {
     heap_mark();
@@ -281,6 +366,25 @@ void run_churn(int runs) {
         ev_timer_start(g_loop, &kick);
         ev_run(g_loop, EVRUN_ONCE);
     }
+}
+// ev_timer with repeat = the period, on the backend init() chose. Its
+// deadline is ev_at (the `at` member), on libev's monotonic time in seconds.
+ev_timer g_jw;
+int64_t g_jbase, g_jk;
+const char* jitter_name(const char* variant) { return lib_name(variant); }
+void jitter_cb(struct ev_loop* loop, ev_timer* w, int) {
+    bool done = jitter_fire(now_ns(), g_jbase + g_jk * g_jperiod_ns);
+    ++g_jk; // libev reports no skipped periods
+    if (done) ev_timer_stop(loop, w);
+}
+bool run_jitter(const char*) {
+    const double period = static_cast<double>(g_jperiod_ns) * 1e-9;
+    ev_now_update(g_loop);
+    ev_timer_init(&g_jw, jitter_cb, period, period);
+    ev_timer_start(g_loop, &g_jw);
+    g_jbase = static_cast<int64_t>(llround(g_jw.at * 1e9));
+    ev_run(g_loop, 0);
+    return true;
 }
 void heap_phases(int* fds, int nfds) {
     heap_mark();
@@ -364,6 +468,8 @@ void run_churn(int runs) {
         event_base_loop(g_base, EVLOOP_ONCE);
     }
 }
+const char* jitter_name(const char* variant) { return lib_name(variant); }
+bool run_jitter(const char*) { return false; }
 void heap_phases(int* fds, int nfds) {
     heap_mark();
     struct event_base* b = new_base();
@@ -420,6 +526,8 @@ void run_churn(int runs) {
         uv_run(&g_loop, UV_RUN_ONCE);
     }
 }
+const char* jitter_name(const char* variant) { return lib_name(variant); }
+bool run_jitter(const char*) { return false; }
 void heap_phases(int* fds, int nfds) {
     static uv_loop_t l;
     static uv_poll_t polls[128];
@@ -464,7 +572,8 @@ int usage() {
     fprintf(stderr,
             "usage: bench ring <variant> <pairs> <active> <writes> <runs>\n"
             "       bench timers <variant> <timers> <ops> <runs>\n"
-            "       bench heap <variant>\n");
+            "       bench heap <variant>\n"
+            "       bench jitter <variant> <ticks> <period_us>\n");
     return 2;
 }
 
@@ -525,6 +634,30 @@ int main(int argc, char** argv) {
                lib_name(variant), pairs, active, writes, runs, median(us_iter), median(ns_event),
                static_cast<double>(iters_total) / runs, static_cast<double>(events_total) / runs, g_failures);
         return g_failures ? 1 : 0;
+    }
+    if (strcmp(mode, "jitter") == 0) {
+        if (argc < 5) return usage();
+        g_jticks = atoi(argv[3]);
+        int period_us = atoi(argv[4]);
+        if (g_jticks < 10 || period_us < 1) return usage();
+        g_jperiod_ns = static_cast<int64_t>(period_us) * 1000;
+        g_late_us.reserve(static_cast<size_t>(g_jticks));
+        if (!run_jitter(variant)) return 3;
+        const int slack_ns = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0); // as the run left it
+        std::vector<double> sorted(g_late_us);
+        std::sort(sorted.begin(), sorted.end());
+        const size_t n = sorted.size();
+        const size_t i99 = static_cast<size_t>(std::ceil(0.99 * static_cast<double>(n))) - 1;
+        // Drift: how far the lateness moved from the first tenth of the run
+        // to the last (0 for a timer whose deadlines do not slide).
+        const size_t tenth = n / 10;
+        std::vector<double> first(g_late_us.begin(), g_late_us.begin() + static_cast<long>(tenth));
+        std::vector<double> last(g_late_us.end() - static_cast<long>(tenth), g_late_us.end());
+        printf("lib=%s ticks=%d period_us=%d p50_us=%.2f p99_us=%.2f max_us=%.2f min_us=%.2f drift_us=%.2f "
+               "early=%d slack_ns=%d\n",
+               jitter_name(variant), g_jticks, period_us, median(g_late_us), sorted[i99], sorted[n - 1], sorted[0],
+               median(last) - median(first), g_early, slack_ns);
+        return 0;
     }
     if (strcmp(mode, "timers") == 0) {
         if (argc < 6) return usage();

@@ -8,11 +8,16 @@
 #                     (deterministic): delta Ir / delta events between two W
 #   3. timer churn    ns per stop + re-arm, 10,000 armed timers
 #   4. heap           allocation calls and bytes per phase (LD_PRELOAD counter)
+#   5. timer lateness a 1 ms periodic timer: fire time - ideal deadline, p50/p99/
+#                     max and drift, against a timerfd (the floor); microloop
+#                     with the thread's default timer slack and with
+#                     set_timer_slack(1 ns); libev's select backend
 #
 # Environment: CXX, CC, CROSS_COMPILE, RUNNER (e.g. qemu for a cross build),
 # BUILD / BENCH_OUT (output directory), BENCH_REPS (interleaved repetitions,
-# default 5), BENCH_RUNS (timed runs per process, default 10), BENCH_QUICK=1
-# (fewer of both). Raw numbers: $OUT/results.txt.
+# default 5), BENCH_RUNS (timed runs per process, default 10), BENCH_TICKS
+# (timer ticks per lateness run, default 3000; 3 runs each), BENCH_QUICK=1
+# (fewer of all three). Raw numbers: $OUT/results.txt.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${BUILD:-build}
@@ -26,7 +31,8 @@ CC=${CC:-${CROSS_COMPILE}gcc}
 RUNNER=${RUNNER:-}
 REPS=${BENCH_REPS:-5}
 RUNS=${BENCH_RUNS:-10}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then REPS=3 RUNS=5; fi
+TICKS=${BENCH_TICKS:-3000}
+if [ "${BENCH_QUICK:-0}" = 1 ]; then REPS=3 RUNS=5 TICKS=500; fi
 CXXFLAGS_BENCH="-std=c++11 -O2 -DNDEBUG -Wall -Wextra"
 
 note() { echo "bench: $*" >&2; }
@@ -160,6 +166,22 @@ else
     note "heapcount.so failed to build: heap counts skipped"
 fi
 
+# ---- 5. timer lateness ---------------------------------------------------------------------------
+# Three interleaved runs of each, medians. Each run is one process, so the
+# slack one run sets cannot leak into the next.
+JIMPLS="floor:timerfd microloop:default microloop:slack"
+has libev && JIMPLS="$JIMPLS libev:select"
+echo "timer lateness: 3 x $TICKS ticks of 1 ms ..." >&2
+rep=0
+while [ $rep -lt 3 ]; do
+    for impl in $(rotate $rep $JIMPLS); do
+        bin=${impl%:*} var=${impl#*:}
+        line=$(env $RUNNER "$OUT/bench-$bin" jitter "$var" "$TICKS" 1000) || note "jitter $impl failed"
+        [ -n "$line" ] && echo "jitter rep=$rep $line" >>"$RAW"
+    done
+    rep=$((rep + 1))
+done
+
 # ---- tables ------------------------------------------------------------------------------------
 awk -v elapsed=$(($(date +%s) - start)) '
 function kv(   i, p) { delete f; for (i = 1; i <= NF; i++) { p = index($i, "="); if (p) f[substr($i, 1, p - 1)] = substr($i, p + 1) } }
@@ -177,6 +199,8 @@ $1 == "ring" { kv(); k = f["lib"] SUBSEP f["pairs"] SUBSEP f["active"]; add("us"
 $1 == "ir" { kv(); k = f["lib"] SUBSEP f["pairs"] SUBSEP f["active"]; ir[k] = (f["ir2"] - f["ir1"]) / f["devents"]; seen_lib("ir", f["lib"]); next }
 $1 == "timers" { kv(); add("t" SUBSEP f["lib"], f["ns_per_op"]); seen_lib("timers", f["lib"]); next }
 $1 == "heap" { kv(); hc[f["lib"], f["phase"]] = f["calls"]; hb[f["lib"], f["phase"]] = f["bytes"]; seen_lib("heap", f["lib"]); next }
+$1 == "jitter" { kv(); l = f["lib"]; add("j50" SUBSEP l, f["p50_us"]); add("j99" SUBSEP l, f["p99_us"]); add("jmax" SUBSEP l, f["max_us"])
+    add("jdrift" SUBSEP l, f["drift_us"]); add("jslack" SUBSEP l, f["slack_ns"]); early[l] += f["early"]; jticks = f["ticks"]; seen_lib("jitter", l); next }
 END {
     ncfg = split("100:1 100:100 500:1 500:100", cfgs, " ")
     if (nlibs["ring"]) {
@@ -235,6 +259,29 @@ END {
             printf " %12d %9s\n", tot[l], ("libev" in tot) ? (tot["libev"] ? sprintf("%.2fx", tot[l] / tot["libev"]) : "-") : "-"
         }
         print "(the floor allocates nothing; microloop: the loop object is static storage, as intended)"
+    }
+    if (nlibs["jitter"]) {
+        print ""
+        printf "5. Timer lateness (1 ms periodic timer, %d ticks; fire time - ideal deadline, us; medians of 3 runs)\n", jticks
+        printf "%-20s %8s %8s %9s %9s %10s %10s %6s\n", "impl", "p50", "p99", "max", "drift", "p50/floor", "p99/floor", "early"
+        f50 = med("j50" SUBSEP "timerfd"); f99 = med("j99" SUBSEP "timerfd")
+        n = split("timerfd microloop microloop-slack1ns libev-select", jl, " ")
+        for (i = 1; i <= n; i++) {
+            l = jl[i]
+            if (!cnt["j50" SUBSEP l]) { printf "%-20s %8s %8s %9s %9s %10s %10s %6s\n", l, "n/a", "n/a", "n/a", "n/a", "-", "-", "-"; continue }
+            printf "%-20s %8.1f %8.1f %9.1f %9.1f %10s %10s %6d\n", l, med("j50" SUBSEP l), med("j99" SUBSEP l), med("jmax" SUBSEP l),
+                med("jdrift" SUBSEP l), ratio(med("j50" SUBSEP l), f50), ratio(med("j99" SUBSEP l), f99), early[l]
+        }
+        # The targets: with set_timer_slack(1 ns), p50 and p99 within 1.1x the
+        # floor; without it, within the floor plus the default slack of the thread.
+        if (cnt["j50" SUBSEP "microloop"] && f50 > 0) {
+            sl = med("jslack" SUBSEP "microloop") / 1000
+            s50 = med("j50" SUBSEP "microloop-slack1ns"); s99 = med("j99" SUBSEP "microloop-slack1ns")
+            d50 = med("j50" SUBSEP "microloop"); d99 = med("j99" SUBSEP "microloop")
+            printf "targets: slack 1 ns p50, p99 <= 1.1x floor: %s; default p50, p99 <= floor + %.0f us (thread slack): %s\n",
+                (s50 <= 1.1 * f50 && s99 <= 1.1 * f99) ? "met" : "missed", sl,
+                (d50 <= f50 + sl && d99 <= f99 + sl) ? "met" : "missed"
+        }
     }
     printf "\nbench: %d s\n", elapsed
 }' "$RAW" | tee "$OUT/tables.txt"
