@@ -48,7 +48,7 @@ class mailbox : private loop_hook {
 
 public:
     explicit mailbox(loop_base& l)
-        : loop_(&l), closed_(false), posting_(0), enqueue_(0), dequeue_(0), running_(false) {
+        : loop_(&l), closed_(false), posting_(0), enqueue_(0), dequeue_(0), running_(false), shut_(false) {
         for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
         on_wake = &mailbox::drain;
         on_fork = &mailbox::forked;
@@ -95,6 +95,7 @@ public:
     // never called): returns how many. A second close() returns 0.
     size_t close() {
         if (closed_.exchange(true)) return 0;
+        shut_ = true;
         // A post between its check and its write. (Not in a forked child
         // that skipped after_fork(): the parent's posters are not there.)
         if (getpid() == loop_->owner_pid())
@@ -116,8 +117,9 @@ private:
     // hook before it detached.)
     static void drain(loop_hook* h) {
         mailbox* self = static_cast<mailbox*>(h);
+        loop_base* const l = self->loop_;
         for (size_t n = 0; n < N; ++n) {
-            if (self->closed_.load(std::memory_order_relaxed)) return;
+            if (self->shut_) return; // not closed_: posters write next to it
             cell& c = self->cells_[self->dequeue_ & (N - 1)];
             if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
             self->running_ = true;
@@ -127,9 +129,9 @@ private:
                 c.seq.store(self->dequeue_ + N, std::memory_order_release);
                 ++self->dequeue_;
             });
-            self->loop_->invoke(c.fn, source_kind::post, 0, -1);
+            l->invoke(c.fn, source_kind::post, 0, -1);
         }
-        self->loop_->wake(); // more may be waiting: come back next iteration
+        l->wake(); // more may be waiting: come back next iteration
     }
 
     // Destroys the callbacks queued from position `from` on; closed, so no
@@ -166,6 +168,7 @@ private:
     std::atomic<size_t> enqueue_;
     size_t dequeue_;
     bool running_; // drain() is running the callback at dequeue_
+    bool shut_;    // closed_, as the loop thread sees it
 };
 
 } // namespace microloop
