@@ -93,7 +93,7 @@ $(BUILD)/tests/%.o: EXTRA_CXXFLAGS = -Wno-psabi
 endif
 
 .PHONY: all test check check-guarantees examples demo test-deps single_include check-amalgamation check-headers \
-        vendor-check consumer-check install uninstall bench size clean
+        vendor-check consumer-check install uninstall bench bench-threads size clean
 
 all: examples $(TEST_BIN)
 
@@ -226,6 +226,10 @@ bench size: script = $(if $(filter bench,$@),tests/bench/run.sh,tests/bench/foot
 bench size:
 	@test -f $(script) || { echo "$(script) does not exist yet" >&2; exit 1; }
 	$(BENCH_ENV) $(if $(shell test -x $(script) && echo x),./$(script),sh $(script))
+
+# The worker pool and the mailbox against libuv (tests/bench/threads.sh).
+bench-threads:
+	$(BENCH_ENV) sh tests/bench/threads.sh
 
 clean:
 	rm -rf $(BUILD)

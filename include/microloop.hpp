@@ -67,7 +67,8 @@
 //   mailbox<N> box(loop); box.post(cb)
 //       Any thread hands cb() to the loop's thread (lock-free, never blocks;
 //       errc::table_full when N are queued). One loop per thread + a mailbox
-//       each is how microloop uses several cores.
+//       each is how microloop uses several cores. box.close() drops what was
+//       not run and returns how many.
 //   continuation_table<N, Size> t; id = t.emplace<T>(...); t.get<T>(id);
 //   t.take<T>(id); t.release(id)
 //       The state an async operation needs when it completes, saved when it
@@ -75,6 +76,16 @@
 //   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
 //       POSIX AIO: disk I/O that never blocks the loop, its completion an
 //       ordinary callback (opt-in, see MICROLOOP_WITH_AIO below).
+//   worker_pool<Threads, Queue> pool(loop); pool.submit(work, done)
+//       work() (blocking: files, compression, DNS) runs on a worker thread and
+//       returns an integer; done(work_event{result, status}) then runs in the
+//       loop's thread, exactly once (errc::canceled if shut down before it
+//       started). errc::table_full when Queue are outstanding. shutdown().
+//   loop_group<Max> group; group.start(n, pin); group.post(i, cb); group.stop()
+//       n loops on n threads (default: one per online CPU), a mailbox each;
+//       stop() stops and joins them all.
+//       Both cost nothing unless used (templates only: no thread library
+//       referenced, no fd, no static constructor); using them needs -pthread.
 //   lock_memory(): mlockall, so page faults cannot stall the loop.
 //
 // Callbacks are function pointers or lambdas whose captures fit in
@@ -146,6 +157,8 @@
 #include "microloop/continuation.hpp"
 #include "microloop/mailbox.hpp"
 #include "microloop/memory.hpp"
+#include "microloop/worker_pool.hpp"
+#include "microloop/loop_group.hpp"
 #if defined(MICROLOOP_WITH_AIO)
 #include "microloop/aio.hpp"
 #endif

@@ -70,7 +70,8 @@
 //   mailbox<N> box(loop); box.post(cb)
 //       Any thread hands cb() to the loop's thread (lock-free, never blocks;
 //       errc::table_full when N are queued). One loop per thread + a mailbox
-//       each is how microloop uses several cores.
+//       each is how microloop uses several cores. box.close() drops what was
+//       not run and returns how many.
 //   continuation_table<N, Size> t; id = t.emplace<T>(...); t.get<T>(id);
 //   t.take<T>(id); t.release(id)
 //       The state an async operation needs when it completes, saved when it
@@ -78,6 +79,16 @@
 //   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
 //       POSIX AIO: disk I/O that never blocks the loop, its completion an
 //       ordinary callback (opt-in, see MICROLOOP_WITH_AIO below).
+//   worker_pool<Threads, Queue> pool(loop); pool.submit(work, done)
+//       work() (blocking: files, compression, DNS) runs on a worker thread and
+//       returns an integer; done(work_event{result, status}) then runs in the
+//       loop's thread, exactly once (errc::canceled if shut down before it
+//       started). errc::table_full when Queue are outstanding. shutdown().
+//   loop_group<Max> group; group.start(n, pin); group.post(i, cb); group.stop()
+//       n loops on n threads (default: one per online CPU), a mailbox each;
+//       stop() stops and joins them all.
+//       Both cost nothing unless used (templates only: no thread library
+//       referenced, no fd, no static constructor); using them needs -pthread.
 //   lock_memory(): mlockall, so page faults cannot stall the loop.
 //
 // Callbacks are function pointers or lambdas whose captures fit in
@@ -698,9 +709,10 @@ struct timer_event {
 };
 
 // What kind of callback a stall report names.
-enum class source_kind : unsigned char { io, timer, signal, aio, child, post };
+enum class source_kind : unsigned char { io, timer, signal, aio, child, post, work };
 
-// "io", "timer", "signal", "aio", "child" or "post" (a mailbox callback).
+// "io", "timer", "signal", "aio", "child", "post" (a mailbox callback) or
+// "work" (a worker_pool's done callback).
 inline const char* name(source_kind k) {
     switch (k) {
     case source_kind::io: return "io";
@@ -709,6 +721,7 @@ inline const char* name(source_kind k) {
     case source_kind::aio: return "aio";
     case source_kind::child: return "child";
     case source_kind::post: return "post";
+    case source_kind::work: return "work";
     }
     return "unknown";
 }
@@ -2631,7 +2644,9 @@ template <size_t N, size_t Size> const size_t continuation_table<N, Size>::slot_
 #ifndef MICROLOOP_MAILBOX_HPP
 #define MICROLOOP_MAILBOX_HPP
 
+#include <sched.h>
 #include <stddef.h>
+#include <unistd.h>
 
 #include <atomic>
 
@@ -2648,17 +2663,29 @@ namespace microloop {
 // mailbox refuses the post with errc::table_full rather than block.
 //
 // While it exists, a mailbox keeps loop.run() running (it may receive work at
-// any time); call close() or destroy it to let run() end. Callbacks that were
-// posted but have not run when the mailbox is destroyed are discarded, and so
-// are, in a forked child, those the parent had queued (loop.after_fork()).
-// Posted callbacks go through stall detection (source_kind::post); one that
-// throws is used up, and the rest run in the next iteration.
+// any time); call close() or destroy it to let run() end. Posted callbacks go
+// through stall detection (source_kind::post); one that throws is used up,
+// and the rest run in the next iteration.
+//
+// Closing. close() (or the destructor) refuses every later post with
+// errc::canceled and drops what was posted but has not run: those callbacks
+// are destroyed without being called, and close() returns how many. So every
+// post() either ran, returned an error, or was counted by close(); none runs
+// twice. close() may be called from inside one of the mailbox's own
+// callbacks: that one finishes, the rest are dropped. A post() racing
+// close() from another thread is safe: posts in progress are counted, and
+// close() waits for them (a few instructions and a write() each; it yields
+// meanwhile), so none writes into the ring after close() returned. In a
+// forked child, what the parent had queued is dropped (loop.after_fork()).
+// Destroying a mailbox from inside one of its callbacks is not allowed;
+// close() it there and destroy it later.
 template <size_t N = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
 class mailbox : private loop_hook {
     static_assert(N >= 2 && (N & (N - 1)) == 0, "mailbox capacity must be a power of two");
 
 public:
-    explicit mailbox(loop_base& l) : loop_(&l), closed_(false), enqueue_(0), dequeue_(0) {
+    explicit mailbox(loop_base& l)
+        : loop_(&l), closed_(false), posting_(0), enqueue_(0), dequeue_(0), running_(false), shut_(false) {
         for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
         on_wake = &mailbox::drain;
         on_fork = &mailbox::forked;
@@ -2674,7 +2701,12 @@ public:
     // errc::table_full when N are queued; errc::canceled once closed.
     template <class F>
     error_code post(F&& cb) {
-        if (closed_.load(std::memory_order_acquire)) return errc::canceled;
+        // Counted in before closed_ is read, both sequentially consistent:
+        // close() sets closed_ and then waits for the count to fall to zero,
+        // so either this post sees closed_ or close() waits for it.
+        posting_.fetch_add(1);
+        auto out = detail::on_scope_exit([this] { posting_.fetch_sub(1, std::memory_order_release); });
+        if (closed_.load()) return errc::canceled;
         size_t pos = enqueue_.load(std::memory_order_relaxed);
         cell* c;
         for (;;) {
@@ -2694,12 +2726,19 @@ public:
         return loop_->wake();
     }
 
-    // Stop receiving: run() no longer waits for this mailbox. Loop thread only.
-    // Later posts are refused with errc::canceled. The loop pointer stays
-    // valid (a post racing with close() still wakes a live loop).
-    void close() {
-        if (closed_.exchange(true)) return;
+    // Stop receiving: run() no longer waits for this mailbox. Loop thread only
+    // (also from inside one of its callbacks). Later posts are refused with
+    // errc::canceled; callbacks posted but not run are dropped (destroyed,
+    // never called): returns how many. A second close() returns 0.
+    size_t close() {
+        if (closed_.exchange(true)) return 0;
+        shut_ = true;
+        // A post between its check and its write. (Not in a forked child
+        // that skipped after_fork(): the parent's posters are not there.)
+        if (getpid() == loop_->owner_pid())
+            while (posting_.load() != 0) sched_yield();
         loop_->detach(this);
+        return drop(running_ ? dequeue_ + 1 : dequeue_); // the running one is drain()'s to finish
     }
 
 private:
@@ -2710,19 +2749,39 @@ private:
 
     // Runs what was posted before this wake-up, at most N, so posters that
     // keep posting cannot starve the rest of the loop.
+    // A callback may close() the mailbox: the drain stops after it. (closed_
+    // is also checked first: the loop may call a hook that a callback of the
+    // hook before it detached.)
     static void drain(loop_hook* h) {
         mailbox* self = static_cast<mailbox*>(h);
+        loop_base* const l = self->loop_;
         for (size_t n = 0; n < N; ++n) {
+            if (self->shut_) return; // not closed_: posters write next to it
             cell& c = self->cells_[self->dequeue_ & (N - 1)];
             if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
+            self->running_ = true;
             auto done = detail::on_scope_exit([self, &c] { // the cell is used up even if fn throws
+                self->running_ = false;
                 c.fn.reset();
                 c.seq.store(self->dequeue_ + N, std::memory_order_release);
                 ++self->dequeue_;
             });
-            self->loop_->invoke(c.fn, source_kind::post, 0, -1);
+            l->invoke(c.fn, source_kind::post, 0, -1);
         }
-        self->loop_->wake(); // more may be waiting: come back next iteration
+        l->wake(); // more may be waiting: come back next iteration
+    }
+
+    // Destroys the callbacks queued from position `from` on; closed, so no
+    // post adds any and the ring is not used again (after_fork() resets it).
+    size_t drop(size_t from) {
+        size_t n = 0;
+        for (size_t pos = from; n < N; ++pos, ++n) {
+            cell& c = cells_[pos & (N - 1)];
+            if (c.seq.load(std::memory_order_acquire) != pos + 1) break;
+            c.fn.reset();
+            c.seq.store(pos + N, std::memory_order_relaxed);
+        }
+        return n;
     }
 
     // A forked child has one thread: no post is under way. What the parent
@@ -2735,13 +2794,18 @@ private:
         }
         self->enqueue_.store(0, std::memory_order_relaxed);
         self->dequeue_ = 0;
+        self->running_ = false;
+        self->posting_.store(0, std::memory_order_relaxed); // posters of the parent, caught by fork()
     }
 
     loop_base* loop_;
     std::atomic<bool> closed_;
+    std::atomic<size_t> posting_; // post() calls between their closed_ check and their return
     cell cells_[N];
     std::atomic<size_t> enqueue_;
     size_t dequeue_;
+    bool running_; // drain() is running the callback at dequeue_
+    bool shut_;    // closed_, as the loop thread sees it
 };
 
 } // namespace microloop
@@ -2797,6 +2861,656 @@ inline error_code unlock_memory() {
 
 #endif // MICROLOOP_MEMORY_HPP
 // ---- end microloop/memory.hpp ------------------------------------------
+
+// ---- begin microloop/worker_pool.hpp -----------------------------------
+// microloop/worker_pool.hpp - blocking work on worker threads, the result
+// back in the loop's thread.
+//
+//     microloop::loop<> loop;
+//     microloop::worker_pool<4, 32> pool(loop);        // 4 threads, 32 submissions
+//     if (pool.error()) ...                            // errc::system: a thread could not start
+//     pool.submit([req] { return compress(req); },     // on a worker: returns an integer
+//                 [req](microloop::work_event ev) {    // then in the loop's thread
+//                     if (ev.status) ...               // errc::canceled: never started
+//                     else finish(req, ev.result);
+//                 });
+//
+// What work returns: an integer (int, ssize_t, bool...) or nothing (then 0),
+// given to done as work_event::result (an int64_t). Anything bigger goes
+// through the state the two callables capture a pointer to (a
+// continuation_table slot, say). work must not throw: an exception that
+// leaves a thread ends the process.
+//
+// Every submit() that returned ok gets exactly one done(work_event), in the
+// loop's thread, through stall detection (source_kind::work): status ok and
+// work's result, or errc::canceled when the pool shut down before the work
+// started.
+//
+// Storage: Queue slots, each holding a submission from submit() until its
+// done returns (queued, running, or finished and waiting for the loop), plus
+// one spare done callback, so a done may submit again while the pool is
+// full. submit() is refused at once with errc::table_full when the Queue
+// slots are taken; it never blocks and never allocates.
+//
+// How it works. Loop thread to workers: a bounded lock-free ring of slot
+// indices (Vyukov's MPMC queue, one producer) and a POSIX semaphore that
+// idle workers sleep on (sem_post is a futex wake only when one sleeps).
+// Workers to the loop: a lock-free stack of finished slots (a CAS push; the
+// loop takes the whole stack with one exchange and reverses it to completion
+// order) and loop.wake(), which writes one byte only if none is pending. No
+// lock is taken on either side, so a preempted worker cannot hold up the loop.
+//
+// Shutdown (shutdown() or the destructor, loop thread only): queued work is
+// marked canceled and never starts; running work finishes (shutdown() waits
+// for it: it joins the threads); then every remaining done runs, in the
+// shutdown() call: results first, canceled ones after. Later submissions are
+// refused with errc::canceled. A pool keeps loop.run() running while
+// submissions are outstanding.
+//
+// Threads: made in the constructor with pthread_create (no exceptions, also
+// with -fno-exceptions), with every signal blocked before they start (the
+// effect of block_signals(), without a window), so signals go to the loop's
+// thread. A stack size may be given (0: the system's default). submit() and
+// shutdown() belong to the loop's thread, like every other loop call.
+//
+// fork(): the child has none of the threads. After loop.after_fork() the
+// child's pool drops the parent's submissions (their done callbacks are not
+// called) and refuses new ones with errc::forked; destroying it there joins
+// nothing.
+//
+// Costs nothing unless used: every function is a template member, so a
+// program that includes this header but makes no pool references no pthread
+// or semaphore function, opens no fd and runs no static constructor.
+#ifndef MICROLOOP_WORKER_POOL_HPP
+#define MICROLOOP_WORKER_POOL_HPP
+
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <type_traits>
+#include <utility>
+
+namespace microloop {
+
+// What a done callback is told.
+struct work_event {
+    int64_t result;    // what work() returned (0 for work returning void, or when canceled)
+    error_code status; // ok: work ran; errc::canceled: shut down before it started
+};
+
+namespace detail {
+
+// work() returning void counts as returning 0; an integer is widened.
+template <class F, class R = decltype(std::declval<F&>()())>
+struct work_adapter {
+    static_assert(std::is_integral<R>::value || std::is_enum<R>::value,
+                  "microloop: work must return an integer (or nothing); pass anything bigger through "
+                  "the state it captures a pointer to");
+    F f;
+    int64_t operator()() { return narrow<int64_t>(f()); } // narrow(): no -Wuseless-cast for int64_t
+};
+template <class F>
+struct work_adapter<F, void> {
+    F f;
+    int64_t operator()() {
+        f();
+        return 0;
+    }
+};
+
+constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
+
+// Every signal blocked in the calling thread for its lifetime: threads made
+// meanwhile start with all of them blocked.
+class all_signals_blocked {
+public:
+    all_signals_blocked() {
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old_);
+    }
+    ~all_signals_blocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+    all_signals_blocked(const all_signals_blocked&) = delete;
+    all_signals_blocked& operator=(const all_signals_blocked&) = delete;
+
+private:
+    sigset_t old_;
+};
+
+} // namespace detail
+
+template <size_t Threads = 2, size_t Queue = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
+class worker_pool : private loop_hook {
+    static_assert(Threads >= 1, "a worker_pool needs at least one thread");
+    static_assert(Queue >= 1 && Queue < 0x7fffffff, "a worker_pool's queue holds 1 to 2^31 - 2 submissions");
+
+public:
+    // Starts the threads. stack_bytes: each thread's stack (0: the default).
+    // A failure is kept in error() and returned by every submit().
+    explicit worker_pool(loop_base& l, size_t stack_bytes = 0);
+    // shutdown().
+    ~worker_pool();
+    worker_pool(const worker_pool&) = delete;
+    worker_pool& operator=(const worker_pool&) = delete;
+
+    // Run work() on a worker, then done(work_event) in the loop's thread.
+    // Loop thread only. errc::table_full when Queue submissions are
+    // outstanding, errc::canceled after shutdown(), errc::bad_argument for a
+    // null function pointer, error() if the pool could not start,
+    // errc::forked in a forked child.
+    template <class W, class D>
+    error_code submit(W&& work, D&& done);
+
+    // Cancel what is queued, wait for what runs, run every remaining done
+    // (canceled ones with errc::canceled), stop the threads. Loop thread only
+    // (also from inside a done callback); idempotent.
+    void shutdown();
+
+    // Why the pool could not start (errc::system with the errno of
+    // pthread_create or sem_init, errc::bad_argument for a stack size
+    // pthread refused), or ok.
+    error_code error() const { return error_; }
+    // Submissions whose done has not run yet.
+    size_t in_flight() const { return active; }
+    static constexpr size_t threads() { return Threads; }
+    static constexpr size_t capacity() { return Queue; }
+
+private:
+    enum : unsigned char { st_free, st_queued, st_running, st_finished, st_canceled };
+    static const uint32_t none = 0xffffffffu;
+    static const size_t ring_size = detail::pow2_at_least(Queue);
+
+    struct slot {
+        detail::inplace_callback<int64_t(), Size> work;
+        int64_t result;                   // written by the worker, read after the completion stack
+        std::atomic<unsigned char> state; // queued -> running (worker) or canceled (shutdown)
+        uint32_t next;                    // link in the completion stack, then in ready_
+        uint32_t done;                    // which dones_ entry holds its done callback
+    };
+    struct cell {
+        std::atomic<size_t> seq;
+        uint32_t index;
+    };
+
+    static void* worker_main(void* arg);
+    static void on_wake_fn(loop_hook* h) { static_cast<worker_pool*>(h)->complete(Queue); }
+    static void on_fork_fn(loop_hook* h);
+    void push_pending(uint32_t i);
+    bool pop_pending(uint32_t& i);
+    void push_completed(uint32_t i);
+    void complete(size_t limit);
+    void finish(uint32_t i);
+    void stop_threads();
+
+    loop_base* loop_;
+    error_code error_;
+    bool shut_;
+    bool forked_;
+    bool sem_ok_;
+    size_t nthreads_;
+    std::atomic<bool> stopping_;
+    sem_t sem_;
+    pthread_t threads_[Threads];
+    slot slots_[Queue];
+    detail::inplace_callback<void(work_event), Size> dones_[Queue + 1];
+    uint32_t free_slots_[Queue];
+    uint32_t free_dones_[Queue + 1];
+    size_t nfree_slots_, nfree_dones_;
+    cell ring_[ring_size];
+    std::atomic<size_t> enqueue_, dequeue_;
+    std::atomic<uint32_t> completed_; // the completion stack's top, or none
+    uint32_t ready_;                  // taken from the stack, in completion order, done not yet run
+};
+
+// ---- implementation -------------------------------------------------------------
+
+template <size_t Threads, size_t Queue, size_t Size>
+worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
+    : loop_(&l), shut_(false), forked_(false), sem_ok_(false), nthreads_(0), stopping_(false), nfree_slots_(Queue),
+      nfree_dones_(Queue + 1), enqueue_(0), dequeue_(0), completed_(none), ready_(none) {
+    for (size_t i = 0; i < Queue; ++i) {
+        slots_[i].result = 0;
+        slots_[i].state.store(st_free, std::memory_order_relaxed);
+        slots_[i].next = none;
+        slots_[i].done = 0;
+        free_slots_[i] = static_cast<uint32_t>(Queue - 1 - i); // slot 0 is handed out first
+    }
+    for (size_t i = 0; i <= Queue; ++i) free_dones_[i] = static_cast<uint32_t>(Queue - i);
+    for (size_t i = 0; i < ring_size; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
+    on_wake = &worker_pool::on_wake_fn;
+    on_fork = &worker_pool::on_fork_fn;
+    active = 0;
+    next = nullptr;
+    loop_->attach(this);
+
+    if (sem_init(&sem_, 0, 0) != 0) {
+        error_ = error_code(errc::system, errno);
+        return;
+    }
+    sem_ok_ = true;
+    pthread_attr_t attr;
+    int rc = pthread_attr_init(&attr);
+    if (rc != 0) {
+        error_ = error_code(errc::system, rc);
+        return;
+    }
+    if (stack_bytes != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes)) != 0)
+        error_ = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
+    if (!error_) {
+        detail::all_signals_blocked blocked; // the threads inherit the mask
+        for (size_t t = 0; t < Threads; ++t) {
+            rc = pthread_create(&threads_[t], &attr, &worker_pool::worker_main, this);
+            if (rc != 0) {
+                error_ = error_code(errc::system, rc);
+                break;
+            }
+            ++nthreads_;
+        }
+    }
+    pthread_attr_destroy(&attr);
+    if (error_) stop_threads();
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+worker_pool<Threads, Queue, Size>::~worker_pool() {
+    shutdown();
+    if (sem_ok_) sem_destroy(&sem_);
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+template <class W, class D>
+error_code worker_pool<Threads, Queue, Size>::submit(W&& work, D&& done) {
+    if (forked_) return errc::forked;
+    if (shut_) return errc::canceled;
+    if (error_) return error_;
+    if (detail::is_null_callable(work) || detail::is_null_callable(done)) return errc::bad_argument;
+    if (nfree_slots_ == 0) return errc::table_full;
+    const uint32_t i = free_slots_[--nfree_slots_];
+    const uint32_t d = free_dones_[--nfree_dones_]; // never short: one more than the slots
+    slot& s = slots_[i];
+    typedef typename std::decay<W>::type Fn;
+    s.work.emplace(detail::work_adapter<Fn>{std::forward<W>(work)});
+    dones_[d].emplace(std::forward<D>(done));
+    s.done = d;
+    s.result = 0;
+    s.state.store(st_queued, std::memory_order_relaxed);
+    ++active;
+    push_pending(i); // publishes the slot (release)
+    sem_post(&sem_);
+    return error_code();
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::shutdown() {
+    if (shut_) return;
+    shut_ = true;
+    if (!forked_) {
+        // Queued work never starts: a worker that takes it finds it canceled.
+        for (size_t i = 0; i < Queue; ++i) {
+            unsigned char queued = st_queued;
+            slots_[i].state.compare_exchange_strong(queued, st_canceled, std::memory_order_acq_rel);
+        }
+        stop_threads(); // waits for running work
+        // The workers are gone: what they left in the ring is canceled work.
+        uint32_t i;
+        while (pop_pending(i)) push_completed(i);
+        complete(static_cast<size_t>(-1)); // every remaining done, here
+    }
+    loop_->detach(this);
+}
+
+// Single producer (the loop thread); enough cells for every slot, so never full.
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
+    size_t pos = enqueue_.load(std::memory_order_relaxed);
+    cell& c = ring_[pos & (ring_size - 1)];
+    MICROLOOP_ASSERT(c.seq.load(std::memory_order_acquire) == pos);
+    c.index = i;
+    enqueue_.store(pos + 1, std::memory_order_relaxed);
+    c.seq.store(pos + 1, std::memory_order_release);
+}
+
+// Many consumers: the workers (and the loop thread in shutdown(), after them).
+template <size_t Threads, size_t Queue, size_t Size>
+bool worker_pool<Threads, Queue, Size>::pop_pending(uint32_t& i) {
+    size_t pos = dequeue_.load(std::memory_order_relaxed);
+    for (;;) {
+        cell& c = ring_[pos & (ring_size - 1)];
+        size_t seq = c.seq.load(std::memory_order_acquire);
+        intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
+        if (diff == 0) {
+            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+                i = c.index;
+                c.seq.store(pos + ring_size, std::memory_order_release);
+                return true;
+            }
+        } else if (diff < 0) {
+            return false; // empty
+        } else {
+            pos = dequeue_.load(std::memory_order_relaxed);
+        }
+    }
+}
+
+// A Treiber stack that is only pushed to and taken whole: no ABA problem.
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::push_completed(uint32_t i) {
+    uint32_t top = completed_.load(std::memory_order_relaxed);
+    do slots_[i].next = top;
+    while (!completed_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
+    worker_pool* self = static_cast<worker_pool*>(arg);
+    for (;;) {
+        if (sem_wait(&self->sem_) != 0) continue; // EINTR (every signal is blocked, but a debugger may stop us)
+        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+        uint32_t i;
+        if (!self->pop_pending(i)) continue;
+        slot& s = self->slots_[i];
+        unsigned char queued = st_queued;
+        if (s.state.compare_exchange_strong(queued, st_running, std::memory_order_acq_rel)) {
+            s.result = s.work();
+            s.state.store(st_finished, std::memory_order_relaxed);
+        } // else canceled by shutdown(): not started
+        self->push_completed(i);
+        self->loop_->wake();
+    }
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::stop_threads() {
+    stopping_.store(true, std::memory_order_release);
+    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
+    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
+    nthreads_ = 0;
+}
+
+// Runs up to `limit` done callbacks; if more are waiting, the loop comes back
+// for them in its next iteration (workers that keep finishing cannot starve
+// the loop's other sources). ready_ is a member so that a done that throws,
+// or calls shutdown(), leaves the rest for the next call.
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::complete(size_t limit) {
+    for (size_t n = 0; n < limit; ++n) {
+        if (ready_ == none) {
+            uint32_t top = completed_.exchange(none, std::memory_order_acquire);
+            if (top == none) return;
+            uint32_t order = none; // the stack is newest first: reverse it
+            while (top != none) {
+                uint32_t below = slots_[top].next;
+                slots_[top].next = order;
+                order = top;
+                top = below;
+            }
+            ready_ = order;
+        }
+        const uint32_t i = ready_;
+        ready_ = slots_[i].next;
+        finish(i);
+    }
+    if (ready_ != none || completed_.load(std::memory_order_relaxed) != none) loop_->wake();
+}
+
+// The slot is free before done runs (done may submit again, at capacity);
+// its done callback lives in dones_, which has one entry to spare.
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::finish(uint32_t i) {
+    slot& s = slots_[i];
+    const bool ran = s.state.load(std::memory_order_relaxed) == st_finished;
+    work_event ev = {ran ? s.result : 0, ran ? error_code() : error_code(errc::canceled)};
+    const uint32_t d = s.done;
+    s.work.reset();
+    s.state.store(st_free, std::memory_order_relaxed);
+    free_slots_[nfree_slots_++] = i;
+    --active;
+    auto release = detail::on_scope_exit([this, d] { // also if done throws
+        dones_[d].reset();
+        free_dones_[nfree_dones_++] = d;
+    });
+    loop_->invoke(dones_[d], source_kind::work, 0, -1, ev);
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
+    worker_pool* self = static_cast<worker_pool*>(h);
+    self->forked_ = true;
+    self->nthreads_ = 0; // the parent's; nothing to join here
+    for (size_t i = 0; i < Queue; ++i) self->slots_[i].work.reset();
+    for (size_t i = 0; i <= Queue; ++i) self->dones_[i].reset();
+    self->active = 0;
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_WORKER_POOL_HPP
+// ---- end microloop/worker_pool.hpp -------------------------------------
+
+// ---- begin microloop/loop_group.hpp ------------------------------------
+// microloop/loop_group.hpp - one loop per core: N loops on N threads.
+//
+//     microloop::loop_group<8> group;                 // at most 8 loops
+//     group.start();                                  // one per online CPU (at most 8)
+//     group.post(i, [&] { serve(group.loop(i)); });   // runs in loop i's thread
+//     ...
+//     main_loop.on_signal(SIGTERM, [&](microloop::signal_event) {
+//         group.stop();                               // stops and joins them all
+//         main_loop.stop();
+//     });
+//
+// Each member is a Loop and a mailbox<MailboxN, Size> on it, built in place
+// in the group object by start() and destroyed by stop(): a group that is not
+// started holds no fd and no thread. Every thread starts with all signals
+// blocked (signals are for the main loop's thread; a signal watcher in a
+// member loop still works, its handler runs in the thread that takes the
+// signal and wakes the owning loop). Nothing here is global: several groups,
+// and other loops, run side by side.
+//
+// Rules. start(), stop() and loop(i) outside a member thread belong to the
+// thread that owns the group (stop() also from a callback of a loop that is
+// not a member, such as the main loop's signal callback; never from a member
+// loop: a thread cannot join itself, errc::bad_argument). post() is for any
+// thread, while the group runs. The loops exist between start() and stop()
+// only; loop(i) belongs to loop i's thread: set it up from a callback posted
+// to it.
+//
+// stop(): refuses later posts (errc::canceled), waits out posts in progress,
+// stops every loop (each finishes the callback it is running), joins every
+// thread, then destroys the loops: callbacks posted but not run are dropped
+// (the mailbox's close() rule). A loop whose run() ended early (select()
+// failed, or its own code called stop()) has its error in result(i) until
+// the next start().
+//
+// CPU pinning (start(n, pin_cpus=true)): member i is pinned to the i-th CPU
+// the process may run on (sched_getaffinity), modulo their count; best
+// effort: pinned(i) says whether it worked.
+#ifndef MICROLOOP_LOOP_GROUP_HPP
+#define MICROLOOP_LOOP_GROUP_HPP
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <new>
+#include <utility>
+
+namespace microloop {
+
+// CPUs online now (sysconf(_SC_NPROCESSORS_ONLN)), at least 1.
+inline size_t online_cpus() {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? static_cast<size_t>(n) : 1;
+}
+
+template <size_t MaxLoops = 8, class Loop = loop<>, size_t MailboxN = 64, size_t Size = MICROLOOP_CALLBACK_SIZE>
+class loop_group {
+    static_assert(MaxLoops >= 1, "a loop_group holds at least one loop");
+
+public:
+    typedef Loop loop_type;
+
+    loop_group() : n_(0), owner_pid_(0), accepting_(false), posting_(0) {}
+    ~loop_group() { stop(); }
+    loop_group(const loop_group&) = delete;
+    loop_group& operator=(const loop_group&) = delete;
+
+    // Starts n loops on n threads; n = 0: one per online CPU, at most
+    // MaxLoops. errc::bad_argument if n > MaxLoops or already started;
+    // errc::system (with the errno) if a pipe or a thread could not be made,
+    // and then nothing is left running.
+    error_code start(size_t n = 0, bool pin_cpus = false);
+
+    // Queue cb() for loop i's thread. Any thread. errc::bad_argument (no
+    // loop i), errc::canceled (not running), errc::table_full (MailboxN
+    // queued for that loop).
+    template <class F>
+    error_code post(size_t i, F&& cb) {
+        posting_.fetch_add(1); // see stop(): as post() and close() in mailbox.hpp
+        auto out = detail::on_scope_exit([this] { posting_.fetch_sub(1, std::memory_order_release); });
+        if (!accepting_.load()) return errc::canceled;
+        if (i >= n_ || i >= MaxLoops) return errc::bad_argument;
+        return members_[i]->box.post(std::forward<F>(cb));
+    }
+
+    // Stops every loop, joins every thread, destroys the loops. Not from a
+    // member loop's thread (errc::bad_argument). Does nothing if not started.
+    error_code stop();
+
+    // How many loops run (0 when stopped).
+    size_t size() const { return n_; }
+    // Loop i: use it from its own thread (inside a callback posted to it).
+    Loop& loop(size_t i) { return members_[i]->loop; }
+    // What loop i's run() returned, if it has returned (else ok).
+    error_code result(size_t i) const { return i < MaxLoops ? result_[i] : error_code(errc::bad_argument); }
+    // Whether start(n, true) pinned loop i to a CPU.
+    bool pinned(size_t i) const { return i < MaxLoops && pinned_[i]; }
+
+private:
+    struct member {
+        Loop loop;
+        mailbox<MailboxN, Size> box;
+        loop_group* group;
+        size_t index;
+        member(loop_group* g, size_t i) : loop(), box(loop), group(g), index(i) {}
+    };
+
+    static void* thread_main(void* arg) {
+        member* m = static_cast<member*>(arg);
+        m->group->result_[m->index] = m->loop.run();
+        return nullptr;
+    }
+    void pin(size_t i);
+    void destroy(size_t count, size_t joined);
+
+    size_t n_;
+    pid_t owner_pid_;
+    std::atomic<bool> accepting_;
+    std::atomic<size_t> posting_;
+    member* members_[MaxLoops];
+    pthread_t threads_[MaxLoops];
+    error_code result_[MaxLoops];
+    bool pinned_[MaxLoops];
+    alignas(member) unsigned char storage_[MaxLoops][sizeof(member)];
+};
+
+template <size_t MaxLoops, class Loop, size_t MailboxN, size_t Size>
+error_code loop_group<MaxLoops, Loop, MailboxN, Size>::start(size_t n, bool pin_cpus) {
+    if (n_ != 0) return errc::bad_argument;
+    if (n == 0) n = online_cpus() < MaxLoops ? online_cpus() : MaxLoops;
+    if (n > MaxLoops) return errc::bad_argument;
+    owner_pid_ = getpid();
+    for (size_t i = 0; i < MaxLoops; ++i) {
+        members_[i] = nullptr;
+        result_[i] = error_code();
+        pinned_[i] = false;
+    }
+    for (size_t i = 0; i < n; ++i) {
+        members_[i] = ::new (static_cast<void*>(storage_[i])) member(this, i);
+        if (error_code e = members_[i]->loop.wake()) { // the loop could not make its wake-up pipe
+            destroy(i + 1, 0);
+            return e;
+        }
+    }
+    detail::all_signals_blocked blocked; // the threads inherit the mask
+    for (size_t i = 0; i < n; ++i) {
+        int rc = pthread_create(&threads_[i], nullptr, &loop_group::thread_main, members_[i]);
+        if (rc != 0) {
+            for (size_t k = 0; k < i; ++k) members_[k]->loop.stop();
+            destroy(n, i);
+            return error_code(errc::system, rc);
+        }
+        if (pin_cpus) pin(i);
+    }
+    n_ = n;
+    accepting_.store(true);
+    return error_code();
+}
+
+template <size_t MaxLoops, class Loop, size_t MailboxN, size_t Size>
+error_code loop_group<MaxLoops, Loop, MailboxN, Size>::stop() {
+    if (n_ == 0) return error_code();
+    for (size_t i = 0; i < n_; ++i)
+        if (pthread_equal(pthread_self(), threads_[i])) return errc::bad_argument;
+    accepting_.store(false);
+    while (posting_.load() != 0) sched_yield();
+    for (size_t i = 0; i < n_; ++i) members_[i]->loop.stop();
+    size_t n = n_;
+    n_ = 0;
+    // In a forked child the threads are the parent's: nothing to join.
+    destroy(n, getpid() == owner_pid_ ? n : 0);
+    return error_code();
+}
+
+// Joins the first `joined` threads, then destroys the first `count` members.
+// Joined, a loop's thread is gone: the mailbox may be closed from here.
+template <size_t MaxLoops, class Loop, size_t MailboxN, size_t Size>
+void loop_group<MaxLoops, Loop, MailboxN, Size>::destroy(size_t count, size_t joined) {
+    for (size_t i = 0; i < joined; ++i) pthread_join(threads_[i], nullptr);
+    for (size_t i = 0; i < count; ++i) {
+        members_[i]->~member();
+        members_[i] = nullptr;
+    }
+}
+
+template <size_t MaxLoops, class Loop, size_t MailboxN, size_t Size>
+void loop_group<MaxLoops, Loop, MailboxN, Size>::pin(size_t i) {
+#if defined(CPU_SETSIZE) && defined(CPU_ISSET) && defined(__linux__)
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+    int count = CPU_COUNT(&allowed);
+    if (count <= 0) return;
+    size_t want = i % static_cast<size_t>(count);
+    for (size_t cpu = 0; cpu < static_cast<size_t>(CPU_SETSIZE); ++cpu) {
+        if (!CPU_ISSET(cpu, &allowed)) continue;
+        if (want-- == 0) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            pinned_[i] = pthread_setaffinity_np(threads_[i], sizeof one, &one) == 0;
+            return;
+        }
+    }
+#else
+    (void)i;
+#endif
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_LOOP_GROUP_HPP
+// ---- end microloop/loop_group.hpp --------------------------------------
 
 #if defined(MICROLOOP_WITH_AIO)
 

@@ -207,3 +207,68 @@ TEST_CASE("a running loop never allocates", "[alloc]") {
     CHECK(w->fires > 60);
     CHECK(w->loop.active() == 0);
 }
+
+namespace {
+
+typedef microloop::worker_pool<2, 8> alloc_pool;
+typedef microloop::loop_group<2, microloop::loop<8, 8> > alloc_group;
+
+struct pool_workload {
+    microloop::loop<> loop;
+    alloc_pool pool;
+    microloop::mailbox<16> box;
+    alloc_group group;
+    std::atomic<long> group_ran;
+    long submitted, dones, canceled, posted, errors;
+    pool_workload() : pool(loop), box(loop), group_ran(0), submitted(0), dones(0), canceled(0), posted(0), errors(0) {}
+
+    void submit() {
+        pool_workload* self = this;
+        microloop::error_code e = pool.submit([] { return 7; }, [self](microloop::work_event ev) {
+            ++self->dones;
+            if (ev.status == microloop::errc::canceled) ++self->canceled;
+            else if (ev.status || ev.result != 7) ++self->errors;
+            if (self->submitted < 200) self->submit(); // from inside done, at capacity
+        });
+        if (!e) ++submitted;
+        else if (e != microloop::errc::table_full) ++errors;
+    }
+};
+
+} // namespace
+
+TEST_CASE("worker_pool, mailbox and loop_group never allocate after construction", "[alloc][pool]") {
+    std::unique_ptr<pool_workload> owner(new pool_workload); // threads and fds made here
+    pool_workload* w = owner.get();
+    REQUIRE_FALSE(w->pool.error());
+    REQUIRE_FALSE(w->group.start(2)); // threads and loops made here
+
+    alloc_window win;
+    while (w->submitted < 200) {
+        w->submit();
+        if (w->loop.run_once(milliseconds(100))) ++w->errors;
+    }
+    for (int i = 0; i < 8; ++i) w->submit();       // some left queued for shutdown
+    for (int i = 0; i < 10; ++i) {
+        if (!w->box.post([w] { ++w->posted; })) continue;
+        ++w->errors;
+    }
+    for (size_t i = 0; i < 200; ++i) {
+        pool_workload* self = w;
+        while (w->group.post(i % 2, [self] { self->group_ran.fetch_add(1); }) == microloop::errc::table_full) {
+        }
+    }
+    while (w->group_ran.load() < 200) {
+    }
+    if (w->loop.poll()) ++w->errors;
+    w->pool.shutdown();
+    w->box.close();
+    if (w->group.stop()) ++w->errors;
+    long allocated = win.close();
+
+    if (counting_works()) CHECK(allocated == 0);
+    CHECK(w->errors == 0);
+    CHECK(w->dones == w->submitted);
+    CHECK(w->posted == 10);
+    CHECK(w->group_ran.load() == 200);
+}

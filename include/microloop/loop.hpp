@@ -53,9 +53,10 @@ struct timer_event {
 };
 
 // What kind of callback a stall report names.
-enum class source_kind : unsigned char { io, timer, signal, aio, child, post };
+enum class source_kind : unsigned char { io, timer, signal, aio, child, post, work };
 
-// "io", "timer", "signal", "aio", "child" or "post" (a mailbox callback).
+// "io", "timer", "signal", "aio", "child", "post" (a mailbox callback) or
+// "work" (a worker_pool's done callback).
 inline const char* name(source_kind k) {
     switch (k) {
     case source_kind::io: return "io";
@@ -64,6 +65,7 @@ inline const char* name(source_kind k) {
     case source_kind::aio: return "aio";
     case source_kind::child: return "child";
     case source_kind::post: return "post";
+    case source_kind::work: return "work";
     }
     return "unknown";
 }

@@ -3,7 +3,9 @@
 #ifndef MICROLOOP_MAILBOX_HPP
 #define MICROLOOP_MAILBOX_HPP
 
+#include <sched.h>
 #include <stddef.h>
+#include <unistd.h>
 
 #include <atomic>
 
@@ -24,17 +26,29 @@ namespace microloop {
 // mailbox refuses the post with errc::table_full rather than block.
 //
 // While it exists, a mailbox keeps loop.run() running (it may receive work at
-// any time); call close() or destroy it to let run() end. Callbacks that were
-// posted but have not run when the mailbox is destroyed are discarded, and so
-// are, in a forked child, those the parent had queued (loop.after_fork()).
-// Posted callbacks go through stall detection (source_kind::post); one that
-// throws is used up, and the rest run in the next iteration.
+// any time); call close() or destroy it to let run() end. Posted callbacks go
+// through stall detection (source_kind::post); one that throws is used up,
+// and the rest run in the next iteration.
+//
+// Closing. close() (or the destructor) refuses every later post with
+// errc::canceled and drops what was posted but has not run: those callbacks
+// are destroyed without being called, and close() returns how many. So every
+// post() either ran, returned an error, or was counted by close(); none runs
+// twice. close() may be called from inside one of the mailbox's own
+// callbacks: that one finishes, the rest are dropped. A post() racing
+// close() from another thread is safe: posts in progress are counted, and
+// close() waits for them (a few instructions and a write() each; it yields
+// meanwhile), so none writes into the ring after close() returned. In a
+// forked child, what the parent had queued is dropped (loop.after_fork()).
+// Destroying a mailbox from inside one of its callbacks is not allowed;
+// close() it there and destroy it later.
 template <size_t N = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
 class mailbox : private loop_hook {
     static_assert(N >= 2 && (N & (N - 1)) == 0, "mailbox capacity must be a power of two");
 
 public:
-    explicit mailbox(loop_base& l) : loop_(&l), closed_(false), enqueue_(0), dequeue_(0) {
+    explicit mailbox(loop_base& l)
+        : loop_(&l), closed_(false), posting_(0), enqueue_(0), dequeue_(0), running_(false), shut_(false) {
         for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
         on_wake = &mailbox::drain;
         on_fork = &mailbox::forked;
@@ -50,7 +64,12 @@ public:
     // errc::table_full when N are queued; errc::canceled once closed.
     template <class F>
     error_code post(F&& cb) {
-        if (closed_.load(std::memory_order_acquire)) return errc::canceled;
+        // Counted in before closed_ is read, both sequentially consistent:
+        // close() sets closed_ and then waits for the count to fall to zero,
+        // so either this post sees closed_ or close() waits for it.
+        posting_.fetch_add(1);
+        auto out = detail::on_scope_exit([this] { posting_.fetch_sub(1, std::memory_order_release); });
+        if (closed_.load()) return errc::canceled;
         size_t pos = enqueue_.load(std::memory_order_relaxed);
         cell* c;
         for (;;) {
@@ -70,12 +89,19 @@ public:
         return loop_->wake();
     }
 
-    // Stop receiving: run() no longer waits for this mailbox. Loop thread only.
-    // Later posts are refused with errc::canceled. The loop pointer stays
-    // valid (a post racing with close() still wakes a live loop).
-    void close() {
-        if (closed_.exchange(true)) return;
+    // Stop receiving: run() no longer waits for this mailbox. Loop thread only
+    // (also from inside one of its callbacks). Later posts are refused with
+    // errc::canceled; callbacks posted but not run are dropped (destroyed,
+    // never called): returns how many. A second close() returns 0.
+    size_t close() {
+        if (closed_.exchange(true)) return 0;
+        shut_ = true;
+        // A post between its check and its write. (Not in a forked child
+        // that skipped after_fork(): the parent's posters are not there.)
+        if (getpid() == loop_->owner_pid())
+            while (posting_.load() != 0) sched_yield();
         loop_->detach(this);
+        return drop(running_ ? dequeue_ + 1 : dequeue_); // the running one is drain()'s to finish
     }
 
 private:
@@ -86,19 +112,39 @@ private:
 
     // Runs what was posted before this wake-up, at most N, so posters that
     // keep posting cannot starve the rest of the loop.
+    // A callback may close() the mailbox: the drain stops after it. (closed_
+    // is also checked first: the loop may call a hook that a callback of the
+    // hook before it detached.)
     static void drain(loop_hook* h) {
         mailbox* self = static_cast<mailbox*>(h);
+        loop_base* const l = self->loop_;
         for (size_t n = 0; n < N; ++n) {
+            if (self->shut_) return; // not closed_: posters write next to it
             cell& c = self->cells_[self->dequeue_ & (N - 1)];
             if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
+            self->running_ = true;
             auto done = detail::on_scope_exit([self, &c] { // the cell is used up even if fn throws
+                self->running_ = false;
                 c.fn.reset();
                 c.seq.store(self->dequeue_ + N, std::memory_order_release);
                 ++self->dequeue_;
             });
-            self->loop_->invoke(c.fn, source_kind::post, 0, -1);
+            l->invoke(c.fn, source_kind::post, 0, -1);
         }
-        self->loop_->wake(); // more may be waiting: come back next iteration
+        l->wake(); // more may be waiting: come back next iteration
+    }
+
+    // Destroys the callbacks queued from position `from` on; closed, so no
+    // post adds any and the ring is not used again (after_fork() resets it).
+    size_t drop(size_t from) {
+        size_t n = 0;
+        for (size_t pos = from; n < N; ++pos, ++n) {
+            cell& c = cells_[pos & (N - 1)];
+            if (c.seq.load(std::memory_order_acquire) != pos + 1) break;
+            c.fn.reset();
+            c.seq.store(pos + N, std::memory_order_relaxed);
+        }
+        return n;
     }
 
     // A forked child has one thread: no post is under way. What the parent
@@ -111,13 +157,18 @@ private:
         }
         self->enqueue_.store(0, std::memory_order_relaxed);
         self->dequeue_ = 0;
+        self->running_ = false;
+        self->posting_.store(0, std::memory_order_relaxed); // posters of the parent, caught by fork()
     }
 
     loop_base* loop_;
     std::atomic<bool> closed_;
+    std::atomic<size_t> posting_; // post() calls between their closed_ check and their return
     cell cells_[N];
     std::atomic<size_t> enqueue_;
     size_t dequeue_;
+    bool running_; // drain() is running the callback at dequeue_
+    bool shut_;    // closed_, as the loop thread sees it
 };
 
 } // namespace microloop

@@ -1,0 +1,433 @@
+// SPDX-License-Identifier: MIT
+// microloop/worker_pool.hpp - blocking work on worker threads, the result
+// back in the loop's thread.
+//
+//     microloop::loop<> loop;
+//     microloop::worker_pool<4, 32> pool(loop);        // 4 threads, 32 submissions
+//     if (pool.error()) ...                            // errc::system: a thread could not start
+//     pool.submit([req] { return compress(req); },     // on a worker: returns an integer
+//                 [req](microloop::work_event ev) {    // then in the loop's thread
+//                     if (ev.status) ...               // errc::canceled: never started
+//                     else finish(req, ev.result);
+//                 });
+//
+// What work returns: an integer (int, ssize_t, bool...) or nothing (then 0),
+// given to done as work_event::result (an int64_t). Anything bigger goes
+// through the state the two callables capture a pointer to (a
+// continuation_table slot, say). work must not throw: an exception that
+// leaves a thread ends the process.
+//
+// Every submit() that returned ok gets exactly one done(work_event), in the
+// loop's thread, through stall detection (source_kind::work): status ok and
+// work's result, or errc::canceled when the pool shut down before the work
+// started.
+//
+// Storage: Queue slots, each holding a submission from submit() until its
+// done returns (queued, running, or finished and waiting for the loop), plus
+// one spare done callback, so a done may submit again while the pool is
+// full. submit() is refused at once with errc::table_full when the Queue
+// slots are taken; it never blocks and never allocates.
+//
+// How it works. Loop thread to workers: a bounded lock-free ring of slot
+// indices (Vyukov's MPMC queue, one producer) and a POSIX semaphore that
+// idle workers sleep on (sem_post is a futex wake only when one sleeps).
+// Workers to the loop: a lock-free stack of finished slots (a CAS push; the
+// loop takes the whole stack with one exchange and reverses it to completion
+// order) and loop.wake(), which writes one byte only if none is pending. No
+// lock is taken on either side, so a preempted worker cannot hold up the loop.
+//
+// Shutdown (shutdown() or the destructor, loop thread only): queued work is
+// marked canceled and never starts; running work finishes (shutdown() waits
+// for it: it joins the threads); then every remaining done runs, in the
+// shutdown() call: results first, canceled ones after. Later submissions are
+// refused with errc::canceled. A pool keeps loop.run() running while
+// submissions are outstanding.
+//
+// Threads: made in the constructor with pthread_create (no exceptions, also
+// with -fno-exceptions), with every signal blocked before they start (the
+// effect of block_signals(), without a window), so signals go to the loop's
+// thread. A stack size may be given (0: the system's default). submit() and
+// shutdown() belong to the loop's thread, like every other loop call.
+//
+// fork(): the child has none of the threads. After loop.after_fork() the
+// child's pool drops the parent's submissions (their done callbacks are not
+// called) and refuses new ones with errc::forked; destroying it there joins
+// nothing.
+//
+// Costs nothing unless used: every function is a template member, so a
+// program that includes this header but makes no pool references no pthread
+// or semaphore function, opens no fd and runs no static constructor.
+#ifndef MICROLOOP_WORKER_POOL_HPP
+#define MICROLOOP_WORKER_POOL_HPP
+
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <type_traits>
+#include <utility>
+
+#include "callback.hpp"
+#include "error.hpp"
+#include "loop.hpp"
+
+namespace microloop {
+
+// What a done callback is told.
+struct work_event {
+    int64_t result;    // what work() returned (0 for work returning void, or when canceled)
+    error_code status; // ok: work ran; errc::canceled: shut down before it started
+};
+
+namespace detail {
+
+// work() returning void counts as returning 0; an integer is widened.
+template <class F, class R = decltype(std::declval<F&>()())>
+struct work_adapter {
+    static_assert(std::is_integral<R>::value || std::is_enum<R>::value,
+                  "microloop: work must return an integer (or nothing); pass anything bigger through "
+                  "the state it captures a pointer to");
+    F f;
+    int64_t operator()() { return narrow<int64_t>(f()); } // narrow(): no -Wuseless-cast for int64_t
+};
+template <class F>
+struct work_adapter<F, void> {
+    F f;
+    int64_t operator()() {
+        f();
+        return 0;
+    }
+};
+
+constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
+
+// Every signal blocked in the calling thread for its lifetime: threads made
+// meanwhile start with all of them blocked.
+class all_signals_blocked {
+public:
+    all_signals_blocked() {
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old_);
+    }
+    ~all_signals_blocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+    all_signals_blocked(const all_signals_blocked&) = delete;
+    all_signals_blocked& operator=(const all_signals_blocked&) = delete;
+
+private:
+    sigset_t old_;
+};
+
+} // namespace detail
+
+template <size_t Threads = 2, size_t Queue = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
+class worker_pool : private loop_hook {
+    static_assert(Threads >= 1, "a worker_pool needs at least one thread");
+    static_assert(Queue >= 1 && Queue < 0x7fffffff, "a worker_pool's queue holds 1 to 2^31 - 2 submissions");
+
+public:
+    // Starts the threads. stack_bytes: each thread's stack (0: the default).
+    // A failure is kept in error() and returned by every submit().
+    explicit worker_pool(loop_base& l, size_t stack_bytes = 0);
+    // shutdown().
+    ~worker_pool();
+    worker_pool(const worker_pool&) = delete;
+    worker_pool& operator=(const worker_pool&) = delete;
+
+    // Run work() on a worker, then done(work_event) in the loop's thread.
+    // Loop thread only. errc::table_full when Queue submissions are
+    // outstanding, errc::canceled after shutdown(), errc::bad_argument for a
+    // null function pointer, error() if the pool could not start,
+    // errc::forked in a forked child.
+    template <class W, class D>
+    error_code submit(W&& work, D&& done);
+
+    // Cancel what is queued, wait for what runs, run every remaining done
+    // (canceled ones with errc::canceled), stop the threads. Loop thread only
+    // (also from inside a done callback); idempotent.
+    void shutdown();
+
+    // Why the pool could not start (errc::system with the errno of
+    // pthread_create or sem_init, errc::bad_argument for a stack size
+    // pthread refused), or ok.
+    error_code error() const { return error_; }
+    // Submissions whose done has not run yet.
+    size_t in_flight() const { return active; }
+    static constexpr size_t threads() { return Threads; }
+    static constexpr size_t capacity() { return Queue; }
+
+private:
+    enum : unsigned char { st_free, st_queued, st_running, st_finished, st_canceled };
+    static const uint32_t none = 0xffffffffu;
+    static const size_t ring_size = detail::pow2_at_least(Queue);
+
+    struct slot {
+        detail::inplace_callback<int64_t(), Size> work;
+        int64_t result;                   // written by the worker, read after the completion stack
+        std::atomic<unsigned char> state; // queued -> running (worker) or canceled (shutdown)
+        uint32_t next;                    // link in the completion stack, then in ready_
+        uint32_t done;                    // which dones_ entry holds its done callback
+    };
+    struct cell {
+        std::atomic<size_t> seq;
+        uint32_t index;
+    };
+
+    static void* worker_main(void* arg);
+    static void on_wake_fn(loop_hook* h) { static_cast<worker_pool*>(h)->complete(Queue); }
+    static void on_fork_fn(loop_hook* h);
+    void push_pending(uint32_t i);
+    bool pop_pending(uint32_t& i);
+    void push_completed(uint32_t i);
+    void complete(size_t limit);
+    void finish(uint32_t i);
+    void stop_threads();
+
+    loop_base* loop_;
+    error_code error_;
+    bool shut_;
+    bool forked_;
+    bool sem_ok_;
+    size_t nthreads_;
+    std::atomic<bool> stopping_;
+    sem_t sem_;
+    pthread_t threads_[Threads];
+    slot slots_[Queue];
+    detail::inplace_callback<void(work_event), Size> dones_[Queue + 1];
+    uint32_t free_slots_[Queue];
+    uint32_t free_dones_[Queue + 1];
+    size_t nfree_slots_, nfree_dones_;
+    cell ring_[ring_size];
+    std::atomic<size_t> enqueue_, dequeue_;
+    std::atomic<uint32_t> completed_; // the completion stack's top, or none
+    uint32_t ready_;                  // taken from the stack, in completion order, done not yet run
+};
+
+// ---- implementation -------------------------------------------------------------
+
+template <size_t Threads, size_t Queue, size_t Size>
+worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
+    : loop_(&l), shut_(false), forked_(false), sem_ok_(false), nthreads_(0), stopping_(false), nfree_slots_(Queue),
+      nfree_dones_(Queue + 1), enqueue_(0), dequeue_(0), completed_(none), ready_(none) {
+    for (size_t i = 0; i < Queue; ++i) {
+        slots_[i].result = 0;
+        slots_[i].state.store(st_free, std::memory_order_relaxed);
+        slots_[i].next = none;
+        slots_[i].done = 0;
+        free_slots_[i] = static_cast<uint32_t>(Queue - 1 - i); // slot 0 is handed out first
+    }
+    for (size_t i = 0; i <= Queue; ++i) free_dones_[i] = static_cast<uint32_t>(Queue - i);
+    for (size_t i = 0; i < ring_size; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
+    on_wake = &worker_pool::on_wake_fn;
+    on_fork = &worker_pool::on_fork_fn;
+    active = 0;
+    next = nullptr;
+    loop_->attach(this);
+
+    if (sem_init(&sem_, 0, 0) != 0) {
+        error_ = error_code(errc::system, errno);
+        return;
+    }
+    sem_ok_ = true;
+    pthread_attr_t attr;
+    int rc = pthread_attr_init(&attr);
+    if (rc != 0) {
+        error_ = error_code(errc::system, rc);
+        return;
+    }
+    if (stack_bytes != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes)) != 0)
+        error_ = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
+    if (!error_) {
+        detail::all_signals_blocked blocked; // the threads inherit the mask
+        for (size_t t = 0; t < Threads; ++t) {
+            rc = pthread_create(&threads_[t], &attr, &worker_pool::worker_main, this);
+            if (rc != 0) {
+                error_ = error_code(errc::system, rc);
+                break;
+            }
+            ++nthreads_;
+        }
+    }
+    pthread_attr_destroy(&attr);
+    if (error_) stop_threads();
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+worker_pool<Threads, Queue, Size>::~worker_pool() {
+    shutdown();
+    if (sem_ok_) sem_destroy(&sem_);
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+template <class W, class D>
+error_code worker_pool<Threads, Queue, Size>::submit(W&& work, D&& done) {
+    if (forked_) return errc::forked;
+    if (shut_) return errc::canceled;
+    if (error_) return error_;
+    if (detail::is_null_callable(work) || detail::is_null_callable(done)) return errc::bad_argument;
+    if (nfree_slots_ == 0) return errc::table_full;
+    const uint32_t i = free_slots_[--nfree_slots_];
+    const uint32_t d = free_dones_[--nfree_dones_]; // never short: one more than the slots
+    slot& s = slots_[i];
+    typedef typename std::decay<W>::type Fn;
+    s.work.emplace(detail::work_adapter<Fn>{std::forward<W>(work)});
+    dones_[d].emplace(std::forward<D>(done));
+    s.done = d;
+    s.result = 0;
+    s.state.store(st_queued, std::memory_order_relaxed);
+    ++active;
+    push_pending(i); // publishes the slot (release)
+    sem_post(&sem_);
+    return error_code();
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::shutdown() {
+    if (shut_) return;
+    shut_ = true;
+    if (!forked_) {
+        // Queued work never starts: a worker that takes it finds it canceled.
+        for (size_t i = 0; i < Queue; ++i) {
+            unsigned char queued = st_queued;
+            slots_[i].state.compare_exchange_strong(queued, st_canceled, std::memory_order_acq_rel);
+        }
+        stop_threads(); // waits for running work
+        // The workers are gone: what they left in the ring is canceled work.
+        uint32_t i;
+        while (pop_pending(i)) push_completed(i);
+        complete(static_cast<size_t>(-1)); // every remaining done, here
+    }
+    loop_->detach(this);
+}
+
+// Single producer (the loop thread); enough cells for every slot, so never full.
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
+    size_t pos = enqueue_.load(std::memory_order_relaxed);
+    cell& c = ring_[pos & (ring_size - 1)];
+    MICROLOOP_ASSERT(c.seq.load(std::memory_order_acquire) == pos);
+    c.index = i;
+    enqueue_.store(pos + 1, std::memory_order_relaxed);
+    c.seq.store(pos + 1, std::memory_order_release);
+}
+
+// Many consumers: the workers (and the loop thread in shutdown(), after them).
+template <size_t Threads, size_t Queue, size_t Size>
+bool worker_pool<Threads, Queue, Size>::pop_pending(uint32_t& i) {
+    size_t pos = dequeue_.load(std::memory_order_relaxed);
+    for (;;) {
+        cell& c = ring_[pos & (ring_size - 1)];
+        size_t seq = c.seq.load(std::memory_order_acquire);
+        intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
+        if (diff == 0) {
+            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+                i = c.index;
+                c.seq.store(pos + ring_size, std::memory_order_release);
+                return true;
+            }
+        } else if (diff < 0) {
+            return false; // empty
+        } else {
+            pos = dequeue_.load(std::memory_order_relaxed);
+        }
+    }
+}
+
+// A Treiber stack that is only pushed to and taken whole: no ABA problem.
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::push_completed(uint32_t i) {
+    uint32_t top = completed_.load(std::memory_order_relaxed);
+    do slots_[i].next = top;
+    while (!completed_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
+    worker_pool* self = static_cast<worker_pool*>(arg);
+    for (;;) {
+        if (sem_wait(&self->sem_) != 0) continue; // EINTR (every signal is blocked, but a debugger may stop us)
+        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+        uint32_t i;
+        if (!self->pop_pending(i)) continue;
+        slot& s = self->slots_[i];
+        unsigned char queued = st_queued;
+        if (s.state.compare_exchange_strong(queued, st_running, std::memory_order_acq_rel)) {
+            s.result = s.work();
+            s.state.store(st_finished, std::memory_order_relaxed);
+        } // else canceled by shutdown(): not started
+        self->push_completed(i);
+        self->loop_->wake();
+    }
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::stop_threads() {
+    stopping_.store(true, std::memory_order_release);
+    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
+    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
+    nthreads_ = 0;
+}
+
+// Runs up to `limit` done callbacks; if more are waiting, the loop comes back
+// for them in its next iteration (workers that keep finishing cannot starve
+// the loop's other sources). ready_ is a member so that a done that throws,
+// or calls shutdown(), leaves the rest for the next call.
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::complete(size_t limit) {
+    for (size_t n = 0; n < limit; ++n) {
+        if (ready_ == none) {
+            uint32_t top = completed_.exchange(none, std::memory_order_acquire);
+            if (top == none) return;
+            uint32_t order = none; // the stack is newest first: reverse it
+            while (top != none) {
+                uint32_t below = slots_[top].next;
+                slots_[top].next = order;
+                order = top;
+                top = below;
+            }
+            ready_ = order;
+        }
+        const uint32_t i = ready_;
+        ready_ = slots_[i].next;
+        finish(i);
+    }
+    if (ready_ != none || completed_.load(std::memory_order_relaxed) != none) loop_->wake();
+}
+
+// The slot is free before done runs (done may submit again, at capacity);
+// its done callback lives in dones_, which has one entry to spare.
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::finish(uint32_t i) {
+    slot& s = slots_[i];
+    const bool ran = s.state.load(std::memory_order_relaxed) == st_finished;
+    work_event ev = {ran ? s.result : 0, ran ? error_code() : error_code(errc::canceled)};
+    const uint32_t d = s.done;
+    s.work.reset();
+    s.state.store(st_free, std::memory_order_relaxed);
+    free_slots_[nfree_slots_++] = i;
+    --active;
+    auto release = detail::on_scope_exit([this, d] { // also if done throws
+        dones_[d].reset();
+        free_dones_[nfree_dones_++] = d;
+    });
+    loop_->invoke(dones_[d], source_kind::work, 0, -1, ev);
+}
+
+template <size_t Threads, size_t Queue, size_t Size>
+void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
+    worker_pool* self = static_cast<worker_pool*>(h);
+    self->forked_ = true;
+    self->nthreads_ = 0; // the parent's; nothing to join here
+    for (size_t i = 0; i < Queue; ++i) self->slots_[i].work.reset();
+    for (size_t i = 0; i <= Queue; ++i) self->dones_[i].reset();
+    self->active = 0;
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_WORKER_POOL_HPP
