@@ -220,3 +220,6 @@ bench size:
 
 clean:
 	rm -rf $(BUILD)
+
+# The example servers against real clients: make servers-check.
+include tests/servers/servers.mk
