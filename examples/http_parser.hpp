@@ -63,6 +63,7 @@ inline bool has_token(const char* v, size_t len, const char* t) {
     return false;
 }
 inline const char* find_lf(const char* p, const char* end) {
+    if (p >= end) return nullptr; // memchr must not see a null pointer, even for 0 bytes
     return static_cast<const char*>(memchr(p, '\n', static_cast<size_t>(end - p)));
 }
 
