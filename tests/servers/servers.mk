@@ -24,3 +24,10 @@ servers-deps:
 
 # `make test-deps` installs these too.
 test-deps: servers-deps
+
+# The HTTP part of the benchmarks: http_file_server against lighttpd (select),
+# with wrk (tests/bench/http.sh). `make bench` runs it first.
+.PHONY: bench-http
+bench-http: $(BUILD)/examples/http_file_server
+	BUILD="$(BUILD)" sh tests/bench/http.sh
+bench: bench-http
