@@ -233,3 +233,6 @@ bench-threads:
 
 clean:
 	rm -rf $(BUILD)
+
+# The example servers against real clients: make servers-check.
+include tests/servers/servers.mk

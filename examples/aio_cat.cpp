@@ -7,8 +7,8 @@
 //
 // Four 64 KiB buffers circulate: each is read into by AIO, then written out,
 // then read into again. Reads run ahead of the writes by up to three buffers.
+#define MICROLOOP_WITH_AIO // the AIO module comes with the one header
 #include <microloop.hpp>
-#include <microloop/aio.hpp>
 
 #include <errno.h>
 #include <fcntl.h>

@@ -4,6 +4,8 @@
 #      else on the include path, two translation units (catches non-inline
 #      definitions), strict warnings, no exceptions, no RTTI: builds and runs.
 #   2. The include/ tree copied in the same way.
+#   3. Every example (examples/*.cpp, copied with its local headers) builds
+#      against a folder holding only the copied single header, strictly.
 # Run from the top of the source tree. CXX selects the compiler (default c++);
 # RUNNER runs the program (e.g. qemu-arm for a cross compiler).
 set -eu
@@ -74,3 +76,12 @@ mkdir "$work/tree"
 cp -R "$src/include" "$work/tree/microloop-include"
 write_program "$work/tree" '#include "microloop-include/microloop.hpp"'
 build_and_run "$work/tree" "include/ tree copied"
+
+mkdir "$work/examples" "$work/examples-include"
+cp "$src/single_include/microloop.hpp" "$work/examples-include/"
+cp "$src"/examples/*.cpp "$src"/examples/*.hpp "$work/examples/"
+for ex in "$work"/examples/*.cpp; do
+    name=$(basename "$ex" .cpp)
+    $CXX -std=c++11 $STRICT -I"$work/examples-include" "$ex" -o "$work/examples/$name" -pthread -lrt
+done
+echo "  vendor: every example against the single header alone: ok ($(ls "$work"/examples/*.cpp | wc -l) examples)"
