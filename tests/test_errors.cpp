@@ -322,9 +322,9 @@ TEST_CASE("an fd closed while watched is reported once and disabled", "[error]")
     CHECK(test::now_ns() - t0 >= 30000000);
 }
 
-TEST_CASE("the loop's own wake-up pipe closed behind its back is an error, not a spin", "[error]") {
-    // pipe2() hands out the lowest free fds, read end first: the loop's wake
-    // pipe read end gets the number just freed here.
+TEST_CASE("the loop's own wake-up fd closed behind its back is an error, not a spin", "[error]") {
+    // The kernel hands out the lowest free fd: the loop's wake-up fd gets the
+    // number just freed here.
     int probe = open("/dev/null", O_RDONLY | O_CLOEXEC);
     REQUIRE(probe >= 0);
     close(probe);

@@ -879,3 +879,51 @@ TEST_CASE("aio: on one fd, callbacks run in submission order (an fsync never bef
     CHECK(rec.seen[1] == 'W'); // before the fix: F, then W
     CHECK(rec.seen[2] == 'F');
 }
+
+TEST_CASE("the wake-up fd closed or replaced behind the loop's back: errors, never a spin or a SIGPIPE",
+          "[robust][error]") {
+    // In a child: before the fix a wake-up after "close every fd above 2"
+    // raised SIGPIPE (the pipe's read end closed) or spun on EOF (its write
+    // end closed), so the process may die; the parent judges by its exit.
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int fail = 0;
+        {
+            microloop::loop<1, 1> loop;
+            microloop::mailbox<2> box(loop);
+            REQUIRE(loop.after(seconds(5), noop_timer)); // something to wait for
+            close(loop.wake_fd());
+            microloop::error_code w = loop.wake();
+            if (!(w == errc::system && w.sys() == EBADF)) fail |= 1;
+            if (!box.post([] {})) fail |= 2; // the post is queued, its wake-up refused
+            int64_t t0 = test::now_ns();
+            microloop::error_code r = loop.run();
+            if (r != errc::system) fail |= 4;
+            if (test::now_ns() - t0 > 1000000000) fail |= 8; // returned, did not wait or spin
+            loop.stop(); // a wake-up too: no SIGPIPE
+            box.close();
+        }
+        {
+            // The number reused by another file: the loop notices the first
+            // time it reads, and reads it never again.
+            microloop::loop<1, 1> loop;
+            REQUIRE(loop.after(seconds(5), noop_timer));
+            int fd = loop.wake_fd();
+            close(fd);
+            int other = open("/dev/null", O_RDONLY | O_CLOEXEC); // readable, at EOF at once
+            if (other != fd) fail |= 16;
+            int64_t t0 = test::now_ns();
+            microloop::error_code r = loop.run();
+            if (r != errc::system) fail |= 32;
+            if (test::now_ns() - t0 > 1000000000) fail |= 64;
+            if (loop.poll() != errc::system) fail |= 128; // and stays so
+        }
+        _exit(fail);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK_FALSE(WIFSIGNALED(status)); // before the fix: SIGPIPE
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// microloop/loop.hpp - the select() loop: fd watchers, timers, wake-up pipe,
+// microloop/loop.hpp - the select() loop: fd watchers, timers, wake-up fd,
 // and the hooks through which signals and AIO completions arrive.
 #ifndef MICROLOOP_LOOP_HPP
 #define MICROLOOP_LOOP_HPP
@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/select.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,6 +101,16 @@ struct test_access; // lets the tests reach internal counters (wrap tests)
 template <class To, class From>
 To narrow(From v) {
     return static_cast<To>(v);
+}
+
+// Wakes a loop through its eventfd: async-signal-safe, never blocks, never
+// raises SIGPIPE. 0, or the errno (EBADF if the fd was closed).
+inline int wake_write(int fd) {
+    uint64_t one = 1;
+    ssize_t r;
+    do r = write(fd, &one, sizeof one);
+    while (r < 0 && errno == EINTR);
+    return r >= 0 || errno == EAGAIN ? 0 : errno; // EAGAIN: the counter is full, the loop is awake
 }
 
 inline int64_t monotonic_ns() {
@@ -194,7 +205,7 @@ struct capacity {
 };
 
 // How a module (signals, AIO, a mailbox) hangs off a loop without the loop
-// knowing its type: after the wake-up pipe is drained, the loop calls on_wake
+// knowing its type: after the wake-up fd is drained, the loop calls on_wake
 // of every attached hook in its own thread; `active` counts the sources the
 // module keeps pending, which keep run() running; on_fork is called by
 // after_fork() in a forked child, to drop what belongs to the parent. The
@@ -244,9 +255,9 @@ public:
                 return;
             }
     }
-    // The write end of the wake-up pipe, for a module's signal handler that
-    // must write to it directly; -1 if the pipe could not be made.
-    int wake_fd() const { return wake_wr_; }
+    // The wake-up fd (an eventfd), for a module's signal handler that must
+    // write to it directly (detail::wake_write()); -1 if it could not be made.
+    int wake_fd() const { return wake_fd_; }
 
     // Runs a user callback, reporting it if it stalled the loop. For modules.
     // Stalls are measured on the real monotonic clock, whatever the timers use.
@@ -275,17 +286,22 @@ protected:
     loop_base& operator=(const loop_base&) = delete;
 
     void drain_wake();
-    error_code renew_wake_pipe();
+    error_code renew_wake_fd();
     size_t hooks_active() const {
         size_t n = 0;
         for (const loop_hook* h = hooks_; h; h = h->next) n += h->active;
         return n;
     }
 
-    int wake_rd_, wake_wr_;
-    int wake_errno_; // why the wake pipe could not be made, or 0
-    pid_t owner_pid_; // the wake pipe is shared with forked children: only this process reads it
+    // The self-pipe, as an eventfd: one fd instead of two, a counter that
+    // cannot fill up, and no SIGPIPE if someone closes it behind our back
+    // (a daemon that "closes every fd above 2"): then wake() and run()
+    // report errc::system instead of the process dying or the loop spinning.
+    int wake_fd_;
+    int wake_errno_; // why the wake-up fd could not be made or was found broken, or 0
+    pid_t owner_pid_; // the wake-up fd is shared with forked children: only this process reads it
     bool forked_;     // this is a forked child that has not called after_fork()
+    bool broken_;     // the wake-up fd was closed or replaced behind our back
     std::atomic<bool> wake_pending_;
     std::atomic<bool> stop_;
     loop_hook* hooks_;
@@ -375,14 +391,14 @@ public:
 
     // ---- fork ---------------------------------------------------------------
     // A forked child that wants to keep using this loop calls after_fork()
-    // first: the loop gets its own wake-up pipe and signal routing, and drops
+    // first: the loop gets its own wake-up fd and signal routing, and drops
     // what it inherited pending from the parent (signal counts, mailbox
     // posts, AIO operations in flight, child watchers: those belong to the
     // parent). Watchers, timers and signal watchers carry on. Until then the
     // child cannot disturb the parent: its signal handler and its loop leave
-    // the shared pipe alone, and its run() returns errc::forked the first
+    // the shared wake-up fd alone, and its run() returns errc::forked the first
     // time it would have read from it. errc::bad_argument in the process
-    // that made the loop; errc::system if no pipe could be made.
+    // that made the loop; errc::system if no wake-up fd could be made.
     error_code after_fork();
 
     // ---- time -----------------------------------------------------------------
@@ -558,7 +574,7 @@ private:
     int64_t now_;
     bool now_valid_;
     bool dispatching_; // inside an iteration, after the wait: callbacks use now_
-    bool wake_seen_;   // the wake pipe was ready in this iteration
+    bool wake_seen_;   // the wake-up fd was ready in this iteration
     bool fdset_words_;
     Clock clock_;
     detail::timer_slack slack_; // set_timer_slack()
@@ -580,9 +596,9 @@ basic_loop<Cap, Clock>::basic_loop()
     }
     memset(watched_, 0, sizeof watched_);
     for (size_t i = 0; i < FD_SETSIZE; ++i) fd_slot_[i] = no_slot;
-    if (wake_rd_ >= 0) {
-        FD_SET(wake_rd_, &master_[rd]);
-        maxfd_ = wake_rd_;
+    if (wake_fd_ >= 0) {
+        FD_SET(wake_fd_, &master_[rd]);
+        maxfd_ = wake_fd_;
     }
 }
 
@@ -605,7 +621,7 @@ io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     if (fd >= FD_SETSIZE) return io_handle(errc::fd_out_of_range);
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
     if (detail::is_null_callable(cb)) return io_handle(errc::bad_argument);
-    if (fd_slot_[fd] != no_slot || fd == wake_rd_) return io_handle(errc::already_watched);
+    if (fd_slot_[fd] != no_slot || fd == wake_fd_) return io_handle(errc::already_watched);
     uint64_t id = io_pool_.acquire();
     if (id == 0) return io_handle(errc::table_full);
 
@@ -665,7 +681,7 @@ void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
 
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::recompute_maxfd() {
-    maxfd_ = wake_rd_;
+    maxfd_ = wake_fd_;
     for (int w = detail::fd_words - 1; w >= 0; --w) {
         if (watched_[w]) {
             int fd = w * detail::word_bits + (detail::word_bits - 1 - __builtin_clzl(watched_[w]));
@@ -688,7 +704,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, 
 
 // select() failed with EBADF: some watched fd was closed behind our back.
 // Find each one, report it to its watcher once, and disable the watcher.
-// False if no watcher owns a bad fd (the wake-up pipe itself was closed).
+// False if no watcher owns a bad fd (the wake-up fd itself was closed).
 template <class Cap, class Clock>
 bool basic_loop<Cap, Clock>::disable_bad_fds() {
     bool found = false;
@@ -889,6 +905,7 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) const {
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
     if (forked_) return errc::forked;
+    if (broken_) return error_code(errc::system, wake_errno_);
     ++iteration_;
     seq_mark_ = seq_;
     // The clock is read only when something depends on it: with no timer and
@@ -909,7 +926,7 @@ error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
     for (;;) {
         nfds = maxfd_ + 1;
         // Only the words select() will look at are copied. The read set always
-        // holds the wake pipe; the others are usually empty and passed as NULL.
+        // holds the wake-up fd; the others are usually empty and passed as NULL.
         const size_t bytes = (static_cast<size_t>(nfds) + detail::word_bits - 1) / detail::word_bits *
                              sizeof(unsigned long);
         ptr[rd] = copy_set(set[rd], master_[rd], bytes);
@@ -959,7 +976,7 @@ error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
             // FD_ISSET, for the fds we watch only.
             memset(words, 0, sizeof words);
             for (int fd = 0; fd < nfds; ++fd) {
-                if (!detail::test_bit(watched_, fd) && fd != wake_rd_) continue;
+                if (!detail::test_bit(watched_, fd) && fd != wake_fd_) continue;
                 for (int s = 0; s < 3; ++s)
                     if (ptr[s] && FD_ISSET(fd, ptr[s])) detail::set_bit(words[s], fd);
             }
@@ -967,13 +984,14 @@ error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
         }
         dispatch_io(sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
         if (forked_) return errc::forked;
+        if (broken_) return error_code(errc::system, wake_errno_);
     }
     if (heap_size_ > 0) dispatch_timers();
     return error_code();
 }
 
 // Ready fds are found a word at a time. nready is select()'s count of set
-// bits: the scan stops when it is used up. The wake pipe is drained after the
+// bits: the scan stops when it is used up. The wake-up fd is drained after the
 // watchers ran, as before. Inlined into its one caller, iterate(): with one
 // ready fd per iteration, the call would cost more than the scan.
 template <class Cap, class Clock>
@@ -1010,8 +1028,8 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const un
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, unsigned ready) {
     fd_slot_t s = fd_slot_[fd];
-    if (s == no_slot) { // the wake pipe (drained after the watchers), or unwatched meanwhile
-        if (fd == wake_rd_) wake_seen_ = true;
+    if (s == no_slot) { // the wake-up fd (drained after the watchers), or unwatched meanwhile
+        if (fd == wake_fd_) wake_seen_ = true;
         return;
     }
     io_slot& io = io_[s];
@@ -1053,9 +1071,9 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::after_fork() {
     if (getpid() == owner_pid_) return errc::bad_argument;
-    if (wake_rd_ >= 0) FD_CLR(wake_rd_, &master_[rd]);
-    error_code e = renew_wake_pipe();
-    if (wake_rd_ >= 0) FD_SET(wake_rd_, &master_[rd]);
+    if (wake_fd_ >= 0) FD_CLR(wake_fd_, &master_[rd]);
+    error_code e = renew_wake_fd();
+    if (wake_fd_ >= 0) FD_SET(wake_fd_, &master_[rd]);
     recompute_maxfd();
     if (e) return e;
     for (loop_hook* h = hooks_; h;) {
@@ -1066,62 +1084,60 @@ error_code basic_loop<Cap, Clock>::after_fork() {
     return error_code();
 }
 
-// ---- loop_base: the wake-up pipe ---------------------------------------------
+// ---- loop_base: the wake-up fd ---------------------------------------------
 
 inline loop_base::loop_base()
-    : wake_rd_(-1), wake_wr_(-1), wake_errno_(0), owner_pid_(getpid()), forked_(false), wake_pending_(false),
+    : wake_fd_(-1), wake_errno_(0), owner_pid_(getpid()), forked_(false), broken_(false), wake_pending_(false),
       stop_(false), hooks_(nullptr), stall_ns_(0) {
-    renew_wake_pipe();
+    renew_wake_fd();
 }
 
-// Makes the wake-up pipe (again, after a fork: the child closes its copies of
-// the parent's pipe, which stays the parent's). Non-blocking so neither a
-// full pipe nor an empty one can block the loop or a signal handler;
-// close-on-exec so exec'd programs do not inherit it.
-inline error_code loop_base::renew_wake_pipe() {
-    if (wake_rd_ >= 0) close(wake_rd_);
-    if (wake_wr_ >= 0) close(wake_wr_);
-    wake_rd_ = wake_wr_ = -1;
+// Makes the wake-up fd (again, after a fork: the child closes its copy of
+// the parent's, which stays the parent's). Non-blocking so that neither
+// wake() nor a signal handler can block; close-on-exec so exec'd programs do
+// not inherit it.
+inline error_code loop_base::renew_wake_fd() {
+    if (wake_fd_ >= 0) close(wake_fd_);
+    wake_fd_ = -1;
     wake_errno_ = 0;
     owner_pid_ = getpid();
     forked_ = false;
+    broken_ = false;
     wake_pending_.store(false);
     stop_.store(false);
-    int p[2];
-    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) {
         wake_errno_ = errno;
-    } else if (p[0] >= FD_SETSIZE) {
-        close(p[0]);
-        close(p[1]);
+    } else if (fd >= FD_SETSIZE) {
+        close(fd);
         wake_errno_ = EMFILE;
     } else {
-        wake_rd_ = p[0];
-        wake_wr_ = p[1];
+        wake_fd_ = fd;
         return error_code();
     }
     return error_code(errc::system, wake_errno_);
 }
 
 inline loop_base::~loop_base() {
-    if (wake_rd_ >= 0) close(wake_rd_);
-    if (wake_wr_ >= 0) close(wake_wr_);
+    if (wake_fd_ >= 0) close(wake_fd_);
 }
 
 inline error_code loop_base::wake() {
-    if (wake_wr_ < 0) return error_code(errc::system, wake_errno_);
-    if (wake_pending_.exchange(true)) return error_code(); // a byte is on its way already
+    if (wake_fd_ < 0) return error_code(errc::system, wake_errno_);
+    if (wake_pending_.exchange(true)) return error_code(); // a wake-up is on its way already
     int saved = errno;
-    char byte = 1;
-    ssize_t r;
-    do r = write(wake_wr_, &byte, 1);
-    while (r < 0 && errno == EINTR);
-    errno = saved; // a full pipe (EAGAIN) wakes the loop just as well
-    return error_code();
+    int e = detail::wake_write(wake_fd_);
+    errno = saved;
+    if (e == 0) return error_code();
+    // Broken (closed behind our back): say so, and let the next call try
+    // again rather than believe a wake-up is pending.
+    wake_pending_.store(false);
+    return error_code(errc::system, e);
 }
 
 inline void loop_base::drain_wake() {
-    // After fork() the child shares this pipe with the parent. Reading it in
-    // the child would take the parent's bytes while the parent's
+    // After fork() the child shares this fd with the parent. Reading it in
+    // the child would take the parent's wake-ups while the parent's
     // wake_pending_ stays set, and every later wake() of the parent would be
     // skipped: the child leaves it alone (iterate() then returns
     // errc::forked). One getpid() per wake-up, never per event.
@@ -1129,16 +1145,24 @@ inline void loop_base::drain_wake() {
         forked_ = true;
         return;
     }
-    // Cleared after draining, before the hooks run: a wake() that saw the
+    // Cleared after reading, before the hooks run: a wake() that saw the
     // flag set published its work before we clear it, so the hooks see that
-    // work; a wake() after the clear writes a byte the next select() sees.
-    // (Cleared before draining, the read could swallow the byte of a wake()
-    // whose flag stays set, and every later wake() would then skip its write.)
-    // An exchange, not a store, so that what the waker published before
-    // wake() is visible here. Modules keep their own pending flags; the pipe
-    // only wakes the loop.
-    char buf[64];
-    while (read(wake_rd_, buf, sizeof buf) == static_cast<ssize_t>(sizeof buf)) {
+    // work; a wake() after the clear writes again and the next select() sees
+    // it. (Cleared before reading, the read could swallow the write of a
+    // wake() whose flag stays set, and every later wake() would then skip
+    // its write.) An exchange, not a store, so that what the waker published
+    // before wake() is visible here. Modules keep their own pending flags;
+    // the fd only wakes the loop.
+    uint64_t count;
+    ssize_t r;
+    do r = read(wake_fd_, &count, sizeof count);
+    while (r < 0 && errno == EINTR);
+    if (r != static_cast<ssize_t>(sizeof count) && !(r < 0 && errno == EAGAIN)) {
+        // Not an eventfd any more (closed, and the number reused): never
+        // read it again; iterate() reports it.
+        wake_errno_ = r < 0 ? errno : EBADF;
+        broken_ = true;
+        return;
     }
     wake_pending_.exchange(false);
     // If a hook's callback throws, the hooks after it (and the rest of its

@@ -147,7 +147,7 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::start(size_t n, bool pin_
     }
     for (size_t i = 0; i < n; ++i) {
         members_[i] = ::new (static_cast<void*>(storage_[i])) member(this, i);
-        if (error_code e = members_[i]->loop.wake()) { // the loop could not make its wake-up pipe
+        if (error_code e = members_[i]->loop.wake()) { // the loop could not make its wake-up fd
             destroy(i + 1, 0);
             return e;
         }

@@ -28,7 +28,7 @@
 // - SIGPIPE is left alone: a write to a closed socket or pipe kills the
 //   process by default. Send on sockets with MSG_NOSIGNAL, or call
 //   ignore_sigpipe() once at start-up so such writes fail with EPIPE.
-// - fork(): a child inherits the handler and the loop's wake-up pipe, but
+// - fork(): a child inherits the handler and the loop's wake-up fd, but
 //   never disturbs the parent through them: the handler writes to a loop's
 //   pipe only in the process that owns the loop, so a signal the child
 //   receives before exec (or before after_fork()) wakes nobody. A child that
@@ -129,7 +129,7 @@ static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_POINTER_LOCK_FREE == 2,
 // loop thread at any instruction, or run in another thread at the same time.
 struct signal_state {
     std::atomic<const void*> owner; // the signal_table that watches it; null: nobody
-    std::atomic<int> wake_fd;       // the owner's wake-up pipe + 1; 0: drop arrivals
+    std::atomic<int> wake_fd;       // the owner's wake-up fd + 1; 0: drop arrivals
     std::atomic<unsigned> pending;  // arrivals the loop has not taken yet
     std::atomic<unsigned> busy;     // handlers running right now
     std::atomic<int> claimant;      // the process whose loop owns it (not a forked child)
@@ -160,11 +160,7 @@ struct signal_globals {
             // is about to wake anyway. The count itself is never lost. In a
             // forked child the pipe is still the parent's: no byte (and the
             // count stays the child's, until its after_fork() drops it).
-            if (s.pending.fetch_add(1) == 0 && getpid() == s.claimant.load()) {
-                char byte = 0;
-                ssize_t r = write(fd, &byte, 1);
-                (void)r;
-            }
+            if (s.pending.fetch_add(1) == 0 && getpid() == s.claimant.load()) wake_write(fd);
         }
         s.busy.fetch_sub(1);
         errno = saved_errno;
@@ -257,7 +253,7 @@ inline error_code claim_signal(int signo, const void* owner, int wake_fd, claime
 // Give the signal back: block it again in this thread if it was blocked when
 // claimed (a daemon that blocks SIGTERM while it shuts down must not be
 // killed by one because a watcher came and went), restore the disposition,
-// then wait until no handler is still using the wake-up pipe, which may be
+// then wait until no handler is still using the wake-up fd, which may be
 // closed right after. The handler increments `busy` before reading `wake_fd`
 // and we clear `wake_fd` before reading `busy` (all seq_cst), so a handler
 // that still saw the fd is always seen as busy here.
@@ -413,7 +409,7 @@ private:
 
     static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
 
-    // The loop has no wake-up pipe: the error says why it could not be made.
+    // The loop has no wake-up fd: the error says why it could not be made.
     error_code no_pipe() { return loop_->wake(); }
 
     // SIGCHLD serves both a SIGCHLD watcher and every child watcher: it is
