@@ -1906,6 +1906,9 @@ struct signal_event {
     // sigqueue, raise; for SIGCHLD, the child); 0 when the kernel raised it.
     pid_t pid;
     uid_t uid;
+    // The value the most recent arrival carried if it was sent with
+    // sigqueue() (which of several things happened, say); zero otherwise.
+    union sigval value;
 };
 
 // What a child callback is told, once: the child has terminated and has been
@@ -1943,6 +1946,19 @@ inline error_code block_signals() {
     return error_code();
 }
 
+// Unblocks every signal in the calling thread. A program exec'd from a
+// thread that blocked signals (block_signals() before creating threads, as
+// above) starts with that mask and would never see SIGTERM or SIGINT: call
+// this in the child between fork() and exec() (it is async-signal-safe).
+// Dispositions need no such care: exec resets caught signals to the default
+// (ignored ones stay ignored: see ignore_sigpipe()).
+inline error_code unblock_signals() {
+    sigset_t none;
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, nullptr) != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
 namespace detail {
 
 // Signal numbers run from 1 to signal_limit - 1 (65 on most Linux targets,
@@ -1971,7 +1987,10 @@ struct signal_state {
     std::atomic<unsigned> seq;
     std::atomic<int> pid;
     std::atomic<unsigned> uid;
+    std::atomic<uintptr_t> value; // a union sigval's bytes
 };
+
+static_assert(sizeof(union sigval) == sizeof(uintptr_t), "microloop: a union sigval is expected to be pointer-sized");
 
 // Static data of a class template: one instance per program however many
 // translation units include this header, and (all members zero) constant
@@ -1989,11 +2008,11 @@ struct signal_globals {
         int fd = s.wake_fd.load() - 1;
         if (fd >= 0) {
             record_sender(s, signo, info);
-            // Only the first arrival since the loop last looked writes a byte:
-            // a storm costs one byte, and a full pipe (EAGAIN) means the loop
-            // is about to wake anyway. The count itself is never lost. In a
-            // forked child the pipe is still the parent's: no byte (and the
-            // count stays the child's, until its after_fork() drops it).
+            // Only the first arrival since the loop last looked wakes it: a
+            // storm costs one write. The count itself is never lost. In a
+            // forked child the wake-up fd is still the parent's: no write
+            // (and the count stays the child's, until its after_fork() drops
+            // it).
             if (s.pending.fetch_add(1) == 0 && getpid() == s.claimant.load()) wake_write(fd);
         }
         s.busy.fetch_sub(1);
@@ -2005,6 +2024,7 @@ struct signal_globals {
     static void record_sender(signal_state& s, int signo, const siginfo_t* info) {
         int pid = 0;
         unsigned uid = 0;
+        uintptr_t value = 0;
         bool sent = info && (info->si_code == SI_USER || info->si_code == SI_QUEUE ||
 #ifdef SI_TKILL
                              info->si_code == SI_TKILL ||
@@ -2014,12 +2034,14 @@ struct signal_globals {
             pid = static_cast<int>(info->si_pid);
             uid = static_cast<unsigned>(info->si_uid);
         }
+        if (info && info->si_code == SI_QUEUE) memcpy(&value, &info->si_value, sizeof value);
         // Release stores of the data (no fences: ThreadSanitizer cannot
         // check them): a reader that sees new data also sees the odd count.
         unsigned q = s.seq.load(std::memory_order_relaxed);
         if ((q & 1u) || !s.seq.compare_exchange_strong(q, q + 1u, std::memory_order_relaxed)) return;
         s.pid.store(pid, std::memory_order_release);
         s.uid.store(uid, std::memory_order_release);
+        s.value.store(value, std::memory_order_release);
         s.seq.store(q + 2u, std::memory_order_release);
     }
 };
@@ -2032,11 +2054,13 @@ typedef signal_globals<> globals;
 // Reader side, in the loop thread. A writer is a few instructions long, so a
 // few retries suffice; if a handler in another thread is preempted mid-write,
 // we give up after 64 tries and may pair one sender's pid with another's uid.
-inline void read_sender(const signal_state& s, pid_t& pid, uid_t& uid) {
+inline void read_sender(const signal_state& s, signal_event& ev) {
     for (int tries = 0; tries < 64; ++tries) {
         unsigned q1 = s.seq.load(std::memory_order_acquire);
-        pid = narrow<pid_t>(s.pid.load(std::memory_order_acquire));
-        uid = narrow<uid_t>(s.uid.load(std::memory_order_acquire));
+        ev.pid = narrow<pid_t>(s.pid.load(std::memory_order_acquire));
+        ev.uid = narrow<uid_t>(s.uid.load(std::memory_order_acquire));
+        uintptr_t value = s.value.load(std::memory_order_acquire);
+        memcpy(&ev.value, &value, sizeof value);
         if (!(q1 & 1u) && s.seq.load(std::memory_order_relaxed) == q1) return;
         sched_yield();
     }
@@ -2345,8 +2369,11 @@ private:
             }
             if (n == 0) continue;
             uint16_t slot = static_cast<uint16_t>(i);
-            signal_event ev = {signal_handle::from_id(sig_pool_.id_of(slot)), s.signo, n, 0, 0};
-            read_sender(g, ev.pid, ev.uid);
+            signal_event ev;
+            ev.handle = signal_handle::from_id(sig_pool_.id_of(slot));
+            ev.signo = s.signo;
+            ev.count = n;
+            read_sender(g, ev);
             running_.begin(slot);
             auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
             loop_->invoke(s.cb, source_kind::signal, ev.handle.id(), ev.signo, ev);

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -926,4 +927,51 @@ TEST_CASE("the wake-up fd closed or replaced behind the loop's back: errors, nev
     CHECK_FALSE(WIFSIGNALED(status)); // before the fix: SIGPIPE
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("a real-time signal's sigqueue() value reaches the callback", "[robust][signal]") {
+    microloop::loop<1, 1, 2> loop;
+    struct seen_t {
+        int calls;
+        int last;
+        pid_t pid;
+    } seen = {0, -1, 0};
+    const int rt = SIGRTMIN + 2;
+    REQUIRE(loop.on_signal(rt, [&seen](microloop::signal_event ev) {
+        ++seen.calls;
+        seen.last = ev.value.sival_int;
+        seen.pid = ev.pid;
+    }));
+    union sigval v;
+    memset(&v, 0, sizeof v);
+    v.sival_int = 42;
+    REQUIRE(sigqueue(getpid(), rt, v) == 0);
+    for (int i = 0; i < 20 && seen.calls == 0; ++i) loop.run_once(milliseconds(100));
+    CHECK(seen.calls == 1);
+    CHECK(seen.last == 42); // the latest sender's value, as for pid and uid
+    CHECK(seen.pid == getpid());
+    // kill() carries no value: zero.
+    REQUIRE(kill(getpid(), rt) == 0);
+    for (int i = 0; i < 20 && seen.calls == 1; ++i) loop.run_once(milliseconds(100));
+    CHECK(seen.calls == 2);
+    CHECK(seen.last == 0);
+}
+
+TEST_CASE("unblock_signals() gives an exec'd child a clean mask", "[robust][signal]") {
+    sigset_t saved;
+    REQUIRE(sigprocmask(SIG_BLOCK, nullptr, &saved) == 0);
+    REQUIRE(!microloop::block_signals()); // the README's recipe for threads
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        if (microloop::unblock_signals()) _exit(2);
+        // What an exec'd program would start with: SIGTERM not blocked.
+        sigset_t now;
+        sigprocmask(SIG_BLOCK, nullptr, &now);
+        _exit(sigismember(&now, SIGTERM) == 0 && sigismember(&now, SIGINT) == 0 ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    sigprocmask(SIG_SETMASK, &saved, nullptr);
 }
