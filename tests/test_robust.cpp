@@ -975,3 +975,17 @@ TEST_CASE("unblock_signals() gives an exec'd child a clean mask", "[robust][sign
     CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
     sigprocmask(SIG_SETMASK, &saved, nullptr);
 }
+
+TEST_CASE("capacity 0 for any kind: a timers-only loop builds and runs", "[robust][timer]") {
+    microloop::loop<0, 2, 0, 0> loop;
+    int fired = 0;
+    REQUIRE(loop.after(milliseconds(1), [&fired](timer_event) { ++fired; }));
+    CHECK(loop.watch(0, microloop::readable, noop_io).error() == errc::table_full);
+    CHECK(loop.on_signal(SIGUSR1, [](microloop::signal_event) {}).error() == errc::table_full);
+    CHECK(loop.on_child(1, [](microloop::child_event) {}).error() == errc::table_full);
+    CHECK(!loop.run());
+    CHECK(fired == 1);
+    microloop::basic_loop<microloop::capacity<0, 0, 0, 0> > nothing;
+    CHECK(nothing.after(milliseconds(1), noop_timer).error() == errc::table_full);
+    CHECK(!nothing.run()); // nothing active: returns at once
+}
