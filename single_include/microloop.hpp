@@ -1404,9 +1404,11 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
     int64_t ns;
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) {
-        // The one-shot whose callback is running, re-armed from it.
+        // The one-shot whose callback is running, re-armed from it (not a
+        // repeating timer its callback cancelled).
         slot = timer_pool_.lookup_retired(h.id());
-        if (slot == timer_pool_.none || !running_timer_.released(slot)) return errc::stale_handle;
+        if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
+            return errc::stale_handle;
         if (!detail::to_ns(timeout, ns)) return errc::bad_timeout;
         if (!timer_pool_.revive(slot)) return errc::table_full;
         running_timer_.keep();

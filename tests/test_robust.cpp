@@ -989,3 +989,22 @@ TEST_CASE("capacity 0 for any kind: a timers-only loop builds and runs", "[robus
     CHECK(nothing.after(milliseconds(1), noop_timer).error() == errc::table_full);
     CHECK(!nothing.run()); // nothing active: returns at once
 }
+
+TEST_CASE("a repeating timer cancelled in its callback cannot be re-armed through its stale handle", "[robust][timer]") {
+    virtual_loop loop;
+    struct state {
+        virtual_loop* loop;
+        int calls;
+    } st = {&loop, 0};
+    REQUIRE(loop.every(milliseconds(1), [&st](timer_event ev) {
+        ++st.calls;
+        CHECK(!st.loop->cancel(ev.handle));
+        CHECK(st.loop->rearm(ev.handle, milliseconds(1)) == errc::stale_handle);
+    }));
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    loop.clock().advance(milliseconds(5));
+    REQUIRE(!loop.poll());
+    CHECK(st.calls == 1);
+    CHECK(loop.stats().timers.used == 0);
+}
