@@ -169,7 +169,7 @@ TEST_CASE("timers keep their order and counts with a slack of 1 ns", "[timer][sl
         int order[8];
         int n;
     } log = {{0}, 0};
-    int ticks = 0;
+    int ticks = 0, last_step = 0; // periods counted, and how many the last call added
     struct one {
         log_t* log;
         int id;
@@ -182,7 +182,8 @@ TEST_CASE("timers keep their order and counts with a slack of 1 ns", "[timer][sl
     REQUIRE(loop.after(milliseconds(2), b));
     REQUIRE(loop.after(milliseconds(4), c));
     microloop::timer_handle rep = loop.every(milliseconds(1), [&](timer_event ev) {
-        ticks += 1 + static_cast<int>(ev.overruns);
+        last_step = 1 + static_cast<int>(ev.overruns); // a stall on this noisy machine skips periods
+        ticks += last_step;
         if (ticks >= 10) loop.cancel(ev.handle);
     });
     REQUIRE(rep);
@@ -192,7 +193,9 @@ TEST_CASE("timers keep their order and counts with a slack of 1 ns", "[timer][sl
     CHECK(log.order[0] == 1);
     CHECK(log.order[1] == 2);
     CHECK(log.order[2] == 3);
-    CHECK(ticks == 10);
+    // Every period accounted for, and no call after the one that reached 10.
+    CHECK(ticks >= 10);
+    CHECK(ticks - last_step < 10);
     CHECK(loop.active() == 0);
 }
 
