@@ -169,7 +169,12 @@ TEST_CASE("timers keep their order and counts with a slack of 1 ns", "[timer][sl
         int order[8];
         int n;
     } log = {{0}, 0};
-    int ticks = 0, last_step = 0; // periods counted, and how many the last call added
+    struct count_t {
+        int ticks;     // periods counted
+        int last_step; // how many the last call added
+    } count = {0, 0};
+    int& ticks = count.ticks;
+    int& last_step = count.last_step;
     struct one {
         log_t* log;
         int id;
@@ -181,10 +186,10 @@ TEST_CASE("timers keep their order and counts with a slack of 1 ns", "[timer][sl
     REQUIRE(loop.after(milliseconds(6), a));
     REQUIRE(loop.after(milliseconds(2), b));
     REQUIRE(loop.after(milliseconds(4), c));
-    microloop::timer_handle rep = loop.every(milliseconds(1), [&](timer_event ev) {
-        last_step = 1 + static_cast<int>(ev.overruns); // a stall on this noisy machine skips periods
-        ticks += last_step;
-        if (ticks >= 10) loop.cancel(ev.handle);
+    microloop::timer_handle rep = loop.every(milliseconds(1), [&count, &loop](timer_event ev) {
+        count.last_step = 1 + static_cast<int>(ev.overruns); // a stall on this noisy machine skips periods
+        count.ticks += count.last_step;
+        if (count.ticks >= 10) loop.cancel(ev.handle);
     });
     REQUIRE(rep);
     REQUIRE(!loop.run());
