@@ -52,11 +52,13 @@
 //   basic_loop<capacity<...>, manual_clock>: timers in virtual time, for
 //       tests: loop.clock().advance(d); loop.poll();
 //   on_signal(signo, cb) / unwatch(h)
-//       cb(signal_event{handle, signo, count, pid, uid}) runs in the loop,
-//       never in signal context; count = arrivals since the last call. One
-//       watcher per signal per process (else errc::already_watched);
-//       unwatching or destroying the loop restores the old disposition.
-//       Block signals in other threads: microloop::block_signals().
+//       cb(signal_event{handle, signo, count, pid, uid, value}) runs in the
+//       loop, never in signal context; count = arrivals since the last call,
+//       value = the latest sigqueue() value. One watcher per signal per
+//       process (else errc::already_watched); unwatching or destroying the
+//       loop restores the old disposition and the thread's mask bit.
+//       Block signals in other threads: microloop::block_signals(); clear
+//       the mask in a child before exec: microloop::unblock_signals().
 //   on_child(pid, cb) / unwatch(h)
 //       cb(child_event{handle, pid, status}) once, after reaping that pid
 //       (exited()/exit_code()/signaled()/term_signal()). Unwatched children

@@ -55,11 +55,13 @@
 //   basic_loop<capacity<...>, manual_clock>: timers in virtual time, for
 //       tests: loop.clock().advance(d); loop.poll();
 //   on_signal(signo, cb) / unwatch(h)
-//       cb(signal_event{handle, signo, count, pid, uid}) runs in the loop,
-//       never in signal context; count = arrivals since the last call. One
-//       watcher per signal per process (else errc::already_watched);
-//       unwatching or destroying the loop restores the old disposition.
-//       Block signals in other threads: microloop::block_signals().
+//       cb(signal_event{handle, signo, count, pid, uid, value}) runs in the
+//       loop, never in signal context; count = arrivals since the last call,
+//       value = the latest sigqueue() value. One watcher per signal per
+//       process (else errc::already_watched); unwatching or destroying the
+//       loop restores the old disposition and the thread's mask bit.
+//       Block signals in other threads: microloop::block_signals(); clear
+//       the mask in a child before exec: microloop::unblock_signals().
 //   on_child(pid, cb) / unwatch(h)
 //       cb(child_event{handle, pid, status}) once, after reaping that pid
 //       (exited()/exit_code()/signaled()/term_signal()). Unwatched children
@@ -1846,8 +1848,8 @@ using loop = basic_loop<capacity<Io, Timers, Signals, Children> >;
 //     loop.on_child(pid, [](microloop::child_event ev) { printf("exit %d\n", ev.exit_code()); });
 //
 // The handler microloop installs only counts: it runs in signal context, so it
-// records the signal, the sender, and writes one byte to the loop's wake-up
-// pipe. The callback runs later inside the loop, where anything is allowed.
+// records the signal, the sender, and writes to the loop's wake-up
+// fd (an eventfd). The callback runs later inside the loop, where anything is allowed.
 //
 // Rules (the handler and dispositions are process-wide, loops are not):
 // - Signal and child watchers are active sources: run() keeps running while
@@ -2707,7 +2709,7 @@ namespace microloop {
 //
 // The queue is a bounded lock-free ring (each cell carries a sequence number,
 // after Dmitry Vyukov's MPMC queue): posting never takes a lock or makes a
-// system call other than the one-byte wake-up, so a high-priority thread
+// system call other than the wake-up write, so a high-priority thread
 // cannot be held up by a preempted poster. N must be a power of two. A full
 // mailbox refuses the post with errc::table_full rather than block.
 //

@@ -21,7 +21,7 @@ namespace microloop {
 //
 // The queue is a bounded lock-free ring (each cell carries a sequence number,
 // after Dmitry Vyukov's MPMC queue): posting never takes a lock or makes a
-// system call other than the one-byte wake-up, so a high-priority thread
+// system call other than the wake-up write, so a high-priority thread
 // cannot be held up by a preempted poster. N must be a power of two. A full
 // mailbox refuses the post with errc::table_full rather than block.
 //

@@ -5,8 +5,8 @@
 //     loop.on_child(pid, [](microloop::child_event ev) { printf("exit %d\n", ev.exit_code()); });
 //
 // The handler microloop installs only counts: it runs in signal context, so it
-// records the signal, the sender, and writes one byte to the loop's wake-up
-// pipe. The callback runs later inside the loop, where anything is allowed.
+// records the signal, the sender, and writes to the loop's wake-up
+// fd (an eventfd). The callback runs later inside the loop, where anything is allowed.
 //
 // Rules (the handler and dispositions are process-wide, loops are not):
 // - Signal and child watchers are active sources: run() keeps running while
