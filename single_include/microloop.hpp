@@ -77,8 +77,11 @@
 //       The state an async operation needs when it completes, saved when it
 //       starts; stale ids and wrong types are refused, never misread.
 //   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
-//       POSIX AIO: disk I/O that never blocks the loop, its completion an
-//       ordinary callback (opt-in, see MICROLOOP_WITH_AIO below).
+//   aio<N, posix_aio_engine> disk(loop);   the same on POSIX AIO instead of threads
+//       Disk I/O that never blocks the loop, its completion an ordinary
+//       callback: on 4 threads of the module's own by default
+//       (thread_aio_engine<Threads>), or on the libc's POSIX AIO (opt-in,
+//       see MICROLOOP_WITH_AIO below).
 //   worker_pool<Threads, Queue> pool(loop); pool.submit(work, done)
 //       work() (blocking: files, compression, DNS) runs on a worker thread and
 //       returns an integer; done(work_event{result, status}) then runs in the
@@ -117,10 +120,12 @@
 //   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
 //                            the libc's fd_set layout allows (checked at run
 //                            time); 0: FD_ISSET only
-//   MICROLOOP_WITH_AIO       define to get the AIO module (microloop::aio<N>)
+//   MICROLOOP_WITH_AIO       define to get the AIO module (microloop::aio<N, Engine>)
 //                            from this header; or include <microloop/aio.hpp>.
 //                            Off by default: it needs -pthread (and -lrt
 //                            before glibc 2.34). See microloop/aio.hpp.
+//   MICROLOOP_AIO_THREADS    threads of thread_aio_engine<> (4)
+//   MICROLOOP_AIO_STACK_SIZE their stack in bytes (0: the system's default)
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >.
@@ -3563,11 +3568,11 @@ void loop_group<MaxLoops, Loop, MailboxN, Size>::pin(size_t i) {
 
 // ---- begin microloop/aio.hpp -------------------------------------------
 // microloop/aio.hpp - disk reads, writes and fsyncs that do not block the
-// loop: POSIX AIO, with completions delivered as loop callbacks.
+// loop, with completions delivered as loop callbacks.
 //
 // Opt-in: include <microloop/aio.hpp> (or define MICROLOOP_WITH_AIO before
 // including microloop.hpp) and link with -pthread (and -lrt before glibc
-// 2.34). Programs that do not use it pay nothing.
+// 2.34, for the POSIX engine). Programs that do not use it pay nothing.
 //
 //     microloop::loop<> loop;
 //     microloop::aio<16> disk(loop);               // 16 operations in flight at most
@@ -3579,11 +3584,23 @@ void loop_group<MaxLoops, Loop, MailboxN, Size>::pin(size_t i) {
 //     if (!h) printf("submit: %s\n", h.error().message());
 //     loop.run();                                   // runs until the read completes
 //
-// How completions wake the loop. Each request asks for a signal on
-// completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
-// handler only calls wake() on the loops that have an AIO module; the loop
-// then asks aio_error() about every operation in flight and calls back the
-// finished ones. The signal says "look", not "which": that is why a
+// Two engines, one API: aio<N, Engine>.
+//
+// thread_aio_engine<Threads> (the default, Threads = MICROLOOP_AIO_THREADS,
+// 4): the module starts Threads threads of its own (every signal blocked in
+// them; stack size a constructor argument, MICROLOOP_AIO_STACK_SIZE) that
+// run pread()/pwrite()/fsync()/fdatasync(). Operations on one fd run in
+// parallel; an fsync waits for the operations submitted before it on its fd.
+// Completions come back through a lock-free stack and one loop.wake(): no
+// signal, no lock, no scan of what is in flight. See the implementation
+// below for how cancel() and the ring work.
+//
+// posix_aio_engine: the libc's POSIX AIO, "the portable one the textbook
+// describes". How completions wake the loop: each request asks for a signal
+// on completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
+// handler only calls wake() on the loops that have a POSIX AIO module; the
+// loop then asks aio_error() about every operation in flight and calls back
+// the finished ones. The signal says "look", not "which": that is why a
 // coalesced or lost signal costs nothing as long as a later one arrives, and
 // a standard (non-realtime) signal is never lost, only merged.
 // Why not SIGEV_THREAD, which needs no signal number: glibc starts a new
@@ -3592,7 +3609,6 @@ void loop_group<MaxLoops, Loop, MailboxN, Size>::pin(size_t i) {
 // thread from its own helper thread through an interposed malloc, which
 // ThreadSanitizer cannot follow (it crashes). With a signal, nothing but the
 // loop thread ever touches the module.
-//
 // glibc runs AIO on up to 20 helper threads of its own, each with a small
 // stack, and requests on one descriptor one after another. aio_init() (GNU)
 // changes the thread count; under ThreadSanitizer set aio_threads = 1 and a

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // microloop/aio.hpp - disk reads, writes and fsyncs that do not block the
-// loop: POSIX AIO, with completions delivered as loop callbacks.
+// loop, with completions delivered as loop callbacks.
 //
 // Opt-in: include <microloop/aio.hpp> (or define MICROLOOP_WITH_AIO before
 // including microloop.hpp) and link with -pthread (and -lrt before glibc
-// 2.34). Programs that do not use it pay nothing.
+// 2.34, for the POSIX engine). Programs that do not use it pay nothing.
 //
 //     microloop::loop<> loop;
 //     microloop::aio<16> disk(loop);               // 16 operations in flight at most
@@ -16,11 +16,23 @@
 //     if (!h) printf("submit: %s\n", h.error().message());
 //     loop.run();                                   // runs until the read completes
 //
-// How completions wake the loop. Each request asks for a signal on
-// completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
-// handler only calls wake() on the loops that have an AIO module; the loop
-// then asks aio_error() about every operation in flight and calls back the
-// finished ones. The signal says "look", not "which": that is why a
+// Two engines, one API: aio<N, Engine>.
+//
+// thread_aio_engine<Threads> (the default, Threads = MICROLOOP_AIO_THREADS,
+// 4): the module starts Threads threads of its own (every signal blocked in
+// them; stack size a constructor argument, MICROLOOP_AIO_STACK_SIZE) that
+// run pread()/pwrite()/fsync()/fdatasync(). Operations on one fd run in
+// parallel; an fsync waits for the operations submitted before it on its fd.
+// Completions come back through a lock-free stack and one loop.wake(): no
+// signal, no lock, no scan of what is in flight. See the implementation
+// below for how cancel() and the ring work.
+//
+// posix_aio_engine: the libc's POSIX AIO, "the portable one the textbook
+// describes". How completions wake the loop: each request asks for a signal
+// on completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
+// handler only calls wake() on the loops that have a POSIX AIO module; the
+// loop then asks aio_error() about every operation in flight and calls back
+// the finished ones. The signal says "look", not "which": that is why a
 // coalesced or lost signal costs nothing as long as a later one arrives, and
 // a standard (non-realtime) signal is never lost, only merged.
 // Why not SIGEV_THREAD, which needs no signal number: glibc starts a new
@@ -29,7 +41,6 @@
 // thread from its own helper thread through an interposed malloc, which
 // ThreadSanitizer cannot follow (it crashes). With a signal, nothing but the
 // loop thread ever touches the module.
-//
 // glibc runs AIO on up to 20 helper threads of its own, each with a small
 // stack, and requests on one descriptor one after another. aio_init() (GNU)
 // changes the thread count; under ThreadSanitizer set aio_threads = 1 and a
