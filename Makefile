@@ -93,7 +93,7 @@ $(BUILD)/tests/%.o: EXTRA_CXXFLAGS = -Wno-psabi
 endif
 
 .PHONY: all test check check-guarantees examples demo test-deps single_include check-amalgamation check-headers \
-        vendor-check consumer-check install uninstall bench bench-threads size clean
+        vendor-check consumer-check install uninstall bench bench-threads bench-aio size clean
 
 all: examples $(TEST_BIN)
 
@@ -230,6 +230,10 @@ bench size:
 # The worker pool and the mailbox against libuv (tests/bench/threads.sh).
 bench-threads:
 	$(BENCH_ENV) sh tests/bench/threads.sh
+
+# aio<N>'s engines against libuv's uv_fs_read (tests/bench/aio.sh).
+bench-aio:
+	$(BENCH_ENV) sh tests/bench/aio.sh
 
 clean:
 	rm -rf $(BUILD)

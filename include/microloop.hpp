@@ -76,8 +76,11 @@
 //       The state an async operation needs when it completes, saved when it
 //       starts; stale ids and wrong types are refused, never misread.
 //   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
-//       POSIX AIO: disk I/O that never blocks the loop, its completion an
-//       ordinary callback (opt-in, see MICROLOOP_WITH_AIO below).
+//   aio<N, posix_aio_engine> disk(loop);   the same on POSIX AIO instead of threads
+//       Disk I/O that never blocks the loop, its completion an ordinary
+//       callback: on 4 threads of the module's own by default
+//       (thread_aio_engine<Threads>), or on the libc's POSIX AIO (opt-in,
+//       see MICROLOOP_WITH_AIO below).
 //   worker_pool<Threads, Queue> pool(loop); pool.submit(work, done)
 //       work() (blocking: files, compression, DNS) runs on a worker thread and
 //       returns an integer; done(work_event{result, status}) then runs in the
@@ -116,10 +119,12 @@
 //   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
 //                            the libc's fd_set layout allows (checked at run
 //                            time); 0: FD_ISSET only
-//   MICROLOOP_WITH_AIO       define to get the AIO module (microloop::aio<N>)
+//   MICROLOOP_WITH_AIO       define to get the AIO module (microloop::aio<N, Engine>)
 //                            from this header; or include <microloop/aio.hpp>.
 //                            Off by default: it needs -pthread (and -lrt
 //                            before glibc 2.34). See microloop/aio.hpp.
+//   MICROLOOP_AIO_THREADS    threads of thread_aio_engine<> (4)
+//   MICROLOOP_AIO_STACK_SIZE their stack in bytes (0: the system's default)
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >.

@@ -532,10 +532,10 @@ TEST_CASE("fork: after_fork() gives the child a loop of its own; inherited pendi
     box.close();
 }
 
-TEST_CASE("fork: a child that inherits an aio module with work in flight exits without waiting for it",
-          "[robust][fork][aio]") {
+template <class Disk>
+void fork_with_aio_in_flight() {
     microloop::loop<1, 1> loop;
-    microloop::aio<2> disk(loop);
+    Disk disk(loop);
     test::fd_pair p = test::make_pipe(); // a read on an empty pipe stays in flight
     REQUIRE(p.ok());
     static char buf[16];
@@ -545,7 +545,7 @@ TEST_CASE("fork: a child that inherits an aio module with work in flight exits w
     REQUIRE(pid >= 0);
     if (pid == 0) {
         // Before the fix the destructor waited forever for the parent's read.
-        disk.~aio();
+        disk.~Disk();
         _exit(0);
     }
     int status = 0;
@@ -564,6 +564,16 @@ TEST_CASE("fork: a child that inherits an aio module with work in flight exits w
     CHECK(disk.in_flight() == 1);
     for (int i = 0; i < 50 && disk.in_flight() > 0; ++i) loop.run_once(milliseconds(100));
     CHECK(disk.in_flight() == 0);
+}
+
+TEST_CASE("fork: a child that inherits an aio module with work in flight exits without waiting for it",
+          "[robust][fork][aio]") {
+    fork_with_aio_in_flight<microloop::aio<2> >();
+}
+
+TEST_CASE("fork (POSIX engine): a child that inherits an aio module with work in flight exits without waiting",
+          "[robust][fork][aio][posix_aio]") {
+    fork_with_aio_in_flight<microloop::aio<2, microloop::posix_aio_engine> >();
 }
 
 // ---- 7. a table of N holds N ------------------------------------------------------
@@ -841,10 +851,10 @@ TEST_CASE("destroying a continuation table runs each destructor once, even one t
     for (int i = 0; i < 4; ++i) CHECK(c.destroyed[i] == 1); // before the fix: the children twice
 }
 
-TEST_CASE("aio: on one fd, callbacks run in submission order (an fsync never before an earlier write)",
-          "[robust][aio]") {
+template <class Disk>
+void fsync_after_earlier_ops_on_its_fd() {
     microloop::loop<1, 1> loop;
-    microloop::aio<4> disk(loop);
+    Disk disk(loop);
     test::fd_pair gate = test::make_pipe(); // D reads it: in flight until a byte comes
     int full[2];
     REQUIRE(gate.ok());
@@ -879,6 +889,16 @@ TEST_CASE("aio: on one fd, callbacks run in submission order (an fsync never bef
     REQUIRE(rec.n == 3);
     CHECK(rec.seen[1] == 'W'); // before the fix: F, then W
     CHECK(rec.seen[2] == 'F');
+}
+
+TEST_CASE("aio: on one fd, callbacks run in submission order (an fsync never before an earlier write)",
+          "[robust][aio]") {
+    fsync_after_earlier_ops_on_its_fd<microloop::aio<4> >();
+}
+
+TEST_CASE("aio (POSIX engine): on one fd, an fsync is never called back before an earlier write",
+          "[robust][aio][posix_aio]") {
+    fsync_after_earlier_ops_on_its_fd<microloop::aio<4, microloop::posix_aio_engine> >();
 }
 
 TEST_CASE("the wake-up fd closed or replaced behind the loop's back: errors, never a spin or a SIGPIPE",

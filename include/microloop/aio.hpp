@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // microloop/aio.hpp - disk reads, writes and fsyncs that do not block the
-// loop: POSIX AIO, with completions delivered as loop callbacks.
+// loop, with completions delivered as loop callbacks.
 //
 // Opt-in: include <microloop/aio.hpp> (or define MICROLOOP_WITH_AIO before
 // including microloop.hpp) and link with -pthread (and -lrt before glibc
-// 2.34). Programs that do not use it pay nothing.
+// 2.34, for the POSIX engine). Programs that do not use it pay nothing.
 //
 //     microloop::loop<> loop;
 //     microloop::aio<16> disk(loop);               // 16 operations in flight at most
@@ -16,11 +16,23 @@
 //     if (!h) printf("submit: %s\n", h.error().message());
 //     loop.run();                                   // runs until the read completes
 //
-// How completions wake the loop. Each request asks for a signal on
-// completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
-// handler only calls wake() on the loops that have an AIO module; the loop
-// then asks aio_error() about every operation in flight and calls back the
-// finished ones. The signal says "look", not "which": that is why a
+// Two engines, one API: aio<N, Engine>.
+//
+// thread_aio_engine<Threads> (the default, Threads = MICROLOOP_AIO_THREADS,
+// 4): the module starts Threads threads of its own (every signal blocked in
+// them; stack size a constructor argument, MICROLOOP_AIO_STACK_SIZE) that
+// run pread()/pwrite()/fsync()/fdatasync(). Operations on one fd run in
+// parallel; an fsync waits for the operations submitted before it on its fd.
+// Completions come back through a lock-free stack and one loop.wake(): no
+// signal, no lock, no scan of what is in flight. See the implementation
+// below for how cancel() and the ring work.
+//
+// posix_aio_engine: the libc's POSIX AIO, "the portable one the textbook
+// describes". How completions wake the loop: each request asks for a signal
+// on completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
+// handler only calls wake() on the loops that have a POSIX AIO module; the
+// loop then asks aio_error() about every operation in flight and calls back
+// the finished ones. The signal says "look", not "which": that is why a
 // coalesced or lost signal costs nothing as long as a later one arrives, and
 // a standard (non-realtime) signal is never lost, only merged.
 // Why not SIGEV_THREAD, which needs no signal number: glibc starts a new
@@ -29,7 +41,6 @@
 // thread from its own helper thread through an interposed malloc, which
 // ThreadSanitizer cannot follow (it crashes). With a signal, nothing but the
 // loop thread ever touches the module.
-//
 // glibc runs AIO on up to 20 helper threads of its own, each with a small
 // stack, and requests on one descriptor one after another. aio_init() (GNU)
 // changes the thread count; under ThreadSanitizer set aio_threads = 1 and a
@@ -44,9 +55,11 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <utility>
@@ -56,6 +69,7 @@
 #include "error.hpp"
 #include "handle.hpp"
 #include "loop.hpp"
+#include "worker_pool.hpp" // detail::all_signals_blocked, detail::pow2_at_least
 
 // The signal AIO completions are reported with. A standard signal is never
 // lost (only merged, which is harmless here); a realtime one may be refused
@@ -70,6 +84,16 @@
 // How many AIO modules may exist at once in the process (a few bytes each).
 #ifndef MICROLOOP_AIO_MAX_MODULES
 #define MICROLOOP_AIO_MAX_MODULES 8
+#endif
+
+// The threads of the default engine, thread_aio_engine<> (its parameter
+// overrides this), and their stack size in bytes (0: the system's default,
+// usually 8 MiB of address space of which a few KiB are touched).
+#ifndef MICROLOOP_AIO_THREADS
+#define MICROLOOP_AIO_THREADS 4
+#endif
+#ifndef MICROLOOP_AIO_STACK_SIZE
+#define MICROLOOP_AIO_STACK_SIZE 0
 #endif
 
 namespace microloop {
@@ -168,13 +192,25 @@ template <class U> struct sigaction aio_signal<U>::previous;
 
 } // namespace detail
 
+// The engines an aio<N, Engine> runs on (see the top of this file).
+// Threads of its own, pread()/pwrite()/fsync() on them: the default.
+template <size_t Threads = MICROLOOP_AIO_THREADS>
+struct thread_aio_engine {
+    static_assert(Threads >= 1 && Threads <= 64, "thread_aio_engine: 1 to 64 threads");
+};
+// The libc's POSIX AIO (aio_read() and friends), completions by a signal.
+struct posix_aio_engine {};
+
 // Up to N disk operations in flight on one loop. Construct it after the loop
 // and destroy it before; use it from the loop's thread only. Each operation's
 // buffer must stay valid until its callback has run (or the module is gone).
-// Regular files and block devices are what AIO is for; on a pipe or socket
-// the libc's helper thread blocks in read() until data comes.
+// Regular files and block devices are what it is for; on a pipe or socket a
+// thread (the libc's, or the module's) blocks in read() until data comes.
+template <size_t N, class Engine = thread_aio_engine<> >
+class aio;
+
 template <size_t N>
-class aio {
+class aio<N, posix_aio_engine> {
 public:
     explicit aio(loop_base& owner);
     // Cancels what is in flight and waits for it (an operation the libc has
@@ -215,6 +251,9 @@ public:
     size_t in_flight() const { return hook_.active; }
     // The error of the last failed submission, with its errno.
     error_code last_error() const { return last_error_; }
+    // Why the module could not start (the signal is watched, too many
+    // modules), or ok; also returned by every submission.
+    error_code error() const { return setup_error_; }
     // Operations in flight: now, at most N, and the most ever at once.
     table_stats stats() const { return pool_.stats(); }
     // f(aio_handle, int fd) for every operation in flight, oldest first.
@@ -274,7 +313,7 @@ private:
 // ============================================================================
 
 template <size_t N>
-aio<N>::aio(loop_base& owner)
+aio<N, posix_aio_engine>::aio(loop_base& owner)
     : loop_(owner), pid_(getpid()), registered_(-1), head_(none), tail_(none), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
@@ -302,7 +341,7 @@ aio<N>::aio(loop_base& owner)
 }
 
 template <size_t N>
-aio<N>::~aio() {
+aio<N, posix_aio_engine>::~aio() {
     // In a forked child that never called after_fork() the operations in
     // flight are the parent's: this process's libc knows nothing of them and
     // would wait forever.
@@ -323,7 +362,7 @@ aio<N>::~aio() {
 
 template <size_t N>
 template <class F>
-aio_handle aio<N>::submit(op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb) {
+aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb) {
     if (setup_error_) return fail(setup_error_.code(), setup_error_.sys());
     if (fd < 0) return fail(errc::bad_fd);
     if (offset < 0 || len > static_cast<size_t>(SSIZE_MAX) || (buf == nullptr && len > 0))
@@ -367,7 +406,7 @@ aio_handle aio<N>::submit(op_kind op, int fd, void* buf, size_t len, off_t offse
 }
 
 template <size_t N>
-error_code aio<N>::cancel(aio_handle h) {
+error_code aio<N, posix_aio_engine>::cancel(aio_handle h) {
     uint16_t index = pool_.lookup(h.id());
     if (index == pool_.none) return errc::stale_handle;
     struct aiocb& ctl = cbs_[index];
@@ -390,7 +429,7 @@ error_code aio<N>::cancel(aio_handle h) {
 // so a cancelled read is not kept waiting behind a blocked one. Operations
 // submitted by the callbacks of this pass wait for the next one.
 template <size_t N>
-void aio<N>::complete() {
+void aio<N, posix_aio_engine>::complete() {
     const uint16_t last = tail_;
     int busy_fds[N] = {}; // fds with an operation still in progress, seen so far
     size_t nbusy = 0;
@@ -433,10 +472,10 @@ void aio<N>::complete() {
 }
 
 template <size_t N>
-const uint16_t aio<N>::none;
+const uint16_t aio<N, posix_aio_engine>::none;
 
 template <size_t N>
-void aio<N>::unlink(uint16_t i) {
+void aio<N, posix_aio_engine>::unlink(uint16_t i) {
     slot& s = slots_[i];
     if (s.prev != none) slots_[s.prev].next = s.next;
     else head_ = s.next;
@@ -449,7 +488,7 @@ void aio<N>::unlink(uint16_t i) {
 // the operations in flight are the parent's; the libc of this process knows
 // nothing of them. Forget them without calling their callbacks.
 template <size_t N>
-void aio<N>::abandon() {
+void aio<N, posix_aio_engine>::abandon() {
     for (uint16_t i = 0; i < N; ++i) {
         if (!slots_[i].busy) continue;
         slots_[i].busy = false;
@@ -460,6 +499,536 @@ void aio<N>::abandon() {
     head_ = tail_ = none;
     hook_.active = 0;
     pid_ = getpid();
+}
+
+
+// ============================================================================
+// The thread engine: aio<N, thread_aio_engine<Threads>>
+// ============================================================================
+//
+// Loop thread to workers: a bounded lock-free ring (Vyukov's MPMC queue, one
+// producer) of {slot, ticket} entries and a POSIX semaphore that idle workers
+// sleep on. A worker claims an operation by a compare-and-swap of the slot's
+// state from {ticket, queued} to {ticket, running}, runs pread()/pwrite()/
+// fsync()/fdatasync() (read()/write() where the fd cannot seek, as glibc's
+// AIO does), and hands the slot back through a lock-free stack and one
+// loop.wake() (an eventfd write only if none is pending). No signal, no lock.
+//
+// cancel() of a queued operation wins the same compare-and-swap and reports
+// it at once; the ring entry it leaves behind is stale (the ticket no longer
+// matches) and is dropped by whoever meets it. A running operation finishes
+// with its real result. An fsync()/fdatasync() submitted while an earlier
+// operation on its fd is in flight is held in the loop thread and queued
+// once those have been called back: it runs after them and its callback
+// comes after theirs.
+template <size_t N, size_t Threads>
+class aio<N, thread_aio_engine<Threads> > {
+    static_assert(N >= 1 && N <= 16384, "aio: 1 to 16384 operations in flight");
+
+public:
+    // Starts the threads, every signal blocked in them. stack_bytes: each
+    // thread's stack (0: the system's default). A failure is kept in error()
+    // and returned by every submission.
+    explicit aio(loop_base& owner, size_t stack_bytes = MICROLOOP_AIO_STACK_SIZE);
+    // Drops what is queued, waits for what runs (a read on a pipe waits for
+    // data), stops the threads; the callbacks of what was in flight are not
+    // called. Not from inside one of this module's callbacks.
+    ~aio();
+    aio(const aio&) = delete;
+    aio& operator=(const aio&) = delete;
+
+    // As for the POSIX engine: a failed submission returns an invalid handle
+    // (errc::table_full, errc::bad_fd, errc::bad_argument, or error()).
+    template <class F>
+    aio_handle read(int fd, void* buf, size_t len, off_t offset, F&& cb) {
+        return submit(op_read, fd, buf, len, offset, std::forward<F>(cb));
+    }
+    template <class F>
+    aio_handle write(int fd, const void* buf, size_t len, off_t offset, F&& cb) {
+        return submit(op_write, fd, const_cast<void*>(buf), len, offset, std::forward<F>(cb));
+    }
+    // Runs after every operation submitted before it on fd has finished, and
+    // is called back after them.
+    template <class F>
+    aio_handle fsync(int fd, F&& cb) {
+        return submit(op_fsync, fd, nullptr, 0, 0, std::forward<F>(cb));
+    }
+    template <class F>
+    aio_handle fdatasync(int fd, F&& cb) {
+        return submit(op_fdatasync, fd, nullptr, 0, 0, std::forward<F>(cb));
+    }
+
+    // A queued operation is called back with errc::canceled (at the loop's
+    // next iteration); a running or finished one with its real result.
+    // errc::stale_handle once the callback has run.
+    error_code cancel(aio_handle h);
+
+    size_t in_flight() const { return hook_.active; }
+    error_code last_error() const { return last_error_; }
+    // Why the threads could not start (errc::system with pthread_create's or
+    // sem_init's error, errc::bad_argument for a stack size refused), or ok.
+    error_code error() const { return setup_error_; }
+    table_stats stats() const { return pool_.stats(); }
+    template <class F>
+    void for_each_in_flight(F&& f) const {
+        for (uint16_t i = head_; i != none; i = ops_[i].next) f(aio_handle::from_id(pool_.id_of(i)), ops_[i].fd);
+    }
+    static constexpr size_t threads() { return Threads; }
+
+private:
+    enum op_kind : unsigned char { op_read, op_write, op_fsync, op_fdatasync };
+    // The low byte of op::state; the ticket of the operation is above it.
+    enum : uint32_t { st_free, st_held, st_queued, st_running, st_finished, st_canceled };
+    static const uint16_t none = 0xffff;
+    static const uint32_t no_slot = 0xffffffffu;
+    static const size_t ring_size = detail::pow2_at_least(2 * N); // room for N live entries and stale ones
+
+    struct op {
+        int fd;
+        op_kind kind;
+        void* buf;
+        size_t len;
+        off_t offset;
+        ssize_t result; // written by the worker, read after the completion stack
+        int err;
+        std::atomic<uint32_t> state; // ticket << 8 | st_*
+        uint16_t ticket;             // loop thread: this operation's
+        uint16_t next, prev;         // the in-flight list, in submission order (loop thread)
+        uint16_t callback;           // which callbacks_ entry is this operation's
+        uint32_t done_next;          // link in the completion stack, then in ready_
+    };
+    struct cell {
+        std::atomic<size_t> seq;
+        uint32_t entry; // slot | ticket << 16
+    };
+    struct hook_type : loop_hook {
+        aio* owner;
+    };
+
+    template <class F>
+    aio_handle submit(op_kind kind, int fd, void* buf, size_t len, off_t offset, F&& cb);
+    static void on_wake(loop_hook* h) { static_cast<hook_type*>(h)->owner->complete(); }
+    static void on_fork(loop_hook* h) { static_cast<hook_type*>(h)->owner->abandon(true); }
+    static void* worker_main(void* arg);
+    static void run(op& o);
+    static uint32_t state_of(uint16_t ticket, uint32_t st) { return static_cast<uint32_t>(ticket) << 8 | st; }
+    error_code start();
+    void stop_threads();
+    void reset_queues();
+    void abandon(bool restart);
+    void enqueue(uint16_t i);
+    void push_entry(uint32_t entry);
+    bool pop_entry(uint32_t& entry);
+    void push_completed(uint16_t i);
+    void complete();
+    void finish(uint16_t i);
+    bool earlier_on_fd(uint16_t i) const;
+    void release_held(int fd);
+    void unlink(uint16_t i);
+    aio_handle fail(errc why, int sys = 0) {
+        last_error_ = error_code(why, sys);
+        return aio_handle(last_error_);
+    }
+
+    loop_base& loop_;
+    pid_t pid_;
+    hook_type hook_;
+    error_code setup_error_;
+    error_code last_error_;
+    size_t stack_bytes_;
+    size_t nthreads_;
+    size_t held_; // fsyncs waiting for an earlier operation on their fd
+    bool sem_ok_;
+    std::atomic<bool> stopping_;
+    uint16_t head_, tail_; // operations in flight, oldest first
+    uint32_t ready_;       // taken from the completion stack, not yet called back
+    detail::slot_pool<N> pool_;
+    op ops_[N];
+    aio_callback callbacks_[N + 1]; // one spare: a callback may submit again at capacity
+    uint16_t spare_;
+    sem_t sem_;
+    pthread_t threads_[Threads];
+    cell ring_[ring_size];
+    std::atomic<size_t> enqueue_, dequeue_;
+    std::atomic<uint32_t> completed_; // the completion stack's top, or no_slot
+};
+
+template <size_t N, size_t T>
+const uint16_t aio<N, thread_aio_engine<T> >::none;
+template <size_t N, size_t T>
+const uint32_t aio<N, thread_aio_engine<T> >::no_slot;
+template <size_t N, size_t T>
+const size_t aio<N, thread_aio_engine<T> >::ring_size;
+
+template <size_t N, size_t T>
+aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
+    : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
+      stopping_(false), head_(none), tail_(none), ready_(no_slot), spare_(static_cast<uint16_t>(N)), enqueue_(0),
+      dequeue_(0), completed_(no_slot) {
+    hook_.on_wake = &on_wake;
+    hook_.on_fork = &on_fork;
+    hook_.active = 0;
+    hook_.next = nullptr;
+    hook_.owner = this;
+    for (size_t i = 0; i < N; ++i) {
+        op& o = ops_[i];
+        o.fd = -1;
+        o.kind = op_read;
+        o.buf = nullptr;
+        o.len = 0;
+        o.offset = 0;
+        o.result = 0;
+        o.err = 0;
+        o.state.store(st_free, std::memory_order_relaxed);
+        o.ticket = 0;
+        o.next = o.prev = none;
+        o.callback = static_cast<uint16_t>(i);
+        o.done_next = no_slot;
+    }
+    reset_queues();
+    loop_.attach(&hook_);
+    setup_error_ = start();
+}
+
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::reset_queues() {
+    for (size_t i = 0; i < ring_size; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
+    enqueue_.store(0, std::memory_order_relaxed);
+    dequeue_.store(0, std::memory_order_relaxed);
+    completed_.store(no_slot, std::memory_order_relaxed);
+    ready_ = no_slot;
+    stopping_.store(false, std::memory_order_relaxed);
+}
+
+template <size_t N, size_t T>
+error_code aio<N, thread_aio_engine<T> >::start() {
+    if (sem_init(&sem_, 0, 0) != 0) return error_code(errc::system, errno);
+    sem_ok_ = true;
+    pthread_attr_t attr;
+    int rc = pthread_attr_init(&attr);
+    if (rc != 0) return error_code(errc::system, rc);
+    error_code err;
+    if (stack_bytes_ != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes_)) != 0)
+        err = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
+    if (!err) {
+        detail::all_signals_blocked blocked; // the threads inherit the mask
+        for (size_t t = 0; t < T; ++t) {
+            rc = pthread_create(&threads_[t], &attr, &worker_main, this);
+            if (rc != 0) {
+                err = error_code(errc::system, rc);
+                break;
+            }
+            ++nthreads_;
+        }
+    }
+    pthread_attr_destroy(&attr);
+    if (err) stop_threads();
+    return err;
+}
+
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::stop_threads() {
+    stopping_.store(true, std::memory_order_release);
+    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
+    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
+    nthreads_ = 0;
+}
+
+template <size_t N, size_t T>
+aio<N, thread_aio_engine<T> >::~aio() {
+    if (getpid() != pid_) {
+        abandon(false); // a forked child: the threads are the parent's
+    } else {
+        // Queued operations never start; running ones finish before the join.
+        for (size_t i = 0; i < N; ++i) {
+            op& o = ops_[i];
+            uint32_t queued = state_of(o.ticket, st_queued);
+            o.state.compare_exchange_strong(queued, state_of(o.ticket, st_canceled), std::memory_order_acq_rel);
+        }
+        stop_threads();
+    }
+    for (size_t i = 0; i <= N; ++i) callbacks_[i].reset();
+    if (sem_ok_) sem_destroy(&sem_);
+    loop_.detach(&hook_);
+}
+
+template <size_t N, size_t T>
+template <class F>
+aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf, size_t len, off_t offset,
+                                                 F&& cb) {
+    if (setup_error_) return fail(setup_error_.code(), setup_error_.sys());
+    if (fd < 0) return fail(errc::bad_fd);
+    if (offset < 0 || len > static_cast<size_t>(SSIZE_MAX) || (buf == nullptr && len > 0))
+        return fail(errc::bad_argument);
+    if (detail::is_null_callable(cb)) return fail(errc::bad_argument);
+    uint64_t id = pool_.acquire();
+    if (id == 0) return fail(errc::table_full);
+    const uint16_t index = static_cast<uint16_t>(id & 0xffffu);
+    op& o = ops_[index];
+    o.fd = fd;
+    o.kind = kind;
+    o.buf = buf;
+    o.len = len;
+    o.offset = offset;
+    o.result = 0;
+    o.err = 0;
+    callbacks_[o.callback].emplace(std::forward<F>(cb));
+    o.next = none;
+    o.prev = tail_;
+    if (tail_ != none) ops_[tail_].next = index;
+    else head_ = index;
+    tail_ = index;
+    ++hook_.active;
+    if ((kind == op_fsync || kind == op_fdatasync) && earlier_on_fd(index)) {
+        o.state.store(state_of(o.ticket, st_held), std::memory_order_relaxed);
+        ++held_;
+    } else {
+        enqueue(index);
+    }
+    return aio_handle::from_id(id);
+}
+
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
+    op& o = ops_[i];
+    o.ticket = static_cast<uint16_t>(o.ticket + 1);
+    o.state.store(state_of(o.ticket, st_queued), std::memory_order_relaxed);
+    push_entry(static_cast<uint32_t>(i) | static_cast<uint32_t>(o.ticket) << 16); // publishes o (release)
+    sem_post(&sem_);
+}
+
+// One producer (the loop thread). At most N entries are live (one per queued
+// operation); the others are stale, left by cancel(). When the ring is full
+// the loop takes entries from its head itself: a stale one is dropped, a live
+// one goes back at the tail, and at least half of them are stale.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
+    for (;;) {
+        size_t pos = enqueue_.load(std::memory_order_relaxed);
+        cell& c = ring_[pos & (ring_size - 1)];
+        if (c.seq.load(std::memory_order_acquire) == pos) {
+            c.entry = entry;
+            enqueue_.store(pos + 1, std::memory_order_relaxed);
+            c.seq.store(pos + 1, std::memory_order_release);
+            return;
+        }
+        uint32_t old;
+        if (!pop_entry(old)) continue; // a worker took one meanwhile: there is room now
+        const op& o = ops_[old & 0xffffu];
+        if (o.state.load(std::memory_order_relaxed) == state_of(static_cast<uint16_t>(old >> 16), st_queued)) {
+            // Live: back at the tail, in the cell just freed (or a later one).
+            size_t p2 = enqueue_.load(std::memory_order_relaxed);
+            cell& c2 = ring_[p2 & (ring_size - 1)];
+            MICROLOOP_ASSERT(c2.seq.load(std::memory_order_acquire) == p2);
+            c2.entry = old;
+            enqueue_.store(p2 + 1, std::memory_order_relaxed);
+            c2.seq.store(p2 + 1, std::memory_order_release);
+        }
+    }
+}
+
+// Many consumers: the workers, and the loop thread in push_entry().
+template <size_t N, size_t T>
+bool aio<N, thread_aio_engine<T> >::pop_entry(uint32_t& entry) {
+    size_t pos = dequeue_.load(std::memory_order_relaxed);
+    for (;;) {
+        cell& c = ring_[pos & (ring_size - 1)];
+        size_t seq = c.seq.load(std::memory_order_acquire);
+        intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
+        if (diff == 0) {
+            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+                entry = c.entry;
+                c.seq.store(pos + ring_size, std::memory_order_release);
+                return true;
+            }
+        } else if (diff < 0) {
+            return false; // empty
+        } else {
+            pos = dequeue_.load(std::memory_order_relaxed);
+        }
+    }
+}
+
+// A Treiber stack that is only pushed to and taken whole: no ABA problem.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::push_completed(uint16_t i) {
+    uint32_t top = completed_.load(std::memory_order_relaxed);
+    do ops_[i].done_next = top;
+    while (!completed_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
+}
+
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::run(op& o) {
+    ssize_t r;
+    do {
+        switch (o.kind) {
+        case op_read:
+            r = pread(o.fd, o.buf, o.len, o.offset);
+            if (r < 0 && errno == ESPIPE) r = ::read(o.fd, o.buf, o.len); // a pipe, a socket: no offset
+            break;
+        case op_write:
+            r = pwrite(o.fd, o.buf, o.len, o.offset);
+            if (r < 0 && errno == ESPIPE) r = ::write(o.fd, o.buf, o.len);
+            break;
+        case op_fsync: r = ::fsync(o.fd); break;
+        default: r = ::fdatasync(o.fd); break;
+        }
+    } while (r < 0 && errno == EINTR); // every signal is blocked, but a debugger may stop us
+    o.err = r < 0 ? errno : 0;
+    o.result = r;
+}
+
+template <size_t N, size_t T>
+void* aio<N, thread_aio_engine<T> >::worker_main(void* arg) {
+    aio* self = static_cast<aio*>(arg);
+    for (;;) {
+        if (sem_wait(&self->sem_) != 0) continue; // EINTR
+        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+        uint32_t entry;
+        if (!self->pop_entry(entry)) continue;
+        const uint16_t i = static_cast<uint16_t>(entry & 0xffffu);
+        op& o = self->ops_[i];
+        const uint16_t ticket = static_cast<uint16_t>(entry >> 16);
+        uint32_t queued = state_of(ticket, st_queued);
+        if (!o.state.compare_exchange_strong(queued, state_of(ticket, st_running), std::memory_order_acq_rel))
+            continue; // stale: canceled (and reported) already
+        run(o);
+        o.state.store(state_of(ticket, st_finished), std::memory_order_relaxed);
+        self->push_completed(i);
+        self->loop_.wake();
+    }
+}
+
+template <size_t N, size_t T>
+error_code aio<N, thread_aio_engine<T> >::cancel(aio_handle h) {
+    const uint16_t i = pool_.lookup(h.id());
+    if (i == pool_.none) return errc::stale_handle;
+    op& o = ops_[i];
+    uint32_t queued = state_of(o.ticket, st_queued);
+    bool won = o.state.compare_exchange_strong(queued, state_of(o.ticket, st_canceled), std::memory_order_acq_rel);
+    if (!won && queued == state_of(o.ticket, st_held)) {
+        o.state.store(state_of(o.ticket, st_canceled), std::memory_order_relaxed);
+        --held_;
+        won = true;
+    }
+    if (won) {
+        push_completed(i);
+        loop_.wake();
+    }
+    return error_code();
+}
+
+// In the loop's thread after every wake-up: calls back what the workers
+// finished, in the order they finished. ready_ is a member so that a
+// callback that throws leaves the rest for the next wake-up.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::complete() {
+    for (;;) {
+        if (ready_ == no_slot) {
+            uint32_t top = completed_.exchange(no_slot, std::memory_order_acquire);
+            if (top == no_slot) return;
+            uint32_t order = no_slot; // the stack is newest first: reverse it
+            while (top != no_slot) {
+                uint32_t below = ops_[top].done_next;
+                ops_[top].done_next = order;
+                order = top;
+                top = below;
+            }
+            ready_ = order;
+        }
+        const uint16_t i = static_cast<uint16_t>(ready_);
+        ready_ = ops_[i].done_next;
+        finish(i);
+    }
+}
+
+// The slot is free (and the handle stale) while its callback runs, which
+// runs from the spare callback storage.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::finish(uint16_t i) {
+    op& o = ops_[i];
+    aio_event ev;
+    const int fd = o.fd;
+    if ((o.state.load(std::memory_order_relaxed) & 0xffu) == st_canceled) {
+        ev.result = -1;
+        ev.error = error_code(errc::canceled, ECANCELED);
+    } else if (o.err != 0) {
+        ev.result = -1;
+        ev.error = error_code(errc::system, o.err);
+    } else {
+        ev.result = o.result;
+        ev.error = error_code();
+    }
+    o.state.store(state_of(o.ticket, st_free), std::memory_order_relaxed);
+    unlink(i);
+    --hook_.active;
+    const uint64_t id = pool_.id_of(i);
+    ev.handle = aio_handle::from_id(id);
+    const uint16_t running = o.callback;
+    o.callback = spare_;
+    spare_ = running;
+    pool_.release(i);
+    if (held_ != 0) release_held(fd);
+    aio_callback& cb = callbacks_[running];
+    auto done = detail::on_scope_exit([&cb] { cb.reset(); }); // also if it throws
+    loop_.invoke(cb, source_kind::aio, id, fd, ev);
+}
+
+template <size_t N, size_t T>
+bool aio<N, thread_aio_engine<T> >::earlier_on_fd(uint16_t i) const {
+    for (uint16_t k = head_; k != i && k != none; k = ops_[k].next)
+        if (ops_[k].fd == ops_[i].fd) return true;
+    return false;
+}
+
+// An operation on fd was called back: the oldest one left on fd may be a
+// held fsync, which may start now.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::release_held(int fd) {
+    for (uint16_t k = head_; k != none; k = ops_[k].next) {
+        if (ops_[k].fd != fd) continue;
+        if (ops_[k].state.load(std::memory_order_relaxed) == state_of(ops_[k].ticket, st_held)) {
+            --held_;
+            enqueue(k);
+        }
+        return;
+    }
+}
+
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::unlink(uint16_t i) {
+    op& o = ops_[i];
+    if (o.prev != none) ops_[o.prev].next = o.next;
+    else head_ = o.next;
+    if (o.next != none) ops_[o.next].prev = o.prev;
+    else tail_ = o.prev;
+    o.next = o.prev = none;
+}
+
+// In a forked child the threads are the parent's and the operations in
+// flight with them: forget those without calling back. after_fork()
+// (restart) then starts threads of the child's own.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::abandon(bool restart) {
+    nthreads_ = 0; // nothing to join here
+    for (uint16_t i = 0; i < N; ++i) {
+        op& o = ops_[i];
+        if ((o.state.load(std::memory_order_relaxed) & 0xffu) == st_free) continue;
+        o.state.store(state_of(o.ticket, st_free), std::memory_order_relaxed);
+        o.next = o.prev = none;
+        callbacks_[o.callback].reset();
+        pool_.release(i);
+    }
+    head_ = tail_ = none;
+    held_ = 0;
+    hook_.active = 0;
+    pid_ = getpid();
+    reset_queues();
+    if (restart && !setup_error_) {
+        if (sem_ok_) sem_destroy(&sem_);
+        sem_ok_ = false;
+        setup_error_ = start();
+    }
 }
 
 } // namespace microloop

@@ -210,12 +210,11 @@ void continuation_big() {
     continuation_calls(table);
 }
 
-template <size_t N>
-void aio_calls(microloop::loop_base& lp) {
+template <class Disk>
+void aio_calls_on(Disk& disk) {
     static char buf[64];
     int local = 0;
     int* p = &local;
-    microloop::aio<N> disk(lp);
     microloop::aio_handle r = disk.read(3, buf, sizeof buf, 0, [p](microloop::aio_event ev) { *p += ev.result > 0 ? 1 : 0; });
     microloop::aio_handle w = disk.write(3, "x", 1, static_cast<off_t>(4096), &on_aio);
     microloop::aio_handle f = disk.fsync(3, &on_aio);
@@ -225,8 +224,20 @@ void aio_calls(microloop::loop_base& lp) {
     local += static_cast<int>(disk.in_flight()) + disk.last_error().sys();
     local += static_cast<int>(disk.stats().high_water);
     disk.for_each_in_flight([p](microloop::aio_handle h, int fd) { *p += fd + static_cast<int>(h.id() & 1); });
+    local += disk.error().sys();
     handle_ops(d);
     counter += local;
+}
+
+template <size_t N>
+void aio_calls(microloop::loop_base& lp) {
+    microloop::aio<N> disk(lp); // the default engine, thread_aio_engine<>
+    aio_calls_on(disk);
+    microloop::aio<N, microloop::posix_aio_engine> posix(lp);
+    aio_calls_on(posix);
+    microloop::aio<N, microloop::thread_aio_engine<1> > one(lp, 64 * 1024);
+    counter += static_cast<int>(one.threads());
+    aio_calls_on(one);
 }
 
 template <size_t N>
