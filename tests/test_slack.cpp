@@ -182,10 +182,21 @@ TEST_CASE("timers keep their order and counts with a slack of 1 ns", "[timer][sl
             if (log->n < 8) log->order[log->n++] = id;
         }
     };
-    one a = {&log, 3}, b = {&log, 1}, c = {&log, 2};
-    REQUIRE(loop.after(milliseconds(6), a));
-    REQUIRE(loop.after(milliseconds(2), b));
-    REQUIRE(loop.after(milliseconds(4), c));
+    // Armed from one callback, the three share the iteration's time, so
+    // their order does not depend on how fast this machine arms them (armed
+    // outside callbacks, each would count from its own reading of the clock).
+    struct starter {
+        slack_loop* loop;
+        log_t* log;
+        void operator()(timer_event) const {
+            one a = {log, 3}, b = {log, 1}, c = {log, 2};
+            REQUIRE(loop->after(milliseconds(6), a));
+            REQUIRE(loop->after(milliseconds(2), b));
+            REQUIRE(loop->after(milliseconds(4), c));
+        }
+    };
+    starter start = {&loop, &log};
+    REQUIRE(loop.after(nanoseconds(0), start));
     microloop::timer_handle rep = loop.every(milliseconds(1), [&count, &loop](timer_event ev) {
         count.last_step = 1 + static_cast<int>(ev.overruns); // a stall on this noisy machine skips periods
         count.ticks += count.last_step;
