@@ -270,10 +270,15 @@ public:
         int64_t t0 = detail::monotonic_ns();
         cb(ev...);
         int64_t took = detail::monotonic_ns() - t0;
-        if (took >= stall_ns_) {
-            stall_report r = {kind, id, what, took};
-            stall_cb_(r);
-        }
+        if (took >= stall_ns_) report_stall(kind, id, what, took);
+    }
+
+    // Calls the stall callback; the clock afterwards, so that its own time is
+    // not charged to the next callback.
+    int64_t report_stall(source_kind kind, uint64_t id, int what, int64_t took) {
+        stall_report r = {kind, id, what, took};
+        stall_cb_(r);
+        return detail::monotonic_ns();
     }
 
     // Which process made this loop, or called after_fork() last.
@@ -538,6 +543,7 @@ private:
     int64_t select_timeout(int64_t until) const;
     void dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords, int nready);
     void dispatch_fd(int fd, unsigned ready);
+    template <bool Stall>
     bool dispatch_readers(const unsigned long* r, int nwords, int& i, unsigned long& bits, int& nready);
     void end_io() {
         uint16_t s = running_io_.current();
@@ -1041,9 +1047,12 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const un
     int i = 0;
     unsigned long bits = 0; // the careful path resumes with what is left of word i
     bool resume = false;
-    if (!w && !e && stall_ns_ == 0) {
-        if (dispatch_readers(r, nwords, i, bits, nready)) i = nwords; // done
-        else resume = true;
+    if (!w && !e) {
+        if (stall_ns_ == 0 ? dispatch_readers<false>(r, nwords, i, bits, nready)
+                           : dispatch_readers<true>(r, nwords, i, bits, nready))
+            i = nwords; // done
+        else
+            resume = true;
     }
     static const unsigned long none[detail::fd_words] = {}; // an unused set reads as empty
     if (!w) w = none;
@@ -1065,12 +1074,18 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const un
 
 // The lean path: true when the scan is complete; false when a callback
 // changed the fd watchers, with i, bits and nready where the careful path
-// takes over (the fd that was running is done).
+// takes over (the fd that was running is done). With stall detection on
+// (Stall), the clock is read once per callback, after it: a callback's time
+// runs from the previous reading (the end of the previous callback, or the
+// start of the scan), which adds only the loop's own few instructions
+// between two callbacks to it.
 template <class Cap, class Clock>
+template <bool Stall>
 MICROLOOP_DETAIL_ALWAYS_INLINE bool basic_loop<Cap, Clock>::dispatch_readers(const unsigned long* r, int nwords,
                                                                               int& i, unsigned long& bits,
                                                                               int& nready) {
     io_changed_ = false;
+    int64_t t0 = Stall ? detail::monotonic_ns() : 0;
     // Ends the running callback's bookkeeping once, when the scan ends or a
     // callback throws: while nothing changes, no callback has removed its
     // own watcher and there is nothing to free.
@@ -1089,6 +1104,10 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool basic_loop<Cap, Clock>::dispatch_readers(con
             running_io_.begin(s);
             io_event ev = {io_handle::from_id(io.id), fd, readable};
             io.cb(ev);
+            if (Stall) {
+                const int64_t t1 = detail::monotonic_ns();
+                t0 = t1 - t0 >= stall_ns_ ? report_stall(source_kind::io, io.id, fd, t1 - t0) : t1;
+            }
             if (io_changed_) return false;
         }
     }
