@@ -30,6 +30,12 @@
 #else
 #define MICROLOOP_DETAIL_ALWAYS_INLINE inline
 #endif
+// Inlined for speed, except when the build optimises for size (-Os).
+#if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
+#define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
+#else
+#define MICROLOOP_DETAIL_HOT_INLINE inline
+#endif
 
 namespace microloop {
 
@@ -533,6 +539,7 @@ private:
     }
     void renumber_seqs();
     void heap_sift(uint32_t pos, heap_entry e);
+    void heap_sift_inline(uint32_t pos, heap_entry e); // the same, inlined into rearm() and cancel()
     void heap_push(uint16_t slot, int64_t deadline);
     void heap_remove(uint32_t pos);
 
@@ -783,7 +790,7 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
         // order (taken first: renumbering moves entries).
         uint32_t seq = next_seq();
         heap_entry e = {arm_time() + ns, seq, slot};
-        heap_sift(heap_pos_[slot], e);
+        heap_sift_inline(heap_pos_[slot], e);
     } else {
         heap_push(slot, arm_time() + ns);
     }
@@ -794,7 +801,11 @@ template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
-    if (heap_pos_[slot] != no_pos) heap_remove(heap_pos_[slot]);
+    const uint16_t pos = heap_pos_[slot];
+    if (pos != no_pos) { // heap_remove(), with the sift inlined
+        heap_pos_[slot] = no_pos;
+        if (pos != --heap_size_) heap_sift_inline(pos, heap_[heap_size_]);
+    }
     release_timer(slot);
     return error_code();
 }
@@ -812,6 +823,11 @@ std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const
 // through half as many levels, and siblings sit next to each other in memory.
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::heap_sift(uint32_t pos, heap_entry e) {
+    heap_sift_inline(pos, e);
+}
+
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_sift_inline(uint32_t pos, heap_entry e) {
     if (pos >= heap_cap) return; // never true; tells the optimiser (gcc -Warray-bounds, capacity 1)
     uint32_t at = pos;
     while (at > 0) {
@@ -830,9 +846,15 @@ void basic_loop<Cap, Clock>::heap_sift(uint32_t pos, heap_entry e) {
     for (;;) {
         uint32_t first = 4u * at + 1u;
         if (first >= size) break;
-        uint32_t end = size - first > 4u ? first + 4u : size, best = first;
-        for (uint32_t c = first + 1u; c < end; ++c)
-            if (heap_less(heap_[c], heap_[best])) best = c;
+        uint32_t best = first;
+        if (size - first >= 4u) { // all four siblings: two pairs, then their winners
+            const uint32_t a = heap_less(heap_[first + 1u], heap_[first]) ? first + 1u : first;
+            const uint32_t b = heap_less(heap_[first + 3u], heap_[first + 2u]) ? first + 3u : first + 2u;
+            best = heap_less(heap_[b], heap_[a]) ? b : a;
+        } else {
+            for (uint32_t c = first + 1u; c < size; ++c)
+                if (heap_less(heap_[c], heap_[best])) best = c;
+        }
         if (!heap_less(heap_[best], e)) break;
         heap_place(at, heap_[best]);
         at = best;
@@ -844,7 +866,15 @@ template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::heap_push(uint16_t slot, int64_t deadline) {
     if (heap_size_ >= heap_cap) return; // never true: only live timers are armed
     heap_entry e = {deadline, next_seq(), slot};
-    heap_sift(heap_size_++, e);
+    // A new last entry has no children: it can only move up.
+    uint32_t at = heap_size_++;
+    while (at > 0) {
+        uint32_t parent = (at - 1u) / 4u;
+        if (!heap_less(e, heap_[parent])) break;
+        heap_place(at, heap_[parent]);
+        at = parent;
+    }
+    heap_place(at, e);
 }
 
 template <class Cap, class Clock>
