@@ -219,9 +219,9 @@ worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
         slots_[i].state.store(st_free, std::memory_order_relaxed);
         slots_[i].next = none;
         slots_[i].done = 0;
-        free_slots_[i] = static_cast<uint32_t>(Queue - 1 - i); // slot 0 is handed out first
+        free_slots_[i] = detail::narrow<uint32_t>(Queue - 1 - i); // slot 0 is handed out first
     }
-    for (size_t i = 0; i <= Queue; ++i) free_dones_[i] = static_cast<uint32_t>(Queue - i);
+    for (size_t i = 0; i <= Queue; ++i) free_dones_[i] = detail::narrow<uint32_t>(Queue - i);
     for (size_t i = 0; i < ring_size; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
     on_wake = &worker_pool::on_wake_fn;
     on_fork = &worker_pool::on_fork_fn;
