@@ -232,6 +232,37 @@ TEST_CASE("a ready watcher removed by an earlier callback is not called", "[io]"
     CHECK(r.loop.active() == 1);
 }
 
+TEST_CASE("a watcher paused before a nested poll() is not called by the outer scan", "[io]") {
+    reentry r;
+    for (int i = 0; i < 3; ++i) REQUIRE(r.pair[i].ok());
+    REQUIRE(r.pair[0].a.get() < r.pair[2].a.get());
+    REQUIRE(test::put_byte(r.pair[0].b.get()));
+    REQUIRE(test::put_byte(r.pair[2].b.get()));
+    // pair[0]'s callback pauses pair[2]'s watcher, ready in this select(),
+    // then runs a nested poll() that dispatches pair[1]: once it returns, the
+    // outer scan must still know that the watchers changed.
+    r.h[0] = r.loop.watch(r.pair[0].a.get(), microloop::readable, [&r](io_event ev) {
+        ++r.calls[0];
+        test::drain(ev.fd);
+        CHECK(!r.loop.modify(r.h[2], 0));
+        REQUIRE(test::put_byte(r.pair[1].b.get()));
+        r.loop.poll();
+    });
+    r.h[1] = r.loop.watch(r.pair[1].a.get(), microloop::readable, [&r](io_event ev) {
+        ++r.calls[1];
+        test::drain(ev.fd);
+    });
+    r.h[2] = r.loop.watch(r.pair[2].a.get(), microloop::readable, [&r](io_event) { ++r.calls[2]; });
+    REQUIRE(r.h[0]);
+    REQUIRE(r.h[1]);
+    REQUIRE(r.h[2]);
+    r.loop.run_once(seconds(1));
+    CHECK(r.calls[0] == 1);
+    CHECK(r.calls[1] == 1);
+    CHECK(r.calls[2] == 0);
+    CHECK(r.loop.active() == 2); // the paused watcher is not active
+}
+
 TEST_CASE("a watcher added in a callback for a ready fd waits for the next iteration", "[io]") {
     reentry r;
     for (int i = 0; i < 3; ++i) REQUIRE(r.pair[i].ok());

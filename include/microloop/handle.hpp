@@ -176,6 +176,8 @@ public:
     running_slot() : slot_(none), released_(false) {}
 
     void begin(uint16_t slot) { slot_ = slot; }
+    // The slot whose callback is running, or 0xffff.
+    uint16_t current() const { return slot_; }
     // Release `slot` of `pool`, whose callback is `cb`: now, or deferred to
     // end() if that callback is the one running.
     template <class Pool, class Callback>

@@ -30,6 +30,12 @@
 #else
 #define MICROLOOP_DETAIL_ALWAYS_INLINE inline
 #endif
+// Inlined for speed, except when the build optimises for size (-Os).
+#if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
+#define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
+#else
+#define MICROLOOP_DETAIL_HOT_INLINE inline
+#endif
 
 namespace microloop {
 
@@ -270,10 +276,15 @@ public:
         int64_t t0 = detail::monotonic_ns();
         cb(ev...);
         int64_t took = detail::monotonic_ns() - t0;
-        if (took >= stall_ns_) {
-            stall_report r = {kind, id, what, took};
-            stall_cb_(r);
-        }
+        if (took >= stall_ns_) report_stall(kind, id, what, took);
+    }
+
+    // Calls the stall callback; the clock afterwards, so that its own time is
+    // not charged to the next callback.
+    int64_t report_stall(source_kind kind, uint64_t id, int what, int64_t took) {
+        stall_report r = {kind, id, what, took};
+        stall_cb_(r);
+        return detail::monotonic_ns();
     }
 
     // Which process made this loop, or called after_fork() last.
@@ -366,15 +377,15 @@ public:
     error_code run();
     // One iteration: wait (forever, or at most max_wait), dispatch, return.
     // A stop() ends the wait and is used up, as in run().
-    error_code run_once() { return iterate_once(-1); }
+    error_code run_once() { return drive(-1, true); }
     template <class Rep, class Period>
     error_code run_once(std::chrono::duration<Rep, Period> max_wait) {
         int64_t ns;
         if (!detail::to_ns(max_wait, ns)) return errc::bad_timeout;
-        return iterate_once(ns);
+        return drive(ns, true);
     }
     // One iteration that does not wait.
-    error_code poll() { return iterate_once(0); }
+    error_code poll() { return drive(0, true); }
     using loop_base::stop;
     using loop_base::wake;
 
@@ -478,11 +489,15 @@ private:
         uint64_t added_iter; // not dispatched in the iteration it was added in
         uint64_t id;         // its handle's id, fixed while the watcher lives
     };
+    // What a timer needs when it fires. Where it sits in the heap is kept
+    // apart (heap_pos_), in a dense array: sifting rewrites the positions of
+    // the entries it moves, and those writes then stay within a few cache
+    // lines instead of one per timer.
     struct timer_slot {
         timer_callback cb;
         int64_t period; // 0: one-shot
-        uint16_t heap_pos;
     };
+    // 16 bytes: four siblings fill one 64-byte cache line.
     struct heap_entry {
         int64_t deadline;
         uint32_t seq; // arming order: equal deadlines fire first-armed first
@@ -513,7 +528,7 @@ private:
 
     void heap_place(uint32_t pos, const heap_entry& e) {
         heap_[pos] = e;
-        timers_[e.slot].heap_pos = static_cast<uint16_t>(pos);
+        heap_pos_[e.slot] = static_cast<uint16_t>(pos);
     }
     static bool heap_less(const heap_entry& a, const heap_entry& b) {
         return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
@@ -524,23 +539,22 @@ private:
     }
     void renumber_seqs();
     void heap_sift(uint32_t pos, heap_entry e);
+    void heap_sift_inline(uint32_t pos, heap_entry e); // the same, inlined into rearm() and cancel()
     void heap_push(uint16_t slot, int64_t deadline);
     void heap_remove(uint32_t pos);
 
     error_code iterate(int64_t max_wait_ns);
-    error_code iterate_once(int64_t max_wait_ns) {
-        error_code result = slack_.apply();
-        if (!result) result = iterate(max_wait_ns);
-        stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
-        return result;
-    }
+    // run() (once == false), run_once() and poll(): iterate() has this one
+    // call site, so it is inlined and an iteration costs no extra call.
+    error_code drive(int64_t max_wait_ns, bool once);
     int64_t select_timeout(int64_t until) const;
     void dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords, int nready);
     void dispatch_fd(int fd, unsigned ready);
-    fd_set* copy_set(fd_set& to, const fd_set& from, size_t bytes) const {
-        if (fdset_words_) memcpy(&to, &from, bytes);
-        else to = from;
-        return &to;
+    template <bool Stall>
+    bool dispatch_readers(const unsigned long* r, int nwords, int& i, unsigned long& bits, int& nready);
+    void end_io() {
+        uint16_t s = running_io_.current();
+        if (s != io_pool_.none) running_io_.end(io_pool_, io_[s].cb);
     }
     void dispatch_timers();
 
@@ -559,7 +573,12 @@ private:
 
     timer_pool timer_pool_;
     timer_slot timers_[timer_pool::slots];
-    heap_entry heap_[heap_cap];
+    uint16_t heap_pos_[timer_pool::slots]; // no_pos: not armed
+    // The 4-ary heap, libev's layout: the children of entry i are 4i+1..4i+4,
+    // and heap_ starts up to three entries into heap_store_ so that each group
+    // of four siblings shares one cache line: a sift reads one line per level.
+    heap_entry heap_store_[heap_cap + 3];
+    heap_entry* heap_; // set once by the constructor; the loop never moves
     uint16_t heap_size_;
     // Arming order. Timers armed while the timer pass runs have a seq at or
     // above seq_mark_ and wait for the next pass. Before seq_ could wrap,
@@ -575,6 +594,7 @@ private:
     bool now_valid_;
     bool dispatching_; // inside an iteration, after the wait: callbacks use now_
     bool wake_seen_;   // the wake-up fd was ready in this iteration
+    bool io_changed_;  // a watcher was added, modified or removed since the scan of ready fds began
     bool fdset_words_;
     Clock clock_;
     detail::timer_slack slack_; // set_timer_slack()
@@ -589,13 +609,19 @@ private:
 template <class Cap, class Clock>
 basic_loop<Cap, Clock>::basic_loop()
     : maxfd_(-1), active_io_(0), iteration_(0), heap_size_(0), seq_(0), seq_mark_(0), now_(0), now_valid_(false),
-      dispatching_(false), wake_seen_(false), fdset_words_(detail::fdset_is_words()), signals_(*this) {
+      dispatching_(false), wake_seen_(false), io_changed_(false), fdset_words_(detail::fdset_is_words()), signals_(*this) {
     for (int i = 0; i < 3; ++i) {
         FD_ZERO(&master_[i]);
         nwatch_[i] = 0;
     }
     memset(watched_, 0, sizeof watched_);
     for (size_t i = 0; i < FD_SETSIZE; ++i) fd_slot_[i] = no_slot;
+    for (size_t i = 0; i < timer_pool::slots; ++i) heap_pos_[i] = no_pos;
+    // Entry 1 (the first of the root's children) on a 64-byte boundary, when
+    // the storage's alignment allows it.
+    const uintptr_t first = reinterpret_cast<uintptr_t>(&heap_store_[1]);
+    const uintptr_t skip = (64u - first % 64u) % 64u / sizeof(heap_entry);
+    heap_ = heap_store_ + (skip <= 3u ? skip : 0u);
     if (wake_fd_ >= 0) {
         FD_SET(wake_fd_, &master_[rd]);
         maxfd_ = wake_fd_;
@@ -664,6 +690,7 @@ error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
     static const unsigned bit[3] = {readable, writable, priority};
+    io_changed_ = true; // every watch(), modify() and unwatch() passes here
     if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
     for (int s = 0; s < 3; ++s) {
         bool was = (io.interest & bit[s]) != 0, is = (events & bit[s]) != 0;
@@ -759,14 +786,13 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
     } else if (!detail::to_ns(timeout, ns)) {
         return errc::bad_timeout;
     }
-    timer_slot& t = timers_[slot];
-    if (t.heap_pos != no_pos) {
+    if (heap_pos_[slot] != no_pos) {
         // Armed: re-keyed in place, one sift instead of a remove and a push.
         // A fresh seq, as a push would give, keeps equal deadlines in arming
         // order (taken first: renumbering moves entries).
         uint32_t seq = next_seq();
         heap_entry e = {arm_time() + ns, seq, slot};
-        heap_sift(t.heap_pos, e);
+        heap_sift_inline(heap_pos_[slot], e);
     } else {
         heap_push(slot, arm_time() + ns);
     }
@@ -777,7 +803,11 @@ template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
-    if (timers_[slot].heap_pos != no_pos) heap_remove(timers_[slot].heap_pos);
+    const uint16_t pos = heap_pos_[slot];
+    if (pos != no_pos) { // heap_remove(), with the sift inlined
+        heap_pos_[slot] = no_pos;
+        if (pos != --heap_size_) heap_sift_inline(pos, heap_[heap_size_]);
+    }
     release_timer(slot);
     return error_code();
 }
@@ -785,8 +815,8 @@ error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
 template <class Cap, class Clock>
 std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none || timers_[slot].heap_pos == no_pos) return std::chrono::nanoseconds::zero();
-    int64_t left = heap_[timers_[slot].heap_pos].deadline - clock_.now_ns();
+    if (slot == timer_pool_.none || heap_pos_[slot] == no_pos) return std::chrono::nanoseconds::zero();
+    int64_t left = heap_[heap_pos_[slot]].deadline - clock_.now_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
 }
 
@@ -795,6 +825,11 @@ std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const
 // through half as many levels, and siblings sit next to each other in memory.
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::heap_sift(uint32_t pos, heap_entry e) {
+    heap_sift_inline(pos, e);
+}
+
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_sift_inline(uint32_t pos, heap_entry e) {
     if (pos >= heap_cap) return; // never true; tells the optimiser (gcc -Warray-bounds, capacity 1)
     uint32_t at = pos;
     while (at > 0) {
@@ -803,15 +838,25 @@ void basic_loop<Cap, Clock>::heap_sift(uint32_t pos, heap_entry e) {
         heap_place(at, heap_[parent]);
         at = parent;
     }
+    if (at != pos) { // moved up: smaller than what it passed, so than their children
+        heap_place(at, e);
+        return;
+    }
     // heap_size_ never exceeds the capacity; the clamp tells the optimiser so
     // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
     const uint32_t size = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
     for (;;) {
         uint32_t first = 4u * at + 1u;
         if (first >= size) break;
-        uint32_t end = size - first > 4u ? first + 4u : size, best = first;
-        for (uint32_t c = first + 1u; c < end; ++c)
-            if (heap_less(heap_[c], heap_[best])) best = c;
+        uint32_t best = first;
+        if (size - first >= 4u) { // all four siblings: two pairs, then their winners
+            const uint32_t a = heap_less(heap_[first + 1u], heap_[first]) ? first + 1u : first;
+            const uint32_t b = heap_less(heap_[first + 3u], heap_[first + 2u]) ? first + 3u : first + 2u;
+            best = heap_less(heap_[b], heap_[a]) ? b : a;
+        } else {
+            for (uint32_t c = first + 1u; c < size; ++c)
+                if (heap_less(heap_[c], heap_[best])) best = c;
+        }
         if (!heap_less(heap_[best], e)) break;
         heap_place(at, heap_[best]);
         at = best;
@@ -823,12 +868,20 @@ template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::heap_push(uint16_t slot, int64_t deadline) {
     if (heap_size_ >= heap_cap) return; // never true: only live timers are armed
     heap_entry e = {deadline, next_seq(), slot};
-    heap_sift(heap_size_++, e);
+    // A new last entry has no children: it can only move up.
+    uint32_t at = heap_size_++;
+    while (at > 0) {
+        uint32_t parent = (at - 1u) / 4u;
+        if (!heap_less(e, heap_[parent])) break;
+        heap_place(at, heap_[parent]);
+        at = parent;
+    }
+    heap_place(at, e);
 }
 
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::heap_remove(uint32_t pos) {
-    timers_[heap_[pos].slot].heap_pos = no_pos;
+    heap_pos_[heap_[pos].slot] = no_pos;
     if (pos != --heap_size_) heap_sift(pos, heap_[heap_size_]);
 }
 
@@ -881,12 +934,18 @@ void basic_loop<Cap, Clock>::renumber_seqs() {
 
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::run() {
+    return drive(-1, false);
+}
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
     error_code result = slack_.apply();
-    while (!result && !stop_.load(std::memory_order_relaxed) && active() > 0) {
-        result = iterate(-1);
-        if (result) break;
+    // run(): until stop() or nothing is left; run_once(), poll(): one iteration.
+    while (!result && (once || (!stop_.load(std::memory_order_relaxed) && active() > 0))) {
+        result = iterate(max_wait_ns);
+        if (once) break;
     }
-    stop_.store(false, std::memory_order_relaxed);
+    stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
     return result;
 }
 
@@ -905,9 +964,8 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) const {
 }
 
 template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
-    if (forked_) return errc::forked;
-    if (broken_) return error_code(errc::system, wake_errno_);
+MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
+    if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
     ++iteration_;
     seq_mark_ = seq_;
     // The clock is read only when something depends on it: with no timer and
@@ -931,9 +989,17 @@ error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
         // holds the wake-up fd; the others are usually empty and passed as NULL.
         const size_t bytes = (static_cast<size_t>(nfds) + detail::word_bits - 1) / detail::word_bits *
                              sizeof(unsigned long);
-        ptr[rd] = copy_set(set[rd], master_[rd], bytes);
-        ptr[wr] = nwatch_[wr] ? copy_set(set[wr], master_[wr], bytes) : nullptr;
-        ptr[ex] = nwatch_[ex] ? copy_set(set[ex], master_[ex], bytes) : nullptr;
+        ptr[rd] = &set[rd];
+        ptr[wr] = nwatch_[wr] ? &set[wr] : nullptr;
+        ptr[ex] = nwatch_[ex] ? &set[ex] : nullptr;
+        if (fdset_words_) {
+            memcpy(ptr[rd], &master_[rd], bytes);
+            if (ptr[wr]) memcpy(ptr[wr], &master_[wr], bytes);
+            if (ptr[ex]) memcpy(ptr[ex], &master_[ex], bytes);
+        } else {
+            for (int s = 0; s < 3; ++s)
+                if (ptr[s]) *ptr[s] = master_[s];
+        }
         int64_t wait = timed ? select_timeout(until) : max_wait_ns; // untimed: -1 (forever) or 0
         if (stop_.load(std::memory_order_relaxed)) wait = 0;
         struct timeval tv, *tvp = nullptr;
@@ -966,7 +1032,10 @@ error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
     // From here on callbacks run: timers they arm count from now_.
     const bool outer = dispatching_;
     dispatching_ = true;
-    auto done = detail::on_scope_exit([this, outer] { dispatching_ = outer; });
+    auto done = detail::on_scope_exit([this, outer] {
+        dispatching_ = outer;
+        if (outer) io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
+    });
     if (n > 0) {
         const int nwords = static_cast<int>((static_cast<unsigned>(nfds) + detail::word_bits - 1) / detail::word_bits);
         const unsigned long* sets[3];
@@ -985,8 +1054,7 @@ error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
             for (int s = 0; s < 3; ++s) sets[s] = ptr[s] ? words[s] : nullptr;
         }
         dispatch_io(sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
-        if (forked_) return errc::forked;
-        if (broken_) return error_code(errc::system, wake_errno_);
+        if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
     }
     if (heap_size_ > 0) dispatch_timers();
     return error_code();
@@ -996,33 +1064,86 @@ error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
 // bits: the scan stops when it is used up. The wake-up fd is drained after the
 // watchers ran, as before. Inlined into its one caller, iterate(): with one
 // ready fd per iteration, the call would cost more than the scan.
+//
+// Two paths, chosen once per iteration. The lean one serves the common case,
+// only readers and no stall detection: until a callback changes the fd
+// watchers, every ready bit is a watcher that existed at select() time with
+// its read interest (the masters held exactly those), so it is called without
+// looking anything else up. The first watch(), modify() or unwatch() (or a
+// nested iteration) sets io_changed_, and the rest of the scan continues on
+// the careful path, which looks every fd up again (dispatch_fd).
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const unsigned long* r, const unsigned long* w,
                                                                          const unsigned long* e, int nwords,
                                                                          int nready) {
+    int i = 0;
+    unsigned long bits = 0; // the careful path resumes with what is left of word i
+    bool resume = false;
     if (!w && !e) {
-        // Only readers (the common case): the scan keeps its state in registers.
-        for (int i = 0; i < nwords && nready > 0; ++i)
-            for (unsigned long bits = r[i]; bits; bits &= bits - 1, --nready)
-                dispatch_fd(i * detail::word_bits + __builtin_ctzl(bits), readable);
-    } else {
-        static const unsigned long none[detail::fd_words] = {}; // an unused set reads as empty
-        if (!w) w = none;
-        if (!e) e = none;
-        for (int i = 0; i < nwords && nready > 0; ++i) {
-            for (unsigned long bits = r[i] | w[i] | e[i]; bits; bits &= bits - 1) {
-                int bit = __builtin_ctzl(bits);
-                unsigned long rb = (r[i] >> bit) & 1ul, wb = (w[i] >> bit) & 1ul, eb = (e[i] >> bit) & 1ul;
-                nready -= static_cast<int>(rb + wb + eb);
-                dispatch_fd(i * detail::word_bits + bit,
-                            (rb ? readable : 0u) | (wb ? writable : 0u) | (eb ? priority : 0u));
-            }
+        if (stall_ns_ == 0 ? dispatch_readers<false>(r, nwords, i, bits, nready)
+                           : dispatch_readers<true>(r, nwords, i, bits, nready))
+            i = nwords; // done
+        else
+            resume = true;
+    }
+    static const unsigned long none[detail::fd_words] = {}; // an unused set reads as empty
+    if (!w) w = none;
+    if (!e) e = none;
+    for (; i < nwords && nready > 0; ++i) {
+        for (bits = resume ? bits : (r[i] | w[i] | e[i]), resume = false; bits; bits &= bits - 1) {
+            int bit = __builtin_ctzl(bits);
+            unsigned long rb = (r[i] >> bit) & 1ul, wb = (w[i] >> bit) & 1ul, eb = (e[i] >> bit) & 1ul;
+            nready -= static_cast<int>(rb + wb + eb);
+            dispatch_fd(i * detail::word_bits + bit,
+                        (rb ? readable : 0u) | (wb ? writable : 0u) | (eb ? priority : 0u));
         }
     }
     if (wake_seen_) {
         wake_seen_ = false;
         drain_wake();
     }
+}
+
+// The lean path: true when the scan is complete; false when a callback
+// changed the fd watchers, with i, bits and nready where the careful path
+// takes over (the fd that was running is done). With stall detection on
+// (Stall), the clock is read once per callback, after it: a callback's time
+// runs from the previous reading (the end of the previous callback, or the
+// start of the scan), which adds only the loop's own few instructions
+// between two callbacks to it.
+template <class Cap, class Clock>
+template <bool Stall>
+MICROLOOP_DETAIL_ALWAYS_INLINE bool basic_loop<Cap, Clock>::dispatch_readers(const unsigned long* r, int nwords,
+                                                                              int& i, unsigned long& bits,
+                                                                              int& nready) {
+    io_changed_ = false;
+    int64_t t0 = Stall ? detail::monotonic_ns() : 0;
+    // Ends the running callback's bookkeeping once, when the scan ends or a
+    // callback throws: while nothing changes, no callback has removed its
+    // own watcher and there is nothing to free.
+    auto done = detail::on_scope_exit([this] { end_io(); });
+    for (; i < nwords && nready > 0; ++i) {
+        for (bits = r[i]; bits;) {
+            const int fd = i * detail::word_bits + __builtin_ctzl(bits);
+            bits &= bits - 1;
+            --nready;
+            const fd_slot_t s = fd_slot_[fd];
+            if (s == no_slot) { // the wake-up fd: drained after the watchers
+                if (fd == wake_fd_) wake_seen_ = true;
+                continue;
+            }
+            io_slot& io = io_[s];
+            running_io_.begin(s);
+            io_event ev = {io_handle::from_id(io.id), fd, readable};
+            io.cb(ev);
+            if (Stall) {
+                const int64_t t1 = detail::monotonic_ns();
+                t0 = t1 - t0 >= stall_ns_ ? report_stall(source_kind::io, io.id, fd, t1 - t0) : t1;
+            }
+            if (io_changed_) return false;
+        }
+    }
+    return true;
 }
 
 // One ready fd, looked up in fd_slot_ at the moment it is dispatched, so a

@@ -2,8 +2,13 @@
 // libevent and libuv. Compiled once per library with -DBENCH_LIB=<n>; the
 // workload code is shared, only the thin adapter below differs.
 //
-//   bench ring   <variant> <N> <A> <W> <runs>   pipe ring (libevent's bench.c)
-//   bench timers <variant> <timers> <ops> <runs> timer churn
+//   bench ring   <variant> <N> <A> <W> <runs>   pipe ring (libevent's bench.c);
+//                                               microloop's variant "stall":
+//                                               with on_stall(10 ms) on
+//   bench timers <variant> <timers> <ops> <runs> [rearm|restart]
+//                                               timer churn: re-arm an armed
+//                                               timer, or stop it and start
+//                                               a new one (a protocol timeout)
 //   bench heap   <variant>                      allocations per phase (needs
 //                                               LD_PRELOAD=heapcount.so)
 //   bench jitter <variant> <ticks> <period_us>  lateness of a periodic timer
@@ -95,6 +100,7 @@ int g_ntimers;
 std::vector<int> g_initial_ms;
 std::vector<churn_op> g_ops;
 std::vector<double> g_churn_ns;
+bool g_restart; // the churn's form: false = re-arm in place, true = stop, then start anew
 
 uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 uint32_t rnd() { // xorshift64*: the same sequence on every library
@@ -241,10 +247,20 @@ ring_loop_t* g_loop;
 churn_loop_t* g_churn;
 std::vector<microloop::timer_handle> g_th;
 
-const char* lib_name(const char*) { return "microloop"; }
-bool init(const char*) { return true; }
+bool g_stall;
+const char* lib_name(const char*) { return g_stall ? "microloop-stall" : "microloop"; }
+bool init(const char* variant) {
+    g_stall = strcmp(variant, "stall") == 0;
+    return true;
+}
 void watch_ring() {
     g_loop = new (g_ring_mem) ring_loop_t;
+    if (g_stall && g_loop->on_stall(std::chrono::milliseconds(10), [](const microloop::stall_report&) {
+            fprintf(stderr, "bench: stall reported\n");
+        })) {
+        fprintf(stderr, "on_stall failed\n");
+        exit(2);
+    }
     for (int i = 0; i < g_pairs; ++i) {
         microloop::io_handle h = g_loop->watch(g_rd[i], microloop::readable,
                                                [i](microloop::io_event ev) { ring_read(ev.fd, i); });
@@ -264,8 +280,16 @@ void run_churn(int runs) {
     for (int r = 0; r < runs; ++r) {
         g_churn->after(std::chrono::nanoseconds(0), [](microloop::timer_event) {
             int64_t t0 = now_ns();
-            for (size_t k = 0; k < g_ops.size(); ++k)
-                g_churn->rearm(g_th[g_ops[k].timer], std::chrono::milliseconds(g_ops[k].timeout_ms));
+            if (g_restart) {
+                for (size_t k = 0; k < g_ops.size(); ++k) {
+                    microloop::timer_handle& h = g_th[g_ops[k].timer];
+                    g_churn->cancel(h);
+                    h = g_churn->after(std::chrono::milliseconds(g_ops[k].timeout_ms), [](microloop::timer_event) {});
+                }
+            } else {
+                for (size_t k = 0; k < g_ops.size(); ++k)
+                    g_churn->rearm(g_th[g_ops[k].timer], std::chrono::milliseconds(g_ops[k].timeout_ms));
+            }
             g_churn_ns.push_back(static_cast<double>(now_ns() - t0) / g_ops.size());
         });
         g_churn->run_once();
@@ -347,10 +371,19 @@ bool has_timers() { return true; }
 void nop_timer(struct ev_loop*, ev_timer*, int) {}
 void kick_cb(struct ev_loop* loop, ev_timer*, int) {
     int64_t t0 = now_ns();
-    for (size_t k = 0; k < g_ops.size(); ++k) {
-        ev_timer* w = &g_timers[g_ops[k].timer];
-        w->repeat = g_ops[k].timeout_ms * 1e-3; // ev_timer_again re-arms from now with `repeat`
-        ev_timer_again(loop, w);
+    if (g_restart) {
+        for (size_t k = 0; k < g_ops.size(); ++k) {
+            ev_timer* w = &g_timers[g_ops[k].timer];
+            ev_timer_stop(loop, w);
+            ev_timer_set(w, g_ops[k].timeout_ms * 1e-3, 0.);
+            ev_timer_start(loop, w);
+        }
+    } else {
+        for (size_t k = 0; k < g_ops.size(); ++k) {
+            ev_timer* w = &g_timers[g_ops[k].timer];
+            w->repeat = g_ops[k].timeout_ms * 1e-3; // ev_timer_again re-arms from now with `repeat`
+            ev_timer_again(loop, w);
+        }
     }
     g_churn_ns.push_back(static_cast<double>(now_ns() - t0) / g_ops.size());
 }
@@ -450,6 +483,7 @@ void kick_cb(evutil_socket_t, short, void*) {
     for (size_t k = 0; k < g_ops.size(); ++k) {
         int ms = g_ops[k].timeout_ms;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        if (g_restart) evtimer_del(g_events[g_ops[k].timer]);
         evtimer_add(g_events[g_ops[k].timer], &tv); // re-adding a pending timer re-schedules it
     }
     g_churn_ns.push_back(static_cast<double>(now_ns() - t0) / g_ops.size());
@@ -509,8 +543,10 @@ bool has_timers() { return true; }
 void nop_timer(uv_timer_t*) {}
 void kick_cb(uv_timer_t*) {
     int64_t t0 = now_ns();
-    for (size_t k = 0; k < g_ops.size(); ++k)
+    for (size_t k = 0; k < g_ops.size(); ++k) {
+        if (g_restart) uv_timer_stop(&g_timers[g_ops[k].timer]);
         uv_timer_start(&g_timers[g_ops[k].timer], nop_timer, g_ops[k].timeout_ms, 0); // restarts if active
+    }
     g_churn_ns.push_back(static_cast<double>(now_ns() - t0) / g_ops.size());
 }
 void run_churn(int runs) {
@@ -571,7 +607,7 @@ void make_pairs(int n) {
 int usage() {
     fprintf(stderr,
             "usage: bench ring <variant> <pairs> <active> <writes> <runs>\n"
-            "       bench timers <variant> <timers> <ops> <runs>\n"
+            "       bench timers <variant> <timers> <ops> <runs> [rearm|restart]\n"
             "       bench heap <variant>\n"
             "       bench jitter <variant> <ticks> <period_us>\n");
     return 2;
@@ -663,12 +699,15 @@ int main(int argc, char** argv) {
         if (argc < 6) return usage();
         int ntimers = atoi(argv[3]), nops = atoi(argv[4]), runs = atoi(argv[5]);
         if (ntimers < 2 || nops < 1 || runs < 1) return usage();
+        const char* form = argc > 6 ? argv[6] : "rearm";
+        if (strcmp(form, "rearm") != 0 && strcmp(form, "restart") != 0) return usage();
+        g_restart = strcmp(form, "restart") == 0;
         if (!has_timers()) return 3;
         make_churn(ntimers, nops);
         run_churn(runs + 1);
         g_churn_ns.erase(g_churn_ns.begin()); // warm-up
-        printf("lib=%s timers=%d ops=%d runs=%d ns_per_op=%.2f\n", lib_name(variant), ntimers, nops, runs,
-               median(g_churn_ns));
+        printf("lib=%s form=%s timers=%d ops=%d runs=%d ns_per_op=%.2f\n", lib_name(variant), form, ntimers, nops,
+               runs, median(g_churn_ns));
         return 0;
     }
     return usage();

@@ -13,7 +13,9 @@
 # target instead of the host), ARMHF (prefix of the armhf target, default
 # arm-linux-gnueabihf-; empty to skip), FETCH_PEERS=0 to never download the
 # armhf libev/libevent packages, BUILD / BENCH_OUT (output directory).
-# Raw numbers go to $OUT/footprint.txt.
+# Raw numbers go to $OUT/footprint.txt. Exit status 1 if microloop's
+# fd+timer+signal program is more than FOOTPRINT_MAX_KIB (default 8) KiB of
+# text over the floor on armhf (arm-linux-gnueabihf), or could not be built.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SRC=$ROOT/tests/bench/footprint
@@ -156,3 +158,16 @@ END {
         if (order[i] in loopsize) printf "sizeof(microloop::loop<>) on %s: %d bytes\n", order[i], loopsize[order[i]]
 }' "$RAW"
 echo "raw: $RAW"
+
+# The guard: armhf fd+timer+signal at most FOOTPRINT_MAX_KIB over the floor.
+if [ -n "$ARMHF" ] && command -v "${ARMHF}g++" >/dev/null 2>&1; then
+    awk -v max="${FOOTPRINT_MAX_KIB:-8}" '
+    $1 ~ /^arm.*gnueabihf$/ && $2 == "floor-sig" { f = $3 }
+    $1 ~ /^arm.*gnueabihf$/ && $2 == "microloop-sig" { m = $3 }
+    END {
+        if (f == "" || m == "" || f == "-" || m == "-") { print "footprint: FAIL: armhf fd+timer+signal not measured" > "/dev/stderr"; exit 1 }
+        over = (m - f) / 1024
+        if (over > max) { printf "footprint: FAIL: armhf fd+timer+signal %.1f KiB over the floor (limit %d KiB)\n", over, max > "/dev/stderr"; exit 1 }
+        printf "footprint: armhf fd+timer+signal %.1f KiB over the floor (limit %d KiB): ok\n", over, max
+    }' "$RAW" || exit 1
+fi

@@ -3,11 +3,17 @@
 # (the floor), libev, libevent and libuv, measured in the same run.
 #
 #   1. pipe ring      wall time per loop iteration and per event (interleaved
-#                     repetitions, medians)
+#                     repetitions, medians); microloop also with on_stall(10 ms)
+#                     on ("microloop-stall")
 #   2. instructions   user-space instructions per event under callgrind
 #                     (deterministic): delta Ir / delta events between two W
-#   3. timer churn    ns per stop + re-arm, 10,000 armed timers
-#   4. heap           allocation calls and bytes per phase (LD_PRELOAD counter)
+#   3. timer churn    ns per op, 10,000 armed timers, two forms: re-arm of an
+#                     armed timer, and cancel + a new timer (stop, then start)
+#   4. heap           allocation calls and bytes per phase (LD_PRELOAD counter);
+#                     the bench fails if microloop allocates anything
+#   6. footprint      tests/bench/footprint.sh (`make size`); the bench fails
+#                     if microloop's fd+timer+signal program grows beyond 8 KiB
+#                     over the floor on armhf (skipped with BENCH_SIZE=0)
 #   5. timer lateness a 1 ms periodic timer: fire time - ideal deadline, p50/p99/
 #                     max and drift, against a timerfd (the floor); microloop
 #                     with the thread's default timer slack and with
@@ -17,7 +23,8 @@
 # BUILD / BENCH_OUT (output directory), BENCH_REPS (interleaved repetitions,
 # default 5), BENCH_RUNS (timed runs per process, default 10), BENCH_TICKS
 # (timer ticks per lateness run, default 3000; 3 runs each), BENCH_QUICK=1
-# (fewer of all three). Raw numbers: $OUT/results.txt.
+# (fewer of all three), BENCH_SIZE=0 (no footprint check). Raw numbers:
+# $OUT/results.txt. Exit status 1 if a guarded number regressed.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${BUILD:-build}
@@ -60,9 +67,19 @@ build libev 2 "-lev"
 build libevent 3 "-levent_core"
 build libuv 4 "-luv"
 has() { case " $built " in *" $1 "*) return 0 ;; esac; return 1; }
+failed=0
+# The name an implementation goes by in the tables.
+impl_name() {
+    case $1 in
+    floor:*) echo floor ;;
+    microloop:select) echo microloop ;;
+    microloop:stall) echo microloop-stall ;;
+    *) echo "${1%:*}-${1#*:}" ;;
+    esac
+}
 
 # The implementations: binary and backend variant.
-IMPLS="floor:select microloop:select"
+IMPLS="floor:select microloop:select microloop:stall"
 has libev && IMPLS="$IMPLS libev:select libev:epoll"
 has libevent && IMPLS="$IMPLS libevent:select libevent:epoll"
 has libuv && IMPLS="$IMPLS libuv:epoll"
@@ -130,7 +147,7 @@ else
             ir2=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$OUT/bench-$bin" ring "$var" "$n" "$a" $W2 1 2>&1 |
                 sed -n 's/.*Collected : //p')
             # each process does 2 warm-up runs + 1 timed run of W writes each
-            case $bin in floor | microloop) name=$bin ;; *) name=$bin-$var ;; esac
+            name=$(impl_name "$impl")
             [ -n "$ir1" ] && [ -n "$ir2" ] &&
                 echo "ir lib=$name pairs=$n active=$a ir1=$ir1 ir2=$ir2 devents=$((3 * (W2 - W1)))" >>"$RAW"
         done
@@ -145,10 +162,12 @@ has libuv && TIMPLS="$TIMPLS libuv:epoll"
 echo "timer churn ..." >&2
 rep=0
 while [ $rep -lt "$REPS" ]; do
-    for impl in $(rotate $rep $TIMPLS); do
-        bin=${impl%:*} var=${impl#*:}
-        line=$(env $RUNNER "$OUT/bench-$bin" timers "$var" 10000 100000 5) || note "timers $impl failed"
-        [ -n "$line" ] && echo "timers rep=$rep $line" >>"$RAW"
+    for form in rearm restart; do
+        for impl in $(rotate $rep $TIMPLS); do
+            bin=${impl%:*} var=${impl#*:}
+            line=$(env $RUNNER "$OUT/bench-$bin" timers "$var" 10000 100000 5 $form) || note "timers $impl $form failed"
+            [ -n "$line" ] && echo "timers rep=$rep $line" >>"$RAW"
+        done
     done
     rep=$((rep + 1))
 done
@@ -162,6 +181,15 @@ elif ${CC} -O2 -shared -fPIC -o "$OUT/heapcount.so" "$ROOT/tests/bench/heapcount
         bin=${impl%:*} var=${impl#*:}
         LD_PRELOAD=$OUT/heapcount.so "$OUT/bench-$bin" heap "$var" | awk -v lib="$bin" '/^phase=/ { print "heap lib=" lib " " $0 }' >>"$RAW"
     done
+    # The zero-heap promise, guarded: any allocation by microloop fails the bench.
+    if ! grep -q '^heap lib=microloop ' "$RAW"; then
+        note "FAIL: no heap counts for microloop"
+        failed=1
+    elif grep '^heap lib=microloop ' "$RAW" | grep -qv ' calls=0 '; then
+        note "FAIL: microloop allocated after construction:"
+        grep '^heap lib=microloop ' "$RAW" | grep -v ' calls=0 ' >&2
+        failed=1
+    fi
 else
     note "heapcount.so failed to build: heap counts skipped"
 fi
@@ -197,7 +225,7 @@ function seen_lib(part, lib) { if (!((part, lib) in known)) { known[part, lib] =
 /^#/ { print; next }
 $1 == "ring" { kv(); k = f["lib"] SUBSEP f["pairs"] SUBSEP f["active"]; add("us" SUBSEP k, f["us_per_iter"]); add("ns" SUBSEP k, f["ns_per_event"]); seen_lib("ring", f["lib"]); next }
 $1 == "ir" { kv(); k = f["lib"] SUBSEP f["pairs"] SUBSEP f["active"]; ir[k] = (f["ir2"] - f["ir1"]) / f["devents"]; seen_lib("ir", f["lib"]); next }
-$1 == "timers" { kv(); add("t" SUBSEP f["lib"], f["ns_per_op"]); seen_lib("timers", f["lib"]); next }
+$1 == "timers" { kv(); fm = ("form" in f) ? f["form"] : "rearm"; add("t" SUBSEP f["lib"] SUBSEP fm, f["ns_per_op"]); seen_lib("timers", f["lib"]); next }
 $1 == "heap" { kv(); hc[f["lib"], f["phase"]] = f["calls"]; hb[f["lib"], f["phase"]] = f["bytes"]; seen_lib("heap", f["lib"]); next }
 $1 == "jitter" { kv(); l = f["lib"]; add("j50" SUBSEP l, f["p50_us"]); add("j99" SUBSEP l, f["p99_us"]); add("jmax" SUBSEP l, f["max_us"])
     add("jdrift" SUBSEP l, f["drift_us"]); add("jslack" SUBSEP l, f["slack_ns"]); early[l] += f["early"]; jticks = f["ticks"]; seen_lib("jitter", l); next }
@@ -232,16 +260,34 @@ END {
                 printf "%-16s %5d %4d %10.0f %9s %15s\n", l, na[1], na[2], x, ratio(x, fl), ratio(x, ev)
             }
         }
+        # The targets: microloop at most 1.25x the floor everywhere; on_stall
+        # adds at most 30 instructions per event.
+        tl = ""; ts = ""; ok = 1; okst = 1
+        for (c = 1; c <= ncfg; c++) {
+            split(cfgs[c], na, ":")
+            fl = ir["floor", na[1], na[2]]; x = ir["microloop", na[1], na[2]]
+            if (fl > 0 && x > 0) { tl = tl sprintf(" %s:%.2fx", cfgs[c], x / fl); if (x > 1.25 * fl) ok = 0 }
+            if (("microloop-stall", na[1], na[2]) in ir && x > 0) {
+                d = ir["microloop-stall", na[1], na[2]] - x; ts = ts sprintf(" %s:%+.0f", cfgs[c], d); if (d > 30) okst = 0
+            }
+        }
+        if (tl != "") printf "targets: microloop <= 1.25x floor (N:A ratio):%s: %s\n", tl, ok ? "met" : "missed"
+        if (ts != "") printf "on_stall(10 ms) cost, Ir/event over microloop (N:A):%s; <= +30: %s\n", ts, okst ? "met" : "missed"
     }
     if (nlibs["timers"]) {
         print ""
-        print "3. Timer churn (10,000 armed timers, 100,000 stop+re-arm ops in a callback; median ns/op)"
-        printf "%-16s %10s %9s %9s\n", "impl", "ns/op", "vs floor", "vs libev"
-        ev = med("t" SUBSEP "libev")
+        print "3. Timer churn (10,000 armed timers, 100,000 ops in a callback; median ns/op)"
+        print "   rearm: re-arm an armed timer; restart: cancel it and start a new one (stop-then-start)"
+        printf "%-16s %12s %9s %14s %9s\n", "impl", "rearm ns/op", "vs libev", "restart ns/op", "vs libev"
+        evr = med("t" SUBSEP "libev" SUBSEP "rearm"); evs = med("t" SUBSEP "libev" SUBSEP "restart")
         for (i = 1; i <= nlibs["timers"]; i++) {
-            l = libs["timers", i]; x = med("t" SUBSEP l)
-            printf "%-16s %10.1f %9s %9s\n", l, x, "-", ratio(x, ev)
+            l = libs["timers", i]; x = med("t" SUBSEP l SUBSEP "rearm"); y = med("t" SUBSEP l SUBSEP "restart")
+            printf "%-16s %12.1f %9s %14.1f %9s\n", l, x, ratio(x, evr), y, ratio(y, evs)
         }
+        x = med("t" SUBSEP "microloop" SUBSEP "rearm"); y = med("t" SUBSEP "microloop" SUBSEP "restart")
+        if (x > 0 && y > 0)
+            printf "targets: <= 20 ns/op and <= 0.75x libev: rearm %s, restart %s\n",
+                (x <= 20 && (evr <= 0 || x <= 0.75 * evr)) ? "met" : "missed", (y <= 20 && (evs <= 0 || y <= 0.75 * evs)) ? "met" : "missed"
     }
     if (nlibs["heap"]) {
         print ""
@@ -286,3 +332,17 @@ END {
     printf "\nbench: %d s\n", elapsed
 }' "$RAW" | tee "$OUT/tables.txt"
 echo "raw: $RAW  tables: $OUT/tables.txt"
+
+# ---- 6. footprint -----------------------------------------------------------------------
+# footprint.sh fails if microloop's armhf fd+timer+signal program grows past
+# its limit over the floor.
+if [ "${BENCH_SIZE:-1}" != 0 ]; then
+    echo "footprint ..." >&2
+    # (not through a pipe: the script's own exit status is the guard)
+    BENCH_OUT=$OUT FETCH_PEERS=${FETCH_PEERS:-0} sh "$ROOT/tests/bench/footprint.sh" >"$OUT/footprint-table.txt" || failed=1
+    cat "$OUT/footprint-table.txt"
+fi
+if [ "$failed" != 0 ]; then
+    note "FAILED: a guarded number regressed (see above)"
+    exit 1
+fi
