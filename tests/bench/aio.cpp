@@ -8,7 +8,9 @@
 //                                              descriptors of the same file
 //   aio lat  <engine> <file> <ops>             one read at a time: p50/p99 in ns
 //
-// engine: thread or posix (microloop), uv (libuv). One "key=value" line each.
+// engine: thread or posix (microloop), uv (libuv), pread (the floor: a
+// blocking pread() loop in the calling thread, Q = 1 only; built with
+// microloop). One "key=value" line each.
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -101,8 +103,18 @@ void run_engine(size_t q) {
     static runner<Disk> r; // 64 x 4 KiB buffers are global; the module is big for a stack
     r.go(q);
 }
+// What a program that may block does: one pread() after the other.
+void run_pread() {
+    while (g_left > 0) {
+        --g_left;
+        int fd = g_fds[g_left % g_nfds];
+        if (g_latency) g_start = now_ns();
+        account(pread(fd, g_bufs[0], block, next_offset()));
+    }
+}
 void run(const char* engine, size_t q) {
     if (strcmp(engine, "posix") == 0) run_engine<microloop::aio<max_q, microloop::posix_aio_engine> >(q);
+    else if (strcmp(engine, "pread") == 0) run_pread();
     else run_engine<microloop::aio<max_q> >(q);
 }
 #else
@@ -151,6 +163,7 @@ void open_fds(const char* path, int n) {
 
 const char* lib_name(const char* engine) {
     if (BENCH_LIB == BENCH_LIBUV) return "libuv";
+    if (strcmp(engine, "pread") == 0) return "pread-floor";
     return strcmp(engine, "posix") == 0 ? "microloop-posix" : "microloop-thread";
 }
 
@@ -162,6 +175,7 @@ int main(int argc, char** argv) {
         int fds = atoi(argv[5]);
         long ops = argc > 6 ? atol(argv[6]) : 200000;
         if (q < 1 || q > max_q || fds < 1 || fds > max_fds) return 2;
+        if (strcmp(argv[2], "pread") == 0 && q != 1) return 2; // one at a time, by definition
         open_fds(argv[3], fds);
         g_left = ops;
         int64_t t0 = now_ns();

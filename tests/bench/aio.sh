@@ -2,7 +2,8 @@
 # tests/bench/aio.sh - `make bench-aio`: 4 KiB reads at random offsets of a
 # cached 64 MiB file, Q in flight, through microloop's aio<64> (thread engine,
 # the default, and the POSIX AIO engine) and libuv's uv_fs_read (its pool of
-# 4 threads), in the same run (tests/bench/aio.cpp).
+# 4 threads), in the same run (tests/bench/aio.cpp), with a blocking pread()
+# loop as the floor (Q = 1: what a program that may block gets).
 #
 #   1. throughput   ops/s at Q = 1, 16, 64 on one fd; microloop also with the
 #                   reads spread over 4 fds of the file
@@ -50,7 +51,7 @@ if [ ! -f "$DATA" ] || [ "$(wc -c <"$DATA")" -ne 67108864 ]; then
 fi
 cat "$DATA" >/dev/null # into the page cache
 
-IMPLS="microloop:thread microloop:posix"
+IMPLS="microloop:pread microloop:thread microloop:posix"
 case " $LIBS " in *" libuv "*) IMPLS="$IMPLS libuv:uv" ;; esac
 
 {
@@ -66,8 +67,9 @@ while [ "$rep" -lt "$REPS" ]; do
     for impl in $order; do
         bin=${impl%:*} engine=${impl#*:}
         for q in 1 16 64; do
+            [ "$engine" = pread ] && [ "$q" != 1 ] && continue # the floor reads one at a time
             env $RUNNER "$OUT/aio-$bin" tput "$engine" "$DATA" $q 1 "$OPS" >>"$RAW" || note "$impl tput $q failed"
-            if [ "$bin" = microloop ]; then
+            if [ "$bin" = microloop ] && [ "$engine" != pread ]; then
                 env $RUNNER "$OUT/aio-$bin" tput "$engine" "$DATA" $q 4 "$OPS" >>"$RAW" || note "$impl tput $q x4 failed"
             fi
         done

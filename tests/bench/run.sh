@@ -18,6 +18,8 @@
 #                     max and drift, against a timerfd (the floor); microloop
 #                     with the thread's default timer slack and with
 #                     set_timer_slack(1 ns); libev's select backend
+#   7. disk, threads  aio.sh (`make bench-aio`; skipped with BENCH_AIO=0) and
+#                     threads.sh (`make bench-threads`; BENCH_THREADS=0)
 #
 # Environment: CXX, CC, CROSS_COMPILE, RUNNER (e.g. qemu for a cross build),
 # BUILD / BENCH_OUT (output directory), BENCH_REPS (interleaved repetitions,
@@ -342,7 +344,19 @@ if [ "${BENCH_SIZE:-1}" != 0 ]; then
     BENCH_OUT=$OUT FETCH_PEERS=${FETCH_PEERS:-0} sh "$ROOT/tests/bench/footprint.sh" >"$OUT/footprint-table.txt" || failed=1
     cat "$OUT/footprint-table.txt"
 fi
+# ---- 7. disk reads and threads -------------------------------------------------------
+# aio<N>'s engines against libuv's uv_fs_read and a blocking pread() floor
+# (aio.sh, `make bench-aio`), then the worker pool and the mailbox against
+# libuv (threads.sh, `make bench-threads`); one after the other, never at once.
+if [ "${BENCH_AIO:-1}" != 0 ]; then
+    echo "aio ..." >&2
+    BENCH_OUT=$OUT sh "$ROOT/tests/bench/aio.sh" || failed=1
+fi
+if [ "${BENCH_THREADS:-1}" != 0 ]; then
+    echo "threads ..." >&2
+    BENCH_OUT=$OUT sh "$ROOT/tests/bench/threads.sh" || failed=1
+fi
 if [ "$failed" != 0 ]; then
-    note "FAILED: a guarded number regressed (see above)"
+    note "FAILED: a guarded number regressed, or a part failed (see above)"
     exit 1
 fi
