@@ -3897,8 +3897,53 @@ struct posix_aio_engine {};
 template <size_t N, class Engine = thread_aio_engine<> >
 class aio;
 
+namespace detail {
+
+// What a module is asked to do, the same for both engines.
+struct aio_ops {
+    enum op_kind : unsigned char { op_read, op_write, op_fsync, op_fdatasync };
+};
+
+// The submitting calls, written once for both engines: each hands its
+// operation to the module's submit(), which checks and queues it.
+template <class Module>
+class aio_calls {
+public:
+    // Read len bytes at offset into buf; cb(aio_event) when done, exactly
+    // once, in the loop's thread. A failed submission returns an invalid
+    // handle: errc::table_full, errc::bad_fd, errc::bad_argument, the
+    // module's error(), or errc::system with its errno (last_error() keeps
+    // it too).
+    template <class F>
+    aio_handle read(int fd, void* buf, size_t len, off_t offset, F&& cb) {
+        return module().submit(aio_ops::op_read, fd, buf, len, offset, std::forward<F>(cb));
+    }
+    template <class F>
+    aio_handle write(int fd, const void* buf, size_t len, off_t offset, F&& cb) {
+        return module().submit(aio_ops::op_write, fd, const_cast<void*>(buf), len, offset, std::forward<F>(cb));
+    }
+    // Runs after every operation submitted before it on fd has finished (its
+    // writes are on the disk), and is called back after them.
+    template <class F>
+    aio_handle fsync(int fd, F&& cb) {
+        return module().submit(aio_ops::op_fsync, fd, nullptr, 0, 0, std::forward<F>(cb));
+    }
+    template <class F>
+    aio_handle fdatasync(int fd, F&& cb) {
+        return module().submit(aio_ops::op_fdatasync, fd, nullptr, 0, 0, std::forward<F>(cb));
+    }
+
+private:
+    Module& module() { return static_cast<Module&>(*this); }
+};
+
+} // namespace detail
+
 template <size_t N>
-class aio<N, posix_aio_engine> {
+class aio<N, posix_aio_engine> : public detail::aio_calls<aio<N, posix_aio_engine> > {
+    friend class detail::aio_calls<aio>;
+    typedef detail::aio_ops::op_kind op_kind;
+
 public:
     explicit aio(loop_base& owner);
     // Cancels what is in flight and waits for it (an operation the libc has
@@ -3909,26 +3954,7 @@ public:
     aio(const aio&) = delete;
     aio& operator=(const aio&) = delete;
 
-    // Read len bytes at offset into buf; cb(aio_event) when done. A failed
-    // submission returns an invalid handle: errc::table_full, errc::bad_fd,
-    // errc::bad_argument, or errc::system (last_error() has the errno).
-    template <class F>
-    aio_handle read(int fd, void* buf, size_t len, off_t offset, F&& cb) {
-        return submit(op_read, fd, buf, len, offset, std::forward<F>(cb));
-    }
-    template <class F>
-    aio_handle write(int fd, const void* buf, size_t len, off_t offset, F&& cb) {
-        return submit(op_write, fd, const_cast<void*>(buf), len, offset, std::forward<F>(cb));
-    }
-    // Completes after every write submitted before it on fd is on the disk.
-    template <class F>
-    aio_handle fsync(int fd, F&& cb) {
-        return submit(op_fsync, fd, nullptr, 0, 0, std::forward<F>(cb));
-    }
-    template <class F>
-    aio_handle fdatasync(int fd, F&& cb) {
-        return submit(op_fdatasync, fd, nullptr, 0, 0, std::forward<F>(cb));
-    }
+    // read(), write(), fsync(), fdatasync(): see detail::aio_calls.
 
     // Ask for the operation to be canceled. Its callback still runs exactly
     // once: with errc::canceled if the cancel won, with the real result if
@@ -3951,7 +3977,6 @@ public:
     }
 
 private:
-    enum op_kind { op_read, op_write, op_fsync, op_fdatasync };
 
     // The control blocks live in their own array: glibc's struct aiocb ends
     // in a zero-length array on 64-bit targets, which may not be a member of
@@ -4071,9 +4096,9 @@ aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_
     done.emplace(std::forward<F>(cb));
     int r;
     switch (op) {
-    case op_read: r = aio_read(&ctl); break;
-    case op_write: r = aio_write(&ctl); break;
-    case op_fsync: r = aio_fsync(O_SYNC, &ctl); break;
+    case detail::aio_ops::op_read: r = aio_read(&ctl); break;
+    case detail::aio_ops::op_write: r = aio_write(&ctl); break;
+    case detail::aio_ops::op_fsync: r = aio_fsync(O_SYNC, &ctl); break;
     default: r = aio_fsync(O_DSYNC, &ctl); break;
     }
     if (r != 0) {
@@ -4083,7 +4108,7 @@ aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_
         return fail(errc::system, e);
     }
     s.busy = true;
-    s.sync = op == op_fsync || op == op_fdatasync;
+    s.sync = op == detail::aio_ops::op_fsync || op == detail::aio_ops::op_fdatasync;
     s.next = none;
     s.prev = tail_;
     if (tail_ != none) slots_[tail_].next = index;
@@ -4209,7 +4234,10 @@ void aio<N, posix_aio_engine>::abandon() {
 // once those have been called back: it runs after them and its callback
 // comes after theirs.
 template <size_t N, size_t Threads>
-class aio<N, thread_aio_engine<Threads> > {
+class aio<N, thread_aio_engine<Threads> > : public detail::aio_calls<aio<N, thread_aio_engine<Threads> > > {
+    friend class detail::aio_calls<aio>;
+    typedef detail::aio_ops::op_kind op_kind;
+
     static_assert(N >= 1 && N <= 16384, "aio: 1 to 16384 operations in flight");
 
 public:
@@ -4224,26 +4252,7 @@ public:
     aio(const aio&) = delete;
     aio& operator=(const aio&) = delete;
 
-    // As for the POSIX engine: a failed submission returns an invalid handle
-    // (errc::table_full, errc::bad_fd, errc::bad_argument, or error()).
-    template <class F>
-    aio_handle read(int fd, void* buf, size_t len, off_t offset, F&& cb) {
-        return submit(op_read, fd, buf, len, offset, std::forward<F>(cb));
-    }
-    template <class F>
-    aio_handle write(int fd, const void* buf, size_t len, off_t offset, F&& cb) {
-        return submit(op_write, fd, const_cast<void*>(buf), len, offset, std::forward<F>(cb));
-    }
-    // Runs after every operation submitted before it on fd has finished, and
-    // is called back after them.
-    template <class F>
-    aio_handle fsync(int fd, F&& cb) {
-        return submit(op_fsync, fd, nullptr, 0, 0, std::forward<F>(cb));
-    }
-    template <class F>
-    aio_handle fdatasync(int fd, F&& cb) {
-        return submit(op_fdatasync, fd, nullptr, 0, 0, std::forward<F>(cb));
-    }
+    // read(), write(), fsync(), fdatasync(): see detail::aio_calls.
 
     // A queued operation is called back with errc::canceled (at the loop's
     // next iteration); a running or finished one with its real result.
@@ -4263,7 +4272,6 @@ public:
     static constexpr size_t threads() { return Threads; }
 
 private:
-    enum op_kind : unsigned char { op_read, op_write, op_fsync, op_fdatasync };
     // The low byte of op::state; the ticket of the operation is above it.
     enum : uint32_t { st_free, st_held, st_queued, st_running, st_finished, st_canceled };
     static const uint16_t none = 0xffff;
@@ -4360,7 +4368,7 @@ aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
     for (size_t i = 0; i < N; ++i) {
         op& o = ops_[i];
         o.fd = -1;
-        o.kind = op_read;
+        o.kind = detail::aio_ops::op_read;
         o.buf = nullptr;
         o.len = 0;
         o.offset = 0;
@@ -4466,7 +4474,7 @@ aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf
     else head_ = index;
     tail_ = index;
     ++hook_.active;
-    if ((kind == op_fsync || kind == op_fdatasync) && earlier_on_fd(index)) {
+    if ((kind == detail::aio_ops::op_fsync || kind == detail::aio_ops::op_fdatasync) && earlier_on_fd(index)) {
         o.state.store(state_of(o.ticket, st_held), std::memory_order_relaxed);
         ++held_;
     } else {
@@ -4549,15 +4557,15 @@ void aio<N, thread_aio_engine<T> >::run(op& o) {
     ssize_t r;
     do {
         switch (o.kind) {
-        case op_read:
+        case detail::aio_ops::op_read:
             r = pread(o.fd, o.buf, o.len, o.offset);
             if (r < 0 && errno == ESPIPE) r = ::read(o.fd, o.buf, o.len); // a pipe, a socket: no offset
             break;
-        case op_write:
+        case detail::aio_ops::op_write:
             r = pwrite(o.fd, o.buf, o.len, o.offset);
             if (r < 0 && errno == ESPIPE) r = ::write(o.fd, o.buf, o.len);
             break;
-        case op_fsync: r = ::fsync(o.fd); break;
+        case detail::aio_ops::op_fsync: r = ::fsync(o.fd); break;
         default: r = ::fdatasync(o.fd); break;
         }
     } while (r < 0 && errno == EINTR); // every signal is blocked, but a debugger may stop us
