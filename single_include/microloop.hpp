@@ -3145,6 +3145,66 @@ struct work_adapter<F, void> {
 
 constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
 
+// A bounded ring of 32-bit values with one producer (a loop thread) and many
+// consumers (worker threads), after Dmitry Vyukov's bounded queue: each cell
+// carries a sequence number, so neither side takes a lock. Size is a power
+// of two. What the worker pool and the thread AIO engine hand their workers.
+template <size_t Size>
+class spmc_ring {
+    static_assert(Size >= 1 && (Size & (Size - 1)) == 0, "spmc_ring: a power of two");
+
+public:
+    spmc_ring() { reset(); }
+    spmc_ring(const spmc_ring&) = delete;
+    spmc_ring& operator=(const spmc_ring&) = delete;
+
+    // Empty again; only while no other thread uses the ring.
+    void reset() {
+        for (size_t i = 0; i < Size; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
+        enqueue_.store(0, std::memory_order_relaxed);
+        dequeue_.store(0, std::memory_order_relaxed);
+    }
+    // The producer only. Publishes v, and what was written before (release);
+    // false when the ring is full.
+    bool try_push(uint32_t v) {
+        size_t pos = enqueue_.load(std::memory_order_relaxed);
+        cell& c = cells_[pos & (Size - 1)];
+        if (c.seq.load(std::memory_order_acquire) != pos) return false;
+        c.value = v;
+        enqueue_.store(pos + 1, std::memory_order_relaxed);
+        c.seq.store(pos + 1, std::memory_order_release);
+        return true;
+    }
+    // Any thread. False when the ring is empty.
+    bool pop(uint32_t& v) {
+        size_t pos = dequeue_.load(std::memory_order_relaxed);
+        for (;;) {
+            cell& c = cells_[pos & (Size - 1)];
+            size_t seq = c.seq.load(std::memory_order_acquire);
+            intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
+            if (diff == 0) {
+                if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+                    v = c.value;
+                    c.seq.store(pos + Size, std::memory_order_release);
+                    return true;
+                }
+            } else if (diff < 0) {
+                return false; // empty
+            } else {
+                pos = dequeue_.load(std::memory_order_relaxed);
+            }
+        }
+    }
+
+private:
+    struct cell {
+        std::atomic<size_t> seq;
+        uint32_t value;
+    };
+    cell cells_[Size];
+    std::atomic<size_t> enqueue_, dequeue_;
+};
+
 // Every signal blocked in the calling thread for its lifetime: threads made
 // meanwhile start with all of them blocked.
 class all_signals_blocked {
@@ -3212,16 +3272,12 @@ private:
         uint32_t next;                    // link in the completion stack, then in ready_
         uint32_t done;                    // which dones_ entry holds its done callback
     };
-    struct cell {
-        std::atomic<size_t> seq;
-        uint32_t index;
-    };
 
     static void* worker_main(void* arg);
     static void on_wake_fn(loop_hook* h) { static_cast<worker_pool*>(h)->complete(Queue); }
     static void on_fork_fn(loop_hook* h);
     void push_pending(uint32_t i);
-    bool pop_pending(uint32_t& i);
+    bool pop_pending(uint32_t& i) { return ring_.pop(i); } // the workers, and shutdown() after them
     void push_completed(uint32_t i);
     void complete(size_t limit);
     void finish(uint32_t i);
@@ -3241,8 +3297,7 @@ private:
     uint32_t free_slots_[Queue];
     uint32_t free_dones_[Queue + 1];
     size_t nfree_slots_, nfree_dones_;
-    cell ring_[ring_size];
-    std::atomic<size_t> enqueue_, dequeue_;
+    detail::spmc_ring<ring_size> ring_; // slots to run, to the workers
     std::atomic<uint32_t> completed_; // the completion stack's top, or none
     uint32_t ready_;                  // taken from the stack, in completion order, done not yet run
 };
@@ -3252,7 +3307,7 @@ private:
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
     : loop_(&l), shut_(false), forked_(false), sem_ok_(false), nthreads_(0), stopping_(false), nfree_slots_(Queue),
-      nfree_dones_(Queue + 1), enqueue_(0), dequeue_(0), completed_(none), ready_(none) {
+      nfree_dones_(Queue + 1), completed_(none), ready_(none) {
     for (size_t i = 0; i < Queue; ++i) {
         slots_[i].result = 0;
         slots_[i].state.store(st_free, std::memory_order_relaxed);
@@ -3261,7 +3316,6 @@ worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
         free_slots_[i] = detail::narrow<uint32_t>(Queue - 1 - i); // slot 0 is handed out first
     }
     for (size_t i = 0; i <= Queue; ++i) free_dones_[i] = detail::narrow<uint32_t>(Queue - i);
-    for (size_t i = 0; i < ring_size; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
     on_wake = &worker_pool::on_wake_fn;
     on_fork = &worker_pool::on_fork_fn;
     active = 0;
@@ -3347,34 +3401,9 @@ void worker_pool<Threads, Queue, Size>::shutdown() {
 // Single producer (the loop thread); enough cells for every slot, so never full.
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
-    size_t pos = enqueue_.load(std::memory_order_relaxed);
-    cell& c = ring_[pos & (ring_size - 1)];
-    MICROLOOP_ASSERT(c.seq.load(std::memory_order_acquire) == pos);
-    c.index = i;
-    enqueue_.store(pos + 1, std::memory_order_relaxed);
-    c.seq.store(pos + 1, std::memory_order_release);
-}
-
-// Many consumers: the workers (and the loop thread in shutdown(), after them).
-template <size_t Threads, size_t Queue, size_t Size>
-bool worker_pool<Threads, Queue, Size>::pop_pending(uint32_t& i) {
-    size_t pos = dequeue_.load(std::memory_order_relaxed);
-    for (;;) {
-        cell& c = ring_[pos & (ring_size - 1)];
-        size_t seq = c.seq.load(std::memory_order_acquire);
-        intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
-        if (diff == 0) {
-            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-                i = c.index;
-                c.seq.store(pos + ring_size, std::memory_order_release);
-                return true;
-            }
-        } else if (diff < 0) {
-            return false; // empty
-        } else {
-            pos = dequeue_.load(std::memory_order_relaxed);
-        }
-    }
+    bool queued = ring_.try_push(i); // at most Queue slots are pending: never full
+    MICROLOOP_ASSERT(queued);
+    (void)queued;
 }
 
 // A Treiber stack that is only pushed to and taken whole: no ABA problem.
@@ -4292,10 +4321,6 @@ private:
         uint16_t callback;           // which callbacks_ entry is this operation's
         uint32_t done_next;          // link in the completion stack, then in ready_
     };
-    struct cell {
-        std::atomic<size_t> seq;
-        uint32_t entry; // slot | ticket << 16
-    };
     struct hook_type : loop_hook {
         aio* owner;
     };
@@ -4313,7 +4338,7 @@ private:
     void abandon(bool restart);
     void enqueue(uint16_t i);
     void push_entry(uint32_t entry);
-    bool pop_entry(uint32_t& entry);
+    bool pop_entry(uint32_t& entry) { return ring_.pop(entry); } // the workers, and push_entry()
     void push_completed(uint16_t i);
     void complete();
     void finish(uint16_t i);
@@ -4343,8 +4368,7 @@ private:
     uint16_t spare_;
     sem_t sem_;
     pthread_t threads_[Threads];
-    cell ring_[ring_size];
-    std::atomic<size_t> enqueue_, dequeue_;
+    detail::spmc_ring<ring_size> ring_; // entries (slot | ticket << 16) to run, to the workers
     std::atomic<uint32_t> completed_; // the completion stack's top, or no_slot
 };
 
@@ -4358,8 +4382,8 @@ const size_t aio<N, thread_aio_engine<T> >::ring_size;
 template <size_t N, size_t T>
 aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
     : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      stopping_(false), head_(none), tail_(none), ready_(no_slot), spare_(static_cast<uint16_t>(N)), enqueue_(0),
-      dequeue_(0), completed_(no_slot) {
+      stopping_(false), head_(none), tail_(none), ready_(no_slot), spare_(static_cast<uint16_t>(N)),
+      completed_(no_slot) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
     hook_.active = 0;
@@ -4387,9 +4411,7 @@ aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
 
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::reset_queues() {
-    for (size_t i = 0; i < ring_size; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
-    enqueue_.store(0, std::memory_order_relaxed);
-    dequeue_.store(0, std::memory_order_relaxed);
+    ring_.reset();
     completed_.store(no_slot, std::memory_order_relaxed);
     ready_ = no_slot;
     stopping_.store(false, std::memory_order_relaxed);
@@ -4498,48 +4520,15 @@ void aio<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
 // one goes back at the tail, and at least half of them are stale.
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
-    for (;;) {
-        size_t pos = enqueue_.load(std::memory_order_relaxed);
-        cell& c = ring_[pos & (ring_size - 1)];
-        if (c.seq.load(std::memory_order_acquire) == pos) {
-            c.entry = entry;
-            enqueue_.store(pos + 1, std::memory_order_relaxed);
-            c.seq.store(pos + 1, std::memory_order_release);
-            return;
-        }
+    while (!ring_.try_push(entry)) {
         uint32_t old;
-        if (!pop_entry(old)) continue; // a worker took one meanwhile: there is room now
+        if (!ring_.pop(old)) continue; // a worker took one meanwhile: there is room now
         const op& o = ops_[old & 0xffffu];
         if (o.state.load(std::memory_order_relaxed) == state_of(static_cast<uint16_t>(old >> 16), st_queued)) {
             // Live: back at the tail, in the cell just freed (or a later one).
-            size_t p2 = enqueue_.load(std::memory_order_relaxed);
-            cell& c2 = ring_[p2 & (ring_size - 1)];
-            MICROLOOP_ASSERT(c2.seq.load(std::memory_order_acquire) == p2);
-            c2.entry = old;
-            enqueue_.store(p2 + 1, std::memory_order_relaxed);
-            c2.seq.store(p2 + 1, std::memory_order_release);
-        }
-    }
-}
-
-// Many consumers: the workers, and the loop thread in push_entry().
-template <size_t N, size_t T>
-bool aio<N, thread_aio_engine<T> >::pop_entry(uint32_t& entry) {
-    size_t pos = dequeue_.load(std::memory_order_relaxed);
-    for (;;) {
-        cell& c = ring_[pos & (ring_size - 1)];
-        size_t seq = c.seq.load(std::memory_order_acquire);
-        intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
-        if (diff == 0) {
-            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-                entry = c.entry;
-                c.seq.store(pos + ring_size, std::memory_order_release);
-                return true;
-            }
-        } else if (diff < 0) {
-            return false; // empty
-        } else {
-            pos = dequeue_.load(std::memory_order_relaxed);
+            bool requeued = ring_.try_push(old);
+            MICROLOOP_ASSERT(requeued);
+            (void)requeued;
         }
     }
 }

@@ -605,10 +605,6 @@ private:
         uint16_t callback;           // which callbacks_ entry is this operation's
         uint32_t done_next;          // link in the completion stack, then in ready_
     };
-    struct cell {
-        std::atomic<size_t> seq;
-        uint32_t entry; // slot | ticket << 16
-    };
     struct hook_type : loop_hook {
         aio* owner;
     };
@@ -626,7 +622,7 @@ private:
     void abandon(bool restart);
     void enqueue(uint16_t i);
     void push_entry(uint32_t entry);
-    bool pop_entry(uint32_t& entry);
+    bool pop_entry(uint32_t& entry) { return ring_.pop(entry); } // the workers, and push_entry()
     void push_completed(uint16_t i);
     void complete();
     void finish(uint16_t i);
@@ -656,8 +652,7 @@ private:
     uint16_t spare_;
     sem_t sem_;
     pthread_t threads_[Threads];
-    cell ring_[ring_size];
-    std::atomic<size_t> enqueue_, dequeue_;
+    detail::spmc_ring<ring_size> ring_; // entries (slot | ticket << 16) to run, to the workers
     std::atomic<uint32_t> completed_; // the completion stack's top, or no_slot
 };
 
@@ -671,8 +666,8 @@ const size_t aio<N, thread_aio_engine<T> >::ring_size;
 template <size_t N, size_t T>
 aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
     : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      stopping_(false), head_(none), tail_(none), ready_(no_slot), spare_(static_cast<uint16_t>(N)), enqueue_(0),
-      dequeue_(0), completed_(no_slot) {
+      stopping_(false), head_(none), tail_(none), ready_(no_slot), spare_(static_cast<uint16_t>(N)),
+      completed_(no_slot) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
     hook_.active = 0;
@@ -700,9 +695,7 @@ aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
 
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::reset_queues() {
-    for (size_t i = 0; i < ring_size; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
-    enqueue_.store(0, std::memory_order_relaxed);
-    dequeue_.store(0, std::memory_order_relaxed);
+    ring_.reset();
     completed_.store(no_slot, std::memory_order_relaxed);
     ready_ = no_slot;
     stopping_.store(false, std::memory_order_relaxed);
@@ -811,48 +804,15 @@ void aio<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
 // one goes back at the tail, and at least half of them are stale.
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
-    for (;;) {
-        size_t pos = enqueue_.load(std::memory_order_relaxed);
-        cell& c = ring_[pos & (ring_size - 1)];
-        if (c.seq.load(std::memory_order_acquire) == pos) {
-            c.entry = entry;
-            enqueue_.store(pos + 1, std::memory_order_relaxed);
-            c.seq.store(pos + 1, std::memory_order_release);
-            return;
-        }
+    while (!ring_.try_push(entry)) {
         uint32_t old;
-        if (!pop_entry(old)) continue; // a worker took one meanwhile: there is room now
+        if (!ring_.pop(old)) continue; // a worker took one meanwhile: there is room now
         const op& o = ops_[old & 0xffffu];
         if (o.state.load(std::memory_order_relaxed) == state_of(static_cast<uint16_t>(old >> 16), st_queued)) {
             // Live: back at the tail, in the cell just freed (or a later one).
-            size_t p2 = enqueue_.load(std::memory_order_relaxed);
-            cell& c2 = ring_[p2 & (ring_size - 1)];
-            MICROLOOP_ASSERT(c2.seq.load(std::memory_order_acquire) == p2);
-            c2.entry = old;
-            enqueue_.store(p2 + 1, std::memory_order_relaxed);
-            c2.seq.store(p2 + 1, std::memory_order_release);
-        }
-    }
-}
-
-// Many consumers: the workers, and the loop thread in push_entry().
-template <size_t N, size_t T>
-bool aio<N, thread_aio_engine<T> >::pop_entry(uint32_t& entry) {
-    size_t pos = dequeue_.load(std::memory_order_relaxed);
-    for (;;) {
-        cell& c = ring_[pos & (ring_size - 1)];
-        size_t seq = c.seq.load(std::memory_order_acquire);
-        intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
-        if (diff == 0) {
-            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-                entry = c.entry;
-                c.seq.store(pos + ring_size, std::memory_order_release);
-                return true;
-            }
-        } else if (diff < 0) {
-            return false; // empty
-        } else {
-            pos = dequeue_.load(std::memory_order_relaxed);
+            bool requeued = ring_.try_push(old);
+            MICROLOOP_ASSERT(requeued);
+            (void)requeued;
         }
     }
 }

@@ -106,6 +106,66 @@ struct work_adapter<F, void> {
 
 constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
 
+// A bounded ring of 32-bit values with one producer (a loop thread) and many
+// consumers (worker threads), after Dmitry Vyukov's bounded queue: each cell
+// carries a sequence number, so neither side takes a lock. Size is a power
+// of two. What the worker pool and the thread AIO engine hand their workers.
+template <size_t Size>
+class spmc_ring {
+    static_assert(Size >= 1 && (Size & (Size - 1)) == 0, "spmc_ring: a power of two");
+
+public:
+    spmc_ring() { reset(); }
+    spmc_ring(const spmc_ring&) = delete;
+    spmc_ring& operator=(const spmc_ring&) = delete;
+
+    // Empty again; only while no other thread uses the ring.
+    void reset() {
+        for (size_t i = 0; i < Size; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
+        enqueue_.store(0, std::memory_order_relaxed);
+        dequeue_.store(0, std::memory_order_relaxed);
+    }
+    // The producer only. Publishes v, and what was written before (release);
+    // false when the ring is full.
+    bool try_push(uint32_t v) {
+        size_t pos = enqueue_.load(std::memory_order_relaxed);
+        cell& c = cells_[pos & (Size - 1)];
+        if (c.seq.load(std::memory_order_acquire) != pos) return false;
+        c.value = v;
+        enqueue_.store(pos + 1, std::memory_order_relaxed);
+        c.seq.store(pos + 1, std::memory_order_release);
+        return true;
+    }
+    // Any thread. False when the ring is empty.
+    bool pop(uint32_t& v) {
+        size_t pos = dequeue_.load(std::memory_order_relaxed);
+        for (;;) {
+            cell& c = cells_[pos & (Size - 1)];
+            size_t seq = c.seq.load(std::memory_order_acquire);
+            intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
+            if (diff == 0) {
+                if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+                    v = c.value;
+                    c.seq.store(pos + Size, std::memory_order_release);
+                    return true;
+                }
+            } else if (diff < 0) {
+                return false; // empty
+            } else {
+                pos = dequeue_.load(std::memory_order_relaxed);
+            }
+        }
+    }
+
+private:
+    struct cell {
+        std::atomic<size_t> seq;
+        uint32_t value;
+    };
+    cell cells_[Size];
+    std::atomic<size_t> enqueue_, dequeue_;
+};
+
 // Every signal blocked in the calling thread for its lifetime: threads made
 // meanwhile start with all of them blocked.
 class all_signals_blocked {
@@ -173,16 +233,12 @@ private:
         uint32_t next;                    // link in the completion stack, then in ready_
         uint32_t done;                    // which dones_ entry holds its done callback
     };
-    struct cell {
-        std::atomic<size_t> seq;
-        uint32_t index;
-    };
 
     static void* worker_main(void* arg);
     static void on_wake_fn(loop_hook* h) { static_cast<worker_pool*>(h)->complete(Queue); }
     static void on_fork_fn(loop_hook* h);
     void push_pending(uint32_t i);
-    bool pop_pending(uint32_t& i);
+    bool pop_pending(uint32_t& i) { return ring_.pop(i); } // the workers, and shutdown() after them
     void push_completed(uint32_t i);
     void complete(size_t limit);
     void finish(uint32_t i);
@@ -202,8 +258,7 @@ private:
     uint32_t free_slots_[Queue];
     uint32_t free_dones_[Queue + 1];
     size_t nfree_slots_, nfree_dones_;
-    cell ring_[ring_size];
-    std::atomic<size_t> enqueue_, dequeue_;
+    detail::spmc_ring<ring_size> ring_; // slots to run, to the workers
     std::atomic<uint32_t> completed_; // the completion stack's top, or none
     uint32_t ready_;                  // taken from the stack, in completion order, done not yet run
 };
@@ -213,7 +268,7 @@ private:
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
     : loop_(&l), shut_(false), forked_(false), sem_ok_(false), nthreads_(0), stopping_(false), nfree_slots_(Queue),
-      nfree_dones_(Queue + 1), enqueue_(0), dequeue_(0), completed_(none), ready_(none) {
+      nfree_dones_(Queue + 1), completed_(none), ready_(none) {
     for (size_t i = 0; i < Queue; ++i) {
         slots_[i].result = 0;
         slots_[i].state.store(st_free, std::memory_order_relaxed);
@@ -222,7 +277,6 @@ worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
         free_slots_[i] = detail::narrow<uint32_t>(Queue - 1 - i); // slot 0 is handed out first
     }
     for (size_t i = 0; i <= Queue; ++i) free_dones_[i] = detail::narrow<uint32_t>(Queue - i);
-    for (size_t i = 0; i < ring_size; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
     on_wake = &worker_pool::on_wake_fn;
     on_fork = &worker_pool::on_fork_fn;
     active = 0;
@@ -308,34 +362,9 @@ void worker_pool<Threads, Queue, Size>::shutdown() {
 // Single producer (the loop thread); enough cells for every slot, so never full.
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
-    size_t pos = enqueue_.load(std::memory_order_relaxed);
-    cell& c = ring_[pos & (ring_size - 1)];
-    MICROLOOP_ASSERT(c.seq.load(std::memory_order_acquire) == pos);
-    c.index = i;
-    enqueue_.store(pos + 1, std::memory_order_relaxed);
-    c.seq.store(pos + 1, std::memory_order_release);
-}
-
-// Many consumers: the workers (and the loop thread in shutdown(), after them).
-template <size_t Threads, size_t Queue, size_t Size>
-bool worker_pool<Threads, Queue, Size>::pop_pending(uint32_t& i) {
-    size_t pos = dequeue_.load(std::memory_order_relaxed);
-    for (;;) {
-        cell& c = ring_[pos & (ring_size - 1)];
-        size_t seq = c.seq.load(std::memory_order_acquire);
-        intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
-        if (diff == 0) {
-            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-                i = c.index;
-                c.seq.store(pos + ring_size, std::memory_order_release);
-                return true;
-            }
-        } else if (diff < 0) {
-            return false; // empty
-        } else {
-            pos = dequeue_.load(std::memory_order_relaxed);
-        }
-    }
+    bool queued = ring_.try_push(i); // at most Queue slots are pending: never full
+    MICROLOOP_ASSERT(queued);
+    (void)queued;
 }
 
 // A Treiber stack that is only pushed to and taken whole: no ABA problem.
