@@ -3263,7 +3263,10 @@ public:
 private:
     enum : unsigned char { st_free, st_queued, st_running, st_finished, st_canceled };
     static const uint32_t none = 0xffffffffu;
-    static const size_t ring_size = detail::pow2_at_least(Queue);
+    // At most Queue slots are pending, and each worker between taking a cell
+    // and giving it back (a preempted pop) holds one more: with fewer cells
+    // the loop thread could find the ring full (it did, under ThreadSanitizer).
+    static const size_t ring_size = detail::pow2_at_least(Queue + Threads);
 
     struct slot {
         detail::inplace_callback<int64_t(), Size> work;
@@ -3398,10 +3401,11 @@ void worker_pool<Threads, Queue, Size>::shutdown() {
     loop_->detach(this);
 }
 
-// Single producer (the loop thread); enough cells for every slot, so never full.
+// Single producer (the loop thread); enough cells for every slot and every
+// worker's pop in progress, so never full.
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
-    bool queued = ring_.try_push(i); // at most Queue slots are pending: never full
+    bool queued = ring_.try_push(i); // Queue pending + Threads mid-pop fit: never full
     MICROLOOP_ASSERT(queued);
     (void)queued;
 }
