@@ -185,29 +185,37 @@ TEST_CASE("mailbox: posts racing close(): each one ran, was refused or was count
     }
 }
 
-TEST_CASE("worker_pool: a 200 ms job does not hold the loop; done runs in the loop's thread", "[pool][thread]") {
+TEST_CASE("worker_pool: a long job does not hold the loop; done runs in the loop's thread", "[pool][thread]") {
     microloop::loop<> loop;
     microloop::worker_pool<2, 4> pool(loop);
     REQUIRE_FALSE(pool.error());
+    // The job ends only after the loop has ticked 5 times while it ran: if
+    // the job held the loop, it would never see them (and give up after
+    // about 20 s with -1). No timing is asserted.
     struct state {
         pthread_t loop_thread, worker_thread;
-        int ticks, dones;
+        std::atomic<int> ticks;
+        int dones;
         bool done_on_loop, work_off_loop;
         microloop::work_event ev;
         microloop::loop<>* loop;
         microloop::timer_handle tick;
     } st;
     st.loop_thread = pthread_self();
-    st.ticks = st.dones = 0;
+    st.ticks.store(0);
+    st.dones = 0;
     st.done_on_loop = st.work_off_loop = false;
     st.ev = microloop::work_event();
     st.loop = &loop;
-    st.tick = loop.every(milliseconds(10), [&st](microloop::timer_event) { ++st.ticks; });
+    st.tick = loop.every(milliseconds(10), [&st](microloop::timer_event) { st.ticks.fetch_add(1); });
     REQUIRE(st.tick);
     REQUIRE_FALSE(pool.submit(
         [&st] {
             st.work_off_loop = !pthread_equal(pthread_self(), st.loop_thread);
-            test::sleep_ms(200);
+            for (int waited = 0; st.ticks.load() < 5; ++waited) {
+                if (waited == 20000) return -1;
+                test::sleep_ms(1);
+            }
             return 42;
         },
         [&st](microloop::work_event ev) {
@@ -219,7 +227,7 @@ TEST_CASE("worker_pool: a 200 ms job does not hold the loop; done runs in the lo
     CHECK(pool.in_flight() == 1);
     CHECK_FALSE(loop.run()); // the timer is canceled by done; the pool has nothing left: run() ends
     CHECK(st.dones == 1);
-    CHECK(st.ticks >= 15);
+    CHECK(st.ticks.load() >= 5);
     CHECK(st.done_on_loop);
     CHECK(st.work_off_loop);
     CHECK_FALSE(st.ev.status);
