@@ -24,8 +24,10 @@
 // run pread()/pwrite()/fsync()/fdatasync(). Operations on one fd run in
 // parallel; an fsync waits for the operations submitted before it on its fd.
 // Completions come back through a lock-free stack and one loop.wake(): no
-// signal, no lock, no scan of what is in flight. See the implementation
-// below for how cancel() and the ring work.
+// signal, no lock, no scan of what is in flight. A read whose data is all
+// in the page cache is done in the loop's thread instead, without blocking
+// (MICROLOOP_AIO_NOWAIT), and called back at the next iteration. See the
+// implementation below for how cancel() and the ring work.
 //
 // posix_aio_engine: the libc's POSIX AIO, "the portable one the textbook
 // describes". How completions wake the loop: each request asks for a signal
@@ -58,7 +60,9 @@
 #include <semaphore.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/syscall.h> // SYS_preadv2
 #include <sys/types.h>
+#include <sys/uio.h> // struct iovec, RWF_NOWAIT
 #include <unistd.h>
 
 #include <atomic>
@@ -96,6 +100,27 @@
 #define MICROLOOP_AIO_STACK_SIZE 0
 #endif
 
+// 1 (the default): the thread engine first tries each read in the loop's
+// thread, with preadv2(RWF_NOWAIT), which copies the data if all of it is in
+// the page cache and otherwise returns at once instead of waiting for the
+// disk; a read served so is called back at the loop's next iteration without
+// a worker (stats().inline_reads counts them). Anything else (not all of it
+// cached, a short count, a pipe, an fd opened O_DIRECT) goes to a worker as
+// before. A kernel, libc or file system that refuses RWF_NOWAIT (ENOSYS,
+// EOPNOTSUPP, EINVAL) turns it off for that module. 0: every operation goes
+// to a worker. Off by itself where the libc's headers lack RWF_NOWAIT or
+// SYS_preadv2 (Linux 4.14 and glibc 2.27 or musl 1.1.20 have both).
+#ifndef MICROLOOP_AIO_NOWAIT
+#define MICROLOOP_AIO_NOWAIT 1
+#endif
+// x32 passes a syscall's 64-bit offset in one register, which syscall()'s
+// long arguments cannot hold: no fast path there.
+#if MICROLOOP_AIO_NOWAIT && defined(RWF_NOWAIT) && defined(SYS_preadv2) && !(defined(__x86_64__) && defined(__ILP32__))
+#define MICROLOOP_DETAIL_AIO_NOWAIT 1
+#else
+#define MICROLOOP_DETAIL_AIO_NOWAIT 0
+#endif
+
 namespace microloop {
 
 typedef basic_handle<struct aio_tag> aio_handle;
@@ -109,6 +134,14 @@ struct aio_event {
 };
 
 typedef detail::inplace_callback<void(aio_event)> aio_callback;
+
+// An AIO module's stats(): its table (operations in flight now, at most N,
+// the most ever at once) and how many reads the thread engine served in the
+// loop's thread from the page cache, without a worker (MICROLOOP_AIO_NOWAIT;
+// always 0 on the POSIX engine).
+struct aio_stats : table_stats {
+    uint64_t inline_reads;
+};
 
 namespace detail {
 
@@ -281,7 +314,12 @@ public:
     // modules), or ok; also returned by every submission.
     error_code error() const { return setup_error_; }
     // Operations in flight: now, at most N, and the most ever at once.
-    table_stats stats() const { return pool_.stats(); }
+    aio_stats stats() const {
+        aio_stats s;
+        static_cast<table_stats&>(s) = pool_.stats();
+        s.inline_reads = 0;
+        return s;
+    }
     // f(aio_handle, int fd) for every operation in flight, oldest first.
     template <class F>
     void for_each_in_flight(F&& f) const {
@@ -539,6 +577,14 @@ void aio<N, posix_aio_engine>::abandon() {
 // AIO does), and hands the slot back through a lock-free stack and one
 // loop.wake() (an eventfd write only if none is pending). No signal, no lock.
 //
+// A read is first tried in the loop's thread with preadv2(RWF_NOWAIT)
+// (read_nowait()): when every byte is in the page cache it is done there,
+// marked finished as a worker would, put on a list only the loop thread
+// touches, and the loop woken; complete() calls it back at the next
+// iteration. Such an operation is in flight until then like any other: it
+// counts in in_flight(), an fsync behind it on its fd is held, cancel()
+// finds it finished.
+//
 // cancel() of a queued operation wins the same compare-and-swap and reports
 // it at once; the ring entry it leaves behind is stale (the ticket no longer
 // matches) and is dropped by whoever meets it. A running operation finishes
@@ -577,7 +623,14 @@ public:
     // Why the threads could not start (errc::system with pthread_create's or
     // sem_init's error, errc::bad_argument for a stack size refused), or ok.
     error_code error() const { return setup_error_; }
-    table_stats stats() const { return pool_.stats(); }
+    // The table's, and the reads served from the page cache in the loop's
+    // thread (MICROLOOP_AIO_NOWAIT).
+    aio_stats stats() const {
+        aio_stats s;
+        static_cast<table_stats&>(s) = pool_.stats();
+        s.inline_reads = inline_reads_;
+        return s;
+    }
     template <class F>
     void for_each_in_flight(F&& f) const {
         for (uint16_t i = head_; i != none; i = ops_[i].next) f(aio_handle::from_id(pool_.id_of(i)), ops_[i].fd);
@@ -621,6 +674,8 @@ private:
     void reset_queues();
     void abandon(bool restart);
     void enqueue(uint16_t i);
+    bool read_nowait(op& o);
+    void push_inline(uint16_t i);
     void push_entry(uint32_t entry);
     bool pop_entry(uint32_t& entry) { return ring_.pop(entry); } // the workers, and push_entry()
     void push_completed(uint16_t i);
@@ -643,9 +698,12 @@ private:
     size_t nthreads_;
     size_t held_; // fsyncs waiting for an earlier operation on their fd
     bool sem_ok_;
+    bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
     std::atomic<bool> stopping_;
     uint16_t head_, tail_; // operations in flight, oldest first
     uint32_t ready_;       // taken from the completion stack, not yet called back
+    uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
+    uint64_t inline_reads_;
     detail::slot_pool<N> pool_;
     op ops_[N];
     aio_callback callbacks_[N + 1]; // one spare: a callback may submit again at capacity
@@ -666,7 +724,8 @@ const size_t aio<N, thread_aio_engine<T> >::ring_size;
 template <size_t N, size_t T>
 aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
     : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      stopping_(false), head_(none), tail_(none), ready_(no_slot), spare_(static_cast<uint16_t>(N)),
+      nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), stopping_(false), head_(none), tail_(none), ready_(no_slot),
+      inline_head_(no_slot), inline_tail_(no_slot), inline_reads_(0), spare_(static_cast<uint16_t>(N)),
       completed_(no_slot) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
@@ -698,6 +757,7 @@ void aio<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
     completed_.store(no_slot, std::memory_order_relaxed);
     ready_ = no_slot;
+    inline_head_ = inline_tail_ = no_slot;
     stopping_.store(false, std::memory_order_relaxed);
 }
 
@@ -780,13 +840,75 @@ aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf
     else head_ = index;
     tail_ = index;
     ++hook_.active;
-    if ((kind == detail::aio_ops::op_fsync || kind == detail::aio_ops::op_fdatasync) && earlier_on_fd(index)) {
+    if (kind == detail::aio_ops::op_read && read_nowait(o)) {
+        // Done, exactly as if a worker had run it: finished, with a ticket
+        // no ring entry carries (cancel() leaves it alone), called back by
+        // complete().
+        o.ticket = static_cast<uint16_t>(o.ticket + 1);
+        o.state.store(state_of(o.ticket, st_finished), std::memory_order_relaxed);
+        push_inline(index);
+    } else if ((kind == detail::aio_ops::op_fsync || kind == detail::aio_ops::op_fdatasync) &&
+               earlier_on_fd(index)) {
         o.state.store(state_of(o.ticket, st_held), std::memory_order_relaxed);
         ++held_;
     } else {
         enqueue(index);
     }
     return aio_handle::from_id(id);
+}
+
+// The read, in the loop's thread, if it cannot block: true when all of it
+// came from the page cache. RWF_NOWAIT makes the kernel return EAGAIN (or a
+// short count) instead of waiting for the disk or a lock. A short count may
+// be the end of the file or a partly cached range: the worker finds out. On
+// an fd opened O_DIRECT the read would wait for the device, RWF_NOWAIT or
+// not: never tried there.
+template <size_t N, size_t T>
+bool aio<N, thread_aio_engine<T> >::read_nowait(op& o) {
+#if MICROLOOP_DETAIL_AIO_NOWAIT
+    if (!nowait_) return false;
+#ifdef O_DIRECT
+    const int flags = fcntl(o.fd, F_GETFL);
+    if (flags < 0 || (flags & O_DIRECT) != 0) return false;
+#endif
+    struct iovec iov;
+    iov.iov_base = o.buf;
+    iov.iov_len = o.len;
+    // The raw system call, not the libc's preadv2(), which older glibc and
+    // musl lack. The offset goes in two longs, low half first, on 32- and
+    // 64-bit targets alike (a 64-bit kernel ignores the high one).
+    const uint64_t off = static_cast<uint64_t>(o.offset);
+    const long r = syscall(SYS_preadv2, static_cast<long>(o.fd), &iov, 1L, static_cast<long>(off & ULONG_MAX),
+                           static_cast<long>(off >> 32), static_cast<long>(RWF_NOWAIT));
+    if (r >= 0) {
+        if (static_cast<size_t>(r) != o.len) return false;
+        o.result = r;
+        o.err = 0;
+        return true;
+    }
+    // EAGAIN: not all cached; ESPIPE: a pipe or socket; anything else is for
+    // the worker to report. Not supported here: stop asking.
+    if (errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) nowait_ = false;
+    return false;
+#else
+    (void)o;
+    return false;
+#endif
+}
+
+// A read done in the loop's thread, to be called back at the next
+// iteration like any completion: after the wake-up fd, never from inside the
+// call that submitted it. Those a callback submits wait for the next
+// iteration (see complete()), so a file read chunk by chunk from the page
+// cache does not hold the loop.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::push_inline(uint16_t i) {
+    ops_[i].done_next = no_slot;
+    if (inline_tail_ == no_slot) inline_head_ = i;
+    else ops_[inline_tail_].done_next = i;
+    inline_tail_ = i;
+    ++inline_reads_;
+    loop_.wake(); // only an atomic exchange when a wake-up is pending already
 }
 
 template <size_t N, size_t T>
@@ -886,11 +1008,24 @@ error_code aio<N, thread_aio_engine<T> >::cancel(aio_handle h) {
     return error_code();
 }
 
-// In the loop's thread after every wake-up: calls back what the workers
-// finished, in the order they finished. ready_ is a member so that a
-// callback that throws leaves the rest for the next wake-up.
+// In the loop's thread after every wake-up: calls back the reads done in
+// the loop's thread before this pass (oldest first), then what the workers
+// finished, in the order they finished. ready_ and the inline list are
+// members so that a callback that throws leaves the rest for the next
+// wake-up (the loop wakes itself again when a hook throws).
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::complete() {
+    if (inline_head_ != no_slot) {
+        const uint32_t last = inline_tail_; // later ones were submitted by this pass's callbacks
+        for (;;) {
+            const uint16_t i = static_cast<uint16_t>(inline_head_);
+            inline_head_ = ops_[i].done_next;
+            if (inline_head_ == no_slot) inline_tail_ = no_slot;
+            const bool at_end = i == last;
+            finish(i);
+            if (at_end) break;
+        }
+    }
     for (;;) {
         if (ready_ == no_slot) {
             uint32_t top = completed_.exchange(no_slot, std::memory_order_acquire);
