@@ -1072,6 +1072,44 @@ TEST_CASE("aio (thread engine): reads the fast path cannot serve still work; ref
     close(fd);
 }
 
+// With O_DIRECT, a read goes to the device whatever RWF_NOWAIT says, and
+// preadv2() waits for it: such an fd is never read in the loop's thread.
+TEST_CASE("aio (thread engine): an fd opened O_DIRECT is read by a worker", "[aio][nowait]") {
+#ifdef O_DIRECT
+    temp_dir dir;
+    static unsigned char data[8192];
+    fill_pattern(data, sizeof data, 11);
+    int w = dir.create("direct", data, sizeof data);
+    REQUIRE(w >= 0);
+    REQUIRE(fsync(w) == 0);
+    int fd = open(dir.file("direct"), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0) { // a file system without O_DIRECT (tmpfs before Linux 6.6): nothing to check
+        CHECK((errno == EINVAL || errno == EOPNOTSUPP));
+        close(w);
+        return;
+    }
+    test_loop loop;
+    microloop::aio<2> disk(loop);
+    alignas(4096) static unsigned char buf[4096];
+    ssize_t got = -2;
+    REQUIRE(disk.read(fd, buf, sizeof buf, 4096, [&](microloop::aio_event ev) { got = ev.result; }));
+    CHECK(disk.stats().inline_reads == 0);
+    CHECK_FALSE(loop.run());
+    CHECK(got == 4096);
+    CHECK(memcmp(buf, data + 4096, sizeof buf) == 0);
+    // The same file without O_DIRECT: served in the loop's thread when cached.
+    const bool fast = served_inline(w, sizeof buf, 0);
+    got = -2;
+    REQUIRE(disk.read(w, buf, sizeof buf, 0, [&](microloop::aio_event ev) { got = ev.result; }));
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u));
+    CHECK_FALSE(loop.run());
+    CHECK(got == 4096);
+    CHECK(memcmp(buf, data, sizeof buf) == 0);
+    close(fd);
+    close(w);
+#endif
+}
+
 #if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
 TEST_CASE("aio (thread engine): a callback of a cached read that throws: the rest still arrives", "[aio][nowait]") {
     struct boom {};
