@@ -10,7 +10,9 @@
 //
 // engine: thread or posix (microloop), uv (libuv), pread (the floor: a
 // blocking pread() loop in the calling thread, Q = 1 only; built with
-// microloop). One "key=value" line each.
+// microloop). One "key=value" line each. Built with -DMICROLOOP_AIO_NOWAIT=0
+// the thread engine hands every read to a worker (microloop-thread-handoff:
+// what a read of uncached data costs, and the engine before the fast path).
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -164,7 +166,12 @@ void open_fds(const char* path, int n) {
 const char* lib_name(const char* engine) {
     if (BENCH_LIB == BENCH_LIBUV) return "libuv";
     if (strcmp(engine, "pread") == 0) return "pread-floor";
-    return strcmp(engine, "posix") == 0 ? "microloop-posix" : "microloop-thread";
+    if (strcmp(engine, "posix") == 0) return "microloop-posix";
+#if BENCH_LIB == BENCH_MICROLOOP && !MICROLOOP_DETAIL_AIO_NOWAIT
+    return "microloop-thread-handoff";
+#else
+    return "microloop-thread";
+#endif
 }
 
 } // namespace
