@@ -791,8 +791,8 @@ bool served_inline(int fd, size_t len, off_t offset) {
 
 } // namespace
 
-TEST_CASE("aio (thread engine): a cached read is done without a worker and called back from the loop, not from read()",
-          "[aio][nowait]") {
+template <class Engine>
+void cached_read_called_back_from_the_loop() {
     temp_dir dir;
     static unsigned char data[8192];
     fill_pattern(data, sizeof data, 42);
@@ -803,7 +803,7 @@ TEST_CASE("aio (thread engine): a cached read is done without a worker and calle
     CHECK_FALSE(fast);
 #endif
     test_loop loop;
-    microloop::aio<4> disk(loop);
+    microloop::aio<4, Engine> disk(loop);
     REQUIRE_FALSE(disk.error());
     static unsigned char buf[4096];
     struct seen {
@@ -845,7 +845,13 @@ TEST_CASE("aio (thread engine): a cached read is done without a worker and calle
     close(fd);
 }
 
-TEST_CASE("aio (thread engine): a chain of cached reads gives the loop back after each one", "[aio][nowait]") {
+TEST_CASE("aio: a cached read is done without a thread and called back from the loop, not from read()", "[aio][nowait]") { cached_read_called_back_from_the_loop<microloop::thread_aio_engine<> >(); }
+TEST_CASE("aio (POSIX engine): a cached read is done without a thread and called back from the loop, not from read()", "[aio][nowait][posix_aio]") {
+    cached_read_called_back_from_the_loop<microloop::posix_aio_engine>();
+}
+
+template <class Engine>
+void chain_of_cached_reads() {
     temp_dir dir;
     static unsigned char data[16 * 1024];
     fill_pattern(data, sizeof data, 7);
@@ -853,10 +859,10 @@ TEST_CASE("aio (thread engine): a chain of cached reads gives the loop back afte
     REQUIRE(fd >= 0);
     const bool fast = served_inline(fd, 1024, 0);
     test_loop loop;
-    microloop::aio<2> disk(loop);
+    microloop::aio<2, Engine> disk(loop);
     static unsigned char got[16 * 1024];
     struct chain {
-        microloop::aio<2>* disk;
+        microloop::aio<2, Engine>* disk;
         int fd;
         size_t next, calls, errors;
         static void start(chain* c) {
@@ -889,13 +895,19 @@ TEST_CASE("aio (thread engine): a chain of cached reads gives the loop back afte
     close(fd);
 }
 
-TEST_CASE("aio (thread engine): short reads at the end of the file go to a worker and count right", "[aio][nowait]") {
+TEST_CASE("aio: a chain of cached reads gives the loop back after each one", "[aio][nowait]") { chain_of_cached_reads<microloop::thread_aio_engine<> >(); }
+TEST_CASE("aio (POSIX engine): a chain of cached reads gives the loop back after each one", "[aio][nowait][posix_aio]") {
+    chain_of_cached_reads<microloop::posix_aio_engine>();
+}
+
+template <class Engine>
+void short_reads_not_served() {
     temp_dir dir;
     int fd = dir.create("abc", "abc", 3);
     REQUIRE(fd >= 0);
     const bool fast = served_inline(fd, 3, 0);
     test_loop loop;
-    microloop::aio<4> disk(loop);
+    microloop::aio<4, Engine> disk(loop);
     char whole[3], part[16], past[16];
     ssize_t r_whole = -2, r_part = -2, r_past = -2;
     REQUIRE(disk.read(fd, whole, sizeof whole, 0, [&](microloop::aio_event ev) { r_whole = ev.result; }));
@@ -916,6 +928,11 @@ TEST_CASE("aio (thread engine): short reads at the end of the file go to a worke
     CHECK_FALSE(loop.run());
     CHECK(r_empty == 0);
     close(fd);
+}
+
+TEST_CASE("aio: short reads at the end of the file are not served in the loop's thread and count right", "[aio][nowait]") { short_reads_not_served<microloop::thread_aio_engine<> >(); }
+TEST_CASE("aio (POSIX engine): short reads at the end of the file are not served in the loop's thread and count right", "[aio][nowait][posix_aio]") {
+    short_reads_not_served<microloop::posix_aio_engine>();
 }
 
 // One worker, blocked on a FIFO. On a file: a short read S (queued behind
@@ -979,25 +996,68 @@ TEST_CASE("aio (thread engine): a cached read, an fsync after it and earlier rea
     CHECK(memcmp(r_buf, data, sizeof r_buf) == 0);
     CHECK(disk.in_flight() == 0);
 
-    // Just the two: the fsync is held behind the cached read, and comes after it.
-    rec.n = 0;
-    REQUIRE(disk.read(fd, r_buf, sizeof r_buf, 1024, [p](microloop::aio_event) { p->add('R'); }));
-    REQUIRE(disk.fdatasync(fd, [p](microloop::aio_event) { p->add('F'); }));
-    CHECK_FALSE(loop.run());
-    REQUIRE(rec.n == 2);
-    CHECK(rec.seen[0] == 'R');
-    CHECK(rec.seen[1] == 'F');
     close(fd);
     close(fifo);
 }
 
-TEST_CASE("aio (thread engine): cancel of a read done in the loop's thread: its real result, once", "[aio][nowait]") {
+// On one fd, an fsync after a read served in the loop's thread: called back
+// after it.
+template <class Engine>
+void served_read_then_fsync() {
+    temp_dir dir;
+    static unsigned char data[4096];
+    fill_pattern(data, sizeof data, 6);
+    int fd = dir.create("f", data, sizeof data);
+    REQUIRE(fd >= 0);
+    test_loop loop;
+    microloop::aio<4, Engine> disk(loop);
+    struct record {
+        char seen[4];
+        int n;
+        void add(char c) { seen[n++] = c; }
+    } rec = {{0}, 0};
+    record* p = &rec;
+    static char r_buf[1024];
+    for (int round = 0; round < 2; ++round) { // fsync, then fdatasync
+        rec.n = 0;
+        ssize_t r_result = -2;
+        REQUIRE(disk.read(fd, r_buf, sizeof r_buf, 1024, [p, &r_result](microloop::aio_event ev) {
+            p->add('R');
+            r_result = ev.result;
+        }));
+        auto synced = [p](microloop::aio_event ev) {
+            p->add('F');
+            CHECK_FALSE(ev.error);
+        };
+        REQUIRE((round == 0 ? disk.fsync(fd, synced) : disk.fdatasync(fd, synced)));
+        CHECK(disk.in_flight() == 2);
+        CHECK_FALSE(loop.run());
+        REQUIRE(rec.n == 2);
+        CHECK(rec.seen[0] == 'R');
+        CHECK(rec.seen[1] == 'F');
+        CHECK(r_result == 1024);
+        CHECK(memcmp(r_buf, data + 1024, sizeof r_buf) == 0);
+    }
+    close(fd);
+}
+
+TEST_CASE("aio: an fsync after a read served in the loop's thread is called back after it", "[aio][nowait]") {
+    served_read_then_fsync<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): an fsync after a read served in the loop's thread is called back after it",
+          "[aio][nowait][posix_aio]") {
+    served_read_then_fsync<microloop::posix_aio_engine>();
+}
+
+template <class Engine>
+void cancel_of_a_served_read() {
     temp_dir dir;
     int fd = dir.create("f", "0123456789", 10);
     REQUIRE(fd >= 0);
     const bool fast = served_inline(fd, 10, 0);
     test_loop loop;
-    microloop::aio<2> disk(loop);
+    microloop::aio<2, Engine> disk(loop);
     char buf[10];
     int calls = 0;
     microloop::aio_event got = {};
@@ -1025,11 +1085,16 @@ TEST_CASE("aio (thread engine): cancel of a read done in the loop's thread: its 
     close(fd);
 }
 
+TEST_CASE("aio: cancel of a read done in the loop's thread: its real result, once", "[aio][nowait]") { cancel_of_a_served_read<microloop::thread_aio_engine<> >(); }
+TEST_CASE("aio (POSIX engine): cancel of a read done in the loop's thread: its real result, once", "[aio][nowait][posix_aio]") {
+    cancel_of_a_served_read<microloop::posix_aio_engine>();
+}
+
 // A pipe (ESPIPE) goes to a worker and leaves the fast path on; a file the
 // kernel refuses RWF_NOWAIT for (procfs: EOPNOTSUPP) turns it off for the
 // module, and every read still gets its data.
-TEST_CASE("aio (thread engine): reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off",
-          "[aio][nowait]") {
+template <class Engine>
+void reads_not_served() {
     temp_dir dir;
     int fd = dir.create("f", "hello", 5);
     REQUIRE(fd >= 0);
@@ -1038,7 +1103,7 @@ TEST_CASE("aio (thread engine): reads the fast path cannot serve still work; ref
     REQUIRE(pipe(p) == 0);
     REQUIRE(::write(p[1], "pipe", 4) == 4);
     test_loop loop;
-    microloop::aio<4> disk(loop);
+    microloop::aio<4, Engine> disk(loop);
     char a[4], b[5];
     ssize_t ra = -2, rb = -2;
     REQUIRE(disk.read(p[0], a, sizeof a, 0, [&](microloop::aio_event ev) { ra = ev.result; }));
@@ -1072,9 +1137,15 @@ TEST_CASE("aio (thread engine): reads the fast path cannot serve still work; ref
     close(fd);
 }
 
+TEST_CASE("aio: reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off", "[aio][nowait]") { reads_not_served<microloop::thread_aio_engine<> >(); }
+TEST_CASE("aio (POSIX engine): reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off", "[aio][nowait][posix_aio]") {
+    reads_not_served<microloop::posix_aio_engine>();
+}
+
 // With O_DIRECT, a read goes to the device whatever RWF_NOWAIT says, and
 // preadv2() waits for it: such an fd is never read in the loop's thread.
-TEST_CASE("aio (thread engine): an fd opened O_DIRECT is read by a worker", "[aio][nowait]") {
+template <class Engine>
+void o_direct_not_served() {
 #ifdef O_DIRECT
     temp_dir dir;
     static unsigned char data[8192];
@@ -1089,7 +1160,7 @@ TEST_CASE("aio (thread engine): an fd opened O_DIRECT is read by a worker", "[ai
         return;
     }
     test_loop loop;
-    microloop::aio<2> disk(loop);
+    microloop::aio<2, Engine> disk(loop);
     alignas(4096) static unsigned char buf[4096];
     ssize_t got = -2;
     REQUIRE(disk.read(fd, buf, sizeof buf, 4096, [&](microloop::aio_event ev) { got = ev.result; }));
@@ -1110,14 +1181,20 @@ TEST_CASE("aio (thread engine): an fd opened O_DIRECT is read by a worker", "[ai
 #endif
 }
 
+TEST_CASE("aio: an fd opened O_DIRECT is never read in the loop's thread", "[aio][nowait]") { o_direct_not_served<microloop::thread_aio_engine<> >(); }
+TEST_CASE("aio (POSIX engine): an fd opened O_DIRECT is never read in the loop's thread", "[aio][nowait][posix_aio]") {
+    o_direct_not_served<microloop::posix_aio_engine>();
+}
+
 #if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
-TEST_CASE("aio (thread engine): a callback of a cached read that throws: the rest still arrives", "[aio][nowait]") {
+template <class Engine>
+void served_callback_throws() {
     struct boom {};
     temp_dir dir;
     int fd = dir.create("f", "abcdef", 6);
     REQUIRE(fd >= 0);
     test_loop loop;
-    microloop::aio<4> disk(loop);
+    microloop::aio<4, Engine> disk(loop);
     char x[3], y[3], z[3];
     int calls = 0;
     REQUIRE(disk.read(fd, x, 3, 0, [&](microloop::aio_event) {
@@ -1144,5 +1221,10 @@ TEST_CASE("aio (thread engine): a callback of a cached read that throws: the res
     CHECK(memcmp(y, "def", 3) == 0);
     CHECK(memcmp(z, "abc", 3) == 0);
     close(fd);
+}
+
+TEST_CASE("aio: a callback of a cached read that throws: the rest still arrives", "[aio][nowait]") { served_callback_throws<microloop::thread_aio_engine<> >(); }
+TEST_CASE("aio (POSIX engine): a callback of a cached read that throws: the rest still arrives", "[aio][nowait][posix_aio]") {
+    served_callback_throws<microloop::posix_aio_engine>();
 }
 #endif
