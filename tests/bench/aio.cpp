@@ -11,8 +11,9 @@
 // engine: thread or posix (microloop), uv (libuv), pread (the floor: a
 // blocking pread() loop in the calling thread, Q = 1 only; built with
 // microloop). One "key=value" line each. Built with -DMICROLOOP_AIO_NOWAIT=0
-// the thread engine hands every read to a worker (microloop-thread-handoff:
-// what a read of uncached data costs, and the engine before the fast path).
+// the engines hand every read to a thread (microloop-thread-handoff and
+// microloop-posix-handoff: what a read of uncached data costs, and the
+// engines before reads from the page cache were served in the loop's thread).
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -166,11 +167,10 @@ void open_fds(const char* path, int n) {
 const char* lib_name(const char* engine) {
     if (BENCH_LIB == BENCH_LIBUV) return "libuv";
     if (strcmp(engine, "pread") == 0) return "pread-floor";
-    if (strcmp(engine, "posix") == 0) return "microloop-posix";
 #if BENCH_LIB == BENCH_MICROLOOP && !MICROLOOP_DETAIL_AIO_NOWAIT
-    return "microloop-thread-handoff";
+    return strcmp(engine, "posix") == 0 ? "microloop-posix-handoff" : "microloop-thread-handoff";
 #else
-    return "microloop-thread";
+    return strcmp(engine, "posix") == 0 ? "microloop-posix" : "microloop-thread";
 #endif
 }
 

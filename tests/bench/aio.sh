@@ -3,10 +3,10 @@
 # cached 64 MiB file, Q in flight, through microloop's aio<64> (thread engine,
 # the default, and the POSIX AIO engine) and libuv's uv_fs_read (its pool of
 # 4 threads), in the same run (tests/bench/aio.cpp), with a blocking pread()
-# loop as the floor (Q = 1: what a program that may block gets). The thread
-# engine twice: as it is (cached reads served in the loop's thread, RWF_NOWAIT)
-# and built with -DMICROLOOP_AIO_NOWAIT=0 (-handoff: every read to a worker,
-# as an uncached read goes).
+# loop as the floor (Q = 1: what a program that may block gets). Each engine
+# twice: as it is (cached reads served in the loop's thread, RWF_NOWAIT) and
+# built with -DMICROLOOP_AIO_NOWAIT=0 (-handoff: every read to a thread, as
+# an uncached read goes).
 #
 #   1. throughput   ops/s at Q = 1, 16, 64 on one fd; microloop also with the
 #                   reads spread over 4 fds of the file
@@ -56,7 +56,7 @@ if [ ! -f "$DATA" ] || [ "$(wc -c <"$DATA")" -ne 67108864 ]; then
 fi
 cat "$DATA" >/dev/null # into the page cache
 
-IMPLS="microloop:pread microloop:thread microloop-handoff:thread microloop:posix"
+IMPLS="microloop:pread microloop:thread microloop-handoff:thread microloop:posix microloop-handoff:posix"
 case " $LIBS " in *" libuv "*) IMPLS="$IMPLS libuv:uv" ;; esac
 
 {
