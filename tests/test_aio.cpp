@@ -845,8 +845,13 @@ void cached_read_called_back_from_the_loop() {
     close(fd);
 }
 
-TEST_CASE("aio: a cached read is done without a thread and called back from the loop, not from read()", "[aio][nowait]") { cached_read_called_back_from_the_loop<microloop::thread_aio_engine<> >(); }
-TEST_CASE("aio (POSIX engine): a cached read is done without a thread and called back from the loop, not from read()", "[aio][nowait][posix_aio]") {
+TEST_CASE("aio: a cached read is done without a thread and called back from the loop, not from read()",
+          "[aio][nowait]") {
+    cached_read_called_back_from_the_loop<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): a cached read is done without a thread and called back from the loop, not from read()",
+          "[aio][nowait][posix_aio]") {
     cached_read_called_back_from_the_loop<microloop::posix_aio_engine>();
 }
 
@@ -895,8 +900,12 @@ void chain_of_cached_reads() {
     close(fd);
 }
 
-TEST_CASE("aio: a chain of cached reads gives the loop back after each one", "[aio][nowait]") { chain_of_cached_reads<microloop::thread_aio_engine<> >(); }
-TEST_CASE("aio (POSIX engine): a chain of cached reads gives the loop back after each one", "[aio][nowait][posix_aio]") {
+TEST_CASE("aio: a chain of cached reads gives the loop back after each one", "[aio][nowait]") {
+    chain_of_cached_reads<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): a chain of cached reads gives the loop back after each one",
+          "[aio][nowait][posix_aio]") {
     chain_of_cached_reads<microloop::posix_aio_engine>();
 }
 
@@ -930,8 +939,13 @@ void short_reads_not_served() {
     close(fd);
 }
 
-TEST_CASE("aio: short reads at the end of the file are not served in the loop's thread and count right", "[aio][nowait]") { short_reads_not_served<microloop::thread_aio_engine<> >(); }
-TEST_CASE("aio (POSIX engine): short reads at the end of the file are not served in the loop's thread and count right", "[aio][nowait][posix_aio]") {
+TEST_CASE("aio: short reads at the end of the file are not served in the loop's thread and count right",
+          "[aio][nowait]") {
+    short_reads_not_served<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): short reads at the end of the file are not served in the loop's thread and count right",
+          "[aio][nowait][posix_aio]") {
     short_reads_not_served<microloop::posix_aio_engine>();
 }
 
@@ -1085,8 +1099,12 @@ void cancel_of_a_served_read() {
     close(fd);
 }
 
-TEST_CASE("aio: cancel of a read done in the loop's thread: its real result, once", "[aio][nowait]") { cancel_of_a_served_read<microloop::thread_aio_engine<> >(); }
-TEST_CASE("aio (POSIX engine): cancel of a read done in the loop's thread: its real result, once", "[aio][nowait][posix_aio]") {
+TEST_CASE("aio: cancel of a read done in the loop's thread: its real result, once", "[aio][nowait]") {
+    cancel_of_a_served_read<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): cancel of a read done in the loop's thread: its real result, once",
+          "[aio][nowait][posix_aio]") {
     cancel_of_a_served_read<microloop::posix_aio_engine>();
 }
 
@@ -1137,8 +1155,12 @@ void reads_not_served() {
     close(fd);
 }
 
-TEST_CASE("aio: reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off", "[aio][nowait]") { reads_not_served<microloop::thread_aio_engine<> >(); }
-TEST_CASE("aio (POSIX engine): reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off", "[aio][nowait][posix_aio]") {
+TEST_CASE("aio: reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off", "[aio][nowait]") {
+    reads_not_served<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off",
+          "[aio][nowait][posix_aio]") {
     reads_not_served<microloop::posix_aio_engine>();
 }
 
@@ -1181,7 +1203,10 @@ void o_direct_not_served() {
 #endif
 }
 
-TEST_CASE("aio: an fd opened O_DIRECT is never read in the loop's thread", "[aio][nowait]") { o_direct_not_served<microloop::thread_aio_engine<> >(); }
+TEST_CASE("aio: an fd opened O_DIRECT is never read in the loop's thread", "[aio][nowait]") {
+    o_direct_not_served<microloop::thread_aio_engine<> >();
+}
+
 TEST_CASE("aio (POSIX engine): an fd opened O_DIRECT is never read in the loop's thread", "[aio][nowait][posix_aio]") {
     o_direct_not_served<microloop::posix_aio_engine>();
 }
@@ -1223,8 +1248,12 @@ void served_callback_throws() {
     close(fd);
 }
 
-TEST_CASE("aio: a callback of a cached read that throws: the rest still arrives", "[aio][nowait]") { served_callback_throws<microloop::thread_aio_engine<> >(); }
-TEST_CASE("aio (POSIX engine): a callback of a cached read that throws: the rest still arrives", "[aio][nowait][posix_aio]") {
+TEST_CASE("aio: a callback of a cached read that throws: the rest still arrives", "[aio][nowait]") {
+    served_callback_throws<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): a callback of a cached read that throws: the rest still arrives",
+          "[aio][nowait][posix_aio]") {
     served_callback_throws<microloop::posix_aio_engine>();
 }
 #endif

@@ -102,21 +102,23 @@
 #endif
 
 // 1 (the default): both engines first try each read in the loop's thread,
-// with preadv2(RWF_NOWAIT), which copies the data if all of it is in
-// the page cache and otherwise returns at once instead of waiting for the
-// disk; a read served so is called back at the loop's next iteration without
-// a thread (stats().inline_reads counts them). Anything else (not all of it
+// with preadv2(RWF_NOWAIT), which copies the data if all of it is in the
+// page cache and otherwise returns at once instead of waiting for the disk;
+// a read served so is called back at the loop's next iteration without a
+// thread (stats().inline_reads counts them). Anything else (not all of it
 // cached, a short count, a pipe, an fd opened O_DIRECT) goes to the engine's
 // threads or the libc's AIO as before. A kernel, libc or file system that
 // refuses RWF_NOWAIT (ENOSYS, EOPNOTSUPP, EINVAL) turns it off for that
-// module. 0: every operation goes to the threads or the libc. Off by itself where the libc's headers lack RWF_NOWAIT or
-// SYS_preadv2 (Linux 4.14 and glibc 2.27 or musl 1.1.20 have both).
+// module. 0: every operation goes to the threads or the libc. Off by itself
+// where the libc's headers lack RWF_NOWAIT or SYS_preadv2 (Linux 4.14 and
+// glibc 2.27 or musl 1.1.20 have both).
 #ifndef MICROLOOP_AIO_NOWAIT
 #define MICROLOOP_AIO_NOWAIT 1
 #endif
 // x32 passes a syscall's 64-bit offset in one register, which syscall()'s
 // long arguments cannot hold: no fast path there.
-#if MICROLOOP_AIO_NOWAIT && defined(RWF_NOWAIT) && defined(SYS_preadv2) && !(defined(__x86_64__) && defined(__ILP32__))
+#if MICROLOOP_AIO_NOWAIT && defined(RWF_NOWAIT) && defined(SYS_preadv2) && \
+    !(defined(__x86_64__) && defined(__ILP32__))
 #define MICROLOOP_DETAIL_AIO_NOWAIT 1
 #else
 #define MICROLOOP_DETAIL_AIO_NOWAIT 0
@@ -637,9 +639,9 @@ void aio<N, posix_aio_engine>::abandon() {
 // loop.wake() (an eventfd write only if none is pending). No signal, no lock.
 //
 // A read is first tried in the loop's thread with preadv2(RWF_NOWAIT)
-// (detail::aio_read_nowait()): when every byte is in the page cache it is done there,
-// marked finished as a worker would, put on a list only the loop thread
-// touches, and the loop woken; complete() calls it back at the next
+// (detail::aio_read_nowait()): when every byte is in the page cache it is
+// done there, marked finished as a worker would, put on a list only the loop
+// thread touches, and the loop woken; complete() calls it back at the next
 // iteration. Such an operation is in flight until then like any other: it
 // counts in in_flight(), an fsync behind it on its fd is held, cancel()
 // finds it finished.
