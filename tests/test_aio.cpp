@@ -1164,6 +1164,35 @@ TEST_CASE("aio (POSIX engine): reads the fast path cannot serve still work; refu
     reads_not_served<microloop::posix_aio_engine>();
 }
 
+// glibc runs the requests on one fd one after the other: a read submitted
+// after a write on its fd sees what was written. A read served from the page
+// cache at once would overtake the write, so none is while the libc has one
+// of the module's operations on that fd.
+TEST_CASE("aio (POSIX engine): a read after a write on its fd is not served ahead of the write",
+          "[aio][nowait][posix_aio]") {
+    temp_dir dir;
+    int fd = dir.create("f", "old-old-old-", 12);
+    REQUIRE(fd >= 0);
+    const bool fast = served_inline(fd, 12, 0);
+    test_loop loop;
+    microloop::aio<4, microloop::posix_aio_engine> disk(loop);
+    char got[12];
+    ssize_t wrote = -2, read_back = -2;
+    REQUIRE(disk.write(fd, "NEW-NEW-NEW-", 12, 0, [&](microloop::aio_event ev) { wrote = ev.result; }));
+    REQUIRE(disk.read(fd, got, sizeof got, 0, [&](microloop::aio_event ev) { read_back = ev.result; }));
+    CHECK(disk.stats().inline_reads == 0);
+    CHECK_FALSE(loop.run());
+    CHECK(wrote == 12);
+    CHECK(read_back == 12);
+    CHECK(memcmp(got, "NEW-NEW-NEW-", 12) == 0);
+    // Nothing of the module's on the fd any more: served again.
+    REQUIRE(disk.read(fd, got, sizeof got, 0, [&](microloop::aio_event ev) { read_back = ev.result; }));
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u));
+    CHECK_FALSE(loop.run());
+    CHECK(memcmp(got, "NEW-NEW-NEW-", 12) == 0);
+    close(fd);
+}
+
 // With O_DIRECT, a read goes to the device whatever RWF_NOWAIT says, and
 // preadv2() waits for it: such an fd is never read in the loop's thread.
 template <class Engine>

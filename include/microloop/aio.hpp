@@ -391,6 +391,11 @@ private:
     void abandon();
     void complete();
     void unlink(uint16_t i);
+    bool libc_busy_on(int fd) const {
+        for (uint16_t i = head_; i != none; i = slots_[i].next)
+            if (!slots_[i].served && cbs_[i].aio_fildes == fd) return true;
+        return false;
+    }
     aio_handle fail(errc why, int sys = 0) {
         last_error_ = error_code(why, sys);
         return aio_handle(last_error_);
@@ -492,8 +497,11 @@ aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_
     done.emplace(std::forward<F>(cb));
     // A read all in the page cache is done here, and called back at the
     // next iteration (the loop is woken below) without the libc's thread
-    // and signal.
-    const bool served = op == detail::aio_ops::op_read && detail::aio_read_nowait(fd, buf, len, offset, nowait_);
+    // and signal. Not while the libc has an operation of ours on this fd:
+    // glibc runs one fd's requests in order, and a read must not overtake
+    // a write submitted before it.
+    const bool served = op == detail::aio_ops::op_read && !libc_busy_on(fd) &&
+                        detail::aio_read_nowait(fd, buf, len, offset, nowait_);
     int r = 0;
     if (!served) {
         switch (op) {
