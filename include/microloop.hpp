@@ -125,6 +125,10 @@
 //                            before glibc 2.34). See microloop/aio.hpp.
 //   MICROLOOP_AIO_THREADS    threads of thread_aio_engine<> (4)
 //   MICROLOOP_AIO_STACK_SIZE their stack in bytes (0: the system's default)
+//   MICROLOOP_AIO_NOWAIT     1: a read all in the page cache is done in the
+//                            loop's thread (preadv2 RWF_NOWAIT, never waits
+//                            for the disk), without a thread; 0: every
+//                            operation goes to the threads or the libc
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >.

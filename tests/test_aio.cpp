@@ -9,6 +9,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -517,10 +519,11 @@ TEST_CASE("aio: destroying the module waits for what is in flight", "[aio]") {
     int calls = 0;
     {
         microloop::aio<16> disk(loop);
-        // Requests on one descriptor run one after the other: most of these
-        // are still queued when the destructor cancels them.
+        // Most of these are still queued when the destructor cancels them.
+        // Each runs into the end of the file: a short read is never served in
+        // the loop's thread (MICROLOOP_AIO_NOWAIT), the threads get them all.
         for (size_t i = 0; i < 16; ++i)
-            REQUIRE(disk.read(fd, bufs + i * chunk, chunk, static_cast<off_t>(i * chunk),
+            REQUIRE(disk.read(fd, bufs + i * chunk, chunk, static_cast<off_t>(sizeof data - chunk / 2),
                               [&](microloop::aio_event) { ++calls; }));
         CHECK(loop.active() == 16);
         {
@@ -635,6 +638,8 @@ TEST_CASE("aio (thread engine): two operations on one fd run at once", "[aio]") 
 // One thread, blocked on a FIFO: everything else waits in the queue, and is
 // canceled there, again and again. Every cancel leaves a stale entry in the
 // ring of 2N entries; a full ring is cleaned by the loop thread, not refused.
+// The reads ask for more than the file holds: a short read is never served
+// in the loop's thread (MICROLOOP_AIO_NOWAIT), so they are queued.
 TEST_CASE("aio (thread engine): canceling queued operations again and again, then the queue still works", "[aio]") {
     temp_dir dir;
     REQUIRE(mkfifo(dir.file("fifo"), 0600) == 0);
@@ -644,7 +649,7 @@ TEST_CASE("aio (thread engine): canceling queued operations again and again, the
     REQUIRE(file >= 0);
     test_loop loop;
     microloop::aio<4, microloop::thread_aio_engine<1> > disk(loop);
-    char blocked[1], buf[3][8];
+    char blocked[1], buf[3][16];
     int blocked_calls = 0;
     REQUIRE(disk.read(fifo, blocked, 1, 0, [&](microloop::aio_event ev) {
         ++blocked_calls;
@@ -654,7 +659,7 @@ TEST_CASE("aio (thread engine): canceling queued operations again and again, the
     for (int round = 0; round < 100; ++round) {
         microloop::aio_handle h[3];
         for (int k = 0; k < 3; ++k) {
-            h[k] = disk.read(file, buf[k], 8, 0, [&](microloop::aio_event ev) {
+            h[k] = disk.read(file, buf[k], 16, 0, [&](microloop::aio_event ev) {
                 if (ev.error == microloop::errc::canceled && ev.error.sys() == ECANCELED && ev.result == -1) ++canceled;
                 else ++other;
             });
@@ -748,5 +753,536 @@ TEST_CASE("aio (thread engine): after_fork() gives the child threads of its own"
     close(p[0]);
     close(p[1]);
     close(file);
+}
+#endif
+
+// ---- the thread engine: reads served from the page cache (MICROLOOP_AIO_NOWAIT)
+
+namespace {
+
+// Whether this kernel and file system serve `len` bytes of fd at `offset`
+// with RWF_NOWAIT: asked here, with the system call itself, independently
+// of the module. 0 when it did; otherwise the errno (EAGAIN when not cached,
+// ENOSYS without preadv2, EOPNOTSUPP where RWF_NOWAIT is not supported; -1
+// for a short count, or when the headers lack it).
+int nowait_probe(int fd, size_t len, off_t offset) {
+#if defined(RWF_NOWAIT) && defined(SYS_preadv2)
+    static char scratch[65536];
+    if (len > sizeof scratch) return -1;
+    struct iovec iov = {scratch, len};
+    const uint64_t off = static_cast<uint64_t>(offset);
+    long r = syscall(SYS_preadv2, static_cast<long>(fd), &iov, 1L, static_cast<long>(off & ULONG_MAX),
+                     static_cast<long>(off >> 32), static_cast<long>(RWF_NOWAIT));
+    if (r < 0) return errno;
+    return static_cast<size_t>(r) == len ? 0 : -1;
+#else
+    (void)fd;
+    (void)len;
+    (void)offset;
+    return -1;
+#endif
+}
+
+// True when the module must serve such a read in the loop's thread: the fast
+// path is compiled in and the kernel serves it.
+bool served_inline(int fd, size_t len, off_t offset) {
+    return MICROLOOP_DETAIL_AIO_NOWAIT != 0 && nowait_probe(fd, len, offset) == 0;
+}
+
+} // namespace
+
+template <class Engine>
+void cached_read_called_back_from_the_loop() {
+    temp_dir dir;
+    static unsigned char data[8192];
+    fill_pattern(data, sizeof data, 42);
+    int fd = dir.create("cached", data, sizeof data); // just written: in the page cache
+    REQUIRE(fd >= 0);
+    const bool fast = served_inline(fd, 4096, 4096);
+#if !MICROLOOP_DETAIL_AIO_NOWAIT
+    CHECK_FALSE(fast);
+#endif
+    test_loop loop;
+    microloop::aio<4, Engine> disk(loop);
+    REQUIRE_FALSE(disk.error());
+    static unsigned char buf[4096];
+    struct seen {
+        int calls;
+        microloop::aio_event ev;
+    } s = {0, microloop::aio_event()};
+    seen* sp = &s;
+    microloop::aio_handle h = disk.read(fd, buf, sizeof buf, 4096, [sp](microloop::aio_event ev) {
+        ++sp->calls;
+        sp->ev = ev;
+    });
+    REQUIRE(h);
+    CHECK(s.calls == 0); // never from inside read()
+    CHECK(disk.in_flight() == 1);
+    CHECK(loop.active() == 1);
+    CHECK(disk.stats().used == 1);
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u));
+    unsigned n = 0;
+    disk.for_each_in_flight([&n, fd](microloop::aio_handle, int f) { n += f == fd; });
+    CHECK(n == 1);
+    if (fast) {
+        // Done already: one iteration calls it back.
+        CHECK(memcmp(buf, data + 4096, sizeof buf) == 0);
+        REQUIRE_FALSE(loop.run_once(seconds(30)));
+        CHECK(s.calls == 1);
+    } else {
+        CHECK_FALSE(loop.run());
+    }
+    CHECK(s.calls == 1);
+    CHECK(s.ev.handle == h);
+    CHECK_FALSE(s.ev.error);
+    CHECK(s.ev.result == 4096);
+    CHECK(memcmp(buf, data + 4096, sizeof buf) == 0);
+    CHECK(disk.in_flight() == 0);
+    CHECK(loop.active() == 0);
+    CHECK(disk.stats().used == 0);
+    CHECK(disk.stats().high_water == 1);
+    CHECK(disk.cancel(h) == microloop::errc::stale_handle);
+    close(fd);
+}
+
+TEST_CASE("aio: a cached read is done without a thread and called back from the loop, not from read()",
+          "[aio][nowait]") {
+    cached_read_called_back_from_the_loop<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): a cached read is done without a thread and called back from the loop, not from read()",
+          "[aio][nowait][posix_aio]") {
+    cached_read_called_back_from_the_loop<microloop::posix_aio_engine>();
+}
+
+template <class Engine>
+void chain_of_cached_reads() {
+    temp_dir dir;
+    static unsigned char data[16 * 1024];
+    fill_pattern(data, sizeof data, 7);
+    int fd = dir.create("chain", data, sizeof data);
+    REQUIRE(fd >= 0);
+    const bool fast = served_inline(fd, 1024, 0);
+    test_loop loop;
+    microloop::aio<2, Engine> disk(loop);
+    static unsigned char got[16 * 1024];
+    struct chain {
+        microloop::aio<2, Engine>* disk;
+        int fd;
+        size_t next, calls, errors;
+        static void start(chain* c) {
+            size_t off = c->next;
+            c->next += 1024;
+            if (!c->disk->read(c->fd, got + off, 1024, static_cast<off_t>(off), [c](microloop::aio_event ev) {
+                    ++c->calls;
+                    if (ev.error || ev.result != 1024) ++c->errors;
+                    if (c->next < sizeof data) start(c);
+                }))
+                ++c->errors;
+        }
+    } c = {&disk, fd, 0, 0, 0};
+    chain::start(&c);
+    int iterations = 0;
+    watchdog dog(loop);
+    while (c.calls < 16 && !dog.fired) {
+        REQUIRE_FALSE(loop.run_once());
+        ++iterations;
+        // Served in the loop's thread, the read a callback submits is called
+        // back at the next iteration, not in the same one.
+        if (fast) CHECK(c.calls == static_cast<size_t>(iterations));
+    }
+    CHECK_FALSE(dog.fired);
+    CHECK(c.calls == 16);
+    CHECK(c.errors == 0);
+    CHECK(memcmp(got, data, sizeof data) == 0);
+    CHECK(disk.stats().inline_reads == (fast ? 16u : 0u));
+    CHECK(disk.in_flight() == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: a chain of cached reads gives the loop back after each one", "[aio][nowait]") {
+    chain_of_cached_reads<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): a chain of cached reads gives the loop back after each one",
+          "[aio][nowait][posix_aio]") {
+    chain_of_cached_reads<microloop::posix_aio_engine>();
+}
+
+template <class Engine>
+void short_reads_not_served() {
+    temp_dir dir;
+    int fd = dir.create("abc", "abc", 3);
+    REQUIRE(fd >= 0);
+    const bool fast = served_inline(fd, 3, 0);
+    test_loop loop;
+    microloop::aio<4, Engine> disk(loop);
+    char whole[3], part[16], past[16];
+    ssize_t r_whole = -2, r_part = -2, r_past = -2;
+    REQUIRE(disk.read(fd, whole, sizeof whole, 0, [&](microloop::aio_event ev) { r_whole = ev.result; }));
+    REQUIRE(disk.read(fd, part, sizeof part, 1, [&](microloop::aio_event ev) { r_part = ev.result; }));
+    REQUIRE(disk.read(fd, past, sizeof past, 1000, [&](microloop::aio_event ev) { r_past = ev.result; }));
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u)); // the short ones are not guessed at
+    CHECK(disk.in_flight() == 3);
+    CHECK_FALSE(loop.run());
+    CHECK(r_whole == 3);
+    CHECK(memcmp(whole, "abc", 3) == 0);
+    CHECK(r_part == 2);
+    CHECK(memcmp(part, "bc", 2) == 0);
+    CHECK(r_past == 0);
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u));
+    // An empty read of cached data is complete too.
+    ssize_t r_empty = -2;
+    REQUIRE(disk.read(fd, whole, 0, 0, [&](microloop::aio_event ev) { r_empty = ev.result; }));
+    CHECK_FALSE(loop.run());
+    CHECK(r_empty == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: short reads at the end of the file are not served in the loop's thread and count right",
+          "[aio][nowait]") {
+    short_reads_not_served<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): short reads at the end of the file are not served in the loop's thread and count right",
+          "[aio][nowait][posix_aio]") {
+    short_reads_not_served<microloop::posix_aio_engine>();
+}
+
+// One worker, blocked on a FIFO. On a file: a short read S (queued behind
+// the FIFO's read D), a cached read R (served in the loop's thread), then an
+// fsync F. R is called back while D and S are still in flight; F only after
+// S and R, the operations submitted before it on its fd.
+TEST_CASE("aio (thread engine): a cached read, an fsync after it and earlier reads still on the workers: order kept",
+          "[aio][nowait]") {
+    temp_dir dir;
+    REQUIRE(mkfifo(dir.file("fifo"), 0600) == 0);
+    int fifo = open(dir.file("fifo"), O_RDWR | O_CLOEXEC);
+    REQUIRE(fifo >= 0);
+    static unsigned char data[4096];
+    fill_pattern(data, sizeof data, 5);
+    int fd = dir.create("f", data, sizeof data);
+    REQUIRE(fd >= 0);
+    const bool fast = served_inline(fd, 1024, 0);
+    test_loop loop;
+    microloop::aio<8, microloop::thread_aio_engine<1> > disk(loop);
+    REQUIRE_FALSE(disk.error());
+    struct record {
+        char seen[8];
+        int n;
+        void add(char c) { seen[n++] = c; }
+    } rec = {{0}, 0};
+    record* p = &rec;
+    static char d_buf[1], s_buf[8192], r_buf[1024];
+    ssize_t s_result = -2, r_result = -2;
+    REQUIRE(disk.read(fifo, d_buf, 1, 0, [p](microloop::aio_event) { p->add('D'); }));
+    REQUIRE(disk.read(fd, s_buf, sizeof s_buf, 0, [p, &s_result](microloop::aio_event ev) {
+        p->add('S');
+        s_result = ev.result;
+    }));
+    REQUIRE(disk.read(fd, r_buf, sizeof r_buf, 0, [p, &r_result](microloop::aio_event ev) {
+        p->add('R');
+        r_result = ev.result;
+    }));
+    REQUIRE(disk.fsync(fd, [p](microloop::aio_event ev) {
+        p->add('F');
+        CHECK_FALSE(ev.error);
+    }));
+    CHECK(disk.in_flight() == 4);
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u));
+    if (fast) {
+        watchdog dog(loop);
+        while (rec.n == 0 && !dog.fired) REQUIRE_FALSE(loop.run_once());
+        CHECK_FALSE(dog.fired);
+        REQUIRE(rec.n == 1);
+        CHECK(rec.seen[0] == 'R');       // while the worker is still blocked
+        CHECK(disk.in_flight() == 3);    // D, S, and F held behind S
+        CHECK(r_result == 1024);
+        loop.cancel(dog.h);
+    }
+    REQUIRE(::write(fifo, "x", 1) == 1);
+    CHECK_FALSE(loop.run());
+    REQUIRE(rec.n == 4);
+    CHECK(rec.seen[3] == 'F'); // after S and R, whatever order those came in
+    CHECK(s_result == static_cast<ssize_t>(sizeof data));
+    CHECK(r_result == 1024);
+    CHECK(memcmp(s_buf, data, sizeof data) == 0);
+    CHECK(memcmp(r_buf, data, sizeof r_buf) == 0);
+    CHECK(disk.in_flight() == 0);
+
+    close(fd);
+    close(fifo);
+}
+
+// On one fd, an fsync after a read served in the loop's thread: called back
+// after it.
+template <class Engine>
+void served_read_then_fsync() {
+    temp_dir dir;
+    static unsigned char data[4096];
+    fill_pattern(data, sizeof data, 6);
+    int fd = dir.create("f", data, sizeof data);
+    REQUIRE(fd >= 0);
+    test_loop loop;
+    microloop::aio<4, Engine> disk(loop);
+    struct record {
+        char seen[4];
+        int n;
+        void add(char c) { seen[n++] = c; }
+    } rec = {{0}, 0};
+    record* p = &rec;
+    static char r_buf[1024];
+    for (int round = 0; round < 2; ++round) { // fsync, then fdatasync
+        rec.n = 0;
+        ssize_t r_result = -2;
+        REQUIRE(disk.read(fd, r_buf, sizeof r_buf, 1024, [p, &r_result](microloop::aio_event ev) {
+            p->add('R');
+            r_result = ev.result;
+        }));
+        auto synced = [p](microloop::aio_event ev) {
+            p->add('F');
+            CHECK_FALSE(ev.error);
+        };
+        REQUIRE((round == 0 ? disk.fsync(fd, synced) : disk.fdatasync(fd, synced)));
+        CHECK(disk.in_flight() == 2);
+        CHECK_FALSE(loop.run());
+        REQUIRE(rec.n == 2);
+        CHECK(rec.seen[0] == 'R');
+        CHECK(rec.seen[1] == 'F');
+        CHECK(r_result == 1024);
+        CHECK(memcmp(r_buf, data + 1024, sizeof r_buf) == 0);
+    }
+    close(fd);
+}
+
+TEST_CASE("aio: an fsync after a read served in the loop's thread is called back after it", "[aio][nowait]") {
+    served_read_then_fsync<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): an fsync after a read served in the loop's thread is called back after it",
+          "[aio][nowait][posix_aio]") {
+    served_read_then_fsync<microloop::posix_aio_engine>();
+}
+
+template <class Engine>
+void cancel_of_a_served_read() {
+    temp_dir dir;
+    int fd = dir.create("f", "0123456789", 10);
+    REQUIRE(fd >= 0);
+    const bool fast = served_inline(fd, 10, 0);
+    test_loop loop;
+    microloop::aio<2, Engine> disk(loop);
+    char buf[10];
+    int calls = 0;
+    microloop::aio_event got = {};
+    microloop::aio_handle h = disk.read(fd, buf, sizeof buf, 0, [&](microloop::aio_event ev) {
+        ++calls;
+        got = ev;
+    });
+    REQUIRE(h);
+    CHECK_FALSE(disk.cancel(h)); // not called back yet: not stale
+    CHECK_FALSE(disk.cancel(h));
+    CHECK(calls == 0);
+    CHECK(disk.in_flight() == 1);
+    CHECK_FALSE(loop.run());
+    CHECK(calls == 1);
+    CHECK(got.handle == h);
+    if (fast) {
+        CHECK_FALSE(got.error); // it was done before the cancel
+        CHECK(got.result == 10);
+        CHECK(memcmp(buf, "0123456789", 10) == 0);
+    } else {
+        CHECK((got.result == 10 || got.error == microloop::errc::canceled));
+    }
+    CHECK(disk.cancel(h) == microloop::errc::stale_handle);
+    CHECK(disk.in_flight() == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: cancel of a read done in the loop's thread: its real result, once", "[aio][nowait]") {
+    cancel_of_a_served_read<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): cancel of a read done in the loop's thread: its real result, once",
+          "[aio][nowait][posix_aio]") {
+    cancel_of_a_served_read<microloop::posix_aio_engine>();
+}
+
+// A pipe (ESPIPE) goes to a worker and leaves the fast path on; a file the
+// kernel refuses RWF_NOWAIT for (procfs: EOPNOTSUPP) turns it off for the
+// module, and every read still gets its data.
+template <class Engine>
+void reads_not_served() {
+    temp_dir dir;
+    int fd = dir.create("f", "hello", 5);
+    REQUIRE(fd >= 0);
+    const bool fast = served_inline(fd, 5, 0);
+    int p[2];
+    REQUIRE(pipe(p) == 0);
+    REQUIRE(::write(p[1], "pipe", 4) == 4);
+    test_loop loop;
+    microloop::aio<4, Engine> disk(loop);
+    char a[4], b[5];
+    ssize_t ra = -2, rb = -2;
+    REQUIRE(disk.read(p[0], a, sizeof a, 0, [&](microloop::aio_event ev) { ra = ev.result; }));
+    CHECK(disk.stats().inline_reads == 0);
+    REQUIRE(disk.read(fd, b, sizeof b, 0, [&](microloop::aio_event ev) { rb = ev.result; }));
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u));
+    CHECK_FALSE(loop.run());
+    CHECK(ra == 4);
+    CHECK(memcmp(a, "pipe", 4) == 0);
+    CHECK(rb == 5);
+    CHECK(memcmp(b, "hello", 5) == 0);
+
+    int proc = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (proc >= 0) {
+        static char stat_buf[4096];
+        const bool refused = nowait_probe(proc, 16, 0) == EOPNOTSUPP;
+        ssize_t rp = -2;
+        REQUIRE(disk.read(proc, stat_buf, sizeof stat_buf, 0, [&](microloop::aio_event ev) { rp = ev.result; }));
+        CHECK_FALSE(loop.run());
+        CHECK(rp > 0);
+        const uint64_t before = disk.stats().inline_reads;
+        rb = -2;
+        REQUIRE(disk.read(fd, b, sizeof b, 0, [&](microloop::aio_event ev) { rb = ev.result; }));
+        CHECK(disk.stats().inline_reads == before + ((fast && !refused) ? 1u : 0u));
+        CHECK_FALSE(loop.run());
+        CHECK(rb == 5);
+        close(proc);
+    }
+    close(p[0]);
+    close(p[1]);
+    close(fd);
+}
+
+TEST_CASE("aio: reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off", "[aio][nowait]") {
+    reads_not_served<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): reads the fast path cannot serve still work; refused RWF_NOWAIT turns it off",
+          "[aio][nowait][posix_aio]") {
+    reads_not_served<microloop::posix_aio_engine>();
+}
+
+// glibc runs the requests on one fd one after the other: a read submitted
+// after a write on its fd sees what was written. A read served from the page
+// cache at once would overtake the write, so none is while the libc has one
+// of the module's operations on that fd.
+TEST_CASE("aio (POSIX engine): a read after a write on its fd is not served ahead of the write",
+          "[aio][nowait][posix_aio]") {
+    temp_dir dir;
+    int fd = dir.create("f", "old-old-old-", 12);
+    REQUIRE(fd >= 0);
+    const bool fast = served_inline(fd, 12, 0);
+    test_loop loop;
+    microloop::aio<4, microloop::posix_aio_engine> disk(loop);
+    char got[12];
+    ssize_t wrote = -2, read_back = -2;
+    REQUIRE(disk.write(fd, "NEW-NEW-NEW-", 12, 0, [&](microloop::aio_event ev) { wrote = ev.result; }));
+    REQUIRE(disk.read(fd, got, sizeof got, 0, [&](microloop::aio_event ev) { read_back = ev.result; }));
+    CHECK(disk.stats().inline_reads == 0);
+    CHECK_FALSE(loop.run());
+    CHECK(wrote == 12);
+    CHECK(read_back == 12);
+    CHECK(memcmp(got, "NEW-NEW-NEW-", 12) == 0);
+    // Nothing of the module's on the fd any more: served again.
+    REQUIRE(disk.read(fd, got, sizeof got, 0, [&](microloop::aio_event ev) { read_back = ev.result; }));
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u));
+    CHECK_FALSE(loop.run());
+    CHECK(memcmp(got, "NEW-NEW-NEW-", 12) == 0);
+    close(fd);
+}
+
+// With O_DIRECT, a read goes to the device whatever RWF_NOWAIT says, and
+// preadv2() waits for it: such an fd is never read in the loop's thread.
+template <class Engine>
+void o_direct_not_served() {
+#ifdef O_DIRECT
+    temp_dir dir;
+    static unsigned char data[8192];
+    fill_pattern(data, sizeof data, 11);
+    int w = dir.create("direct", data, sizeof data);
+    REQUIRE(w >= 0);
+    REQUIRE(fsync(w) == 0);
+    int fd = open(dir.file("direct"), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0) { // a file system without O_DIRECT (tmpfs before Linux 6.6): nothing to check
+        CHECK((errno == EINVAL || errno == EOPNOTSUPP));
+        close(w);
+        return;
+    }
+    test_loop loop;
+    microloop::aio<2, Engine> disk(loop);
+    alignas(4096) static unsigned char buf[4096];
+    ssize_t got = -2;
+    REQUIRE(disk.read(fd, buf, sizeof buf, 4096, [&](microloop::aio_event ev) { got = ev.result; }));
+    CHECK(disk.stats().inline_reads == 0);
+    CHECK_FALSE(loop.run());
+    CHECK(got == 4096);
+    CHECK(memcmp(buf, data + 4096, sizeof buf) == 0);
+    // The same file without O_DIRECT: served in the loop's thread when cached.
+    const bool fast = served_inline(w, sizeof buf, 0);
+    got = -2;
+    REQUIRE(disk.read(w, buf, sizeof buf, 0, [&](microloop::aio_event ev) { got = ev.result; }));
+    CHECK(disk.stats().inline_reads == (fast ? 1u : 0u));
+    CHECK_FALSE(loop.run());
+    CHECK(got == 4096);
+    CHECK(memcmp(buf, data, sizeof buf) == 0);
+    close(fd);
+    close(w);
+#endif
+}
+
+TEST_CASE("aio: an fd opened O_DIRECT is never read in the loop's thread", "[aio][nowait]") {
+    o_direct_not_served<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): an fd opened O_DIRECT is never read in the loop's thread", "[aio][nowait][posix_aio]") {
+    o_direct_not_served<microloop::posix_aio_engine>();
+}
+
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+template <class Engine>
+void served_callback_throws() {
+    struct boom {};
+    temp_dir dir;
+    int fd = dir.create("f", "abcdef", 6);
+    REQUIRE(fd >= 0);
+    test_loop loop;
+    microloop::aio<4, Engine> disk(loop);
+    char x[3], y[3], z[3];
+    int calls = 0;
+    REQUIRE(disk.read(fd, x, 3, 0, [&](microloop::aio_event) {
+        ++calls;
+        throw boom();
+    }));
+    REQUIRE(disk.read(fd, y, 3, 3, [&](microloop::aio_event ev) { calls += ev.result == 3 ? 1 : 100; }));
+    REQUIRE(disk.read(fd, z, 3, 0, [&](microloop::aio_event ev) { calls += ev.result == 3 ? 1 : 100; }));
+    int throws = 0;
+    watchdog dog(loop);
+    while (calls < 3 && !dog.fired) {
+        microloop::error_code e;
+        try {
+            e = loop.run_once(); // outside REQUIRE, which would take the exception
+        } catch (boom&) {
+            ++throws;
+        }
+        REQUIRE_FALSE(e);
+    }
+    CHECK_FALSE(dog.fired);
+    CHECK(throws == 1);
+    CHECK(calls == 3);
+    CHECK(disk.in_flight() == 0);
+    CHECK(memcmp(y, "def", 3) == 0);
+    CHECK(memcmp(z, "abc", 3) == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: a callback of a cached read that throws: the rest still arrives", "[aio][nowait]") {
+    served_callback_throws<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): a callback of a cached read that throws: the rest still arrives",
+          "[aio][nowait][posix_aio]") {
+    served_callback_throws<microloop::posix_aio_engine>();
 }
 #endif

@@ -24,11 +24,14 @@
 // run pread()/pwrite()/fsync()/fdatasync(). Operations on one fd run in
 // parallel; an fsync waits for the operations submitted before it on its fd.
 // Completions come back through a lock-free stack and one loop.wake(): no
-// signal, no lock, no scan of what is in flight. See the implementation
-// below for how cancel() and the ring work.
+// signal, no lock, no scan of what is in flight. A read whose data is all
+// in the page cache is done in the loop's thread instead, without blocking
+// (MICROLOOP_AIO_NOWAIT), and called back at the next iteration. See the
+// implementation below for how cancel() and the ring work.
 //
 // posix_aio_engine: the libc's POSIX AIO, "the portable one the textbook
-// describes". How completions wake the loop: each request asks for a signal
+// describes" (a read all in the page cache is done in the loop's thread here
+// too, as above). How completions wake the loop: each request asks for a signal
 // on completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
 // handler only calls wake() on the loops that have a POSIX AIO module; the
 // loop then asks aio_error() about every operation in flight and calls back
@@ -58,7 +61,9 @@
 #include <semaphore.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/syscall.h> // SYS_preadv2
 #include <sys/types.h>
+#include <sys/uio.h> // struct iovec, RWF_NOWAIT
 #include <unistd.h>
 
 #include <atomic>
@@ -96,6 +101,29 @@
 #define MICROLOOP_AIO_STACK_SIZE 0
 #endif
 
+// 1 (the default): both engines first try each read in the loop's thread,
+// with preadv2(RWF_NOWAIT), which copies the data if all of it is in the
+// page cache and otherwise returns at once instead of waiting for the disk;
+// a read served so is called back at the loop's next iteration without a
+// thread (stats().inline_reads counts them). Anything else (not all of it
+// cached, a short count, a pipe, an fd opened O_DIRECT) goes to the engine's
+// threads or the libc's AIO as before. A kernel, libc or file system that
+// refuses RWF_NOWAIT (ENOSYS, EOPNOTSUPP, EINVAL) turns it off for that
+// module. 0: every operation goes to the threads or the libc. Off by itself
+// where the libc's headers lack RWF_NOWAIT or SYS_preadv2 (Linux 4.14 and
+// glibc 2.27 or musl 1.1.20 have both).
+#ifndef MICROLOOP_AIO_NOWAIT
+#define MICROLOOP_AIO_NOWAIT 1
+#endif
+// x32 passes a syscall's 64-bit offset in one register, which syscall()'s
+// long arguments cannot hold: no fast path there.
+#if MICROLOOP_AIO_NOWAIT && defined(RWF_NOWAIT) && defined(SYS_preadv2) && \
+    !(defined(__x86_64__) && defined(__ILP32__))
+#define MICROLOOP_DETAIL_AIO_NOWAIT 1
+#else
+#define MICROLOOP_DETAIL_AIO_NOWAIT 0
+#endif
+
 namespace microloop {
 
 typedef basic_handle<struct aio_tag> aio_handle;
@@ -109,6 +137,13 @@ struct aio_event {
 };
 
 typedef detail::inplace_callback<void(aio_event)> aio_callback;
+
+// An AIO module's stats(): its table (operations in flight now, at most N,
+// the most ever at once) and how many reads it served in the loop's thread
+// from the page cache, without a thread (MICROLOOP_AIO_NOWAIT).
+struct aio_stats : table_stats {
+    uint64_t inline_reads;
+};
 
 namespace detail {
 
@@ -216,6 +251,44 @@ struct aio_ops {
     enum op_kind : unsigned char { op_read, op_write, op_fsync, op_fdatasync };
 };
 
+// The read, in the loop's thread, if it cannot block: true when all len
+// bytes came from the page cache. RWF_NOWAIT makes the kernel return EAGAIN
+// (or a short count) instead of waiting for the disk or a lock. A short
+// count may be the end of the file or a partly cached range: the engine's
+// usual path finds out. On an fd opened O_DIRECT the read would wait for the
+// device, RWF_NOWAIT or not: never tried there. `enabled` is the module's:
+// cleared for good when the kernel, libc or file system refuses RWF_NOWAIT.
+inline bool aio_read_nowait(int fd, void* buf, size_t len, off_t offset, bool& enabled) {
+#if MICROLOOP_DETAIL_AIO_NOWAIT
+    if (!enabled) return false;
+#ifdef O_DIRECT
+    const int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || (flags & O_DIRECT) != 0) return false;
+#endif
+    struct iovec iov;
+    iov.iov_base = buf;
+    iov.iov_len = len;
+    // The raw system call, not the libc's preadv2(), which older glibc and
+    // musl lack. The offset goes in two longs, low half first, on 32- and
+    // 64-bit targets alike (a 64-bit kernel ignores the high one).
+    const uint64_t off = static_cast<uint64_t>(offset);
+    const long r = syscall(SYS_preadv2, static_cast<long>(fd), &iov, 1L, static_cast<long>(off & ULONG_MAX),
+                           static_cast<long>(off >> 32), static_cast<long>(RWF_NOWAIT));
+    if (r >= 0) return static_cast<size_t>(r) == len;
+    // EAGAIN: not all cached; ESPIPE: a pipe or socket; anything else is for
+    // the usual path to report. Not supported here: stop asking.
+    if (errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) enabled = false;
+    return false;
+#else
+    (void)fd;
+    (void)buf;
+    (void)len;
+    (void)offset;
+    (void)enabled;
+    return false;
+#endif
+}
+
 // The submitting calls, written once for both engines: each hands its
 // operation to the module's submit(), which checks and queues it.
 template <class Module>
@@ -280,8 +353,14 @@ public:
     // Why the module could not start (the signal is watched, too many
     // modules), or ok; also returned by every submission.
     error_code error() const { return setup_error_; }
-    // Operations in flight: now, at most N, and the most ever at once.
-    table_stats stats() const { return pool_.stats(); }
+    // Operations in flight: now, at most N, and the most ever at once; the
+    // reads served from the page cache in the loop's thread.
+    aio_stats stats() const {
+        aio_stats s;
+        static_cast<table_stats&>(s) = pool_.stats();
+        s.inline_reads = inline_reads_;
+        return s;
+    }
     // f(aio_handle, int fd) for every operation in flight, oldest first.
     template <class F>
     void for_each_in_flight(F&& f) const {
@@ -297,7 +376,8 @@ private:
         uint16_t next, prev; // the in-flight list, in submission order
         uint16_t callback;   // which of callbacks_ is this operation's
         bool busy;
-        bool sync; // fsync or fdatasync: reported after what was submitted before it on its fd
+        bool sync;   // fsync or fdatasync: reported after what was submitted before it on its fd
+        bool served; // a read done in the loop's thread (all of aio_nbytes), never given to the libc
     };
     static const uint16_t none = 0xffff;
     struct hook_type : loop_hook {
@@ -311,6 +391,11 @@ private:
     void abandon();
     void complete();
     void unlink(uint16_t i);
+    bool libc_busy_on(int fd) const {
+        for (uint16_t i = head_; i != none; i = slots_[i].next)
+            if (!slots_[i].served && cbs_[i].aio_fildes == fd) return true;
+        return false;
+    }
     aio_handle fail(errc why, int sys = 0) {
         last_error_ = error_code(why, sys);
         return aio_handle(last_error_);
@@ -320,6 +405,8 @@ private:
     pid_t pid_; // in a forked child, the operations in flight are the parent's
     hook_type hook_;
     int registered_; // index in the signal handler's table, or -1
+    bool nowait_;    // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
+    uint64_t inline_reads_;
     error_code setup_error_;
     error_code last_error_;
     uint16_t head_, tail_; // operations in flight, oldest first
@@ -339,7 +426,8 @@ private:
 
 template <size_t N>
 aio<N, posix_aio_engine>::aio(loop_base& owner)
-    : loop_(owner), pid_(getpid()), registered_(-1), head_(none), tail_(none), spare_(static_cast<uint16_t>(N)) {
+    : loop_(owner), pid_(getpid()), registered_(-1), nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), inline_reads_(0),
+      head_(none), tail_(none), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
     hook_.active = 0;
@@ -348,6 +436,7 @@ aio<N, posix_aio_engine>::aio(loop_base& owner)
     for (size_t i = 0; i < N; ++i) {
         slots_[i].busy = false;
         slots_[i].sync = false;
+        slots_[i].served = false;
         slots_[i].next = slots_[i].prev = none;
         slots_[i].callback = static_cast<uint16_t>(i);
     }
@@ -374,9 +463,9 @@ aio<N, posix_aio_engine>::~aio() {
     // The libc writes into the aiocb and the buffer until aio_error() says
     // the operation is over: wait for that before the memory goes away.
     for (size_t i = 0; i < N; ++i)
-        if (slots_[i].busy) aio_cancel(cbs_[i].aio_fildes, &cbs_[i]);
+        if (slots_[i].busy && !slots_[i].served) aio_cancel(cbs_[i].aio_fildes, &cbs_[i]);
     for (size_t i = 0; i < N; ++i) {
-        if (!slots_[i].busy) continue;
+        if (!slots_[i].busy || slots_[i].served) continue;
         const struct aiocb* list[1] = {&cbs_[i]};
         while (aio_error(&cbs_[i]) == EINPROGRESS) aio_suspend(list, 1, nullptr); // EINTR: ask again
         aio_return(&cbs_[i]);
@@ -406,12 +495,21 @@ aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_
     ctl.aio_sigevent.sigev_signo = MICROLOOP_AIO_SIGNAL;
     aio_callback& done = callbacks_[s.callback];
     done.emplace(std::forward<F>(cb));
-    int r;
-    switch (op) {
-    case detail::aio_ops::op_read: r = aio_read(&ctl); break;
-    case detail::aio_ops::op_write: r = aio_write(&ctl); break;
-    case detail::aio_ops::op_fsync: r = aio_fsync(O_SYNC, &ctl); break;
-    default: r = aio_fsync(O_DSYNC, &ctl); break;
+    // A read all in the page cache is done here, and called back at the
+    // next iteration (the loop is woken below) without the libc's thread
+    // and signal. Not while the libc has an operation of ours on this fd:
+    // glibc runs one fd's requests in order, and a read must not overtake
+    // a write submitted before it.
+    const bool served = op == detail::aio_ops::op_read && !libc_busy_on(fd) &&
+                        detail::aio_read_nowait(fd, buf, len, offset, nowait_);
+    int r = 0;
+    if (!served) {
+        switch (op) {
+        case detail::aio_ops::op_read: r = aio_read(&ctl); break;
+        case detail::aio_ops::op_write: r = aio_write(&ctl); break;
+        case detail::aio_ops::op_fsync: r = aio_fsync(O_SYNC, &ctl); break;
+        default: r = aio_fsync(O_DSYNC, &ctl); break;
+        }
     }
     if (r != 0) {
         int e = errno;
@@ -421,12 +519,17 @@ aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_
     }
     s.busy = true;
     s.sync = op == detail::aio_ops::op_fsync || op == detail::aio_ops::op_fdatasync;
+    s.served = served;
     s.next = none;
     s.prev = tail_;
     if (tail_ != none) slots_[tail_].next = index;
     else head_ = index;
     tail_ = index;
     ++hook_.active;
+    if (served) {
+        ++inline_reads_;
+        loop_.wake();
+    }
     return aio_handle::from_id(id);
 }
 
@@ -434,6 +537,7 @@ template <size_t N>
 error_code aio<N, posix_aio_engine>::cancel(aio_handle h) {
     uint16_t index = pool_.lookup(h.id());
     if (index == pool_.none) return errc::stale_handle;
+    if (slots_[index].served) return error_code(); // done already: called back with its result
     struct aiocb& ctl = cbs_[index];
     int r = aio_cancel(ctl.aio_fildes, &ctl);
     if (r == -1) return error_code(errc::system, errno);
@@ -465,14 +569,16 @@ void aio<N, posix_aio_engine>::complete() {
         const int fd = ctl.aio_fildes;
         bool seen = false;
         for (size_t k = 0; k < nbusy && !seen; ++k) seen = busy_fds[k] == fd;
-        int err = seen && slots_[i].sync ? EINPROGRESS : aio_error(&ctl);
+        const bool served = slots_[i].served; // done in the loop's thread: never in progress
+        int err = served ? 0 : (seen && slots_[i].sync ? EINPROGRESS : aio_error(&ctl));
         if (err == EINPROGRESS) {
             if (!seen && nbusy < N) busy_fds[nbusy++] = fd;
         } else {
             if (err < 0) err = errno;
-            ssize_t result = aio_return(&ctl);
+            ssize_t result = served ? static_cast<ssize_t>(ctl.aio_nbytes) : aio_return(&ctl);
             slot& s = slots_[i];
             s.busy = false;
+            s.served = false;
             unlink(i);
             --hook_.active;
             uint64_t id = pool_.id_of(i);
@@ -517,6 +623,7 @@ void aio<N, posix_aio_engine>::abandon() {
     for (uint16_t i = 0; i < N; ++i) {
         if (!slots_[i].busy) continue;
         slots_[i].busy = false;
+        slots_[i].served = false;
         slots_[i].next = slots_[i].prev = none;
         callbacks_[slots_[i].callback].reset();
         pool_.release(i);
@@ -538,6 +645,14 @@ void aio<N, posix_aio_engine>::abandon() {
 // fsync()/fdatasync() (read()/write() where the fd cannot seek, as glibc's
 // AIO does), and hands the slot back through a lock-free stack and one
 // loop.wake() (an eventfd write only if none is pending). No signal, no lock.
+//
+// A read is first tried in the loop's thread with preadv2(RWF_NOWAIT)
+// (detail::aio_read_nowait()): when every byte is in the page cache it is
+// done there, marked finished as a worker would, put on a list only the loop
+// thread touches, and the loop woken; complete() calls it back at the next
+// iteration. Such an operation is in flight until then like any other: it
+// counts in in_flight(), an fsync behind it on its fd is held, cancel()
+// finds it finished.
 //
 // cancel() of a queued operation wins the same compare-and-swap and reports
 // it at once; the ring entry it leaves behind is stale (the ticket no longer
@@ -577,7 +692,14 @@ public:
     // Why the threads could not start (errc::system with pthread_create's or
     // sem_init's error, errc::bad_argument for a stack size refused), or ok.
     error_code error() const { return setup_error_; }
-    table_stats stats() const { return pool_.stats(); }
+    // The table's, and the reads served from the page cache in the loop's
+    // thread (MICROLOOP_AIO_NOWAIT).
+    aio_stats stats() const {
+        aio_stats s;
+        static_cast<table_stats&>(s) = pool_.stats();
+        s.inline_reads = inline_reads_;
+        return s;
+    }
     template <class F>
     void for_each_in_flight(F&& f) const {
         for (uint16_t i = head_; i != none; i = ops_[i].next) f(aio_handle::from_id(pool_.id_of(i)), ops_[i].fd);
@@ -621,6 +743,7 @@ private:
     void reset_queues();
     void abandon(bool restart);
     void enqueue(uint16_t i);
+    void push_inline(uint16_t i);
     void push_entry(uint32_t entry);
     bool pop_entry(uint32_t& entry) { return ring_.pop(entry); } // the workers, and push_entry()
     void push_completed(uint16_t i);
@@ -643,9 +766,12 @@ private:
     size_t nthreads_;
     size_t held_; // fsyncs waiting for an earlier operation on their fd
     bool sem_ok_;
+    bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
     std::atomic<bool> stopping_;
     uint16_t head_, tail_; // operations in flight, oldest first
     uint32_t ready_;       // taken from the completion stack, not yet called back
+    uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
+    uint64_t inline_reads_;
     detail::slot_pool<N> pool_;
     op ops_[N];
     aio_callback callbacks_[N + 1]; // one spare: a callback may submit again at capacity
@@ -666,7 +792,8 @@ const size_t aio<N, thread_aio_engine<T> >::ring_size;
 template <size_t N, size_t T>
 aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
     : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      stopping_(false), head_(none), tail_(none), ready_(no_slot), spare_(static_cast<uint16_t>(N)),
+      nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), stopping_(false), head_(none), tail_(none), ready_(no_slot),
+      inline_head_(no_slot), inline_tail_(no_slot), inline_reads_(0), spare_(static_cast<uint16_t>(N)),
       completed_(no_slot) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
@@ -698,6 +825,7 @@ void aio<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
     completed_.store(no_slot, std::memory_order_relaxed);
     ready_ = no_slot;
+    inline_head_ = inline_tail_ = no_slot;
     stopping_.store(false, std::memory_order_relaxed);
 }
 
@@ -780,13 +908,37 @@ aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf
     else head_ = index;
     tail_ = index;
     ++hook_.active;
-    if ((kind == detail::aio_ops::op_fsync || kind == detail::aio_ops::op_fdatasync) && earlier_on_fd(index)) {
+    if (kind == detail::aio_ops::op_read && detail::aio_read_nowait(fd, buf, len, offset, nowait_)) {
+        // Done, exactly as if a worker had run it: finished, with a ticket
+        // no ring entry carries (cancel() leaves it alone), called back by
+        // complete().
+        o.result = static_cast<ssize_t>(len);
+        o.ticket = static_cast<uint16_t>(o.ticket + 1);
+        o.state.store(state_of(o.ticket, st_finished), std::memory_order_relaxed);
+        push_inline(index);
+    } else if ((kind == detail::aio_ops::op_fsync || kind == detail::aio_ops::op_fdatasync) &&
+               earlier_on_fd(index)) {
         o.state.store(state_of(o.ticket, st_held), std::memory_order_relaxed);
         ++held_;
     } else {
         enqueue(index);
     }
     return aio_handle::from_id(id);
+}
+
+// A read done in the loop's thread, to be called back at the next
+// iteration like any completion: after the wake-up fd, never from inside the
+// call that submitted it. Those a callback submits wait for the next
+// iteration (see complete()), so a file read chunk by chunk from the page
+// cache does not hold the loop.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::push_inline(uint16_t i) {
+    ops_[i].done_next = no_slot;
+    if (inline_tail_ == no_slot) inline_head_ = i;
+    else ops_[inline_tail_].done_next = i;
+    inline_tail_ = i;
+    ++inline_reads_;
+    loop_.wake(); // only an atomic exchange when a wake-up is pending already
 }
 
 template <size_t N, size_t T>
@@ -886,11 +1038,24 @@ error_code aio<N, thread_aio_engine<T> >::cancel(aio_handle h) {
     return error_code();
 }
 
-// In the loop's thread after every wake-up: calls back what the workers
-// finished, in the order they finished. ready_ is a member so that a
-// callback that throws leaves the rest for the next wake-up.
+// In the loop's thread after every wake-up: calls back the reads done in
+// the loop's thread before this pass (oldest first), then what the workers
+// finished, in the order they finished. ready_ and the inline list are
+// members so that a callback that throws leaves the rest for the next
+// wake-up (the loop wakes itself again when a hook throws).
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::complete() {
+    if (inline_head_ != no_slot) {
+        const uint32_t last = inline_tail_; // later ones were submitted by this pass's callbacks
+        for (;;) {
+            const uint16_t i = static_cast<uint16_t>(inline_head_);
+            inline_head_ = ops_[i].done_next;
+            if (inline_head_ == no_slot) inline_tail_ = no_slot;
+            const bool at_end = i == last;
+            finish(i);
+            if (at_end) break;
+        }
+    }
     for (;;) {
         if (ready_ == no_slot) {
             uint32_t top = completed_.exchange(no_slot, std::memory_order_acquire);

@@ -10,7 +10,10 @@
 //
 // engine: thread or posix (microloop), uv (libuv), pread (the floor: a
 // blocking pread() loop in the calling thread, Q = 1 only; built with
-// microloop). One "key=value" line each.
+// microloop). One "key=value" line each. Built with -DMICROLOOP_AIO_NOWAIT=0
+// the engines hand every read to a thread (microloop-thread-handoff and
+// microloop-posix-handoff: what a read of uncached data costs, and the
+// engines before reads from the page cache were served in the loop's thread).
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -164,7 +167,11 @@ void open_fds(const char* path, int n) {
 const char* lib_name(const char* engine) {
     if (BENCH_LIB == BENCH_LIBUV) return "libuv";
     if (strcmp(engine, "pread") == 0) return "pread-floor";
+#if BENCH_LIB == BENCH_MICROLOOP && !MICROLOOP_DETAIL_AIO_NOWAIT
+    return strcmp(engine, "posix") == 0 ? "microloop-posix-handoff" : "microloop-thread-handoff";
+#else
     return strcmp(engine, "posix") == 0 ? "microloop-posix" : "microloop-thread";
+#endif
 }
 
 } // namespace

@@ -3,7 +3,10 @@
 # cached 64 MiB file, Q in flight, through microloop's aio<64> (thread engine,
 # the default, and the POSIX AIO engine) and libuv's uv_fs_read (its pool of
 # 4 threads), in the same run (tests/bench/aio.cpp), with a blocking pread()
-# loop as the floor (Q = 1: what a program that may block gets).
+# loop as the floor (Q = 1: what a program that may block gets). Each engine
+# twice: as it is (cached reads served in the loop's thread, RWF_NOWAIT) and
+# built with -DMICROLOOP_AIO_NOWAIT=0 (-handoff: every read to a thread, as
+# an uncached read goes).
 #
 #   1. throughput   ops/s at Q = 1, 16, 64 on one fd; microloop also with the
 #                   reads spread over 4 fds of the file
@@ -31,14 +34,16 @@ LATOPS=$((OPS / 10))
 note() { echo "bench: $*" >&2; }
 
 LIBS=
-for l in microloop:1:-lrt libuv:4:-luv; do
+for l in microloop:1:-lrt microloop-handoff:1:-lrt:-DMICROLOOP_AIO_NOWAIT=0 libuv:4:-luv; do
     name=${l%%:*} rest=${l#*:}
     num=${rest%%:*} libs=${rest#*:}
-    # shellcheck disable=SC2086 # libs is a list of words
-    if $CXX -std=c++11 -O2 -DNDEBUG -Wall -Wextra -I"$ROOT/include" -DBENCH_LIB="$num" -o "$OUT/aio-$name" \
+    flags=
+    case $libs in *:*) flags=${libs#*:} libs=${libs%%:*} ;; esac
+    # shellcheck disable=SC2086 # libs and flags are lists of words
+    if $CXX -std=c++11 -O2 -DNDEBUG -Wall -Wextra -I"$ROOT/include" -DBENCH_LIB="$num" $flags -o "$OUT/aio-$name" \
         "$ROOT/tests/bench/aio.cpp" -pthread $libs 2>"$OUT/build-aio-$name.log"; then
         LIBS="$LIBS $name"
-    elif [ "$name" = microloop ]; then
+    elif [ "$name" != libuv ]; then
         note "building microloop failed:"; cat "$OUT/build-aio-$name.log" >&2; exit 1
     else
         note "libuv missing (install libuv1-dev): skipped"
@@ -51,7 +56,7 @@ if [ ! -f "$DATA" ] || [ "$(wc -c <"$DATA")" -ne 67108864 ]; then
 fi
 cat "$DATA" >/dev/null # into the page cache
 
-IMPLS="microloop:pread microloop:thread microloop:posix"
+IMPLS="microloop:pread microloop:thread microloop-handoff:thread microloop:posix microloop-handoff:posix"
 case " $LIBS " in *" libuv "*) IMPLS="$IMPLS libuv:uv" ;; esac
 
 {
@@ -69,7 +74,7 @@ while [ "$rep" -lt "$REPS" ]; do
         for q in 1 16 64; do
             [ "$engine" = pread ] && [ "$q" != 1 ] && continue # the floor reads one at a time
             env $RUNNER "$OUT/aio-$bin" tput "$engine" "$DATA" $q 1 "$OPS" >>"$RAW" || note "$impl tput $q failed"
-            if [ "$bin" = microloop ] && [ "$engine" != pread ]; then
+            if [ "$bin" != libuv ] && [ "$engine" != pread ]; then
                 env $RUNNER "$OUT/aio-$bin" tput "$engine" "$DATA" $q 4 "$OPS" >>"$RAW" || note "$impl tput $q x4 failed"
             fi
         done
@@ -95,19 +100,19 @@ $1 == "lat" { kv(); seen(f["lib"]); add("p50" SUBSEP f["lib"], f["p50_ns"]); add
 END {
     print ""
     print "1. 4 KiB random reads of a cached 64 MiB file, Q in flight: ops/s (medians of runs)"
-    printf "%-18s %4s %4s %10s %9s\n", "impl", "Q", "fds", "ops/s", "vs libuv"
+    printf "%-24s %4s %4s %10s %9s\n", "impl", "Q", "fds", "ops/s", "vs libuv"
     for (q = 1; q <= 64; q = (q == 1 ? 16 : q * 4))
         for (i = 1; i <= nl; i++)
             for (d = 1; d <= 4; d += 3) {
                 k = "t" SUBSEP libs[i] SUBSEP q SUBSEP d
                 if (!cnt[k]) continue
-                printf "%-18s %4d %4d %10.0f %9s\n", libs[i], q, d, med(k), ratio(med(k), med("t" SUBSEP "libuv" SUBSEP q SUBSEP 1))
+                printf "%-24s %4d %4d %10.0f %9s\n", libs[i], q, d, med(k), ratio(med(k), med("t" SUBSEP "libuv" SUBSEP q SUBSEP 1))
             }
     print ""
     print "2. One read at a time (Q = 1): latency, submit to callback (medians of runs; ns)"
-    printf "%-18s %10s %10s %9s %9s\n", "impl", "p50", "p99", "p50/libuv", "p99/libuv"
+    printf "%-24s %10s %10s %9s %9s\n", "impl", "p50", "p99", "p50/libuv", "p99/libuv"
     for (i = 1; i <= nl; i++)
-        printf "%-18s %10d %10d %9s %9s\n", libs[i], med("p50" SUBSEP libs[i]), med("p99" SUBSEP libs[i]),
+        printf "%-24s %10d %10d %9s %9s\n", libs[i], med("p50" SUBSEP libs[i]), med("p99" SUBSEP libs[i]),
             ratio(med("p50" SUBSEP libs[i]), med("p50" SUBSEP "libuv")), ratio(med("p99" SUBSEP libs[i]), med("p99" SUBSEP "libuv"))
 }' "$RAW" | tee "$OUT/aio-tables.txt"
 echo "raw: $RAW  tables: $OUT/aio-tables.txt"
