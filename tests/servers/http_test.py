@@ -1,7 +1,8 @@
 """http_file_server with real clients (curl, wrk, raw sockets):
 byte-exact downloads (one, then 20 in parallel), ranges, the root as a jail,
 malformed and oversized requests, keep-alive, pipelining and HTTP/1.0, a full
-connection table (503), a slowloris client, and wrk without errors."""
+connection table (503), a slowloris client, and wrk without errors. The
+timeouts for idle and slow clients: http_timeouts_test.py."""
 import os
 import random
 import re
@@ -34,6 +35,10 @@ with open(os.path.join(tmp, "outside", "secret.txt"), "wb") as f:
 os.symlink("../outside/secret.txt", os.path.join(root, "link.txt"))
 os.symlink("../outside", os.path.join(root, "linkdir"))
 os.symlink("/etc/passwd", os.path.join(root, "passwd"))
+os.symlink("index.html", os.path.join(root, "inlink.html"))  # links that stay inside the root are served
+os.symlink("sub", os.path.join(root, "sublink"))
+os.symlink("../index.html", os.path.join(root, "sub", "up.html"))
+os.mkfifo(os.path.join(root, "fifo"))  # not a regular file: 404, and opening it must not block the server
 
 srv = Server("http_file_server", ["--root", root])
 base = "http://127.0.0.1:%d" % srv.port
@@ -117,7 +122,14 @@ def test_jail():
         resp = raw(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         check(status_of(resp) in (400, 403, 404) and SECRET not in resp and b"root:" not in resp,
               "raw target %r: %r" % (target, resp[:60]))
-    ok("%d traversal paths and 4 raw targets refused (400/403/404), never served" % len(paths))
+    for p, want in (("/inlink.html", b"<h1>index</h1>\n"), ("/sublink/", b"sub index\n"),
+                    ("/sublink/index.html", b"sub index\n"), ("/sub/up.html", b"<h1>index</h1>\n")):
+        r = curl("-o", "-", "-w", "\n%{http_code}", base + p)
+        check(r.stdout == want + b"\n200", "%s, a link inside the root: %r" % (p, r.stdout))
+    r = curl("-o", "/dev/null", "-w", "%{http_code}", base + "/fifo")
+    check(r.stdout == b"404", "a FIFO: %r" % r.stdout)
+    ok("%d traversal paths and 4 raw targets refused (400/403/404), never served; links inside the root served, "
+       "a FIFO 404" % len(paths))
 
 
 def test_malformed():
