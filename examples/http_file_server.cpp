@@ -63,6 +63,8 @@ const size_t max_request_line = 1024;   // then 414
 const size_t max_head = 4096;           // the whole request head; then 431
 const int chunk_buffers = 4;            // file chunks being read or sent at once, all connections together
 const size_t chunk_size = 128 * 1024;   // bytes read from a file at a time
+const int open_files = 16;              // files kept open for the next requests (at least 1)
+const int64_t open_file_ttl_ms = 1000;  // ... for this long: a file replaced or removed is served that long still
 const int64_t head_timeout_ms = 5000;   // from the first byte of a request to its end (--head-timeout)
 const int64_t idle_timeout_ms = 10000;  // between keep-alive requests (--idle-timeout)
 const int64_t send_timeout_ms = 10000;  // without any progress writing (--send-timeout)
@@ -81,6 +83,18 @@ enum conn_state {
     lingering     // last answer sent, our side shut down: draining until EOF, then close
 };
 
+// A file kept open for the requests that follow, so that a popular file is
+// not looked up, opened and closed every time (the files are read with
+// pread(): connections share the descriptor).
+struct open_file {
+    int fd;             // -1: a free entry
+    int users;          // answers reading from it now
+    bool index;         // a directory's index.html (for its Content-Type)
+    int64_t expires_ns; // not used for new requests after this
+    struct stat st;
+    char path[256];     // the decoded request path; a longer one is not kept
+};
+
 // Everything one connection needs between events: the continuation. Its
 // constructor leaves the buffers alone, so a connection makes resident only
 // the pages it writes (a struct without a constructor would be zero-filled,
@@ -88,7 +102,8 @@ enum conn_state {
 struct conn {
     microloop::continuation_id id;
     int sock;
-    int file; // -1: none
+    int file;          // -1: none
+    open_file* cached; // the entry `file` belongs to, or nullptr: the connection closes it
     microloop::io_handle io;
     conn_state state;
     bool keep_alive;   // after this answer, read the next request
@@ -106,7 +121,7 @@ struct conn {
     char in[max_head];
 
     explicit conn(int fd)
-        : id(), sock(fd), file(-1), state(reading_head), keep_alive(false), gone(false), pending(false),
+        : id(), sock(fd), file(-1), cached(nullptr), state(reading_head), keep_alive(false), gone(false), pending(false),
           deadline_ns(0), in_len(0), consumed(0), file_pos(0), file_end(0), head_len(0), head_sent(0),
           chunk(nullptr), chunk_len(0), next_waiting(nullptr) {}
 };
@@ -130,6 +145,7 @@ struct server {
     http_loop loop;
     conn_table conns;        // and the chunk buffers: before disk, destroyed after it,
     chunk_pool chunks;       // so that no read lands in freed memory
+    open_file files[open_files];
     microloop::aio<max_conns> disk;
     int listener;
     microloop::io_handle accept_io;
@@ -142,7 +158,12 @@ struct server {
 
     server()
         : disk(loop), head_timeout_ms(::head_timeout_ms), idle_timeout_ms(::idle_timeout_ms),
-          send_timeout_ms(::send_timeout_ms) {}
+          send_timeout_ms(::send_timeout_ms) {
+        for (int i = 0; i < open_files; ++i) {
+            files[i].fd = -1;
+            files[i].users = 0;
+        }
+    }
 };
 
 server srv; // at namespace scope: the tables off the stack, and no guard
@@ -155,6 +176,15 @@ void send_out(conn& c);
 void start_disk_read(conn& c);
 
 void watch_for(conn& c, unsigned events) { srv.loop.modify(c.io, events); }
+
+// The connection is done with its file.
+void put_file(conn& c) {
+    if (c.file < 0) return;
+    if (c.cached) --c.cached->users;
+    else close(c.file);
+    c.file = -1;
+    c.cached = nullptr;
+}
 
 // A chunk buffer back: to the first connection waiting for one, else to the stack.
 void give_back(char* buf) {
@@ -186,11 +216,10 @@ void close_conn(conn& c) {
     srv.loop.unwatch(c.io);
     close(c.sock);
     c.sock = -1;
-    if (c.file >= 0) close(c.file);
-    c.file = -1;
-    if (c.state == reading_disk) { // the read still writes into c.chunk
+    if (c.state == reading_disk) { // the read still uses c.file and writes into c.chunk
         c.gone = true;
     } else {
+        put_file(c);
         if (c.state == waiting_chunk) stop_waiting(c);
         char* buf = c.chunk;
         srv.conns.release(c.id);
@@ -206,8 +235,7 @@ void close_conn(conn& c) {
 // the client still sends, so closing does not reset the connection under our
 // last answer.
 void answer_done(conn& c) {
-    if (c.file >= 0) close(c.file);
-    c.file = -1;
+    put_file(c);
     memmove(c.in, c.in + c.consumed, c.in_len - c.consumed);
     c.in_len -= c.consumed;
     c.consumed = 0;
@@ -264,6 +292,7 @@ void start_disk_read(conn& c) {
             conn& k = *cp;
             k.state = sending;
             if (k.gone) { // the client left while the disk was busy
+                put_file(k);
                 char* buf = k.chunk;
                 srv.conns.release(id);
                 give_back(buf);
@@ -353,12 +382,14 @@ const char* reason(int status) {
     return "Error";
 }
 
-// Sends the response head just written to c.head, with the file after it if any.
+// Sends the response head just written to c.head: with the first chunk of
+// the file, once it is read, if there is one.
 void send_head(conn& c, int len) {
     c.head_len = len > 0 ? static_cast<size_t>(len) : 0;
     c.head_sent = 0;
     c.deadline_ns = ms_from_now(srv.send_timeout_ms);
-    send_out(c);
+    c.state = sending;
+    next_step(c);
 }
 
 // An error answer, whole, in c.head; it closes the connection unless the
@@ -444,6 +475,42 @@ int open_under_root(char* path, int& fd, struct stat& st, bool& index) {
     return status == -1 ? 403 : status;
 }
 
+// The file for a request, in c.file: kept open from an earlier request if
+// that was less than open_file_ttl_ms ago, else opened (and kept, in the
+// free entry or the unused one that expires first). 0, or the status.
+int get_file(conn& c, char* path, struct stat& st, bool& index) {
+    int64_t now = now_ns();
+    open_file* spare = nullptr;
+    for (int i = 0; i < open_files; ++i) {
+        open_file& f = srv.files[i];
+        if (f.fd >= 0 && f.expires_ns > now && strcmp(f.path, path) == 0) {
+            ++f.users;
+            c.file = f.fd;
+            c.cached = &f;
+            st = f.st;
+            index = f.index;
+            return 0;
+        }
+        if (f.users == 0 && (!spare || (spare->fd >= 0 && (f.fd < 0 || f.expires_ns < spare->expires_ns)))) spare = &f;
+    }
+    int fd = -1;
+    if (int status = open_under_root(path, fd, st, index)) return status;
+    c.file = fd;
+    c.cached = nullptr;
+    size_t len = strlen(path);
+    if (spare && len < sizeof spare->path) {
+        if (spare->fd >= 0) close(spare->fd);
+        spare->fd = fd;
+        spare->users = 1;
+        spare->index = index;
+        spare->expires_ns = now + open_file_ttl_ms * 1000000;
+        spare->st = st;
+        memcpy(spare->path, path, len + 1);
+        c.cached = spare;
+    }
+    return 0;
+}
+
 void answer(conn& c, const http::request& r) {
     ++srv.requests;
     bool head_only = r.verb == http::method::head;
@@ -453,9 +520,8 @@ void answer(conn& c, const http::request& r) {
     if (http::decode_path(r.target, r.target_len, path, sizeof path) < 0) return answer_error(c, 400, head_only, false);
     if (http::path_climbs(path)) return answer_error(c, 403, head_only, keep);
     struct stat st;
-    int fd = -1;
     bool index = false;
-    if (int status = open_under_root(path, fd, st, index)) return answer_error(c, status, head_only, keep);
+    if (int status = get_file(c, path, st, index)) return answer_error(c, status, head_only, keep);
     uint64_t size = static_cast<uint64_t>(st.st_size), first = 0, last = size ? size - 1 : 0;
     int status = 200;
     char content_range[80] = "";
@@ -463,7 +529,7 @@ void answer(conn& c, const http::request& r) {
     if (r.range) {
         http::range_status rs = http::parse_range(r.range, r.range_len, size, first, last);
         if (rs == http::range_status::unsatisfiable) {
-            close(fd);
+            put_file(c);
             c.file_pos = c.file_end = 0;
             return send_head(c, snprintf(c.head, sizeof c.head,
                                          "HTTP/1.1 416 Range Not Satisfiable\r\nServer: microloop\r\n"
@@ -478,7 +544,6 @@ void answer(conn& c, const http::request& r) {
         }
     }
     uint64_t length = size ? last - first + 1 : 0;
-    c.file = fd;
     c.file_pos = first;
     c.file_end = head_only ? first : first + length;
     // The head waits in c.head and goes out with the first chunk, in one sendmsg().
@@ -586,6 +651,13 @@ void sweep() {
             ++srv.timeouts;
             close_conn(*c);
         }
+    for (int i = 0; i < open_files; ++i) { // and the files no one asked for lately
+        open_file& f = srv.files[i];
+        if (f.fd >= 0 && f.users == 0 && f.expires_ns <= now) {
+            close(f.fd);
+            f.fd = -1;
+        }
+    }
 }
 
 void usage(FILE* f) {

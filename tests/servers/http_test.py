@@ -201,6 +201,30 @@ def test_slowloris():
     ok("a client trickling its head is cut off after %.1f s" % closed)
 
 
+def test_replaced():
+    """Files are kept open for a second: a file replaced or removed is served
+    as it is now once that has passed."""
+    path = os.path.join(root, "changing.txt")
+    with open(path, "wb") as f:
+        f.write(b"old\n")
+    check(curl("-o", "-", base + "/changing.txt").stdout == b"old\n", "first version")
+    with open(path + ".new", "wb") as f:
+        f.write(b"new, longer\n")
+    os.rename(path + ".new", path)
+    t0 = time.monotonic()
+    while curl("-o", "-", base + "/changing.txt").stdout != b"new, longer\n":
+        check(time.monotonic() - t0 < 20, "a replaced file still served the old way after 20 s")
+        time.sleep(0.2)
+    replaced = time.monotonic() - t0
+    os.unlink(path)
+    t0 = time.monotonic()
+    while curl("-o", "/dev/null", "-w", "%{http_code}", base + "/changing.txt").stdout != b"404":
+        check(time.monotonic() - t0 < 20, "a removed file still served after 20 s")
+        time.sleep(0.2)
+    ok("a replaced file served anew after %.1f s, a removed one 404 after %.1f s"
+       % (replaced, time.monotonic() - t0))
+
+
 def test_wrk():
     r = subprocess.run(["wrk", "-t2", "-c100", "-d3s", "--timeout", "5s", base + "/4k.html"],
                        capture_output=True, text=True, timeout=30)
@@ -218,6 +242,7 @@ try:
     timed("http_file_server: keep-alive, pipelining, HTTP/1.0", test_keepalive_pipelining)
     timed("http_file_server: full table", test_full_table)
     timed("http_file_server: slowloris", test_slowloris)
+    timed("http_file_server: replaced and removed files", test_replaced)
     timed("http_file_server: wrk", test_wrk)
     out = srv.stop()
     print("  " + out.strip().splitlines()[-1])
