@@ -27,7 +27,8 @@
 //     opened one component at a time from the root's descriptor, refusing
 //     symbolic links (O_NOFOLLOW). Only a path with a symbolic link in it
 //     is resolved with realpath() and must lie under the real root, so a
-//     link that leads outside is refused (403).
+//     link that leads outside is refused (403). A file opened is kept open
+//     for a second (open_files of them) for the requests that follow.
 //   - Slow clients cannot hold a connection: a deadline for the request head
 //     (slowloris), an idle timeout between keep-alive requests, and a send
 //     timeout (no progress writing); one timer sweeps them all.
@@ -62,7 +63,7 @@ const int max_conns = 128;              // then 503
 const size_t max_request_line = 1024;   // then 414
 const size_t max_head = 4096;           // the whole request head; then 431
 const int chunk_buffers = 4;            // file chunks being read or sent at once, all connections together
-const size_t chunk_size = 128 * 1024;   // bytes read from a file at a time
+const size_t chunk_size = 64 * 1024;    // bytes read from a file at a time
 const int open_files = 16;              // files kept open for the next requests (at least 1)
 const int64_t open_file_ttl_ms = 1000;  // ... for this long: a file replaced or removed is served that long still
 const int64_t head_timeout_ms = 5000;   // from the first byte of a request to its end (--head-timeout)
