@@ -3,6 +3,7 @@
 // aio<N> so a slow disk never blocks the loop.
 //
 //     http_file_server [--root DIR] [--port N] [--bind ADDR]
+//                      [--head-timeout MS] [--idle-timeout MS] [--send-timeout MS]
 //     then: curl -v http://127.0.0.1:PORT/some/file
 //
 // The design of the chapter this library grew from, piece by piece:
