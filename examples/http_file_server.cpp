@@ -618,6 +618,8 @@ void on_accept() {
         }
         if (srv.conns.full()) { // say so and close
             ++srv.rejected_full;
+            char sink[512]; // a request already here would turn the close into a reset that may destroy the answer
+            if (recv(fd, sink, sizeof sink, MSG_DONTWAIT) < 0) { /* nothing yet */ }
             if (send(fd, busy_answer, sizeof busy_answer - 1, MSG_NOSIGNAL) < 0) { /* closing anyway */ }
             close(fd);
             continue;

@@ -56,7 +56,7 @@ def raw(data, timeout=5, shut=True):
             s.sendall(data)
             if shut:
                 s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the server answered and closed first (a reset: ENOTCONN, EPIPE, ECONNRESET)
             pass
         got = b""
         while True:
