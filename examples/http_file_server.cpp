@@ -78,11 +78,11 @@ const size_t max_response_head = 512;   // room for our own response heads (and 
 typedef microloop::loop<max_conns + 1, 4, 2, 0> http_loop;
 
 enum conn_state {
-    reading_head, // waiting for (the rest of) a request head
+    reading_head,  // waiting for (the rest of) a request head
     waiting_chunk, // a chunk of the file is due and every buffer is lent: queued for one
-    reading_disk, // an AIO read into the borrowed chunk is in flight
-    sending,      // waiting for the socket to take the rest of the head, or more of the file
-    lingering     // last answer sent, our side shut down: draining until EOF, then close
+    reading_disk,  // an AIO read into the borrowed chunk is in flight
+    sending,       // waiting for the socket to take the rest of the head, or more of the file
+    lingering      // last answer sent, our side shut down: draining until EOF, then close
 };
 
 // A file kept open for the requests that follow, so that a popular file is
@@ -123,8 +123,8 @@ struct conn {
     char in[max_head];
 
     explicit conn(int fd)
-        : id(), sock(fd), file(-1), cached(nullptr), state(reading_head), keep_alive(false), gone(false), pending(false),
-          deadline_ns(0), in_len(0), consumed(0), file_pos(0), file_end(0), head_len(0), head_sent(0),
+        : id(), sock(fd), file(-1), cached(nullptr), state(reading_head), keep_alive(false), gone(false),
+          pending(false), deadline_ns(0), in_len(0), consumed(0), file_pos(0), file_end(0), head_len(0), head_sent(0),
           chunk(nullptr), chunk_len(0), next_waiting(nullptr) {}
 };
 

@@ -98,7 +98,8 @@ for t in $tests; do
     b=$(col "$f,$c" lighttpd 3) bp=$(col "$f,$c" lighttpd 4) bc=$(col "$f,$c" lighttpd 5)
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     want=$( [ "$f" = 1m.bin ] && echo 0.9 || echo 0.7 )
-    verdict="$verdict $(awk -v r="$ratio" -v w="$want" -v t="$f/$c" 'BEGIN { printf "%s:%s(>=%s)", t, (r >= w ? "met" : "missed"), w }')"
+    verdict="$verdict $(awk -v r="$ratio" -v w="$want" -v t="$f/$c" \
+        'BEGIN { printf "%s:%s(>=%s)", t, (r >= w ? "met" : "missed"), w }')"
     printf '| %s, %s connections | %.0f | %.2f ms | %.1f us | %.0f | %.2f ms | %.1f us | %sx |\n' \
         "$f" "$c" "$a" "$ap" "$ac" "$b" "$bp" "$bc" "$ratio"
 done
