@@ -387,7 +387,7 @@ const char* reason(int status) {
 // Sends the response head just written to c.head: with the first chunk of
 // the file, once it is read, if there is one.
 void send_head(conn& c, int len) {
-    c.head_len = len > 0 ? static_cast<size_t>(len) : 0;
+    c.head_len = len <= 0 ? 0 : static_cast<size_t>(len) < sizeof c.head ? static_cast<size_t>(len) : sizeof c.head - 1;
     c.head_sent = 0;
     c.deadline_ns = ms_from_now(srv.send_timeout_ms);
     c.state = sending;
