@@ -13,7 +13,7 @@
 #
 # Variables (all optional): CXX CXXFLAGS CPPFLAGS LDFLAGS LDLIBS are appended
 # to what the build needs, never replace it. CROSS_COMPILE, BUILD, STD,
-# WERROR, SANITIZE, RUNNER, TEST_ARGS, PREFIX, DESTDIR: see README.md.
+# WERROR, SANITIZE, RUNNER, TEST_ARGS, EXAMPLE_LDFLAGS, PREFIX, DESTDIR: see README.md.
 
 .SUFFIXES:
 .DELETE_ON_ERROR:
@@ -149,8 +149,17 @@ examples: $(EXAMPLE_BINS)
 demo: $(BUILD)/examples/demo
 	$(RUNNER) $(BUILD)/examples/demo
 
+# The examples link libstdc++ and libgcc statically and drop unused shared
+# libraries: they need little of libstdc++ (its exception support), which
+# linked statically is all they take in, while the shared copy (with the
+# libm it pulls in) costs about 1.2 MB of resident memory a process
+# (http_file_server idles at 1.8 MB instead of 3.0 MB). Not under a
+# sanitizer, whose runtime wants the shared libstdc++. EXAMPLE_LDFLAGS=
+# links them as any other program.
+EXAMPLE_LDFLAGS ?= $(if $(SANITIZE),,-static-libstdc++ -static-libgcc) -Wl,--as-needed
+
 $(BUILD)/examples/%: examples/%.cpp | $(BUILD)/examples/
-	$(COMPILE) -MMD -MP $(ML_LDFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS) $(ML_LDLIBS)
+	$(COMPILE) -MMD -MP $(ML_LDFLAGS) $(EXAMPLE_LDFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS) $(ML_LDLIBS)
 
 -include $(EXAMPLE_BINS:=.d)
 

@@ -1,23 +1,35 @@
 // http_file_server.cpp - a static file server: HTTP/1.1 and 1.0, GET and
 // HEAD, keep-alive and pipelining, single byte ranges; files read with
-// POSIX AIO so a slow disk never blocks the loop.
+// aio<N> so a slow disk never blocks the loop.
 //
 //     http_file_server [--root DIR] [--port N] [--bind ADDR]
+//                      [--head-timeout MS] [--idle-timeout MS] [--send-timeout MS]
 //     then: curl -v http://127.0.0.1:PORT/some/file
 //
 // The design of the chapter this library grew from, piece by piece:
 //   - One entry of a continuation_table per connection holds everything a
 //     request needs between events: the socket, the parser's input, the
-//     open file and the buffer its chunks are read into. Callbacks capture
-//     only the entry's id (8 bytes) and look it up; a stale id is refused.
-//   - A chunk is read with aio<N> into that buffer; the socket's watcher is
-//     paused meanwhile. The chunk is written when select() says the socket is
-//     writable, and the next chunk is read only when the socket has taken all
-//     of this one: a slow client costs one buffer, never more.
+//     response head, the open file and the chunk buffer it has borrowed.
+//     Callbacks capture only the entry's id (8 bytes) and look it up; a stale
+//     id is refused.
+//   - File data goes through a few large chunk buffers shared by all
+//     connections (chunk_buffers of chunk_size). A connection borrows one
+//     only to read a chunk with aio<N> and hand it to send(): never while it
+//     waits for its client. When the socket takes only part of a chunk, the
+//     rest is given back and read again from the file once the socket is
+//     writable, so a client that stops reading holds no buffer, only its
+//     connection, until the send timeout. The next chunk is read only when
+//     the socket has taken all of this one. A connection that finds every
+//     buffer lent waits its turn (first come, first served); the free buffers
+//     are a stack, so the same few are reused and the others are never
+//     touched: memory follows the work in progress, not the connections.
 //   - The root is a jail: the path is percent-decoded first; NUL bytes, ".."
-//     segments and targets not starting with '/' are refused; the target is
-//     resolved with realpath() and must lie under the real root, so a symlink
-//     that leads outside is refused too (403).
+//     segments and targets not starting with '/' are refused; the path is
+//     opened one component at a time from the root's descriptor, refusing
+//     symbolic links (O_NOFOLLOW). Only a path with a symbolic link in it
+//     is resolved with realpath() and must lie under the real root, so a
+//     link that leads outside is refused (403). A file opened is kept open
+//     for a second (open_files of them) for the requests that follow.
 //   - Slow clients cannot hold a connection: a deadline for the request head
 //     (slowloris), an idle timeout between keep-alive requests, and a send
 //     timeout (no progress writing); one timer sweeps them all.
@@ -34,11 +46,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 using namespace std::chrono;
@@ -49,86 +63,181 @@ namespace {
 const int max_conns = 128;              // then 503
 const size_t max_request_line = 1024;   // then 414
 const size_t max_head = 4096;           // the whole request head; then 431
-const size_t chunk_size = 16 * 1024;    // one buffer per connection: response head + file chunks
-const int64_t head_timeout_ms = 5000;   // from the first byte of a request to its end
-const int64_t idle_timeout_ms = 10000;  // between keep-alive requests
-const int64_t send_timeout_ms = 10000;  // without any progress writing
+const int chunk_buffers = 4;            // file chunks being read or sent at once, all connections together
+const size_t chunk_size = 64 * 1024;    // bytes read from a file at a time
+const int open_files = 16;              // files kept open for the next requests (at least 1)
+const int64_t open_file_ttl_ms = 1000;  // ... for this long: a file replaced or removed is served that long still
+const int64_t head_timeout_ms = 5000;   // from the first byte of a request to its end (--head-timeout)
+const int64_t idle_timeout_ms = 10000;  // between keep-alive requests (--idle-timeout)
+const int64_t send_timeout_ms = 10000;  // without any progress writing (--send-timeout)
 const int64_t linger_timeout_ms = 1000; // reading what a client still sends after our last answer
 const milliseconds sweep_period(250);
 const milliseconds accept_retry(100);
+const size_t max_response_head = 512;   // room for our own response heads (and error bodies)
 
 typedef microloop::loop<max_conns + 1, 4, 2, 0> http_loop;
 
 enum conn_state {
-    reading_head, // waiting for (the rest of) a request head
-    sending,      // writing buf[out_start, out_end); more of the file may follow
-    reading_disk, // an AIO read into buf is in flight; the socket is not watched
-    lingering     // last answer sent, our side shut down: draining until EOF, then close
+    reading_head,  // waiting for (the rest of) a request head
+    waiting_chunk, // a chunk of the file is due and every buffer is lent: queued for one
+    reading_disk,  // an AIO read into the borrowed chunk is in flight
+    sending,       // waiting for the socket to take the rest of the head, or more of the file
+    lingering      // last answer sent, our side shut down: draining until EOF, then close
 };
 
-// Everything one connection needs between events: the continuation.
+// A file kept open for the requests that follow, so that a popular file is
+// not looked up, opened and closed every time (the files are read with
+// pread(): connections share the descriptor).
+struct open_file {
+    int fd;             // -1: a free entry
+    int users;          // answers reading from it now
+    bool index;         // a directory's index.html (for its Content-Type)
+    int64_t expires_ns; // not used for new requests after this
+    struct stat st;
+    char path[256];     // the decoded request path; a longer one is not kept
+};
+
+// Everything one connection needs between events: the continuation. Its
+// constructor leaves the buffers alone, so a connection makes resident only
+// the pages it writes (a struct without a constructor would be zero-filled,
+// all of it, by continuation_table::make).
 struct conn {
     microloop::continuation_id id;
     int sock;
-    int file; // -1: none
+    int file;          // -1: none
+    open_file* cached; // the entry `file` belongs to, or nullptr: the connection closes it
     microloop::io_handle io;
     conn_state state;
     bool keep_alive;   // after this answer, read the next request
     bool gone;         // closed while an AIO read was in flight: release when it completes
+    bool pending;      // a request may be waiting in `in` (pipelined): parse it
     int64_t deadline_ns;
     size_t in_len;     // bytes in `in`
     size_t consumed;   // bytes of `in` the request being answered used
     uint64_t file_pos, file_end; // the part of the file still to send
-    size_t out_start, out_end;
+    size_t head_len, head_sent;  // the response head in `head`
+    char* chunk;       // a borrowed chunk buffer, or nullptr
+    size_t chunk_len;  // file bytes in it
+    conn* next_waiting; // the queue for a chunk buffer
+    char head[max_response_head];
     char in[max_head];
-    char buf[chunk_size];
+
+    explicit conn(int fd)
+        : id(), sock(fd), file(-1), cached(nullptr), state(reading_head), keep_alive(false), gone(false),
+          pending(false), deadline_ns(0), in_len(0), consumed(0), file_pos(0), file_end(0), head_len(0), head_sent(0),
+          chunk(nullptr), chunk_len(0), next_waiting(nullptr) {}
 };
 
 typedef microloop::continuation_table<max_conns, sizeof(conn)> conn_table;
 
+// The chunk buffers: lent one at a time, last returned first lent.
+struct chunk_pool {
+    char* free_list[chunk_buffers];
+    int free_count;
+    conn* first_waiting; // first come, first served
+    conn* last_waiting;
+    alignas(4096) char buffers[chunk_buffers][chunk_size]; // page-aligned: a chunk's pages are its own
+
+    chunk_pool() : free_count(chunk_buffers), first_waiting(nullptr), last_waiting(nullptr) {
+        for (int i = 0; i < chunk_buffers; ++i) free_list[i] = buffers[chunk_buffers - 1 - i];
+    }
+};
+
 struct server {
     http_loop loop;
-    conn_table conns;        // before disk: destroyed after it, so no read lands in a freed buffer
+    conn_table conns;        // and the chunk buffers: before disk, destroyed after it,
+    chunk_pool chunks;       // so that no read lands in freed memory
+    open_file files[open_files];
     microloop::aio<max_conns> disk;
     int listener;
     microloop::io_handle accept_io;
     bool out_of_fds;
+    int root_fd;             // the root, opened: paths are opened from it
     char root[PATH_MAX];     // the real path of --root
     size_t root_len;
-    unsigned long long requests, bytes_sent, rejected_full, timeouts;
+    int64_t head_timeout_ms, idle_timeout_ms, send_timeout_ms;
+    unsigned long long requests, bytes_sent, rejected_full, timeouts, chunk_waits, reread_bytes;
 
-    server() : disk(loop) {}
+    server()
+        : disk(loop), head_timeout_ms(::head_timeout_ms), idle_timeout_ms(::idle_timeout_ms),
+          send_timeout_ms(::send_timeout_ms) {
+        for (int i = 0; i < open_files; ++i) {
+            files[i].fd = -1;
+            files[i].users = 0;
+        }
+    }
 };
 
-server srv; // at namespace scope: 2.6 MB of tables off the stack, and no guard
+server srv; // at namespace scope: the tables off the stack, and no guard
 
 int64_t now_ns() { return static_cast<int64_t>(srv.loop.now().count()); }
 int64_t ms_from_now(int64_t ms) { return now_ns() + ms * 1000000; }
 
-void on_io(microloop::continuation_id id, unsigned events);
 void process_input(conn& c);
-void on_writable(conn& c);
+void send_out(conn& c);
+void start_disk_read(conn& c);
+
+void watch_for(conn& c, unsigned events) { srv.loop.modify(c.io, events); }
+
+// The connection is done with its file.
+void put_file(conn& c) {
+    if (c.file < 0) return;
+    if (c.cached) --c.cached->users;
+    else close(c.file);
+    c.file = -1;
+    c.cached = nullptr;
+}
+
+// A chunk buffer back: to the first connection waiting for one, else to the stack.
+void give_back(char* buf) {
+    chunk_pool& p = srv.chunks;
+    if (conn* w = p.first_waiting) {
+        p.first_waiting = w->next_waiting;
+        if (!p.first_waiting) p.last_waiting = nullptr;
+        w->next_waiting = nullptr;
+        w->chunk = buf;
+        start_disk_read(*w);
+        return;
+    }
+    p.free_list[p.free_count++] = buf;
+}
+
+void stop_waiting(conn& c) {
+    chunk_pool& p = srv.chunks;
+    conn* prev = nullptr;
+    for (conn* w = p.first_waiting; w; prev = w, w = w->next_waiting)
+        if (w == &c) {
+            (prev ? prev->next_waiting : p.first_waiting) = c.next_waiting;
+            if (p.last_waiting == &c) p.last_waiting = prev;
+            c.next_waiting = nullptr;
+            return;
+        }
+}
 
 void close_conn(conn& c) {
     srv.loop.unwatch(c.io);
     close(c.sock);
     c.sock = -1;
-    if (c.file >= 0) close(c.file);
-    c.file = -1;
-    if (c.state == reading_disk) c.gone = true; // the read still writes into c.buf
-    else srv.conns.release(c.id);
+    if (c.state == reading_disk) { // the read still uses c.file and writes into c.chunk
+        c.gone = true;
+    } else {
+        put_file(c);
+        if (c.state == waiting_chunk) stop_waiting(c);
+        char* buf = c.chunk;
+        srv.conns.release(c.id);
+        if (buf) give_back(buf);
+    }
     if (srv.out_of_fds) return;
     srv.loop.modify(srv.accept_io, microloop::readable);
 }
 
-void watch_for(conn& c, unsigned events) { srv.loop.modify(c.io, events); }
-
 // The answer is out. Keep-alive: the next request (maybe already here,
-// pipelined). Otherwise shut our side down and drain what the client still
-// sends, so closing does not reset the connection under our last answer.
+// pipelined: parsed by settle(), not from here, so that a long pipeline is a
+// loop rather than a recursion). Otherwise shut our side down and drain what
+// the client still sends, so closing does not reset the connection under our
+// last answer.
 void answer_done(conn& c) {
-    if (c.file >= 0) close(c.file);
-    c.file = -1;
+    put_file(c);
     memmove(c.in, c.in + c.consumed, c.in_len - c.consumed);
     c.in_len -= c.consumed;
     c.consumed = 0;
@@ -140,61 +249,122 @@ void answer_done(conn& c) {
         return;
     }
     c.state = reading_head;
-    c.deadline_ns = ms_from_now(c.in_len ? head_timeout_ms : idle_timeout_ms);
-    process_input(c);
+    c.deadline_ns = ms_from_now(c.in_len ? srv.head_timeout_ms : srv.idle_timeout_ms);
+    if (c.in_len) c.pending = true;
+    else watch_for(c, microloop::readable);
+}
+
+// Answers the requests already received, one after the other.
+void settle(microloop::continuation_id id) {
+    for (conn* c; (c = srv.conns.get<conn>(id)) && c->state == reading_head && c->pending;) {
+        c->pending = false;
+        process_input(*c);
+    }
+}
+
+// The socket can take more: the rest of the head with the next chunk of the
+// file (read into a borrowed buffer first), or the head alone, or done.
+void next_step(conn& c) {
+    if (c.file_pos < c.file_end) {
+        chunk_pool& p = srv.chunks;
+        if (p.free_count) {
+            c.chunk = p.free_list[--p.free_count];
+            return start_disk_read(c);
+        }
+        ++srv.chunk_waits; // every buffer is lent: wait for one, in turn
+        c.state = waiting_chunk;
+        c.next_waiting = nullptr;
+        (p.last_waiting ? p.last_waiting->next_waiting : p.first_waiting) = &c;
+        p.last_waiting = &c;
+        watch_for(c, 0);
+        return;
+    }
+    if (c.head_sent < c.head_len) return send_out(c);
+    answer_done(c);
 }
 
 void start_disk_read(conn& c) {
     uint64_t left = c.file_end - c.file_pos;
-    size_t room = chunk_size - c.out_end;
-    size_t len = left < room ? static_cast<size_t>(left) : room;
+    size_t len = left < chunk_size ? static_cast<size_t>(left) : chunk_size;
     microloop::continuation_id id = c.id;
     microloop::aio_handle h = srv.disk.read(
-        c.file, c.buf + c.out_end, len, static_cast<off_t>(c.file_pos), [id](microloop::aio_event ev) {
+        c.file, c.chunk, len, static_cast<off_t>(c.file_pos), [id](microloop::aio_event ev) {
             conn* cp = srv.conns.get<conn>(id);
             if (!cp) return;
             conn& k = *cp;
-            bool gone = k.gone;
             k.state = sending;
-            if (gone) { // the client left while the disk was busy
+            if (k.gone) { // the client left while the disk was busy
+                put_file(k);
+                char* buf = k.chunk;
                 srv.conns.release(id);
+                give_back(buf);
                 return;
             }
             if (ev.error || ev.result <= 0) { // an I/O error, or the file shrank: the length promised is a lie now
                 close_conn(k);
                 return;
             }
-            k.out_end += static_cast<size_t>(ev.result);
+            k.chunk_len = static_cast<size_t>(ev.result);
             k.file_pos += static_cast<uint64_t>(ev.result);
-            on_writable(k); // usually the socket takes it at once
+            k.deadline_ns = ms_from_now(srv.send_timeout_ms); // the wait was ours, not the client's
+            send_out(k); // usually the socket takes it at once
+            settle(id);
         });
-    if (!h) { // no AIO slot: cannot happen with one read per connection, but do not hang
-        close_conn(c);
-        return;
-    }
     c.state = reading_disk;
     watch_for(c, 0);
+    if (!h) { // no AIO slot: cannot happen with one read per connection, but do not hang
+        c.state = sending;
+        close_conn(c);
+    }
 }
 
-void on_writable(conn& c) {
-    while (c.out_start < c.out_end) {
-        ssize_t n = send(c.sock, c.buf + c.out_start, c.out_end - c.out_start, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                watch_for(c, microloop::writable);
-                return;
-            }
-            close_conn(c);
-            return;
+// Writes the rest of the head and the borrowed chunk, as far as the socket
+// takes them. What it does not take of the chunk is read again later: the
+// buffer goes back now, and the connection waits for the socket without it.
+void send_out(conn& c) {
+    c.state = sending;
+    size_t chunk_sent = 0;
+    for (;;) {
+        iovec iov[2];
+        int n = 0;
+        if (c.head_sent < c.head_len) {
+            iov[n].iov_base = c.head + c.head_sent;
+            iov[n++].iov_len = c.head_len - c.head_sent;
         }
-        c.out_start += static_cast<size_t>(n);
-        srv.bytes_sent += static_cast<unsigned long long>(n);
-        c.deadline_ns = ms_from_now(send_timeout_ms);
+        if (chunk_sent < c.chunk_len) {
+            iov[n].iov_base = c.chunk + chunk_sent;
+            iov[n++].iov_len = c.chunk_len - chunk_sent;
+        }
+        if (n == 0) break;
+        msghdr m;
+        memset(&m, 0, sizeof m);
+        m.msg_iov = iov;
+        m.msg_iovlen = static_cast<size_t>(n);
+        ssize_t r = sendmsg(c.sock, &m, MSG_NOSIGNAL);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) return close_conn(c);
+            break;
+        }
+        size_t sent = static_cast<size_t>(r);
+        srv.bytes_sent += sent;
+        c.deadline_ns = ms_from_now(srv.send_timeout_ms);
+        size_t h = c.head_len - c.head_sent < sent ? c.head_len - c.head_sent : sent;
+        c.head_sent += h;
+        chunk_sent += sent - h;
     }
-    c.out_start = c.out_end = 0;
-    if (c.file_pos < c.file_end) start_disk_read(c); // the socket drained: the next chunk
-    else answer_done(c);
+    bool drained = c.head_sent == c.head_len && chunk_sent == c.chunk_len;
+    if (c.chunk) {
+        size_t unsent = c.chunk_len - chunk_sent;
+        c.file_pos -= unsent; // read again when the socket has room
+        srv.reread_bytes += unsent;
+        char* buf = c.chunk;
+        c.chunk = nullptr;
+        c.chunk_len = 0;
+        give_back(buf);
+    }
+    if (!drained) return watch_for(c, microloop::writable);
+    next_step(c); // the socket drained: the next chunk
 }
 
 const char* reason(int status) {
@@ -214,26 +384,33 @@ const char* reason(int status) {
     return "Error";
 }
 
-// An error answer, whole, in c.buf; it closes the connection unless the
+// Sends the response head just written to c.head: with the first chunk of
+// the file, once it is read, if there is one.
+void send_head(conn& c, int len) {
+    c.head_len = len <= 0 ? 0 : static_cast<size_t>(len) < sizeof c.head ? static_cast<size_t>(len) : sizeof c.head - 1;
+    c.head_sent = 0;
+    c.deadline_ns = ms_from_now(srv.send_timeout_ms);
+    c.state = sending;
+    next_step(c);
+}
+
+// An error answer, whole, in c.head; it closes the connection unless the
 // request was well formed (404 and the like keep it).
 void answer_error(conn& c, int status, bool head_only, bool keep) {
     c.keep_alive = keep;
-    int body = snprintf(c.buf + 1024, 64, "%d %s\n", status, reason(status));
-    int n = snprintf(c.buf, 1024,
-                     "HTTP/1.1 %d %s\r\nServer: microloop\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                     "%sConnection: %s\r\n\r\n",
-                     status, reason(status), body, status == 405 ? "Allow: GET, HEAD\r\n" : "",
-                     keep ? "keep-alive" : "close");
-    if (!head_only) memmove(c.buf + n, c.buf + 1024, static_cast<size_t>(body));
-    c.out_start = 0;
-    c.out_end = static_cast<size_t>(n + (head_only ? 0 : body));
     c.file_pos = c.file_end = 0;
-    c.state = sending;
-    on_writable(c);
+    char body[64];
+    int blen = snprintf(body, sizeof body, "%d %s\n", status, reason(status));
+    int n = snprintf(c.head, sizeof c.head,
+                     "HTTP/1.1 %d %s\r\nServer: microloop\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     "%sConnection: %s\r\n\r\n%s",
+                     status, reason(status), blen, status == 405 ? "Allow: GET, HEAD\r\n" : "",
+                     keep ? "keep-alive" : "close", head_only ? "" : body);
+    send_head(c, n);
 }
 
-// Resolves a decoded path under the root: 0 and the real path in out, or
-// the status to answer (403 outside the root, 404 missing).
+// The slow way, for a path with a symbolic link in it: the real path must
+// lie under the real root. 0 and the real path in out, or the status.
 int resolve(const char* path, char* out) {
     char joined[PATH_MAX];
     if (snprintf(joined, sizeof joined, "%s%s", srv.root, path) >= static_cast<int>(sizeof joined)) return 404;
@@ -244,46 +421,122 @@ int resolve(const char* path, char* out) {
     return 0;
 }
 
+const int open_flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC; // a FIFO does not block us
+
+// A file, opened: its index.html if it is a directory; 0, or the status.
+int open_regular(int dir, const char* name, int& fd, struct stat& st, bool& index) {
+    fd = openat(dir, name, open_flags);
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        int d = fd;
+        fd = openat(d, "index.html", open_flags);
+        close(d);
+        index = true;
+        if (fd >= 0 && fstat(fd, &st) != 0) st.st_mode = 0;
+    }
+    if (fd < 0) return errno == ELOOP ? -1 : errno == EACCES ? 403 : 404; // -1: a symbolic link
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        fd = -1;
+        return 404;
+    }
+    return 0;
+}
+
+// Opens a decoded path (starting with '/', no ".." segment) under the root,
+// one component at a time, refusing symbolic links; a path with one is
+// resolved with realpath() instead. 0 and the open file, or the status.
+int open_under_root(char* path, int& fd, struct stat& st, bool& index) {
+    int dir = srv.root_fd;
+    char* name = path + 1;
+    int status = 0;
+    for (char* slash; status == 0 && (slash = strchr(name, '/')) != nullptr; name = slash + 1) {
+        if (slash == name || (slash == name + 1 && name[0] == '.')) continue; // "//", "/./"
+        *slash = '\0';
+        int d = openat(dir, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        *slash = '/';
+        if (d < 0) status = errno == ENOTDIR || errno == ELOOP ? -1 : errno == EACCES ? 403 : 404;
+        if (dir != srv.root_fd) close(dir);
+        dir = d;
+    }
+    if (status == 0) status = open_regular(dir, *name ? name : ".", fd, st, index);
+    if (dir >= 0 && dir != srv.root_fd) close(dir);
+    if (status != -1) return status;
+    char real[PATH_MAX];
+    index = false;
+    if (int s = resolve(path, real)) return s;
+    status = open_regular(AT_FDCWD, real, fd, st, index);
+    if (status == 0 && index) { // the index file may be a link too: resolve it as well
+        close(fd);
+        fd = -1;
+        size_t len = strlen(real);
+        if (len + sizeof "/index.html" > sizeof real) return 404;
+        memcpy(real + len, "/index.html", sizeof "/index.html");
+        if (int s = resolve(real + srv.root_len, real)) return s;
+        status = open_regular(AT_FDCWD, real, fd, st, index);
+    }
+    return status == -1 ? 403 : status;
+}
+
+// The file for a request, in c.file: kept open from an earlier request if
+// that was less than open_file_ttl_ms ago, else opened (and kept, in the
+// free entry or the unused one that expires first). 0, or the status.
+int get_file(conn& c, char* path, struct stat& st, bool& index) {
+    int64_t now = now_ns();
+    open_file* spare = nullptr;
+    for (int i = 0; i < open_files; ++i) {
+        open_file& f = srv.files[i];
+        if (f.fd >= 0 && f.expires_ns > now && strcmp(f.path, path) == 0) {
+            ++f.users;
+            c.file = f.fd;
+            c.cached = &f;
+            st = f.st;
+            index = f.index;
+            return 0;
+        }
+        if (f.users == 0 && (!spare || (spare->fd >= 0 && (f.fd < 0 || f.expires_ns < spare->expires_ns)))) spare = &f;
+    }
+    int fd = -1;
+    if (int status = open_under_root(path, fd, st, index)) return status;
+    c.file = fd;
+    c.cached = nullptr;
+    size_t len = strlen(path);
+    if (spare && len < sizeof spare->path) {
+        if (spare->fd >= 0) close(spare->fd);
+        spare->fd = fd;
+        spare->users = 1;
+        spare->index = index;
+        spare->expires_ns = now + open_file_ttl_ms * 1000000;
+        spare->st = st;
+        memcpy(spare->path, path, len + 1);
+        c.cached = spare;
+    }
+    return 0;
+}
+
 void answer(conn& c, const http::request& r) {
     ++srv.requests;
     bool head_only = r.verb == http::method::head;
     bool keep = r.keep_alive && !r.has_body; // a body we do not read would be taken for the next request
     if (r.verb == http::method::other) return answer_error(c, 405, false, keep);
-    char path[PATH_MAX], real[PATH_MAX];
+    char path[PATH_MAX];
     if (http::decode_path(r.target, r.target_len, path, sizeof path) < 0) return answer_error(c, 400, head_only, false);
     if (http::path_climbs(path)) return answer_error(c, 403, head_only, keep);
-    if (int status = resolve(path, real)) return answer_error(c, status, head_only, keep);
     struct stat st;
-    if (stat(real, &st) != 0) return answer_error(c, 404, head_only, keep);
-    if (S_ISDIR(st.st_mode)) { // its index.html, or nothing
-        char index[PATH_MAX];
-        if (snprintf(index, sizeof index, "%s/index.html", real) >= static_cast<int>(sizeof index) ||
-            resolve(index + srv.root_len, real) != 0 || stat(real, &st) != 0)
-            return answer_error(c, 404, head_only, keep);
-    }
-    if (!S_ISREG(st.st_mode)) return answer_error(c, 404, head_only, keep);
-    int fd = open(real, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        if (fd >= 0) close(fd);
-        return answer_error(c, errno == EACCES ? 403 : 404, head_only, keep);
-    }
+    bool index = false;
+    if (int status = get_file(c, path, st, index)) return answer_error(c, status, head_only, keep);
     uint64_t size = static_cast<uint64_t>(st.st_size), first = 0, last = size ? size - 1 : 0;
     int status = 200;
     char content_range[80] = "";
+    c.keep_alive = keep;
     if (r.range) {
         http::range_status rs = http::parse_range(r.range, r.range_len, size, first, last);
         if (rs == http::range_status::unsatisfiable) {
-            close(fd);
-            c.keep_alive = keep;
-            int n = snprintf(c.buf, chunk_size,
-                             "HTTP/1.1 416 Range Not Satisfiable\r\nServer: microloop\r\nContent-Range: bytes */%llu\r\n"
-                             "Content-Length: 0\r\nConnection: %s\r\n\r\n",
-                             static_cast<unsigned long long>(size), keep ? "keep-alive" : "close");
-            c.out_start = 0;
-            c.out_end = static_cast<size_t>(n);
+            put_file(c);
             c.file_pos = c.file_end = 0;
-            c.state = sending;
-            return on_writable(c);
+            return send_head(c, snprintf(c.head, sizeof c.head,
+                                         "HTTP/1.1 416 Range Not Satisfiable\r\nServer: microloop\r\n"
+                                         "Content-Range: bytes */%llu\r\nContent-Length: 0\r\nConnection: %s\r\n\r\n",
+                                         static_cast<unsigned long long>(size), keep ? "keep-alive" : "close"));
         }
         if (rs == http::range_status::ok) {
             status = 206;
@@ -293,20 +546,14 @@ void answer(conn& c, const http::request& r) {
         }
     }
     uint64_t length = size ? last - first + 1 : 0;
-    c.keep_alive = keep;
-    c.file = fd;
-    int n = snprintf(c.buf, chunk_size,
-                     "HTTP/1.1 %d %s\r\nServer: microloop\r\nContent-Type: %s\r\nContent-Length: %llu\r\n"
-                     "%sAccept-Ranges: bytes\r\nConnection: %s\r\n\r\n",
-                     status, reason(status), http::content_type(real), static_cast<unsigned long long>(length),
-                     content_range, keep ? "keep-alive" : "close");
-    c.out_start = 0;
-    c.out_end = static_cast<size_t>(n);
     c.file_pos = first;
     c.file_end = head_only ? first : first + length;
-    c.state = sending;
-    if (c.file_pos < c.file_end) start_disk_read(c); // the first chunk goes out with the head
-    else on_writable(c);
+    // The head waits in c.head and goes out with the first chunk, in one sendmsg().
+    send_head(c, snprintf(c.head, sizeof c.head,
+                          "HTTP/1.1 %d %s\r\nServer: microloop\r\nContent-Type: %s\r\nContent-Length: %llu\r\n"
+                          "%sAccept-Ranges: bytes\r\nConnection: %s\r\n\r\n",
+                          status, reason(status), index ? http::content_type("index.html") : http::content_type(path),
+                          static_cast<unsigned long long>(length), content_range, keep ? "keep-alive" : "close"));
 }
 
 // Parses what has arrived; answers a complete request, or waits for more.
@@ -332,7 +579,10 @@ void on_io(microloop::continuation_id id, unsigned events) {
     if (!cp) return;
     conn& c = *cp;
     if (events & microloop::io_error) return close_conn(c);
-    if (c.state == sending && (events & microloop::writable)) return on_writable(c);
+    if (c.state == sending && (events & microloop::writable)) {
+        next_step(c);
+        return settle(id);
+    }
     if (!(events & microloop::readable)) return;
     if (c.state == lingering) {
         char sink[512];
@@ -344,9 +594,10 @@ void on_io(microloop::continuation_id id, unsigned events) {
     ssize_t n = recv(c.sock, c.in + c.in_len, max_head - c.in_len, 0);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return close_conn(c);
     if (n < 0) return;
-    if (c.in_len == 0) c.deadline_ns = ms_from_now(head_timeout_ms); // a request starts: its head has a deadline
+    if (c.in_len == 0) c.deadline_ns = ms_from_now(srv.head_timeout_ms); // a request starts: its head has a deadline
     c.in_len += static_cast<size_t>(n);
     process_input(c);
+    settle(id);
 }
 
 const char busy_answer[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
@@ -365,19 +616,21 @@ void on_accept() {
             }
             return;
         }
-        microloop::made<conn> c = srv.conns.make<conn>();
-        if (!c) { // table full: say so and close
+        if (srv.conns.full()) { // say so and close
             ++srv.rejected_full;
+            char sink[512]; // a request already here would turn the close into a reset that may destroy the answer
+            if (recv(fd, sink, sizeof sink, MSG_DONTWAIT) < 0) { /* nothing yet */ }
             if (send(fd, busy_answer, sizeof busy_answer - 1, MSG_NOSIGNAL) < 0) { /* closing anyway */ }
             close(fd);
             continue;
         }
+        // Every answer is written whole (a head, a chunk): no need to wait for more to fill a segment.
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        microloop::made<conn> c = srv.conns.make<conn>(fd);
         microloop::continuation_id id = c.id();
         c->id = id;
-        c->sock = fd;
-        c->file = -1;
-        c->state = reading_head;
-        c->deadline_ns = ms_from_now(idle_timeout_ms);
+        c->deadline_ns = ms_from_now(srv.idle_timeout_ms);
         c->io = srv.loop.watch(fd, microloop::readable, [id](microloop::io_event ev) { on_io(id, ev.events); });
         if (!c->io) {
             close(fd);
@@ -386,27 +639,42 @@ void on_accept() {
     }
 }
 
-// Every sweep_period: close the connections whose deadline passed.
+// Every sweep_period: close the connections whose deadline passed (not
+// those waiting for the disk or for a chunk buffer: that wait is ours).
 void sweep() {
     microloop::continuation_id expired[max_conns];
     size_t n = 0;
     int64_t now = now_ns();
     srv.conns.for_each([&](microloop::continuation_id id) {
         conn* c = srv.conns.get<conn>(id);
-        if (c && c->state != reading_disk && c->sock >= 0 && c->deadline_ns < now) expired[n++] = id;
+        if (c && c->state != reading_disk && c->state != waiting_chunk && c->sock >= 0 && c->deadline_ns < now)
+            expired[n++] = id;
     });
     for (size_t i = 0; i < n; ++i)
         if (conn* c = srv.conns.get<conn>(expired[i])) {
             ++srv.timeouts;
             close_conn(*c);
         }
+    for (int i = 0; i < open_files; ++i) { // and the files no one asked for lately
+        open_file& f = srv.files[i];
+        if (f.fd >= 0 && f.users == 0 && f.expires_ns <= now) {
+            close(f.fd);
+            f.fd = -1;
+        }
+    }
 }
 
 void usage(FILE* f) {
-    fprintf(f, "usage: http_file_server [--root DIR] [--port N] [--bind ADDR]\n"
-               "  --root DIR   the directory served (default .)\n"
-               "  --port N     TCP port (default 8080; 0 picks a free one)\n"
-               "  --bind ADDR  IPv4 address to listen on (default 127.0.0.1)\n");
+    fprintf(f, "usage: http_file_server [--root DIR] [--port N] [--bind ADDR] [--head-timeout MS]\n"
+               "                        [--idle-timeout MS] [--send-timeout MS]\n"
+               "  --root DIR           the directory served (default .)\n"
+               "  --port N             TCP port (default 8080; 0 picks a free one)\n"
+               "  --bind ADDR          IPv4 address to listen on (default 127.0.0.1)\n"
+               "  --head-timeout MS    for a request head, from its first byte (default %lld)\n"
+               "  --idle-timeout MS    between keep-alive requests (default %lld)\n"
+               "  --send-timeout MS    without progress sending an answer (default %lld)\n",
+            static_cast<long long>(head_timeout_ms), static_cast<long long>(idle_timeout_ms),
+            static_cast<long long>(send_timeout_ms));
 }
 
 int listen_on(const char* addr, int port) {
@@ -455,6 +723,18 @@ int main(int argc, char** argv) {
             bind_addr = argv[++i];
         } else if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) {
             root = argv[++i];
+        } else if ((strcmp(argv[i], "--head-timeout") == 0 || strcmp(argv[i], "--idle-timeout") == 0 ||
+                    strcmp(argv[i], "--send-timeout") == 0) &&
+                   i + 1 < argc) {
+            int64_t& ms = argv[i][2] == 'h' ? srv.head_timeout_ms
+                          : argv[i][2] == 'i' ? srv.idle_timeout_ms
+                                              : srv.send_timeout_ms;
+            long long v = strtoll(argv[++i], &end, 10);
+            if (*end || end == argv[i] || v < 1 || v > 86400000) {
+                usage(stderr);
+                return 2;
+            }
+            ms = v;
         } else {
             usage(stderr);
             return 2;
@@ -463,6 +743,11 @@ int main(int argc, char** argv) {
     struct stat st;
     if (!realpath(root, srv.root) || stat(srv.root, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr, "http_file_server: %s: not a directory\n", root);
+        return 1;
+    }
+    srv.root_fd = open(srv.root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (srv.root_fd < 0) {
+        fprintf(stderr, "http_file_server: %s: %s\n", root, strerror(errno));
         return 1;
     }
     srv.root_len = strlen(srv.root);
@@ -492,8 +777,9 @@ int main(int argc, char** argv) {
         if (conn* c = srv.conns.get<conn>(all[i]))
             if (c->sock >= 0) close_conn(*c);
     printf("http_file_server: %llu requests, %llu bytes sent, %llu turned away (full), %llu timed out; "
-           "at most %zu connections\n",
-           srv.requests, srv.bytes_sent, srv.rejected_full, srv.timeouts, srv.conns.stats().high_water);
+           "at most %zu connections; %llu waits for a chunk buffer, %llu bytes read again\n",
+           srv.requests, srv.bytes_sent, srv.rejected_full, srv.timeouts, srv.conns.stats().high_water,
+           srv.chunk_waits, srv.reread_bytes);
     if (e) {
         fprintf(stderr, "http_file_server: loop: %s\n", e.message());
         return 1;

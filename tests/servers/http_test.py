@@ -1,7 +1,8 @@
 """http_file_server with real clients (curl, wrk, raw sockets):
 byte-exact downloads (one, then 20 in parallel), ranges, the root as a jail,
 malformed and oversized requests, keep-alive, pipelining and HTTP/1.0, a full
-connection table (503), a slowloris client, and wrk without errors."""
+connection table (503), a slowloris client, and wrk without errors. The
+timeouts for idle and slow clients: http_timeouts_test.py."""
 import os
 import random
 import re
@@ -34,6 +35,10 @@ with open(os.path.join(tmp, "outside", "secret.txt"), "wb") as f:
 os.symlink("../outside/secret.txt", os.path.join(root, "link.txt"))
 os.symlink("../outside", os.path.join(root, "linkdir"))
 os.symlink("/etc/passwd", os.path.join(root, "passwd"))
+os.symlink("index.html", os.path.join(root, "inlink.html"))  # links that stay inside the root are served
+os.symlink("sub", os.path.join(root, "sublink"))
+os.symlink("../index.html", os.path.join(root, "sub", "up.html"))
+os.mkfifo(os.path.join(root, "fifo"))  # not a regular file: 404, and opening it must not block the server
 
 srv = Server("http_file_server", ["--root", root])
 base = "http://127.0.0.1:%d" % srv.port
@@ -51,7 +56,7 @@ def raw(data, timeout=5, shut=True):
             s.sendall(data)
             if shut:
                 s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the server answered and closed first (a reset: ENOTCONN, EPIPE, ECONNRESET)
             pass
         got = b""
         while True:
@@ -117,7 +122,14 @@ def test_jail():
         resp = raw(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         check(status_of(resp) in (400, 403, 404) and SECRET not in resp and b"root:" not in resp,
               "raw target %r: %r" % (target, resp[:60]))
-    ok("%d traversal paths and 4 raw targets refused (400/403/404), never served" % len(paths))
+    for p, want in (("/inlink.html", b"<h1>index</h1>\n"), ("/sublink/", b"sub index\n"),
+                    ("/sublink/index.html", b"sub index\n"), ("/sub/up.html", b"<h1>index</h1>\n")):
+        r = curl("-o", "-", "-w", "\n%{http_code}", base + p)
+        check(r.stdout == want + b"\n200", "%s, a link inside the root: %r" % (p, r.stdout))
+    r = curl("-o", "/dev/null", "-w", "%{http_code}", base + "/fifo")
+    check(r.stdout == b"404", "a FIFO: %r" % r.stdout)
+    ok("%d traversal paths and 4 raw targets refused (400/403/404), never served; links inside the root served, "
+       "a FIFO 404" % len(paths))
 
 
 def test_malformed():
@@ -189,6 +201,30 @@ def test_slowloris():
     ok("a client trickling its head is cut off after %.1f s" % closed)
 
 
+def test_replaced():
+    """Files are kept open for a second: a file replaced or removed is served
+    as it is now once that has passed."""
+    path = os.path.join(root, "changing.txt")
+    with open(path, "wb") as f:
+        f.write(b"old\n")
+    check(curl("-o", "-", base + "/changing.txt").stdout == b"old\n", "first version")
+    with open(path + ".new", "wb") as f:
+        f.write(b"new, longer\n")
+    os.rename(path + ".new", path)
+    t0 = time.monotonic()
+    while curl("-o", "-", base + "/changing.txt").stdout != b"new, longer\n":
+        check(time.monotonic() - t0 < 20, "a replaced file still served the old way after 20 s")
+        time.sleep(0.2)
+    replaced = time.monotonic() - t0
+    os.unlink(path)
+    t0 = time.monotonic()
+    while curl("-o", "/dev/null", "-w", "%{http_code}", base + "/changing.txt").stdout != b"404":
+        check(time.monotonic() - t0 < 20, "a removed file still served after 20 s")
+        time.sleep(0.2)
+    ok("a replaced file served anew after %.1f s, a removed one 404 after %.1f s"
+       % (replaced, time.monotonic() - t0))
+
+
 def test_wrk():
     r = subprocess.run(["wrk", "-t2", "-c100", "-d3s", "--timeout", "5s", base + "/4k.html"],
                        capture_output=True, text=True, timeout=30)
@@ -206,6 +242,7 @@ try:
     timed("http_file_server: keep-alive, pipelining, HTTP/1.0", test_keepalive_pipelining)
     timed("http_file_server: full table", test_full_table)
     timed("http_file_server: slowloris", test_slowloris)
+    timed("http_file_server: replaced and removed files", test_replaced)
     timed("http_file_server: wrk", test_wrk)
     out = srv.stop()
     print("  " + out.strip().splitlines()[-1])
