@@ -481,7 +481,6 @@ private:
     // One entry at most per slot: the armed timers and the tombstones of
     // cancelled ones (see timer_key).
     static const size_t heap_cap = timer_pool::slots;
-    static const uint32_t dead = UINT32_MAX; // timer_key::seq of a slot with no armed timer
     enum { rd = 0, wr = 1, ex = 2 };
 
     struct io_slot {
@@ -505,16 +504,17 @@ private:
     };
     // A slot's timer as it was last armed, and where its heap entry is.
     // The entry's key may be behind: a re-arm to a later deadline writes
-    // only here, and cancel() only marks the slot dead, leaving its entry
-    // as a tombstone. The heap stays ordered by its keys, each at or before
-    // its timer's real one, so a top whose key is current is the real
-    // first; a stale top is re-keyed and sifted down, a tombstone dropped,
-    // when it is looked at (heap_settle()). A tombstone never fires and is
-    // reused by the next timer of its slot. 16 bytes.
+    // only here, and cancel() only frees the slot, leaving its entry as a
+    // tombstone (the entry of a slot with no live timer). The heap stays
+    // ordered by its keys, each at or before its timer's real one, so a top
+    // whose key is current is the real first; a stale top is re-keyed and
+    // sifted down, a tombstone dropped, when it is looked at
+    // (heap_settle()). A tombstone never fires and is reused by the next
+    // timer of its slot. 16 bytes.
     struct timer_key {
         int64_t deadline;
-        uint32_t seq;  // the last arming's; `dead`: no armed timer
-        uint16_t pos;  // the heap entry, or no_pos
+        uint32_t seq; // the last arming's
+        uint16_t pos; // the heap entry, or no_pos
     };
 
     int64_t now_ns() {
@@ -643,7 +643,6 @@ basic_loop<Cap, Clock>::basic_loop()
 template <class Cap, class Clock> const typename basic_loop<Cap, Clock>::fd_slot_t basic_loop<Cap, Clock>::no_slot;
 template <class Cap, class Clock> const uint16_t basic_loop<Cap, Clock>::no_pos;
 template <class Cap, class Clock> const size_t basic_loop<Cap, Clock>::heap_cap;
-template <class Cap, class Clock> const uint32_t basic_loop<Cap, Clock>::dead;
 
 // Callbacks of live slots are destroyed with the slot arrays.
 template <class Cap, class Clock>
@@ -807,8 +806,8 @@ template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
-    keys_[slot].seq = dead; // its entry, a tombstone now, waits for the top or the slot's next timer
-    release_timer(slot);
+    release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
+
     return error_code();
 }
 
@@ -826,7 +825,7 @@ std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const
 // is, stale, for heap_settle(). O(1) for a re-arm to a later deadline.
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_arm(uint16_t slot, int64_t deadline) {
-    const uint32_t seq = next_seq(); // first: renumbering moves entries and drops tombstones
+    const uint32_t seq = next_seq(); // first: renumbering moves entries
     timer_key& k = keys_[slot];
     k.deadline = deadline;
     k.seq = seq;
@@ -878,15 +877,17 @@ void basic_loop<Cap, Clock>::heap_sift(uint32_t at, heap_entry e) {
 }
 
 // Brings the top up to date: while its key is behind its timer's, it is
-// re-keyed and sifted down, or dropped if its slot is dead (a tombstone).
+// re-keyed and sifted down, or dropped if its slot holds no live timer (a
+// tombstone, or a one-shot that fired).
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::heap_settle() {
     while (heap_size_ > 0) {
         const uint16_t slot = heap_[0].slot;
         timer_key& k = keys_[slot];
-        if (heap_[0].seq == k.seq) return;
+        const bool live = timer_pool_.live(slot);
+        if (live && heap_[0].seq == k.seq) return;
         heap_entry e = {k.deadline, k.seq, slot};
-        if (k.seq == dead) { // the last entry takes its place
+        if (!live) { // the last entry takes its place
             k.pos = no_pos;
             if (--heap_size_ == 0) return;
             e = heap_[heap_size_];
@@ -899,13 +900,13 @@ void basic_loop<Cap, Clock>::heap_settle() {
 // numbers 0..n-1 in their arming order, move the mark with them, and rebuild
 // the heap. O(n log n), once per 4 billion armings. Deadlines and the order
 // of equal deadlines are unchanged; no comparison ever sees a wrapped value.
-// Every entry but a tombstone gets its timer's real key first.
+// Every entry gets its slot's key first (a tombstone's, later or not, is as
+// good as its own: the heap is rebuilt).
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::renumber_seqs() {
     const uint32_t n = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
     for (uint32_t i = 0; i < n; ++i) {
         const timer_key& k = keys_[heap_[i].slot];
-        if (k.seq == dead) continue;
         heap_[i].deadline = k.deadline;
         heap_[i].seq = k.seq;
     }
@@ -932,21 +933,18 @@ void basic_loop<Cap, Clock>::renumber_seqs() {
         heap_[end - 1u] = top;
         by_seq::sift_down(heap_, 0, end - 1u);
     }
+    // Sorted by seq is not yet a heap by deadline: renumber and insert the
+    // entries again, one by one (heap_sift also records every position).
     uint32_t mark = 0;
     for (uint32_t i = 0; i < n; ++i) {
-        if (heap_[i].seq < seq_mark_) mark = i + 1u;
-        heap_[i].seq = i;
-        uint32_t& live = keys_[heap_[i].slot].seq;
-        if (live != dead) live = i; // a tombstone stays stale: its slot's seq stays dead
+        heap_entry e = heap_[i];
+        if (e.seq < seq_mark_) mark = i + 1u;
+        e.seq = keys_[e.slot].seq = i;
+        heap_size_ = static_cast<uint16_t>(i + 1u);
+        heap_sift(i, e);
     }
     seq_mark_ = mark;
     seq_ = n;
-    // Sorted by seq is not yet a heap by deadline: insert the entries again,
-    // one by one (heap_sift also records every position).
-    for (uint32_t i = 0; i < n; ++i) {
-        heap_size_ = static_cast<uint16_t>(i + 1u);
-        heap_sift(i, heap_[i]);
-    }
 }
 
 // ---- the iteration ----------------------------------------------------------
@@ -1189,18 +1187,19 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
         if (heap_size_ == 0 || heap_[0].deadline > now_ || heap_[0].seq >= seq_mark_) break;
         const heap_entry top = heap_[0];
         timer_slot& t = timers_[top.slot];
-        uint32_t overruns = 0, seq = dead;
+        uint32_t overruns = 0;
         if (t.period > 0) {
             // Next deadline = this one + whole periods; periods that passed
             // during a stall are skipped and counted, not fired in a burst.
             int64_t missed = (now_ - top.deadline) / t.period;
             overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
-            seq = next_seq();
+            const uint32_t seq = next_seq();
             keys_[top.slot].deadline = top.deadline + (missed + 1) * t.period;
+            keys_[top.slot].seq = seq;
         }
-        // Its entry, stale now (or a tombstone), stays at the top until the
-        // next heap_settle(): a callback that re-arms the timer reuses it.
-        keys_[top.slot].seq = seq;
+        // Its entry, stale now (a one-shot's: dropped, its slot freed below),
+        // stays at the top until the next heap_settle(): a callback that
+        // re-arms the timer reuses it.
         running_timer_.begin(top.slot);
         // A one-shot is gone as it fires: its place is free for a timer its
         // callback arms, and its slot is recycled after the callback (also if
