@@ -552,6 +552,7 @@ private:
     }
     void renumber_seqs();
     void heap_arm(uint16_t slot, int64_t deadline);
+    error_code rearm_running(uint64_t id, bool valid, int64_t ns);
     void heap_sift(uint32_t at, heap_entry e);
     void heap_settle();
 
@@ -784,20 +785,25 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
 template <class Cap, class Clock>
 template <class Rep, class Period>
 error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
-    int64_t ns;
-    uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) {
-        // The one-shot whose callback is running, re-armed from it (not a
-        // repeating timer its callback cancelled).
-        slot = timer_pool_.lookup_retired(h.id());
-        if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
-            return errc::stale_handle;
-        if (!detail::to_ns(timeout, ns)) return errc::bad_timeout;
-        if (!timer_pool_.revive(slot)) return errc::table_full;
-        running_timer_.keep();
-    } else if (!detail::to_ns(timeout, ns)) {
-        return errc::bad_timeout;
-    }
+    int64_t ns = 0;
+    const bool valid = detail::to_ns(timeout, ns); // checked after the handle: a stale one is named first
+    const uint16_t slot = timer_pool_.lookup(h.id());
+    if (slot == timer_pool_.none) return rearm_running(h.id(), valid, ns);
+    if (!valid) return errc::bad_timeout;
+    heap_arm(slot, arm_time() + ns);
+    return error_code();
+}
+
+// The one-shot whose callback is running, re-armed from it (not a repeating
+// timer its callback cancelled); any other handle rearm() found stale.
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns) {
+    const uint16_t slot = timer_pool_.lookup_retired(id);
+    if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
+        return errc::stale_handle;
+    if (!valid) return errc::bad_timeout;
+    if (!timer_pool_.revive(slot)) return errc::table_full;
+    running_timer_.keep();
     heap_arm(slot, arm_time() + ns);
     return error_code();
 }
