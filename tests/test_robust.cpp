@@ -53,6 +53,11 @@ struct test_access {
     static typename Loop::timer_pool& timer_pool(Loop& l) {
         return l.timer_pool_;
     }
+    // How long select() would wait now, with no other limit (-1: forever).
+    template <class Loop>
+    static int64_t select_timeout(Loop& l) {
+        return l.select_timeout(-1);
+    }
 };
 } // namespace detail
 } // namespace microloop
@@ -73,6 +78,21 @@ struct order_log {
 
 void noop_timer(timer_event) {}
 void noop_io(io_event) {}
+
+// The first 64 firings, and how many there were.
+struct record_log {
+    order_log log;
+    int fired;
+    record_log() : fired(0) {}
+};
+struct logged {
+    record_log* r;
+    int id;
+    void operator()(timer_event) const {
+        r->log.add(id);
+        ++r->fired;
+    }
+};
 
 } // namespace
 
@@ -166,6 +186,53 @@ TEST_CASE("renumbering keeps a large heap valid and in order", "[robust][timer]"
     CHECK(fired == 200);
     // Deadline 0 first, in arming order: 0, 10, 20, ...
     for (int i = 0; i < 20; ++i) CHECK(log.who[i] == 10 * i);
+}
+
+TEST_CASE("renumbering keeps timers re-armed to a later deadline and drops cancelled ones", "[robust][timer]") {
+    microloop::basic_loop<microloop::capacity<1, 32>, microloop::manual_clock> loop;
+    record_log r0;
+    microloop::timer_handle h[32];
+    test_access::set_timer_seq(loop, UINT32_MAX - 40u);
+    for (int i = 0; i < 32; ++i) {
+        logged r = {&r0, i};
+        REQUIRE((h[i] = loop.after(milliseconds(1 + i % 4), r)));
+    }
+    // The odd ones cancelled, the even ones re-armed to 10 ms (later than
+    // they were) in reverse order; the sequence wraps in the middle of the
+    // re-arms.
+    for (int i = 1; i < 32; i += 2) REQUIRE(!loop.cancel(h[i]));
+    for (int i = 30; i >= 0; i -= 2) REQUIRE(!loop.rearm(h[i], milliseconds(10)));
+    CHECK(test_access::timer_seq(loop) < 64u); // renumbered
+    for (int i = 0; i < 32; i += 2) CHECK(loop.remaining(h[i]) == milliseconds(10));
+    CHECK(loop.active() == 16);
+    for (int ms = 0; ms < 9; ++ms) {
+        loop.clock().advance(milliseconds(1));
+        REQUIRE(!loop.poll());
+    }
+    CHECK(r0.fired == 0);
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    REQUIRE(r0.fired == 16);
+    for (int k = 0; k < 16; ++k) CHECK(r0.log.who[k] == 30 - 2 * k);
+    CHECK(loop.active() == 0);
+}
+
+TEST_CASE("select() waits for a re-armed timer's new deadline, not its old one, nor a cancelled timer's", "[robust][timer]") {
+    virtual_loop loop;
+    microloop::timer_handle a = loop.after(milliseconds(10), noop_timer);
+    microloop::timer_handle b = loop.after(milliseconds(5), noop_timer);
+    REQUIRE(a);
+    REQUIRE(b);
+    REQUIRE(!loop.poll()); // the loop's time: 0
+    CHECK(test_access::select_timeout(loop) == 5000000);
+    REQUIRE(!loop.rearm(b, milliseconds(30)));
+    CHECK(test_access::select_timeout(loop) == 10000000);
+    REQUIRE(!loop.rearm(a, milliseconds(20)));
+    CHECK(test_access::select_timeout(loop) == 20000000);
+    REQUIRE(!loop.cancel(a));
+    CHECK(test_access::select_timeout(loop) == 30000000);
+    REQUIRE(!loop.cancel(b));
+    CHECK(test_access::select_timeout(loop) == -1);
 }
 
 // ---- 2. timers armed outside callbacks --------------------------------------

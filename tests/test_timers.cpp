@@ -342,3 +342,202 @@ TEST_CASE("run_once(max_wait) returns after max_wait when nothing happens", "[ti
     REQUIRE(!loop.poll());
     CHECK(test::now_ns() - t0 < 5000000000);
 }
+
+// ---- re-arms to a later deadline and cancels leave the heap entry behind -------
+// A re-arm to a later deadline only records the new deadline, and a cancel
+// only marks the timer dead; the heap entry is brought up to date (or
+// dropped) when it reaches the top. None of that may show: in virtual time,
+// exactly.
+
+namespace {
+typedef microloop::basic_loop<microloop::capacity<4, 16>, microloop::manual_clock> vt_loop;
+
+struct counter {
+    int* n;
+    void operator()(timer_event) const { ++*n; }
+};
+} // namespace
+
+TEST_CASE("a timer re-armed to a later deadline fires at the new one, not the old", "[timer]") {
+    vt_loop loop;
+    int fired = 0;
+    counter c = {&fired};
+    microloop::timer_handle h = loop.after(milliseconds(10), c);
+    REQUIRE(h);
+    REQUIRE(!loop.rearm(h, milliseconds(30)));
+    CHECK(loop.remaining(h) == milliseconds(30));
+    int listed = 0;
+    loop.for_each_timer([&](microloop::timer_handle t, nanoseconds deadline, nanoseconds) {
+        ++listed;
+        CHECK(t == h);
+        CHECK(deadline == milliseconds(30));
+    });
+    CHECK(listed == 1);
+    loop.clock().advance(milliseconds(10)); // the old deadline
+    REQUIRE(!loop.poll());
+    CHECK(fired == 0);
+    CHECK(loop.remaining(h) == milliseconds(20));
+    CHECK(loop.active() == 1);
+    loop.clock().advance(milliseconds(19));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 0);
+    CHECK(loop.remaining(h) == milliseconds(1));
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 1);
+    CHECK(loop.active() == 0);
+
+    // A repeating timer keeps its period from the re-armed deadline on.
+    microloop::timer_handle p = loop.every(milliseconds(10), c);
+    REQUIRE(p);
+    REQUIRE(!loop.rearm(p, milliseconds(25)));
+    loop.clock().advance(milliseconds(10));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 1);
+    loop.clock().advance(milliseconds(15));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 2);
+    CHECK(loop.remaining(p) == milliseconds(10));
+    loop.clock().advance(milliseconds(10));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 3);
+    REQUIRE(!loop.cancel(p));
+}
+
+TEST_CASE("equal deadlines fire in the order of their last arming, also after re-arms to a later deadline", "[timer]") {
+    vt_loop loop;
+    order_log log;
+    microloop::timer_handle h[8];
+    for (int i = 0; i < 7; ++i) {
+        tick t = {&log, i};
+        h[i] = loop.after(milliseconds(1 + i), t); // earlier than 20 ms: re-armed later, in place
+        REQUIRE(h[i]);
+    }
+    tick last = {&log, 7};
+    h[7] = loop.after(milliseconds(50), last); // later than 20 ms: moves up
+    REQUIRE(h[7]);
+    const int order[8] = {3, 0, 6, 7, 1, 5, 2, 4};
+    for (int i = 0; i < 8; ++i) REQUIRE(!loop.rearm(h[order[i]], milliseconds(20)));
+    // Twice for 5: behind the others again.
+    REQUIRE(!loop.rearm(h[5], milliseconds(20)));
+    for (int i = 0; i < 8; ++i) CHECK(loop.remaining(h[i]) == milliseconds(20));
+    for (int ms = 0; ms < 19; ++ms) {
+        loop.clock().advance(milliseconds(1));
+        REQUIRE(!loop.poll());
+    }
+    CHECK(log.n == 0);
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    REQUIRE(log.n == 8);
+    const int expect[8] = {3, 0, 6, 7, 1, 2, 4, 5};
+    for (int i = 0; i < 8; ++i) CHECK(log.who[i] == expect[i]);
+}
+
+TEST_CASE("a cancelled timer never fires, and the next timer in its place fires on time", "[timer]") {
+    vt_loop loop;
+    order_log log;
+    tick a = {&log, 1}, b = {&log, 2}, c = {&log, 3}, d = {&log, 4};
+    microloop::timer_handle ha = loop.after(milliseconds(10), a);
+    REQUIRE(ha);
+    REQUIRE(!loop.cancel(ha));
+    CHECK(loop.active() == 0);
+    CHECK(loop.cancel(ha) == microloop::errc::stale_handle);
+    CHECK(loop.rearm(ha, milliseconds(1)) == microloop::errc::stale_handle);
+    CHECK(loop.remaining(ha) == nanoseconds::zero());
+    int listed = 0;
+    loop.for_each_timer([&listed](microloop::timer_handle, nanoseconds, nanoseconds) { ++listed; });
+    CHECK(listed == 0);
+    CHECK(!loop.run()); // nothing armed: returns at once
+    // Later than the cancelled one's deadline, then earlier.
+    microloop::timer_handle hb = loop.after(milliseconds(30), b);
+    REQUIRE(hb);
+    CHECK(hb != ha);
+    REQUIRE(!loop.cancel(hb));
+    microloop::timer_handle hc = loop.after(milliseconds(5), c);
+    REQUIRE(hc);
+    microloop::timer_handle hd = loop.after(milliseconds(30), d);
+    REQUIRE(hd);
+    CHECK(loop.active() == 2);
+    for (int ms = 0; ms < 30; ++ms) {
+        loop.clock().advance(milliseconds(1));
+        REQUIRE(!loop.poll());
+        if (ms == 4) CHECK(log.n == 1);
+    }
+    REQUIRE(log.n == 2);
+    CHECK(log.who[0] == 3);
+    CHECK(log.who[1] == 4);
+    CHECK(loop.active() == 0);
+}
+
+TEST_CASE("a table of N timers holds N, whatever was cancelled before", "[timer]") {
+    typedef microloop::basic_loop<microloop::capacity<1, 4>, microloop::manual_clock> small_loop;
+    small_loop loop;
+    int fired = 0;
+    counter c = {&fired};
+    microloop::timer_handle h[4];
+    for (int round = 0; round < 3; ++round) {
+        for (int i = 0; i < 4; ++i) {
+            h[i] = loop.after(milliseconds(10 * (round + 1) + i), c);
+            REQUIRE(h[i]);
+        }
+        CHECK(loop.after(milliseconds(1), c).error() == microloop::errc::table_full);
+        for (int i = 0; i < 4; ++i) REQUIRE(!loop.cancel(h[i]));
+    }
+    // Four live; a repeating one cancels itself and arms a new timer from its
+    // callback: four live and one cancelled in the heap at once.
+    for (int i = 0; i < 3; ++i) REQUIRE((h[i] = loop.after(milliseconds(100), c)));
+    struct swap_self {
+        small_loop* loop;
+        int* fired;
+        void operator()(timer_event ev) const {
+            ++*fired;
+            REQUIRE(!loop->cancel(ev.handle));
+            counter k = {fired};
+            REQUIRE(loop->after(milliseconds(5), k));
+            CHECK(loop->after(milliseconds(5), k).error() == microloop::errc::table_full);
+        }
+    } s = {&loop, &fired};
+    REQUIRE(loop.every(milliseconds(10), s));
+    loop.clock().advance(milliseconds(10));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 1);
+    CHECK(loop.stats().timers.used == 4);
+    loop.clock().advance(milliseconds(5));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 2);
+    for (int i = 0; i < 3; ++i) CHECK(loop.remaining(h[i]) == milliseconds(85));
+    loop.clock().advance(milliseconds(85));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 5);
+    CHECK(loop.active() == 0);
+}
+
+TEST_CASE("a one-shot re-armed, cancelled and re-armed again from its own callback fires once more", "[timer]") {
+    vt_loop loop;
+    struct self {
+        vt_loop* loop;
+        int* fired;
+        void operator()(timer_event ev) const {
+            if (++*fired > 1) return;
+            REQUIRE(!loop->rearm(ev.handle, milliseconds(50)));
+            REQUIRE(!loop->cancel(ev.handle));
+            REQUIRE(!loop->rearm(ev.handle, milliseconds(20)));
+            CHECK(loop->remaining(ev.handle) == milliseconds(20));
+        }
+    };
+    int fired = 0;
+    self s = {&loop, &fired};
+    microloop::timer_handle h = loop.after(milliseconds(10), s);
+    REQUIRE(h);
+    loop.clock().advance(milliseconds(10));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 1);
+    CHECK(loop.remaining(h) == milliseconds(20));
+    loop.clock().advance(milliseconds(20));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 2);
+    CHECK(loop.active() == 0);
+    loop.clock().advance(milliseconds(50));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 2);
+}

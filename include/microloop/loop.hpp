@@ -443,7 +443,7 @@ public:
     // ---- introspection ------------------------------------------------------
     // Watchers with a non-zero interest, armed timers, and what modules
     // (signals, AIO) keep pending.
-    size_t active() const { return active_io_ + heap_size_ + hooks_active(); }
+    size_t active() const { return active_io_ + timer_pool_.used() + hooks_active(); }
     struct loop_stats {
         table_stats io, timers, signals, children;
     };
@@ -463,11 +463,10 @@ public:
     // clock()'s scale (compare it with now()), the period 0 for one-shots.
     template <class F>
     void for_each_timer(F&& f) const {
-        for (uint16_t i = 0; i < heap_size_; ++i) {
-            uint16_t s = heap_[i].slot;
-            f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(heap_[i].deadline),
-              std::chrono::nanoseconds(timers_[s].period));
-        }
+        for (uint16_t s = 0; s < timer_pool_.slots; ++s)
+            if (timer_pool_.live(s)) // live timers are armed
+                f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(keys_[s].deadline),
+                  std::chrono::nanoseconds(timers_[s].period));
     }
 
 private:
@@ -479,7 +478,9 @@ private:
     typedef typename std::conditional<(io_pool::slots < 255), uint8_t, uint16_t>::type fd_slot_t;
     static const fd_slot_t no_slot = static_cast<fd_slot_t>(~0u);
     static const uint16_t no_pos = 0xffff;
-    static const size_t heap_cap = Cap::timers ? Cap::timers : 1; // only live timers are armed
+    // One entry at most per slot: the armed timers and the tombstones of
+    // cancelled ones (see timer_key).
+    static const size_t heap_cap = timer_pool::slots;
     enum { rd = 0, wr = 1, ex = 2 };
 
     struct io_slot {
@@ -489,19 +490,31 @@ private:
         uint64_t added_iter; // not dispatched in the iteration it was added in
         uint64_t id;         // its handle's id, fixed while the watcher lives
     };
-    // What a timer needs when it fires. Where it sits in the heap is kept
-    // apart (heap_pos_), in a dense array: sifting rewrites the positions of
-    // the entries it moves, and those writes then stay within a few cache
-    // lines instead of one per timer.
+    // What a timer needs when it fires.
     struct timer_slot {
         timer_callback cb;
         int64_t period; // 0: one-shot
     };
-    // 16 bytes: four siblings fill one 64-byte cache line.
+    // 16 bytes: four siblings fill one 64-byte cache line. The key
+    // (deadline, seq) orders the heap.
     struct heap_entry {
         int64_t deadline;
         uint32_t seq; // arming order: equal deadlines fire first-armed first
         uint16_t slot;
+    };
+    // A slot's timer as it was last armed, and where its heap entry is.
+    // The entry's key may be behind: a re-arm to a later deadline writes
+    // only here, and cancel() only frees the slot, leaving its entry as a
+    // tombstone (the entry of a slot with no live timer). The heap stays
+    // ordered by its keys, each at or before its timer's real one, so a top
+    // whose key is current is the real first; a stale top is re-keyed and
+    // sifted down, a tombstone dropped, when it is looked at
+    // (heap_settle()). A tombstone never fires and is reused by the next
+    // timer of its slot. 16 bytes.
+    struct timer_key {
+        int64_t deadline;
+        uint32_t seq; // the last arming's
+        uint16_t pos; // the heap entry, or no_pos
     };
 
     int64_t now_ns() {
@@ -528,7 +541,7 @@ private:
 
     void heap_place(uint32_t pos, const heap_entry& e) {
         heap_[pos] = e;
-        heap_pos_[e.slot] = static_cast<uint16_t>(pos);
+        keys_[e.slot].pos = static_cast<uint16_t>(pos);
     }
     static bool heap_less(const heap_entry& a, const heap_entry& b) {
         return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
@@ -538,16 +551,16 @@ private:
         return seq_++;
     }
     void renumber_seqs();
-    void heap_sift(uint32_t pos, heap_entry e);
-    void heap_sift_inline(uint32_t pos, heap_entry e); // the same, inlined into rearm() and cancel()
-    void heap_push(uint16_t slot, int64_t deadline);
-    void heap_remove(uint32_t pos);
+    void heap_arm(uint16_t slot, int64_t deadline);
+    error_code rearm_running(uint64_t id, bool valid, int64_t ns);
+    void heap_sift(uint32_t at, heap_entry e);
+    void heap_settle();
 
     error_code iterate(int64_t max_wait_ns);
     // run() (once == false), run_once() and poll(): iterate() has this one
     // call site, so it is inlined and an iteration costs no extra call.
     error_code drive(int64_t max_wait_ns, bool once);
-    int64_t select_timeout(int64_t until) const;
+    int64_t select_timeout(int64_t until);
     void dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords, int nready);
     void dispatch_fd(int fd, unsigned ready);
     template <bool Stall>
@@ -573,7 +586,7 @@ private:
 
     timer_pool timer_pool_;
     timer_slot timers_[timer_pool::slots];
-    uint16_t heap_pos_[timer_pool::slots]; // no_pos: not armed
+    timer_key keys_[timer_pool::slots];
     // The 4-ary heap, libev's layout: the children of entry i are 4i+1..4i+4,
     // and heap_ starts up to three entries into heap_store_ so that each group
     // of four siblings shares one cache line: a sift reads one line per level.
@@ -616,7 +629,7 @@ basic_loop<Cap, Clock>::basic_loop()
     }
     memset(watched_, 0, sizeof watched_);
     for (size_t i = 0; i < FD_SETSIZE; ++i) fd_slot_[i] = no_slot;
-    for (size_t i = 0; i < timer_pool::slots; ++i) heap_pos_[i] = no_pos;
+    for (size_t i = 0; i < timer_pool::slots; ++i) keys_[i].pos = no_pos; // (seq is read only through pos)
     // Entry 1 (the first of the root's children) on a 64-byte boundary, when
     // the storage's alignment allows it.
     const uintptr_t first = reinterpret_cast<uintptr_t>(&heap_store_[1]);
@@ -765,37 +778,33 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     timer_slot& t = timers_[slot];
     t.cb.emplace(std::forward<F>(cb));
     t.period = period_ns;
-    heap_push(slot, arm_time() + after_ns);
+    heap_arm(slot, arm_time() + after_ns);
     return timer_handle::from_id(id);
 }
 
 template <class Cap, class Clock>
 template <class Rep, class Period>
 error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
-    int64_t ns;
-    uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) {
-        // The one-shot whose callback is running, re-armed from it (not a
-        // repeating timer its callback cancelled).
-        slot = timer_pool_.lookup_retired(h.id());
-        if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
-            return errc::stale_handle;
-        if (!detail::to_ns(timeout, ns)) return errc::bad_timeout;
-        if (!timer_pool_.revive(slot)) return errc::table_full;
-        running_timer_.keep();
-    } else if (!detail::to_ns(timeout, ns)) {
-        return errc::bad_timeout;
-    }
-    if (heap_pos_[slot] != no_pos) {
-        // Armed: re-keyed in place, one sift instead of a remove and a push.
-        // A fresh seq, as a push would give, keeps equal deadlines in arming
-        // order (taken first: renumbering moves entries).
-        uint32_t seq = next_seq();
-        heap_entry e = {arm_time() + ns, seq, slot};
-        heap_sift_inline(heap_pos_[slot], e);
-    } else {
-        heap_push(slot, arm_time() + ns);
-    }
+    int64_t ns = 0;
+    const bool valid = detail::to_ns(timeout, ns); // checked after the handle: a stale one is named first
+    const uint16_t slot = timer_pool_.lookup(h.id());
+    if (slot == timer_pool_.none) return rearm_running(h.id(), valid, ns);
+    if (!valid) return errc::bad_timeout;
+    heap_arm(slot, arm_time() + ns);
+    return error_code();
+}
+
+// The one-shot whose callback is running, re-armed from it (not a repeating
+// timer its callback cancelled); any other handle rearm() found stale.
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns) {
+    const uint16_t slot = timer_pool_.lookup_retired(id);
+    if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
+        return errc::stale_handle;
+    if (!valid) return errc::bad_timeout;
+    if (!timer_pool_.revive(slot)) return errc::table_full;
+    running_timer_.keep();
+    heap_arm(slot, arm_time() + ns);
     return error_code();
 }
 
@@ -803,48 +812,57 @@ template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
-    const uint16_t pos = heap_pos_[slot];
-    if (pos != no_pos) { // heap_remove(), with the sift inlined
-        heap_pos_[slot] = no_pos;
-        if (pos != --heap_size_) heap_sift_inline(pos, heap_[heap_size_]);
-    }
-    release_timer(slot);
+    release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
+
     return error_code();
 }
 
 template <class Cap, class Clock>
 std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none || heap_pos_[slot] == no_pos) return std::chrono::nanoseconds::zero();
-    int64_t left = heap_[heap_pos_[slot]].deadline - clock_.now_ns();
+    if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
+    int64_t left = keys_[slot].deadline - clock_.now_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
 }
 
-// Moves `e` from `pos` up or down to where it belongs: O(log n). The heap is
-// 4-ary (as libev's): half the depth of a binary heap, so an entry moves
-// through half as many levels, and siblings sit next to each other in memory.
+// Arms `slot`'s timer at `deadline` with a fresh seq, as a new arming. An
+// entry already in the heap (the timer's own, or the tombstone of the slot's
+// last timer) is kept: moved up if the new key is earlier, else left as it
+// is, stale, for heap_settle(). O(1) for a re-arm to a later deadline.
 template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_sift(uint32_t pos, heap_entry e) {
-    heap_sift_inline(pos, e);
+MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_arm(uint16_t slot, int64_t deadline) {
+    const uint32_t seq = next_seq(); // first: renumbering moves entries
+    timer_key& k = keys_[slot];
+    k.deadline = deadline;
+    k.seq = seq;
+    uint32_t at = k.pos;
+    if (at == no_pos) {
+        if (heap_size_ >= heap_cap) return; // never true: one entry per slot
+        at = heap_size_++;
+    } else if (deadline >= heap_[at].deadline) {
+        return; // its key is earlier than the new one: the heap stays ordered
+    }
+    heap_entry e = {deadline, seq, slot};
+    heap_sift(at, e);
 }
 
+// Moves `e` from `at` up or down to where it belongs and stores it:
+// O(log n). The heap is 4-ary (as libev's): half the depth of a binary heap,
+// so an entry moves through half as many levels, and siblings sit next to
+// each other in memory.
 template <class Cap, class Clock>
-MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_sift_inline(uint32_t pos, heap_entry e) {
-    if (pos >= heap_cap) return; // never true; tells the optimiser (gcc -Warray-bounds, capacity 1)
-    uint32_t at = pos;
+void basic_loop<Cap, Clock>::heap_sift(uint32_t at, heap_entry e) {
+    const uint32_t pos = at;
     while (at > 0) {
         uint32_t parent = (at - 1u) / 4u;
         if (!heap_less(e, heap_[parent])) break;
         heap_place(at, heap_[parent]);
         at = parent;
     }
-    if (at != pos) { // moved up: smaller than what it passed, so than their children
-        heap_place(at, e);
-        return;
-    }
+    // Moved up: smaller than what it passed, so than their children.
     // heap_size_ never exceeds the capacity; the clamp tells the optimiser so
     // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
-    const uint32_t size = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
+    const uint32_t size = at != pos ? 0u : heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
     for (;;) {
         uint32_t first = 4u * at + 1u;
         if (first >= size) break;
@@ -864,34 +882,40 @@ MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_sift_inline(uint32
     heap_place(at, e);
 }
 
+// Brings the top up to date: while its key is behind its timer's, it is
+// re-keyed and sifted down, or dropped if its slot holds no live timer (a
+// tombstone, or a one-shot that fired).
 template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_push(uint16_t slot, int64_t deadline) {
-    if (heap_size_ >= heap_cap) return; // never true: only live timers are armed
-    heap_entry e = {deadline, next_seq(), slot};
-    // A new last entry has no children: it can only move up.
-    uint32_t at = heap_size_++;
-    while (at > 0) {
-        uint32_t parent = (at - 1u) / 4u;
-        if (!heap_less(e, heap_[parent])) break;
-        heap_place(at, heap_[parent]);
-        at = parent;
+void basic_loop<Cap, Clock>::heap_settle() {
+    while (heap_size_ > 0) {
+        const uint16_t slot = heap_[0].slot;
+        timer_key& k = keys_[slot];
+        const bool live = timer_pool_.live(slot);
+        if (live && heap_[0].seq == k.seq) return;
+        heap_entry e = {k.deadline, k.seq, slot};
+        if (!live) { // the last entry takes its place
+            k.pos = no_pos;
+            if (--heap_size_ == 0) return;
+            e = heap_[heap_size_];
+        }
+        heap_sift(0, e);
     }
-    heap_place(at, e);
-}
-
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_remove(uint32_t pos) {
-    heap_pos_[heap_[pos].slot] = no_pos;
-    if (pos != --heap_size_) heap_sift(pos, heap_[heap_size_]);
 }
 
 // seq_ is about to wrap (after 2^32 armings): give the armed timers the
 // numbers 0..n-1 in their arming order, move the mark with them, and rebuild
 // the heap. O(n log n), once per 4 billion armings. Deadlines and the order
 // of equal deadlines are unchanged; no comparison ever sees a wrapped value.
+// Every entry gets its slot's key first (a tombstone's, later or not, is as
+// good as its own: the heap is rebuilt).
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::renumber_seqs() {
     const uint32_t n = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
+    for (uint32_t i = 0; i < n; ++i) {
+        const timer_key& k = keys_[heap_[i].slot];
+        heap_[i].deadline = k.deadline;
+        heap_[i].seq = k.seq;
+    }
     // Heapsort on seq alone, in place (no allocation): a max-heap, then
     // repeatedly the largest to the end.
     struct by_seq {
@@ -915,19 +939,18 @@ void basic_loop<Cap, Clock>::renumber_seqs() {
         heap_[end - 1u] = top;
         by_seq::sift_down(heap_, 0, end - 1u);
     }
+    // Sorted by seq is not yet a heap by deadline: renumber and insert the
+    // entries again, one by one (heap_sift also records every position).
     uint32_t mark = 0;
     for (uint32_t i = 0; i < n; ++i) {
-        if (heap_[i].seq < seq_mark_) mark = i + 1u;
-        heap_[i].seq = i;
+        heap_entry e = heap_[i];
+        if (e.seq < seq_mark_) mark = i + 1u;
+        e.seq = keys_[e.slot].seq = i;
+        heap_size_ = static_cast<uint16_t>(i + 1u);
+        heap_sift(i, e);
     }
     seq_mark_ = mark;
     seq_ = n;
-    // Sorted by seq is not yet a heap by deadline: insert the entries again,
-    // one by one (heap_sift also records every heap_pos).
-    for (uint32_t i = 0; i < n; ++i) {
-        heap_size_ = static_cast<uint16_t>(i + 1u);
-        heap_sift(i, heap_[i]);
-    }
 }
 
 // ---- the iteration ----------------------------------------------------------
@@ -952,10 +975,11 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
 // Nanoseconds select() may sleep: until the first timer or `until`, -1 for
 // no limit.
 template <class Cap, class Clock>
-int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) const {
+int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
+    heap_settle(); // the top's key is its timer's: never wake early
     if (heap_size_ > 0) {
         int64_t t = heap_[0].deadline > now_ ? heap_[0].deadline - now_ : 0;
         if (wait < 0 || t < wait) wait = t;
@@ -971,7 +995,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
     // The clock is read only when something depends on it: with no timer and
     // no time limit (run() with fds only, or poll()'s zero wait) the loop pays
     // nothing for time, and timers armed in callbacks read it themselves.
-    const bool timed = heap_size_ > 0 || max_wait_ns > 0;
+    const bool timed = timer_pool_.used() > 0 || max_wait_ns > 0; // live timers are armed
     int64_t until = -1;
     if (timed) {
         refresh_now();
@@ -1163,7 +1187,10 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, 
 
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::dispatch_timers() {
-    while (heap_size_ > 0 && heap_[0].deadline <= now_ && heap_[0].seq < seq_mark_) {
+    for (;;) {
+        heap_settle();
+        // Timers armed during this pass (seq_mark_ on) wait for the next.
+        if (heap_size_ == 0 || heap_[0].deadline > now_ || heap_[0].seq >= seq_mark_) break;
         const heap_entry top = heap_[0];
         timer_slot& t = timers_[top.slot];
         uint32_t overruns = 0;
@@ -1172,12 +1199,13 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
             // during a stall are skipped and counted, not fired in a burst.
             int64_t missed = (now_ - top.deadline) / t.period;
             overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
-            uint32_t seq = next_seq();
-            heap_entry next = {top.deadline + (missed + 1) * t.period, seq, top.slot};
-            heap_sift(0, next);
-        } else {
-            heap_remove(0);
+            const uint32_t seq = next_seq();
+            keys_[top.slot].deadline = top.deadline + (missed + 1) * t.period;
+            keys_[top.slot].seq = seq;
         }
+        // Its entry, stale now (a one-shot's: dropped, its slot freed below),
+        // stays at the top until the next heap_settle(): a callback that
+        // re-arms the timer reuses it.
         running_timer_.begin(top.slot);
         // A one-shot is gone as it fires: its place is free for a timer its
         // callback arms, and its slot is recycled after the callback (also if
