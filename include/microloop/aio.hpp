@@ -257,7 +257,7 @@ struct aio_ops {
 // count may be the end of the file or a partly cached range: the engine's
 // usual path finds out. On an fd opened O_DIRECT the read would wait for the
 // device, RWF_NOWAIT or not: never tried there. `enabled` is the module's:
-// cleared for good when the kernel, libc or file system refuses RWF_NOWAIT.
+// cleared for good only when the kernel has no preadv2 at all.
 inline bool aio_read_nowait(int fd, void* buf, size_t len, off_t offset, bool& enabled) {
 #if MICROLOOP_DETAIL_AIO_NOWAIT
     if (!enabled) return false;
@@ -275,9 +275,12 @@ inline bool aio_read_nowait(int fd, void* buf, size_t len, off_t offset, bool& e
     const long r = syscall(SYS_preadv2, static_cast<long>(fd), &iov, 1L, static_cast<long>(off & ULONG_MAX),
                            static_cast<long>(off >> 32), static_cast<long>(RWF_NOWAIT));
     if (r >= 0) return static_cast<size_t>(r) == len;
-    // EAGAIN: not all cached; ESPIPE: a pipe or socket; anything else is for
-    // the usual path to report. Not supported here: stop asking.
-    if (errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) enabled = false;
+    // EAGAIN: not all cached; ESPIPE: a pipe or socket; EOPNOTSUPP: a file
+    // (procfs, some filesystems) or a kernel that refuses RWF_NOWAIT; the
+    // rest is for the usual path to report. Each of these costs one system
+    // call next to a worker's hand-off, and says nothing of other files.
+    // Only a kernel without preadv2 (ENOSYS) is never asked again.
+    if (errno == ENOSYS) enabled = false;
     return false;
 #else
     (void)fd;
