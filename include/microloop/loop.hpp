@@ -213,9 +213,9 @@ struct capacity {
 // How a module (signals, AIO, a mailbox) hangs off a loop without the loop
 // knowing its type: after the wake-up fd is drained, the loop calls on_wake
 // of every attached hook in its own thread; `active` counts the sources the
-// module keeps pending, which keep run() running; on_fork is called by
-// after_fork() in a forked child, to drop what belongs to the parent. The
-// hook lives in the module.
+// module keeps pending, which keep run() running; on_fork (or null) is
+// called by after_fork() in a forked child, to drop what belongs to the
+// parent. The hook lives in the module.
 struct loop_hook {
     void (*on_wake)(loop_hook* self);
     void (*on_fork)(loop_hook* self);
@@ -1201,9 +1201,10 @@ error_code basic_loop<Cap, Clock>::after_fork() {
     if (e) return e;
     for (loop_hook* h = hooks_; h;) {
         loop_hook* next = h->next; // a hook may detach itself
-        h->on_fork(h);
+        if (h->on_fork) h->on_fork(h);
         h = next;
     }
+    signals_.after_fork(); // the first hook attached: the last one called
     return error_code();
 }
 
