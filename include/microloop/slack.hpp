@@ -30,7 +30,7 @@ public:
     // int, and more than a second defeats the timers it is meant to serve.
     static bool valid(int64_t ns) { return ns >= 0 && ns <= 1000000000; }
 
-    timer_slack() : apply_(nullptr), want_ns_(0), seen_ns_(-1) {}
+    timer_slack() : apply_(nullptr), want_ns_(-1), seen_ns_(-1) {}
 
     // Records `ns` (valid(); 0 is the thread's default slack) and, from the
     // loop's thread, applies it now. From elsewhere it checks only that prctl
@@ -52,9 +52,20 @@ public:
     // request (the next run goes on with the thread's slack as it is).
     // The work is reached through a pointer that only request() sets, so a
     // program that never asks for a slack links neither it nor prctl().
-    error_code apply() { return apply_ ? apply_(this) : error_code(); }
+    error_code apply() {
+        if (want_ns_ < 0) return error_code();
+        return apply_requested_cold();
+    }
 
 private:
+    // Out of line and cold: the check above is all that run(), run_once()
+    // and poll() carry inline.
+#if defined(__GNUC__)
+    __attribute__((noinline, cold))
+#endif
+    error_code apply_requested_cold() {
+        return apply_(this);
+    }
     static error_code apply_requested(timer_slack* self) {
         int now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
         if (self->seen_ns_ >= 0 && now == self->seen_ns_) return error_code();
@@ -72,12 +83,12 @@ private:
         return error_code();
     }
 
-    void drop() { apply_ = nullptr; } // leave the thread's slack alone
+    void drop() { want_ns_ = -1; } // leave the thread's slack alone
 
-    error_code (*apply_)(timer_slack*); // apply_requested once a slack was asked for, else null
+    error_code (*apply_)(timer_slack*); // apply_requested, set by the first request()
     // Both fit an int: valid() stops at a second, and PR_GET_TIMERSLACK
     // returns an int.
-    int32_t want_ns_; // asked for (while apply_ is set)
+    int32_t want_ns_; // asked for, or -1: leave the thread's slack alone
     int32_t seen_ns_; // what PR_GET_TIMERSLACK said after applying it, or -1
 };
 
