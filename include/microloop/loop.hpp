@@ -724,7 +724,7 @@ template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     running_io_.begin(s);
-    auto done = detail::on_scope_exit([this, &io] { running_io_.end(io_pool_, io.cb); });
+    auto done = detail::on_scope_exit([this] { end_io(); });
     io_event ev = {io_handle::from_id(io.id), fd, events};
     invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
