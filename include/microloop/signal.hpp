@@ -448,6 +448,17 @@ private:
         pid_t pid; // 0: free
     };
 
+    // The call invoke() makes, out of line: the event is copied once, not
+    // once for each of invoke()'s two paths (with and without stall timing).
+    struct deliver {
+        signal_callback* cb;
+        signal_event* ev;
+#if defined(__GNUC__)
+        __attribute__((noinline))
+#endif
+        void operator()() { (*cb)(*ev); }
+    };
+
     static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
 
     // The loop has no wake-up fd: the error says why it could not be made.
@@ -546,7 +557,8 @@ private:
             read_sender(g, ev);
             running_.begin(slot);
             auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
-            loop_->invoke(s.cb, source_kind::signal, ev.handle.id(), ev.signo, ev);
+            deliver call = {&s.cb, &ev};
+            loop_->invoke(call, source_kind::signal, ev.handle.id(), ev.signo);
         }
         chld_count_ = 0; // nobody else wants the SIGCHLD count
     }
