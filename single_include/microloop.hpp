@@ -128,6 +128,10 @@
 //                            before glibc 2.34). See microloop/aio.hpp.
 //   MICROLOOP_AIO_THREADS    threads of thread_aio_engine<> (4)
 //   MICROLOOP_AIO_STACK_SIZE their stack in bytes (0: the system's default)
+//   MICROLOOP_AIO_NOWAIT     1: a read all in the page cache is done in the
+//                            loop's thread (preadv2 RWF_NOWAIT, never waits
+//                            for the disk), without a thread; 0: every
+//                            operation goes to the threads or the libc
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >.
@@ -445,6 +449,14 @@ struct table_stats {
 
 namespace detail {
 
+// slot_pool's invariant checks (is the slot live, or retired, as the call
+// requires?), written outside the class template so that assert's strings
+// exist once in a program rather than once per capacity and check.
+inline void check_slot(bool slot_state_as_expected) {
+    MICROLOOP_ASSERT(slot_state_as_expected);
+    (void)slot_state_as_expected;
+}
+
 // Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
 // N slots may be live at once. Spare extra slots let a table whose callback
 // removes its own source take a new one at once, in that callback: the
@@ -484,18 +496,18 @@ public:
     // and frees its place among the N; recycle() lets the slot be handed out
     // again (deferred while the slot's callback is still running).
     void retire(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < slots && (gen_[slot] & 1u));
+        check_slot(slot < slots && (gen_[slot] & 1u));
         gen_[slot] &= ~uint64_t(1);
         --live_;
     }
     void recycle(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
+        check_slot(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
         free_[nfree_++] = slot;
     }
     // Undo retire() for a slot not yet recycled: the same handles are live
     // again. False (nothing changes) when N are live.
     bool revive(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < slots && !(gen_[slot] & 1u));
+        check_slot(slot < slots && !(gen_[slot] & 1u));
         if (live_ == N) return false;
         gen_[slot] |= 1u;
         if (++live_ > high_water_) high_water_ = live_;
@@ -638,16 +650,17 @@ public:
     // int, and more than a second defeats the timers it is meant to serve.
     static bool valid(int64_t ns) { return ns >= 0 && ns <= 1000000000; }
 
-    timer_slack() : want_ns_(-1), seen_ns_(-1) {}
+    timer_slack() : apply_(nullptr), want_ns_(-1), seen_ns_(-1) {}
 
     // Records `ns` (valid(); 0 is the thread's default slack) and, from the
     // loop's thread, applies it now. From elsewhere it checks only that prctl
     // answers, so that a system without it fails here rather than in run().
     error_code request(int64_t ns, bool in_loop_thread) {
         want_ns_ = static_cast<int32_t>(ns);
+        apply_ = &timer_slack::apply_requested;
         if (in_loop_thread) return apply_here();
         if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == -1) {
-            want_ns_ = -1;
+            drop();
             return error_code(errc::system, errno);
         }
         seen_ns_ = -1; // applied at the next start, whatever the thread has
@@ -657,18 +670,31 @@ public:
     // At the start of run(), run_once() and poll(): nothing if no slack was
     // asked for, or if this thread has it already. A failure drops the
     // request (the next run goes on with the thread's slack as it is).
+    // The work is reached through a pointer that only request() sets, so a
+    // program that never asks for a slack links neither it nor prctl().
     error_code apply() {
         if (want_ns_ < 0) return error_code();
-        int now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
-        if (seen_ns_ >= 0 && now == seen_ns_) return error_code();
-        return apply_here();
+        return apply_requested_cold();
     }
 
 private:
+    // Out of line and cold: the check above is all that run(), run_once()
+    // and poll() carry inline.
+#if defined(__GNUC__)
+    __attribute__((noinline, cold))
+#endif
+    error_code apply_requested_cold() {
+        return apply_(this);
+    }
+    static error_code apply_requested(timer_slack* self) {
+        int now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        if (self->seen_ns_ >= 0 && now == self->seen_ns_) return error_code();
+        return self->apply_here();
+    }
     error_code apply_here() {
         if (prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(want_ns_), 0, 0, 0) != 0) {
             int e = errno;
-            want_ns_ = -1;
+            drop();
             return error_code(errc::system, e);
         }
         // What the thread reports from now on: the value asked for, or for
@@ -677,6 +703,9 @@ private:
         return error_code();
     }
 
+    void drop() { want_ns_ = -1; } // leave the thread's slack alone
+
+    error_code (*apply_)(timer_slack*); // apply_requested, set by the first request()
     // Both fit an int: valid() stops at a second, and PR_GET_TIMERSLACK
     // returns an int.
     int32_t want_ns_; // asked for, or -1: leave the thread's slack alone
@@ -878,9 +907,9 @@ struct capacity {
 // How a module (signals, AIO, a mailbox) hangs off a loop without the loop
 // knowing its type: after the wake-up fd is drained, the loop calls on_wake
 // of every attached hook in its own thread; `active` counts the sources the
-// module keeps pending, which keep run() running; on_fork is called by
-// after_fork() in a forked child, to drop what belongs to the parent. The
-// hook lives in the module.
+// module keeps pending, which keep run() running; on_fork (or null) is
+// called by after_fork() in a forked child, to drop what belongs to the
+// parent. The hook lives in the module.
 struct loop_hook {
     void (*on_wake)(loop_hook* self);
     void (*on_fork)(loop_hook* self);
@@ -1108,7 +1137,7 @@ public:
     // ---- introspection ------------------------------------------------------
     // Watchers with a non-zero interest, armed timers, and what modules
     // (signals, AIO) keep pending.
-    size_t active() const { return active_io_ + heap_size_ + hooks_active(); }
+    size_t active() const { return active_io_ + timer_pool_.used() + hooks_active(); }
     struct loop_stats {
         table_stats io, timers, signals, children;
     };
@@ -1128,11 +1157,10 @@ public:
     // clock()'s scale (compare it with now()), the period 0 for one-shots.
     template <class F>
     void for_each_timer(F&& f) const {
-        for (uint16_t i = 0; i < heap_size_; ++i) {
-            uint16_t s = heap_[i].slot;
-            f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(heap_[i].deadline),
-              std::chrono::nanoseconds(timers_[s].period));
-        }
+        for (uint16_t s = 0; s < timer_pool_.slots; ++s)
+            if (timer_pool_.live(s)) // live timers are armed
+                f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(keys_[s].deadline),
+                  std::chrono::nanoseconds(timers_[s].period));
     }
 
 private:
@@ -1144,7 +1172,9 @@ private:
     typedef typename std::conditional<(io_pool::slots < 255), uint8_t, uint16_t>::type fd_slot_t;
     static const fd_slot_t no_slot = static_cast<fd_slot_t>(~0u);
     static const uint16_t no_pos = 0xffff;
-    static const size_t heap_cap = Cap::timers ? Cap::timers : 1; // only live timers are armed
+    // One entry at most per slot: the armed timers and the tombstones of
+    // cancelled ones (see timer_key).
+    static const size_t heap_cap = timer_pool::slots;
     enum { rd = 0, wr = 1, ex = 2 };
 
     struct io_slot {
@@ -1154,19 +1184,31 @@ private:
         uint64_t added_iter; // not dispatched in the iteration it was added in
         uint64_t id;         // its handle's id, fixed while the watcher lives
     };
-    // What a timer needs when it fires. Where it sits in the heap is kept
-    // apart (heap_pos_), in a dense array: sifting rewrites the positions of
-    // the entries it moves, and those writes then stay within a few cache
-    // lines instead of one per timer.
+    // What a timer needs when it fires.
     struct timer_slot {
         timer_callback cb;
         int64_t period; // 0: one-shot
     };
-    // 16 bytes: four siblings fill one 64-byte cache line.
+    // 16 bytes: four siblings fill one 64-byte cache line. The key
+    // (deadline, seq) orders the heap.
     struct heap_entry {
         int64_t deadline;
         uint32_t seq; // arming order: equal deadlines fire first-armed first
         uint16_t slot;
+    };
+    // A slot's timer as it was last armed, and where its heap entry is.
+    // The entry's key may be behind: a re-arm to a later deadline writes
+    // only here, and cancel() only frees the slot, leaving its entry as a
+    // tombstone (the entry of a slot with no live timer). The heap stays
+    // ordered by its keys, each at or before its timer's real one, so a top
+    // whose key is current is the real first; a stale top is re-keyed and
+    // sifted down, a tombstone dropped, when it is looked at
+    // (heap_settle()). A tombstone never fires and is reused by the next
+    // timer of its slot. 16 bytes.
+    struct timer_key {
+        int64_t deadline;
+        uint32_t seq; // the last arming's
+        uint16_t pos; // the heap entry, or no_pos
     };
 
     int64_t now_ns() {
@@ -1193,7 +1235,7 @@ private:
 
     void heap_place(uint32_t pos, const heap_entry& e) {
         heap_[pos] = e;
-        heap_pos_[e.slot] = static_cast<uint16_t>(pos);
+        keys_[e.slot].pos = static_cast<uint16_t>(pos);
     }
     static bool heap_less(const heap_entry& a, const heap_entry& b) {
         return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
@@ -1203,16 +1245,16 @@ private:
         return seq_++;
     }
     void renumber_seqs();
-    void heap_sift(uint32_t pos, heap_entry e);
-    void heap_sift_inline(uint32_t pos, heap_entry e); // the same, inlined into rearm() and cancel()
-    void heap_push(uint16_t slot, int64_t deadline);
-    void heap_remove(uint32_t pos);
+    void heap_arm(uint16_t slot, int64_t deadline);
+    error_code rearm_running(uint64_t id, bool valid, int64_t ns);
+    void heap_sift(uint32_t at, heap_entry e);
+    void heap_settle();
 
     error_code iterate(int64_t max_wait_ns);
     // run() (once == false), run_once() and poll(): iterate() has this one
     // call site, so it is inlined and an iteration costs no extra call.
     error_code drive(int64_t max_wait_ns, bool once);
-    int64_t select_timeout(int64_t until) const;
+    int64_t select_timeout(int64_t until);
     void dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords, int nready);
     void dispatch_fd(int fd, unsigned ready);
     template <bool Stall>
@@ -1238,7 +1280,7 @@ private:
 
     timer_pool timer_pool_;
     timer_slot timers_[timer_pool::slots];
-    uint16_t heap_pos_[timer_pool::slots]; // no_pos: not armed
+    timer_key keys_[timer_pool::slots];
     // The 4-ary heap, libev's layout: the children of entry i are 4i+1..4i+4,
     // and heap_ starts up to three entries into heap_store_ so that each group
     // of four siblings shares one cache line: a sift reads one line per level.
@@ -1281,7 +1323,7 @@ basic_loop<Cap, Clock>::basic_loop()
     }
     memset(watched_, 0, sizeof watched_);
     for (size_t i = 0; i < FD_SETSIZE; ++i) fd_slot_[i] = no_slot;
-    for (size_t i = 0; i < timer_pool::slots; ++i) heap_pos_[i] = no_pos;
+    for (size_t i = 0; i < timer_pool::slots; ++i) keys_[i].pos = no_pos; // (seq is read only through pos)
     // Entry 1 (the first of the root's children) on a 64-byte boundary, when
     // the storage's alignment allows it.
     const uintptr_t first = reinterpret_cast<uintptr_t>(&heap_store_[1]);
@@ -1389,7 +1431,7 @@ template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     running_io_.begin(s);
-    auto done = detail::on_scope_exit([this, &io] { running_io_.end(io_pool_, io.cb); });
+    auto done = detail::on_scope_exit([this] { end_io(); });
     io_event ev = {io_handle::from_id(io.id), fd, events};
     invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
@@ -1430,37 +1472,33 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     timer_slot& t = timers_[slot];
     t.cb.emplace(std::forward<F>(cb));
     t.period = period_ns;
-    heap_push(slot, arm_time() + after_ns);
+    heap_arm(slot, arm_time() + after_ns);
     return timer_handle::from_id(id);
 }
 
 template <class Cap, class Clock>
 template <class Rep, class Period>
 error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
-    int64_t ns;
-    uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) {
-        // The one-shot whose callback is running, re-armed from it (not a
-        // repeating timer its callback cancelled).
-        slot = timer_pool_.lookup_retired(h.id());
-        if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
-            return errc::stale_handle;
-        if (!detail::to_ns(timeout, ns)) return errc::bad_timeout;
-        if (!timer_pool_.revive(slot)) return errc::table_full;
-        running_timer_.keep();
-    } else if (!detail::to_ns(timeout, ns)) {
-        return errc::bad_timeout;
-    }
-    if (heap_pos_[slot] != no_pos) {
-        // Armed: re-keyed in place, one sift instead of a remove and a push.
-        // A fresh seq, as a push would give, keeps equal deadlines in arming
-        // order (taken first: renumbering moves entries).
-        uint32_t seq = next_seq();
-        heap_entry e = {arm_time() + ns, seq, slot};
-        heap_sift_inline(heap_pos_[slot], e);
-    } else {
-        heap_push(slot, arm_time() + ns);
-    }
+    int64_t ns = 0;
+    const bool valid = detail::to_ns(timeout, ns); // checked after the handle: a stale one is named first
+    const uint16_t slot = timer_pool_.lookup(h.id());
+    if (slot == timer_pool_.none) return rearm_running(h.id(), valid, ns);
+    if (!valid) return errc::bad_timeout;
+    heap_arm(slot, arm_time() + ns);
+    return error_code();
+}
+
+// The one-shot whose callback is running, re-armed from it (not a repeating
+// timer its callback cancelled); any other handle rearm() found stale.
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns) {
+    const uint16_t slot = timer_pool_.lookup_retired(id);
+    if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
+        return errc::stale_handle;
+    if (!valid) return errc::bad_timeout;
+    if (!timer_pool_.revive(slot)) return errc::table_full;
+    running_timer_.keep();
+    heap_arm(slot, arm_time() + ns);
     return error_code();
 }
 
@@ -1468,48 +1506,57 @@ template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return errc::stale_handle;
-    const uint16_t pos = heap_pos_[slot];
-    if (pos != no_pos) { // heap_remove(), with the sift inlined
-        heap_pos_[slot] = no_pos;
-        if (pos != --heap_size_) heap_sift_inline(pos, heap_[heap_size_]);
-    }
-    release_timer(slot);
+    release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
+
     return error_code();
 }
 
 template <class Cap, class Clock>
 std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none || heap_pos_[slot] == no_pos) return std::chrono::nanoseconds::zero();
-    int64_t left = heap_[heap_pos_[slot]].deadline - clock_.now_ns();
+    if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
+    int64_t left = keys_[slot].deadline - clock_.now_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
 }
 
-// Moves `e` from `pos` up or down to where it belongs: O(log n). The heap is
-// 4-ary (as libev's): half the depth of a binary heap, so an entry moves
-// through half as many levels, and siblings sit next to each other in memory.
+// Arms `slot`'s timer at `deadline` with a fresh seq, as a new arming. An
+// entry already in the heap (the timer's own, or the tombstone of the slot's
+// last timer) is kept: moved up if the new key is earlier, else left as it
+// is, stale, for heap_settle(). O(1) for a re-arm to a later deadline.
 template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_sift(uint32_t pos, heap_entry e) {
-    heap_sift_inline(pos, e);
+MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_arm(uint16_t slot, int64_t deadline) {
+    const uint32_t seq = next_seq(); // first: renumbering moves entries
+    timer_key& k = keys_[slot];
+    k.deadline = deadline;
+    k.seq = seq;
+    uint32_t at = k.pos;
+    if (at == no_pos) {
+        if (heap_size_ >= heap_cap) return; // never true: one entry per slot
+        at = heap_size_++;
+    } else if (deadline >= heap_[at].deadline) {
+        return; // its key is earlier than the new one: the heap stays ordered
+    }
+    heap_entry e = {deadline, seq, slot};
+    heap_sift(at, e);
 }
 
+// Moves `e` from `at` up or down to where it belongs and stores it:
+// O(log n). The heap is 4-ary (as libev's): half the depth of a binary heap,
+// so an entry moves through half as many levels, and siblings sit next to
+// each other in memory.
 template <class Cap, class Clock>
-MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_sift_inline(uint32_t pos, heap_entry e) {
-    if (pos >= heap_cap) return; // never true; tells the optimiser (gcc -Warray-bounds, capacity 1)
-    uint32_t at = pos;
+void basic_loop<Cap, Clock>::heap_sift(uint32_t at, heap_entry e) {
+    const uint32_t pos = at;
     while (at > 0) {
         uint32_t parent = (at - 1u) / 4u;
         if (!heap_less(e, heap_[parent])) break;
         heap_place(at, heap_[parent]);
         at = parent;
     }
-    if (at != pos) { // moved up: smaller than what it passed, so than their children
-        heap_place(at, e);
-        return;
-    }
+    // Moved up: smaller than what it passed, so than their children.
     // heap_size_ never exceeds the capacity; the clamp tells the optimiser so
     // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
-    const uint32_t size = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
+    const uint32_t size = at != pos ? 0u : heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
     for (;;) {
         uint32_t first = 4u * at + 1u;
         if (first >= size) break;
@@ -1529,34 +1576,40 @@ MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_sift_inline(uint32
     heap_place(at, e);
 }
 
+// Brings the top up to date: while its key is behind its timer's, it is
+// re-keyed and sifted down, or dropped if its slot holds no live timer (a
+// tombstone, or a one-shot that fired).
 template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_push(uint16_t slot, int64_t deadline) {
-    if (heap_size_ >= heap_cap) return; // never true: only live timers are armed
-    heap_entry e = {deadline, next_seq(), slot};
-    // A new last entry has no children: it can only move up.
-    uint32_t at = heap_size_++;
-    while (at > 0) {
-        uint32_t parent = (at - 1u) / 4u;
-        if (!heap_less(e, heap_[parent])) break;
-        heap_place(at, heap_[parent]);
-        at = parent;
+void basic_loop<Cap, Clock>::heap_settle() {
+    while (heap_size_ > 0) {
+        const uint16_t slot = heap_[0].slot;
+        timer_key& k = keys_[slot];
+        const bool live = timer_pool_.live(slot);
+        if (live && heap_[0].seq == k.seq) return;
+        heap_entry e = {k.deadline, k.seq, slot};
+        if (!live) { // the last entry takes its place
+            k.pos = no_pos;
+            if (--heap_size_ == 0) return;
+            e = heap_[heap_size_];
+        }
+        heap_sift(0, e);
     }
-    heap_place(at, e);
-}
-
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_remove(uint32_t pos) {
-    heap_pos_[heap_[pos].slot] = no_pos;
-    if (pos != --heap_size_) heap_sift(pos, heap_[heap_size_]);
 }
 
 // seq_ is about to wrap (after 2^32 armings): give the armed timers the
 // numbers 0..n-1 in their arming order, move the mark with them, and rebuild
 // the heap. O(n log n), once per 4 billion armings. Deadlines and the order
 // of equal deadlines are unchanged; no comparison ever sees a wrapped value.
+// Every entry gets its slot's key first (a tombstone's, later or not, is as
+// good as its own: the heap is rebuilt).
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::renumber_seqs() {
     const uint32_t n = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
+    for (uint32_t i = 0; i < n; ++i) {
+        const timer_key& k = keys_[heap_[i].slot];
+        heap_[i].deadline = k.deadline;
+        heap_[i].seq = k.seq;
+    }
     // Heapsort on seq alone, in place (no allocation): a max-heap, then
     // repeatedly the largest to the end.
     struct by_seq {
@@ -1580,19 +1633,18 @@ void basic_loop<Cap, Clock>::renumber_seqs() {
         heap_[end - 1u] = top;
         by_seq::sift_down(heap_, 0, end - 1u);
     }
+    // Sorted by seq is not yet a heap by deadline: renumber and insert the
+    // entries again, one by one (heap_sift also records every position).
     uint32_t mark = 0;
     for (uint32_t i = 0; i < n; ++i) {
-        if (heap_[i].seq < seq_mark_) mark = i + 1u;
-        heap_[i].seq = i;
+        heap_entry e = heap_[i];
+        if (e.seq < seq_mark_) mark = i + 1u;
+        e.seq = keys_[e.slot].seq = i;
+        heap_size_ = static_cast<uint16_t>(i + 1u);
+        heap_sift(i, e);
     }
     seq_mark_ = mark;
     seq_ = n;
-    // Sorted by seq is not yet a heap by deadline: insert the entries again,
-    // one by one (heap_sift also records every heap_pos).
-    for (uint32_t i = 0; i < n; ++i) {
-        heap_size_ = static_cast<uint16_t>(i + 1u);
-        heap_sift(i, heap_[i]);
-    }
 }
 
 // ---- the iteration ----------------------------------------------------------
@@ -1617,10 +1669,11 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
 // Nanoseconds select() may sleep: until the first timer or `until`, -1 for
 // no limit.
 template <class Cap, class Clock>
-int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) const {
+int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
+    heap_settle(); // the top's key is its timer's: never wake early
     if (heap_size_ > 0) {
         int64_t t = heap_[0].deadline > now_ ? heap_[0].deadline - now_ : 0;
         if (wait < 0 || t < wait) wait = t;
@@ -1636,7 +1689,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
     // The clock is read only when something depends on it: with no timer and
     // no time limit (run() with fds only, or poll()'s zero wait) the loop pays
     // nothing for time, and timers armed in callbacks read it themselves.
-    const bool timed = heap_size_ > 0 || max_wait_ns > 0;
+    const bool timed = timer_pool_.used() > 0 || max_wait_ns > 0; // live timers are armed
     int64_t until = -1;
     if (timed) {
         refresh_now();
@@ -1828,7 +1881,10 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, 
 
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::dispatch_timers() {
-    while (heap_size_ > 0 && heap_[0].deadline <= now_ && heap_[0].seq < seq_mark_) {
+    for (;;) {
+        heap_settle();
+        // Timers armed during this pass (seq_mark_ on) wait for the next.
+        if (heap_size_ == 0 || heap_[0].deadline > now_ || heap_[0].seq >= seq_mark_) break;
         const heap_entry top = heap_[0];
         timer_slot& t = timers_[top.slot];
         uint32_t overruns = 0;
@@ -1837,12 +1893,13 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
             // during a stall are skipped and counted, not fired in a burst.
             int64_t missed = (now_ - top.deadline) / t.period;
             overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
-            uint32_t seq = next_seq();
-            heap_entry next = {top.deadline + (missed + 1) * t.period, seq, top.slot};
-            heap_sift(0, next);
-        } else {
-            heap_remove(0);
+            const uint32_t seq = next_seq();
+            keys_[top.slot].deadline = top.deadline + (missed + 1) * t.period;
+            keys_[top.slot].seq = seq;
         }
+        // Its entry, stale now (a one-shot's: dropped, its slot freed below),
+        // stays at the top until the next heap_settle(): a callback that
+        // re-arms the timer reuses it.
         running_timer_.begin(top.slot);
         // A one-shot is gone as it fires: its place is free for a timer its
         // callback arms, and its slot is recycled after the callback (also if
@@ -1866,9 +1923,10 @@ error_code basic_loop<Cap, Clock>::after_fork() {
     if (e) return e;
     for (loop_hook* h = hooks_; h;) {
         loop_hook* next = h->next; // a hook may detach itself
-        h->on_fork(h);
+        if (h->on_fork) h->on_fork(h);
         h = next;
     }
+    signals_.after_fork(); // the first hook attached: the last one called
     return error_code();
 }
 
@@ -2281,9 +2339,9 @@ class signal_table : private loop_hook {
 
 public:
     explicit signal_table(loop_base& owner)
-        : loop_(&owner), chld_users_(0), chld_count_(0), chld_watched_(false), kids_due_(false) {
+        : loop_(&owner), reap_(nullptr), chld_users_(0), chld_count_(0), chld_watched_(false), kids_due_(false) {
         on_wake = &signal_table::dispatch;
-        on_fork = &signal_table::forked;
+        on_fork = nullptr; // the loop's after_fork() calls after_fork() below itself
         active = 0;
         next = nullptr;
         memset(&chld_saved_, 0, sizeof chld_saved_);
@@ -2367,6 +2425,7 @@ public:
         kid_slot& k = kids_[slot_of(id)];
         k.cb.emplace(std::forward<F>(cb));
         k.pid = pid;
+        reap_ = &signal_table::reap_children;
         if (info.si_pid == pid) { // reported from the loop, never from inside on_child()
             kids_due_ = true;
             loop_->wake();
@@ -2386,6 +2445,22 @@ public:
     table_stats signal_stats() const { return sig_pool_.stats(); }
     table_stats child_stats() const { return kid_pool_.stats(); }
 
+    // The loop's after_fork(), in the child: signals now wake the child's own
+    // pipe, with the parent's pending counts dropped. The child watchers name
+    // the parent's children, which this process can neither wait for nor
+    // reap: they are dropped, without a call. (Called directly rather than as
+    // the hook's on_fork, so that only programs calling after_fork() link it.)
+    void after_fork() {
+        int fd = loop_->wake_fd();
+        for (size_t i = 0; i < sig_pool::slots; ++i)
+            if (sigs_[i].signo && sigs_[i].signo != SIGCHLD) retarget_signal(sigs_[i].signo, fd);
+        for (uint16_t i = 0; i < kid_pool::slots; ++i)
+            if (kids_[i].pid) forget_child(i);
+        if (chld_users_ > 0) retarget_signal(SIGCHLD, fd);
+        chld_count_ = 0;
+        kids_due_ = false;
+    }
+
 private:
     struct sig_slot {
         signal_callback cb;
@@ -2395,6 +2470,17 @@ private:
     struct kid_slot {
         child_callback cb;
         pid_t pid; // 0: free
+    };
+
+    // The call invoke() makes, out of line: the event is copied once, not
+    // once for each of invoke()'s two paths (with and without stall timing).
+    struct deliver {
+        signal_callback* cb;
+        signal_event* ev;
+#if defined(__GNUC__)
+        __attribute__((noinline))
+#endif
+        void operator()() { (*cb)(*ev); }
     };
 
     static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
@@ -2438,28 +2524,15 @@ private:
     static void dispatch(loop_hook* hook) {
         signal_table* self = static_cast<signal_table*>(hook);
         if (self->chld_users_ > 0) self->chld_count_ += globals::state[SIGCHLD].pending.exchange(0);
-        if (self->kids_due_ || self->chld_count_ > 0) self->reap();
+        if (self->reap_ && (self->kids_due_ || self->chld_count_ > 0)) self->reap_(self);
         self->dispatch_signals();
-    }
-
-    // after_fork() in the child: signals now wake the child's own pipe, with
-    // the parent's pending counts dropped. The child watchers name the
-    // parent's children, which this process can neither wait for nor reap:
-    // they are dropped, without a call.
-    static void forked(loop_hook* hook) {
-        signal_table* self = static_cast<signal_table*>(hook);
-        int fd = self->loop_->wake_fd();
-        for (size_t i = 0; i < sig_pool::slots; ++i)
-            if (self->sigs_[i].signo && self->sigs_[i].signo != SIGCHLD) retarget_signal(self->sigs_[i].signo, fd);
-        for (uint16_t i = 0; i < kid_pool::slots; ++i)
-            if (self->kids_[i].pid) self->forget_child(i);
-        if (self->chld_users_ > 0) retarget_signal(SIGCHLD, fd);
-        self->chld_count_ = 0;
-        self->kids_due_ = false;
     }
 
     // Each watched child is checked on its own; a SIGCHLD only says that
     // some child changed state, and several exits may share one SIGCHLD.
+    // Reached through reap_, which only on_child() sets: a program that never
+    // watches a child links neither this nor waitpid().
+    static void reap_children(signal_table* self) { self->reap(); }
     void reap() {
         kids_due_ = false;
         for (size_t i = 0; i < kid_pool::slots; ++i) {
@@ -2508,12 +2581,14 @@ private:
             read_sender(g, ev);
             running_.begin(slot);
             auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
-            loop_->invoke(s.cb, source_kind::signal, ev.handle.id(), ev.signo, ev);
+            deliver call = {&s.cb, &ev};
+            loop_->invoke(call, source_kind::signal, ev.handle.id(), ev.signo);
         }
         chld_count_ = 0; // nobody else wants the SIGCHLD count
     }
 
     loop_base* loop_;
+    void (*reap_)(signal_table*); // reap_children once a child was watched, else null
     sig_pool sig_pool_;
     sig_slot sigs_[sig_pool::slots];
     kid_pool kid_pool_;
@@ -3752,11 +3827,14 @@ void loop_group<MaxLoops, Loop, MailboxN, Size>::pin(size_t i) {
 // run pread()/pwrite()/fsync()/fdatasync(). Operations on one fd run in
 // parallel; an fsync waits for the operations submitted before it on its fd.
 // Completions come back through a lock-free stack and one loop.wake(): no
-// signal, no lock, no scan of what is in flight. See the implementation
-// below for how cancel() and the ring work.
+// signal, no lock, no scan of what is in flight. A read whose data is all
+// in the page cache is done in the loop's thread instead, without blocking
+// (MICROLOOP_AIO_NOWAIT), and called back at the next iteration. See the
+// implementation below for how cancel() and the ring work.
 //
 // posix_aio_engine: the libc's POSIX AIO, "the portable one the textbook
-// describes". How completions wake the loop: each request asks for a signal
+// describes" (a read all in the page cache is done in the loop's thread here
+// too, as above). How completions wake the loop: each request asks for a signal
 // on completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
 // handler only calls wake() on the loops that have a POSIX AIO module; the
 // loop then asks aio_error() about every operation in flight and calls back
@@ -3786,7 +3864,9 @@ void loop_group<MaxLoops, Loop, MailboxN, Size>::pin(size_t i) {
 #include <semaphore.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/syscall.h> // SYS_preadv2
 #include <sys/types.h>
+#include <sys/uio.h> // struct iovec, RWF_NOWAIT
 #include <unistd.h>
 
 #include <atomic>
@@ -3817,6 +3897,29 @@ void loop_group<MaxLoops, Loop, MailboxN, Size>::pin(size_t i) {
 #define MICROLOOP_AIO_STACK_SIZE 0
 #endif
 
+// 1 (the default): both engines first try each read in the loop's thread,
+// with preadv2(RWF_NOWAIT), which copies the data if all of it is in the
+// page cache and otherwise returns at once instead of waiting for the disk;
+// a read served so is called back at the loop's next iteration without a
+// thread (stats().inline_reads counts them). Anything else (not all of it
+// cached, a short count, a pipe, an fd opened O_DIRECT) goes to the engine's
+// threads or the libc's AIO as before. A kernel, libc or file system that
+// refuses RWF_NOWAIT (ENOSYS, EOPNOTSUPP, EINVAL) turns it off for that
+// module. 0: every operation goes to the threads or the libc. Off by itself
+// where the libc's headers lack RWF_NOWAIT or SYS_preadv2 (Linux 4.14 and
+// glibc 2.27 or musl 1.1.20 have both).
+#ifndef MICROLOOP_AIO_NOWAIT
+#define MICROLOOP_AIO_NOWAIT 1
+#endif
+// x32 passes a syscall's 64-bit offset in one register, which syscall()'s
+// long arguments cannot hold: no fast path there.
+#if MICROLOOP_AIO_NOWAIT && defined(RWF_NOWAIT) && defined(SYS_preadv2) && \
+    !(defined(__x86_64__) && defined(__ILP32__))
+#define MICROLOOP_DETAIL_AIO_NOWAIT 1
+#else
+#define MICROLOOP_DETAIL_AIO_NOWAIT 0
+#endif
+
 namespace microloop {
 
 typedef basic_handle<struct aio_tag> aio_handle;
@@ -3830,6 +3933,13 @@ struct aio_event {
 };
 
 typedef detail::inplace_callback<void(aio_event)> aio_callback;
+
+// An AIO module's stats(): its table (operations in flight now, at most N,
+// the most ever at once) and how many reads it served in the loop's thread
+// from the page cache, without a thread (MICROLOOP_AIO_NOWAIT).
+struct aio_stats : table_stats {
+    uint64_t inline_reads;
+};
 
 namespace detail {
 
@@ -3937,6 +4047,47 @@ struct aio_ops {
     enum op_kind : unsigned char { op_read, op_write, op_fsync, op_fdatasync };
 };
 
+// The read, in the loop's thread, if it cannot block: true when all len
+// bytes came from the page cache. RWF_NOWAIT makes the kernel return EAGAIN
+// (or a short count) instead of waiting for the disk or a lock. A short
+// count may be the end of the file or a partly cached range: the engine's
+// usual path finds out. On an fd opened O_DIRECT the read would wait for the
+// device, RWF_NOWAIT or not: never tried there. `enabled` is the module's:
+// cleared for good only when the kernel has no preadv2 at all.
+inline bool aio_read_nowait(int fd, void* buf, size_t len, off_t offset, bool& enabled) {
+#if MICROLOOP_DETAIL_AIO_NOWAIT
+    if (!enabled) return false;
+#ifdef O_DIRECT
+    const int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || (flags & O_DIRECT) != 0) return false;
+#endif
+    struct iovec iov;
+    iov.iov_base = buf;
+    iov.iov_len = len;
+    // The raw system call, not the libc's preadv2(), which older glibc and
+    // musl lack. The offset goes in two longs, low half first, on 32- and
+    // 64-bit targets alike (a 64-bit kernel ignores the high one).
+    const uint64_t off = static_cast<uint64_t>(offset);
+    const long r = syscall(SYS_preadv2, static_cast<long>(fd), &iov, 1L, static_cast<long>(off & ULONG_MAX),
+                           static_cast<long>(off >> 32), static_cast<long>(RWF_NOWAIT));
+    if (r >= 0) return static_cast<size_t>(r) == len;
+    // EAGAIN: not all cached; ESPIPE: a pipe or socket; EOPNOTSUPP: a file
+    // (procfs, some filesystems) or a kernel that refuses RWF_NOWAIT; the
+    // rest is for the usual path to report. Each of these costs one system
+    // call next to a worker's hand-off, and says nothing of other files.
+    // Only a kernel without preadv2 (ENOSYS) is never asked again.
+    if (errno == ENOSYS) enabled = false;
+    return false;
+#else
+    (void)fd;
+    (void)buf;
+    (void)len;
+    (void)offset;
+    (void)enabled;
+    return false;
+#endif
+}
+
 // The submitting calls, written once for both engines: each hands its
 // operation to the module's submit(), which checks and queues it.
 template <class Module>
@@ -4001,8 +4152,14 @@ public:
     // Why the module could not start (the signal is watched, too many
     // modules), or ok; also returned by every submission.
     error_code error() const { return setup_error_; }
-    // Operations in flight: now, at most N, and the most ever at once.
-    table_stats stats() const { return pool_.stats(); }
+    // Operations in flight: now, at most N, and the most ever at once; the
+    // reads served from the page cache in the loop's thread.
+    aio_stats stats() const {
+        aio_stats s;
+        static_cast<table_stats&>(s) = pool_.stats();
+        s.inline_reads = inline_reads_;
+        return s;
+    }
     // f(aio_handle, int fd) for every operation in flight, oldest first.
     template <class F>
     void for_each_in_flight(F&& f) const {
@@ -4018,7 +4175,8 @@ private:
         uint16_t next, prev; // the in-flight list, in submission order
         uint16_t callback;   // which of callbacks_ is this operation's
         bool busy;
-        bool sync; // fsync or fdatasync: reported after what was submitted before it on its fd
+        bool sync;   // fsync or fdatasync: reported after what was submitted before it on its fd
+        bool served; // a read done in the loop's thread (all of aio_nbytes), never given to the libc
     };
     static const uint16_t none = 0xffff;
     struct hook_type : loop_hook {
@@ -4032,6 +4190,11 @@ private:
     void abandon();
     void complete();
     void unlink(uint16_t i);
+    bool libc_busy_on(int fd) const {
+        for (uint16_t i = head_; i != none; i = slots_[i].next)
+            if (!slots_[i].served && cbs_[i].aio_fildes == fd) return true;
+        return false;
+    }
     aio_handle fail(errc why, int sys = 0) {
         last_error_ = error_code(why, sys);
         return aio_handle(last_error_);
@@ -4041,6 +4204,8 @@ private:
     pid_t pid_; // in a forked child, the operations in flight are the parent's
     hook_type hook_;
     int registered_; // index in the signal handler's table, or -1
+    bool nowait_;    // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
+    uint64_t inline_reads_;
     error_code setup_error_;
     error_code last_error_;
     uint16_t head_, tail_; // operations in flight, oldest first
@@ -4060,7 +4225,8 @@ private:
 
 template <size_t N>
 aio<N, posix_aio_engine>::aio(loop_base& owner)
-    : loop_(owner), pid_(getpid()), registered_(-1), head_(none), tail_(none), spare_(static_cast<uint16_t>(N)) {
+    : loop_(owner), pid_(getpid()), registered_(-1), nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), inline_reads_(0),
+      head_(none), tail_(none), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
     hook_.active = 0;
@@ -4069,6 +4235,7 @@ aio<N, posix_aio_engine>::aio(loop_base& owner)
     for (size_t i = 0; i < N; ++i) {
         slots_[i].busy = false;
         slots_[i].sync = false;
+        slots_[i].served = false;
         slots_[i].next = slots_[i].prev = none;
         slots_[i].callback = static_cast<uint16_t>(i);
     }
@@ -4095,9 +4262,9 @@ aio<N, posix_aio_engine>::~aio() {
     // The libc writes into the aiocb and the buffer until aio_error() says
     // the operation is over: wait for that before the memory goes away.
     for (size_t i = 0; i < N; ++i)
-        if (slots_[i].busy) aio_cancel(cbs_[i].aio_fildes, &cbs_[i]);
+        if (slots_[i].busy && !slots_[i].served) aio_cancel(cbs_[i].aio_fildes, &cbs_[i]);
     for (size_t i = 0; i < N; ++i) {
-        if (!slots_[i].busy) continue;
+        if (!slots_[i].busy || slots_[i].served) continue;
         const struct aiocb* list[1] = {&cbs_[i]};
         while (aio_error(&cbs_[i]) == EINPROGRESS) aio_suspend(list, 1, nullptr); // EINTR: ask again
         aio_return(&cbs_[i]);
@@ -4127,12 +4294,21 @@ aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_
     ctl.aio_sigevent.sigev_signo = MICROLOOP_AIO_SIGNAL;
     aio_callback& done = callbacks_[s.callback];
     done.emplace(std::forward<F>(cb));
-    int r;
-    switch (op) {
-    case detail::aio_ops::op_read: r = aio_read(&ctl); break;
-    case detail::aio_ops::op_write: r = aio_write(&ctl); break;
-    case detail::aio_ops::op_fsync: r = aio_fsync(O_SYNC, &ctl); break;
-    default: r = aio_fsync(O_DSYNC, &ctl); break;
+    // A read all in the page cache is done here, and called back at the
+    // next iteration (the loop is woken below) without the libc's thread
+    // and signal. Not while the libc has an operation of ours on this fd:
+    // glibc runs one fd's requests in order, and a read must not overtake
+    // a write submitted before it.
+    const bool served = op == detail::aio_ops::op_read && !libc_busy_on(fd) &&
+                        detail::aio_read_nowait(fd, buf, len, offset, nowait_);
+    int r = 0;
+    if (!served) {
+        switch (op) {
+        case detail::aio_ops::op_read: r = aio_read(&ctl); break;
+        case detail::aio_ops::op_write: r = aio_write(&ctl); break;
+        case detail::aio_ops::op_fsync: r = aio_fsync(O_SYNC, &ctl); break;
+        default: r = aio_fsync(O_DSYNC, &ctl); break;
+        }
     }
     if (r != 0) {
         int e = errno;
@@ -4142,12 +4318,17 @@ aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_
     }
     s.busy = true;
     s.sync = op == detail::aio_ops::op_fsync || op == detail::aio_ops::op_fdatasync;
+    s.served = served;
     s.next = none;
     s.prev = tail_;
     if (tail_ != none) slots_[tail_].next = index;
     else head_ = index;
     tail_ = index;
     ++hook_.active;
+    if (served) {
+        ++inline_reads_;
+        loop_.wake();
+    }
     return aio_handle::from_id(id);
 }
 
@@ -4155,6 +4336,7 @@ template <size_t N>
 error_code aio<N, posix_aio_engine>::cancel(aio_handle h) {
     uint16_t index = pool_.lookup(h.id());
     if (index == pool_.none) return errc::stale_handle;
+    if (slots_[index].served) return error_code(); // done already: called back with its result
     struct aiocb& ctl = cbs_[index];
     int r = aio_cancel(ctl.aio_fildes, &ctl);
     if (r == -1) return error_code(errc::system, errno);
@@ -4186,14 +4368,16 @@ void aio<N, posix_aio_engine>::complete() {
         const int fd = ctl.aio_fildes;
         bool seen = false;
         for (size_t k = 0; k < nbusy && !seen; ++k) seen = busy_fds[k] == fd;
-        int err = seen && slots_[i].sync ? EINPROGRESS : aio_error(&ctl);
+        const bool served = slots_[i].served; // done in the loop's thread: never in progress
+        int err = served ? 0 : (seen && slots_[i].sync ? EINPROGRESS : aio_error(&ctl));
         if (err == EINPROGRESS) {
             if (!seen && nbusy < N) busy_fds[nbusy++] = fd;
         } else {
             if (err < 0) err = errno;
-            ssize_t result = aio_return(&ctl);
+            ssize_t result = served ? static_cast<ssize_t>(ctl.aio_nbytes) : aio_return(&ctl);
             slot& s = slots_[i];
             s.busy = false;
+            s.served = false;
             unlink(i);
             --hook_.active;
             uint64_t id = pool_.id_of(i);
@@ -4238,6 +4422,7 @@ void aio<N, posix_aio_engine>::abandon() {
     for (uint16_t i = 0; i < N; ++i) {
         if (!slots_[i].busy) continue;
         slots_[i].busy = false;
+        slots_[i].served = false;
         slots_[i].next = slots_[i].prev = none;
         callbacks_[slots_[i].callback].reset();
         pool_.release(i);
@@ -4258,6 +4443,14 @@ void aio<N, posix_aio_engine>::abandon() {
 // fsync()/fdatasync() (read()/write() where the fd cannot seek, as glibc's
 // AIO does), and hands the slot back through a lock-free stack and one
 // loop.wake() (an eventfd write only if none is pending). No signal, no lock.
+//
+// A read is first tried in the loop's thread with preadv2(RWF_NOWAIT)
+// (detail::aio_read_nowait()): when every byte is in the page cache it is
+// done there, marked finished as a worker would, put on a list only the loop
+// thread touches, and the loop woken; complete() calls it back at the next
+// iteration. Such an operation is in flight until then like any other: it
+// counts in in_flight(), an fsync behind it on its fd is held, cancel()
+// finds it finished.
 //
 // cancel() of a queued operation wins the same compare-and-swap and reports
 // it at once; the ring entry it leaves behind is stale (the ticket no longer
@@ -4297,7 +4490,14 @@ public:
     // Why the threads could not start (errc::system with pthread_create's or
     // sem_init's error, errc::bad_argument for a stack size refused), or ok.
     error_code error() const { return setup_error_; }
-    table_stats stats() const { return pool_.stats(); }
+    // The table's, and the reads served from the page cache in the loop's
+    // thread (MICROLOOP_AIO_NOWAIT).
+    aio_stats stats() const {
+        aio_stats s;
+        static_cast<table_stats&>(s) = pool_.stats();
+        s.inline_reads = inline_reads_;
+        return s;
+    }
     template <class F>
     void for_each_in_flight(F&& f) const {
         for (uint16_t i = head_; i != none; i = ops_[i].next) f(aio_handle::from_id(pool_.id_of(i)), ops_[i].fd);
@@ -4341,6 +4541,7 @@ private:
     void reset_queues();
     void abandon(bool restart);
     void enqueue(uint16_t i);
+    void push_inline(uint16_t i);
     void push_entry(uint32_t entry);
     bool pop_entry(uint32_t& entry) { return ring_.pop(entry); } // the workers, and push_entry()
     void push_completed(uint16_t i);
@@ -4363,9 +4564,12 @@ private:
     size_t nthreads_;
     size_t held_; // fsyncs waiting for an earlier operation on their fd
     bool sem_ok_;
+    bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
     std::atomic<bool> stopping_;
     uint16_t head_, tail_; // operations in flight, oldest first
     uint32_t ready_;       // taken from the completion stack, not yet called back
+    uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
+    uint64_t inline_reads_;
     detail::slot_pool<N> pool_;
     op ops_[N];
     aio_callback callbacks_[N + 1]; // one spare: a callback may submit again at capacity
@@ -4386,7 +4590,8 @@ const size_t aio<N, thread_aio_engine<T> >::ring_size;
 template <size_t N, size_t T>
 aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
     : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      stopping_(false), head_(none), tail_(none), ready_(no_slot), spare_(static_cast<uint16_t>(N)),
+      nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), stopping_(false), head_(none), tail_(none), ready_(no_slot),
+      inline_head_(no_slot), inline_tail_(no_slot), inline_reads_(0), spare_(static_cast<uint16_t>(N)),
       completed_(no_slot) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
@@ -4418,6 +4623,7 @@ void aio<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
     completed_.store(no_slot, std::memory_order_relaxed);
     ready_ = no_slot;
+    inline_head_ = inline_tail_ = no_slot;
     stopping_.store(false, std::memory_order_relaxed);
 }
 
@@ -4500,13 +4706,37 @@ aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf
     else head_ = index;
     tail_ = index;
     ++hook_.active;
-    if ((kind == detail::aio_ops::op_fsync || kind == detail::aio_ops::op_fdatasync) && earlier_on_fd(index)) {
+    if (kind == detail::aio_ops::op_read && detail::aio_read_nowait(fd, buf, len, offset, nowait_)) {
+        // Done, exactly as if a worker had run it: finished, with a ticket
+        // no ring entry carries (cancel() leaves it alone), called back by
+        // complete().
+        o.result = static_cast<ssize_t>(len);
+        o.ticket = static_cast<uint16_t>(o.ticket + 1);
+        o.state.store(state_of(o.ticket, st_finished), std::memory_order_relaxed);
+        push_inline(index);
+    } else if ((kind == detail::aio_ops::op_fsync || kind == detail::aio_ops::op_fdatasync) &&
+               earlier_on_fd(index)) {
         o.state.store(state_of(o.ticket, st_held), std::memory_order_relaxed);
         ++held_;
     } else {
         enqueue(index);
     }
     return aio_handle::from_id(id);
+}
+
+// A read done in the loop's thread, to be called back at the next
+// iteration like any completion: after the wake-up fd, never from inside the
+// call that submitted it. Those a callback submits wait for the next
+// iteration (see complete()), so a file read chunk by chunk from the page
+// cache does not hold the loop.
+template <size_t N, size_t T>
+void aio<N, thread_aio_engine<T> >::push_inline(uint16_t i) {
+    ops_[i].done_next = no_slot;
+    if (inline_tail_ == no_slot) inline_head_ = i;
+    else ops_[inline_tail_].done_next = i;
+    inline_tail_ = i;
+    ++inline_reads_;
+    loop_.wake(); // only an atomic exchange when a wake-up is pending already
 }
 
 template <size_t N, size_t T>
@@ -4606,11 +4836,24 @@ error_code aio<N, thread_aio_engine<T> >::cancel(aio_handle h) {
     return error_code();
 }
 
-// In the loop's thread after every wake-up: calls back what the workers
-// finished, in the order they finished. ready_ is a member so that a
-// callback that throws leaves the rest for the next wake-up.
+// In the loop's thread after every wake-up: calls back the reads done in
+// the loop's thread before this pass (oldest first), then what the workers
+// finished, in the order they finished. ready_ and the inline list are
+// members so that a callback that throws leaves the rest for the next
+// wake-up (the loop wakes itself again when a hook throws).
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::complete() {
+    if (inline_head_ != no_slot) {
+        const uint32_t last = inline_tail_; // later ones were submitted by this pass's callbacks
+        for (;;) {
+            const uint16_t i = static_cast<uint16_t>(inline_head_);
+            inline_head_ = ops_[i].done_next;
+            if (inline_head_ == no_slot) inline_tail_ = no_slot;
+            const bool at_end = i == last;
+            finish(i);
+            if (at_end) break;
+        }
+    }
     for (;;) {
         if (ready_ == no_slot) {
             uint32_t top = completed_.exchange(no_slot, std::memory_order_acquire);

@@ -599,6 +599,60 @@ TEST_CASE("fork: after_fork() gives the child a loop of its own; inherited pendi
     box.close();
 }
 
+TEST_CASE("fork: after_fork() drops the child watchers inherited from the parent, without a call",
+          "[robust][fork][child]") {
+    microloop::loop<2, 2, 2, 2> loop;
+    test::fd_pair p = test::make_pipe();
+    REQUIRE(p.ok());
+    // The parent's child, which stays alive until the parent writes a byte.
+    pid_t kid = fork();
+    REQUIRE(kid >= 0);
+    if (kid == 0) {
+        char c;
+        _exit(read(p.a.get(), &c, 1) == 1 ? 0 : 1);
+    }
+    int calls = 0;
+    REQUIRE(loop.on_child(kid, [&calls](microloop::child_event) { ++calls; }));
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int fail = 0;
+        if (loop.after_fork()) _exit(10);
+        // The watcher names the parent's child, which this process cannot reap.
+        if (loop.stats().children.used != 0) fail |= 1;
+        if (loop.active() != 0) fail |= 2;
+        if (loop.poll()) fail |= 4;
+        if (calls != 0) fail |= 8;
+        _exit(fail);
+    }
+    CHECK(wait_exit(pid) == 0);
+    // The parent's watcher is untouched: it reports its child once.
+    CHECK(loop.stats().children.used == 1);
+    REQUIRE(test::put_byte(p.b.get()));
+    for (int i = 0; i < 50 && calls == 0; ++i) loop.run_once(milliseconds(100));
+    CHECK(calls == 1);
+}
+
+TEST_CASE("fork: after_fork() skips a module hook without on_fork", "[robust][fork]") {
+    microloop::loop<1, 1> loop;
+    microloop::loop_hook hook;
+    hook.on_wake = [](microloop::loop_hook*) {};
+    hook.on_fork = nullptr; // nothing of the parent's to drop
+    hook.active = 0;
+    hook.next = nullptr;
+    loop.attach(&hook);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int fail = 0;
+        if (loop.after_fork()) fail |= 1;
+        if (loop.poll()) fail |= 2;
+        _exit(fail);
+    }
+    CHECK(wait_exit(pid) == 0);
+    loop.detach(&hook);
+}
+
 template <class Disk>
 void fork_with_aio_in_flight() {
     microloop::loop<1, 1> loop;

@@ -76,6 +76,14 @@ struct table_stats {
 
 namespace detail {
 
+// slot_pool's invariant checks (is the slot live, or retired, as the call
+// requires?), written outside the class template so that assert's strings
+// exist once in a program rather than once per capacity and check.
+inline void check_slot(bool slot_state_as_expected) {
+    MICROLOOP_ASSERT(slot_state_as_expected);
+    (void)slot_state_as_expected;
+}
+
 // Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
 // N slots may be live at once. Spare extra slots let a table whose callback
 // removes its own source take a new one at once, in that callback: the
@@ -115,18 +123,18 @@ public:
     // and frees its place among the N; recycle() lets the slot be handed out
     // again (deferred while the slot's callback is still running).
     void retire(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < slots && (gen_[slot] & 1u));
+        check_slot(slot < slots && (gen_[slot] & 1u));
         gen_[slot] &= ~uint64_t(1);
         --live_;
     }
     void recycle(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
+        check_slot(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
         free_[nfree_++] = slot;
     }
     // Undo retire() for a slot not yet recycled: the same handles are live
     // again. False (nothing changes) when N are live.
     bool revive(uint16_t slot) {
-        MICROLOOP_ASSERT(slot < slots && !(gen_[slot] & 1u));
+        check_slot(slot < slots && !(gen_[slot] & 1u));
         if (live_ == N) return false;
         gen_[slot] |= 1u;
         if (++live_ > high_water_) high_water_ = live_;

@@ -213,9 +213,9 @@ struct capacity {
 // How a module (signals, AIO, a mailbox) hangs off a loop without the loop
 // knowing its type: after the wake-up fd is drained, the loop calls on_wake
 // of every attached hook in its own thread; `active` counts the sources the
-// module keeps pending, which keep run() running; on_fork is called by
-// after_fork() in a forked child, to drop what belongs to the parent. The
-// hook lives in the module.
+// module keeps pending, which keep run() running; on_fork (or null) is
+// called by after_fork() in a forked child, to drop what belongs to the
+// parent. The hook lives in the module.
 struct loop_hook {
     void (*on_wake)(loop_hook* self);
     void (*on_fork)(loop_hook* self);
@@ -737,7 +737,7 @@ template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     running_io_.begin(s);
-    auto done = detail::on_scope_exit([this, &io] { running_io_.end(io_pool_, io.cb); });
+    auto done = detail::on_scope_exit([this] { end_io(); });
     io_event ev = {io_handle::from_id(io.id), fd, events};
     invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
@@ -1110,7 +1110,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const un
         else
             resume = true;
     }
-    static const unsigned long none[detail::fd_words] = {}; // an unused set reads as empty
+    // An unused set reads as empty. Not const: zeros in .bss cost no text,
+    // in .rodata they would.
+    static unsigned long none[detail::fd_words] = {};
     if (!w) w = none;
     if (!e) e = none;
     for (; i < nwords && nready > 0; ++i) {
@@ -1229,9 +1231,10 @@ error_code basic_loop<Cap, Clock>::after_fork() {
     if (e) return e;
     for (loop_hook* h = hooks_; h;) {
         loop_hook* next = h->next; // a hook may detach itself
-        h->on_fork(h);
+        if (h->on_fork) h->on_fork(h);
         h = next;
     }
+    signals_.after_fork(); // the first hook attached: the last one called
     return error_code();
 }
 

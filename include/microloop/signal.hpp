@@ -315,9 +315,9 @@ class signal_table : private loop_hook {
 
 public:
     explicit signal_table(loop_base& owner)
-        : loop_(&owner), chld_users_(0), chld_count_(0), chld_watched_(false), kids_due_(false) {
+        : loop_(&owner), reap_(nullptr), chld_users_(0), chld_count_(0), chld_watched_(false), kids_due_(false) {
         on_wake = &signal_table::dispatch;
-        on_fork = &signal_table::forked;
+        on_fork = nullptr; // the loop's after_fork() calls after_fork() below itself
         active = 0;
         next = nullptr;
         memset(&chld_saved_, 0, sizeof chld_saved_);
@@ -401,6 +401,7 @@ public:
         kid_slot& k = kids_[slot_of(id)];
         k.cb.emplace(std::forward<F>(cb));
         k.pid = pid;
+        reap_ = &signal_table::reap_children;
         if (info.si_pid == pid) { // reported from the loop, never from inside on_child()
             kids_due_ = true;
             loop_->wake();
@@ -420,6 +421,22 @@ public:
     table_stats signal_stats() const { return sig_pool_.stats(); }
     table_stats child_stats() const { return kid_pool_.stats(); }
 
+    // The loop's after_fork(), in the child: signals now wake the child's own
+    // pipe, with the parent's pending counts dropped. The child watchers name
+    // the parent's children, which this process can neither wait for nor
+    // reap: they are dropped, without a call. (Called directly rather than as
+    // the hook's on_fork, so that only programs calling after_fork() link it.)
+    void after_fork() {
+        int fd = loop_->wake_fd();
+        for (size_t i = 0; i < sig_pool::slots; ++i)
+            if (sigs_[i].signo && sigs_[i].signo != SIGCHLD) retarget_signal(sigs_[i].signo, fd);
+        for (uint16_t i = 0; i < kid_pool::slots; ++i)
+            if (kids_[i].pid) forget_child(i);
+        if (chld_users_ > 0) retarget_signal(SIGCHLD, fd);
+        chld_count_ = 0;
+        kids_due_ = false;
+    }
+
 private:
     struct sig_slot {
         signal_callback cb;
@@ -429,6 +446,17 @@ private:
     struct kid_slot {
         child_callback cb;
         pid_t pid; // 0: free
+    };
+
+    // The call invoke() makes, out of line: the event is copied once, not
+    // once for each of invoke()'s two paths (with and without stall timing).
+    struct deliver {
+        signal_callback* cb;
+        signal_event* ev;
+#if defined(__GNUC__)
+        __attribute__((noinline))
+#endif
+        void operator()() { (*cb)(*ev); }
     };
 
     static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
@@ -472,28 +500,15 @@ private:
     static void dispatch(loop_hook* hook) {
         signal_table* self = static_cast<signal_table*>(hook);
         if (self->chld_users_ > 0) self->chld_count_ += globals::state[SIGCHLD].pending.exchange(0);
-        if (self->kids_due_ || self->chld_count_ > 0) self->reap();
+        if (self->reap_ && (self->kids_due_ || self->chld_count_ > 0)) self->reap_(self);
         self->dispatch_signals();
-    }
-
-    // after_fork() in the child: signals now wake the child's own pipe, with
-    // the parent's pending counts dropped. The child watchers name the
-    // parent's children, which this process can neither wait for nor reap:
-    // they are dropped, without a call.
-    static void forked(loop_hook* hook) {
-        signal_table* self = static_cast<signal_table*>(hook);
-        int fd = self->loop_->wake_fd();
-        for (size_t i = 0; i < sig_pool::slots; ++i)
-            if (self->sigs_[i].signo && self->sigs_[i].signo != SIGCHLD) retarget_signal(self->sigs_[i].signo, fd);
-        for (uint16_t i = 0; i < kid_pool::slots; ++i)
-            if (self->kids_[i].pid) self->forget_child(i);
-        if (self->chld_users_ > 0) retarget_signal(SIGCHLD, fd);
-        self->chld_count_ = 0;
-        self->kids_due_ = false;
     }
 
     // Each watched child is checked on its own; a SIGCHLD only says that
     // some child changed state, and several exits may share one SIGCHLD.
+    // Reached through reap_, which only on_child() sets: a program that never
+    // watches a child links neither this nor waitpid().
+    static void reap_children(signal_table* self) { self->reap(); }
     void reap() {
         kids_due_ = false;
         for (size_t i = 0; i < kid_pool::slots; ++i) {
@@ -542,12 +557,14 @@ private:
             read_sender(g, ev);
             running_.begin(slot);
             auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
-            loop_->invoke(s.cb, source_kind::signal, ev.handle.id(), ev.signo, ev);
+            deliver call = {&s.cb, &ev};
+            loop_->invoke(call, source_kind::signal, ev.handle.id(), ev.signo);
         }
         chld_count_ = 0; // nobody else wants the SIGCHLD count
     }
 
     loop_base* loop_;
+    void (*reap_)(signal_table*); // reap_children once a child was watched, else null
     sig_pool sig_pool_;
     sig_slot sigs_[sig_pool::slots];
     kid_pool kid_pool_;
