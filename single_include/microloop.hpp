@@ -1804,7 +1804,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const un
         else
             resume = true;
     }
-    static const unsigned long none[detail::fd_words] = {}; // an unused set reads as empty
+    // An unused set reads as empty. Not const: zeros in .bss cost no text,
+    // in .rodata they would.
+    static unsigned long none[detail::fd_words] = {};
     if (!w) w = none;
     if (!e) e = none;
     for (; i < nwords && nready > 0; ++i) {
