@@ -5,7 +5,7 @@
 # Requests/s, p99 latency and the server's CPU time (user + system, all its
 # threads) per request for a 4 KiB file (keep-alive, 16 and 100
 # connections) and a 1 MiB file (16 connections), each server's peak RSS,
-# and the targets: >= 0.7x lighttpd's requests/s on the 4 KiB file,
+# and the targets: >= 0.7x lighttpd's requests/s on the 4 KiB file,
 # >= 0.9x on the 1 MiB file, less peak RSS than lighttpd.
 #
 # The runs are interleaved (microloop, lighttpd, microloop, ... with the
