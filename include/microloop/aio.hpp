@@ -728,7 +728,7 @@ private:
         uint16_t ticket;             // loop thread: this operation's
         uint16_t next, prev;         // the in-flight list, in submission order (loop thread)
         uint16_t callback;           // which callbacks_ entry is this operation's
-        uint32_t done_next;          // link in the completion stack, then in ready_
+        uint32_t done_next;          // link in the completion stack, or in the inline list
     };
     struct hook_type : loop_hook {
         aio* owner;
@@ -749,7 +749,12 @@ private:
     void push_inline(uint16_t i);
     void push_entry(uint32_t entry);
     bool pop_entry(uint32_t& entry) { return ring_.pop(entry); } // the workers, and push_entry()
-    void push_completed(uint16_t i);
+    // An operation's link in the completion stack.
+    struct link_of {
+        op* ops;
+        uint32_t& operator()(uint32_t k) const { return ops[k].done_next; }
+    };
+    void push_completed(uint16_t i) { completed_.push(i, link_of{ops_}); }
     void complete();
     void finish(uint16_t i);
     bool earlier_on_fd(uint16_t i) const;
@@ -772,7 +777,6 @@ private:
     bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
     std::atomic<bool> stopping_;
     uint16_t head_, tail_; // operations in flight, oldest first
-    uint32_t ready_;       // taken from the completion stack, not yet called back
     uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
     uint64_t inline_reads_;
     detail::slot_pool<N> pool_;
@@ -782,7 +786,7 @@ private:
     sem_t sem_;
     pthread_t threads_[Threads];
     detail::spmc_ring<ring_size> ring_; // entries (slot | ticket << 16) to run, to the workers
-    std::atomic<uint32_t> completed_; // the completion stack's top, or no_slot
+    detail::completion_stack completed_; // finished operations, to the loop's thread
 };
 
 template <size_t N, size_t T>
@@ -795,9 +799,8 @@ const size_t aio<N, thread_aio_engine<T> >::ring_size;
 template <size_t N, size_t T>
 aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
     : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), stopping_(false), head_(none), tail_(none), ready_(no_slot),
-      inline_head_(no_slot), inline_tail_(no_slot), inline_reads_(0), spare_(static_cast<uint16_t>(N)),
-      completed_(no_slot) {
+      nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), stopping_(false), head_(none), tail_(none),
+      inline_head_(no_slot), inline_tail_(no_slot), inline_reads_(0), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
     hook_.active = 0;
@@ -826,8 +829,7 @@ aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
-    completed_.store(no_slot, std::memory_order_relaxed);
-    ready_ = no_slot;
+    completed_.reset();
     inline_head_ = inline_tail_ = no_slot;
     stopping_.store(false, std::memory_order_relaxed);
 }
@@ -972,14 +974,6 @@ void aio<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
     }
 }
 
-// A Treiber stack that is only pushed to and taken whole: no ABA problem.
-template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::push_completed(uint16_t i) {
-    uint32_t top = completed_.load(std::memory_order_relaxed);
-    do ops_[i].done_next = top;
-    while (!completed_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
-}
-
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::run(op& o) {
     ssize_t r;
@@ -1043,8 +1037,8 @@ error_code aio<N, thread_aio_engine<T> >::cancel(aio_handle h) {
 
 // In the loop's thread after every wake-up: calls back the reads done in
 // the loop's thread before this pass (oldest first), then what the workers
-// finished, in the order they finished. ready_ and the inline list are
-// members so that a callback that throws leaves the rest for the next
+// finished, in the order they finished. The completion stack and the inline
+// list are members, so a callback that throws leaves the rest for the next
 // wake-up (the loop wakes itself again when a hook throws).
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::complete() {
@@ -1060,21 +1054,9 @@ void aio<N, thread_aio_engine<T> >::complete() {
         }
     }
     for (;;) {
-        if (ready_ == no_slot) {
-            uint32_t top = completed_.exchange(no_slot, std::memory_order_acquire);
-            if (top == no_slot) return;
-            uint32_t order = no_slot; // the stack is newest first: reverse it
-            while (top != no_slot) {
-                uint32_t below = ops_[top].done_next;
-                ops_[top].done_next = order;
-                order = top;
-                top = below;
-            }
-            ready_ = order;
-        }
-        const uint16_t i = static_cast<uint16_t>(ready_);
-        ready_ = ops_[i].done_next;
-        finish(i);
+        const uint32_t i = completed_.pop(link_of{ops_});
+        if (i == detail::completion_stack::empty) return;
+        finish(static_cast<uint16_t>(i));
     }
 }
 

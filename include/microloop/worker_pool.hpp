@@ -166,6 +166,59 @@ private:
     std::atomic<size_t> enqueue_, dequeue_;
 };
 
+// Completions handed from worker threads to the loop's thread: a Treiber
+// stack that workers push to and the loop thread takes whole (so no ABA
+// problem), then hands out oldest first. The entries and their links are the
+// caller's; `next(i)` gives entry i's link (a uint32_t&). pop() keeps what
+// it took in a member, so that a callback that throws between two pops
+// leaves the rest for the next call.
+class completion_stack {
+public:
+    static const uint32_t empty = 0xffffffffu;
+
+    completion_stack() : top_(empty), ready_(empty) {}
+    completion_stack(const completion_stack&) = delete;
+    completion_stack& operator=(const completion_stack&) = delete;
+
+    // Empty again; only while no worker uses it.
+    void reset() {
+        top_.store(empty, std::memory_order_relaxed);
+        ready_ = empty;
+    }
+    // Any thread. Publishes what was written to entry i before (release).
+    template <class Next>
+    void push(uint32_t i, Next next) {
+        uint32_t top = top_.load(std::memory_order_relaxed);
+        do next(i) = top;
+        while (!top_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
+    }
+    // The loop's thread: the oldest completion, or empty.
+    template <class Next>
+    uint32_t pop(Next next) {
+        if (ready_ == empty) {
+            uint32_t top = top_.exchange(empty, std::memory_order_acquire);
+            uint32_t order = empty; // the stack is newest first: reverse it
+            while (top != empty) {
+                uint32_t below = next(top);
+                next(top) = order;
+                order = top;
+                top = below;
+            }
+            ready_ = order;
+            if (ready_ == empty) return empty;
+        }
+        const uint32_t i = ready_;
+        ready_ = next(i);
+        return i;
+    }
+    // The loop's thread: whether pop() would find something.
+    bool pending() const { return ready_ != empty || top_.load(std::memory_order_relaxed) != empty; }
+
+private:
+    std::atomic<uint32_t> top_;
+    uint32_t ready_; // taken from the stack, oldest first, not yet popped
+};
+
 // Every signal blocked in the calling thread for its lifetime: threads made
 // meanwhile start with all of them blocked.
 class all_signals_blocked {
@@ -233,7 +286,7 @@ private:
         detail::inplace_callback<int64_t(), Size> work;
         int64_t result;                   // written by the worker, read after the completion stack
         std::atomic<unsigned char> state; // queued -> running (worker) or canceled (shutdown)
-        uint32_t next;                    // link in the completion stack, then in ready_
+        uint32_t next;                    // link in the completion stack
         uint32_t done;                    // which dones_ entry holds its done callback
     };
 
@@ -242,7 +295,12 @@ private:
     static void on_fork_fn(loop_hook* h);
     void push_pending(uint32_t i);
     bool pop_pending(uint32_t& i) { return ring_.pop(i); } // the workers, and shutdown() after them
-    void push_completed(uint32_t i);
+    // A slot's link in the completion stack.
+    struct link_of {
+        slot* slots;
+        uint32_t& operator()(uint32_t k) const { return slots[k].next; }
+    };
+    void push_completed(uint32_t i) { completed_.push(i, link_of{slots_}); }
     void complete(size_t limit);
     void finish(uint32_t i);
     void stop_threads();
@@ -262,8 +320,7 @@ private:
     uint32_t free_dones_[Queue + 1];
     size_t nfree_slots_, nfree_dones_;
     detail::spmc_ring<ring_size> ring_; // slots to run, to the workers
-    std::atomic<uint32_t> completed_; // the completion stack's top, or none
-    uint32_t ready_;                  // taken from the stack, in completion order, done not yet run
+    detail::completion_stack completed_; // finished slots, to the loop's thread
 };
 
 // ---- implementation -------------------------------------------------------------
@@ -271,7 +328,7 @@ private:
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
     : loop_(&l), shut_(false), forked_(false), sem_ok_(false), nthreads_(0), stopping_(false), nfree_slots_(Queue),
-      nfree_dones_(Queue + 1), completed_(none), ready_(none) {
+      nfree_dones_(Queue + 1) {
     for (size_t i = 0; i < Queue; ++i) {
         slots_[i].result = 0;
         slots_[i].state.store(st_free, std::memory_order_relaxed);
@@ -371,14 +428,6 @@ void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
     (void)queued;
 }
 
-// A Treiber stack that is only pushed to and taken whole: no ABA problem.
-template <size_t Threads, size_t Queue, size_t Size>
-void worker_pool<Threads, Queue, Size>::push_completed(uint32_t i) {
-    uint32_t top = completed_.load(std::memory_order_relaxed);
-    do slots_[i].next = top;
-    while (!completed_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
-}
-
 template <size_t Threads, size_t Queue, size_t Size>
 void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
     worker_pool* self = static_cast<worker_pool*>(arg);
@@ -408,28 +457,16 @@ void worker_pool<Threads, Queue, Size>::stop_threads() {
 
 // Runs up to `limit` done callbacks; if more are waiting, the loop comes back
 // for them in its next iteration (workers that keep finishing cannot starve
-// the loop's other sources). ready_ is a member so that a done that throws,
-// or calls shutdown(), leaves the rest for the next call.
+// the loop's other sources). A done that throws, or calls shutdown(), leaves
+// the rest for the next call.
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::complete(size_t limit) {
     for (size_t n = 0; n < limit; ++n) {
-        if (ready_ == none) {
-            uint32_t top = completed_.exchange(none, std::memory_order_acquire);
-            if (top == none) return;
-            uint32_t order = none; // the stack is newest first: reverse it
-            while (top != none) {
-                uint32_t below = slots_[top].next;
-                slots_[top].next = order;
-                order = top;
-                top = below;
-            }
-            ready_ = order;
-        }
-        const uint32_t i = ready_;
-        ready_ = slots_[i].next;
+        const uint32_t i = completed_.pop(link_of{slots_});
+        if (i == detail::completion_stack::empty) return;
         finish(i);
     }
-    if (ready_ != none || completed_.load(std::memory_order_relaxed) != none) loop_->wake();
+    if (completed_.pending()) loop_->wake();
 }
 
 // The slot is free before done runs (done may submit again, at capacity);
