@@ -32,6 +32,7 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then REPS=1 OPS=20000; fi
 LATOPS=$((OPS / 10))
 
 note() { echo "bench: $*" >&2; }
+STATS_AWK=$(cat "$ROOT/tests/bench/stats.awk") # kv, add, med, ratio for the tables
 
 LIBS=
 for l in microloop:1:-lrt microloop-handoff:1:-lrt:-DMICROLOOP_AIO_NOWAIT=0 libuv:4:-luv; do
@@ -83,16 +84,7 @@ while [ "$rep" -lt "$REPS" ]; do
     rep=$((rep + 1))
 done
 
-awk '
-function kv(   i, p) { delete f; for (i = 1; i <= NF; i++) { p = index($i, "="); if (p) f[substr($i, 1, p - 1)] = substr($i, p + 1) } }
-function add(key, v) { cnt[key]++; val[key, cnt[key]] = v + 0 }
-function med(key,   n, i, j, t, a) {
-    n = cnt[key]; if (!n) return -1
-    for (i = 1; i <= n; i++) a[i] = val[key, i]
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "-" }
+awk "$STATS_AWK"'
 function seen(l) { if (!(l in known)) { known[l] = 1; libs[++nl] = l } }
 /^#/ { print; next }
 $1 == "tput" { kv(); seen(f["lib"]); add("t" SUBSEP f["lib"] SUBSEP f["q"] SUBSEP f["fds"], f["ops_per_s"]); next }

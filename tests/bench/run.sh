@@ -45,6 +45,7 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then REPS=3 RUNS=5 TICKS=500; fi
 CXXFLAGS_BENCH="-std=c++11 -O2 -DNDEBUG -Wall -Wextra"
 
 note() { echo "bench: $*" >&2; }
+STATS_AWK=$(cat "$ROOT/tests/bench/stats.awk") # kv, add, med, ratio for the tables
 
 # ---- build: one binary per library ------------------------------------------------
 # name:BENCH_LIB:libs
@@ -213,16 +214,7 @@ while [ $rep -lt 3 ]; do
 done
 
 # ---- tables ------------------------------------------------------------------------------------
-awk -v elapsed=$(($(date +%s) - start)) '
-function kv(   i, p) { delete f; for (i = 1; i <= NF; i++) { p = index($i, "="); if (p) f[substr($i, 1, p - 1)] = substr($i, p + 1) } }
-function add(key, v) { cnt[key]++; val[key, cnt[key]] = v + 0 }
-function med(key,   n, i, j, t, a) {
-    n = cnt[key]; if (!n) return -1
-    for (i = 1; i <= n; i++) a[i] = val[key, i]
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "-" }
+awk -v elapsed=$(($(date +%s) - start)) "$STATS_AWK"'
 function seen_lib(part, lib) { if (!((part, lib) in known)) { known[part, lib] = 1; libs[part, ++nlibs[part]] = lib } }
 /^#/ { print; next }
 $1 == "ring" { kv(); k = f["lib"] SUBSEP f["pairs"] SUBSEP f["active"]; add("us" SUBSEP k, f["us_per_iter"]); add("ns" SUBSEP k, f["ns_per_event"]); seen_lib("ring", f["lib"]); next }

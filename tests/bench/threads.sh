@@ -26,6 +26,7 @@ ITEMS=2000000
 if [ "${BENCH_QUICK:-0}" = 1 ]; then REPS=2 SUBMITS=2000 ITEMS=200000; fi
 
 note() { echo "bench: $*" >&2; }
+STATS_AWK=$(cat "$ROOT/tests/bench/stats.awk") # kv, add, med, ratio for the tables
 
 LIBS=
 for l in microloop:1: libuv:4:-luv; do
@@ -61,15 +62,7 @@ while [ "$rep" -lt "$REPS" ]; do
     rep=$((rep + 1))
 done
 
-awk '
-function kv(   i, p) { delete f; for (i = 1; i <= NF; i++) { p = index($i, "="); if (p) f[substr($i, 1, p - 1)] = substr($i, p + 1) } }
-function add(key, v) { cnt[key]++; val[key, cnt[key]] = v + 0 }
-function med(key,   n, i, j, t, a) {
-    n = cnt[key]; if (!n) return -1
-    for (i = 1; i <= n; i++) a[i] = val[key, i]
-    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
+awk "$STATS_AWK"'
 function seen(l) { if (!(l in known)) { known[l] = 1; libs[++nl] = l } }
 /^#/ { print; next }
 $1 == "submit" { kv(); seen(f["lib"]); add("p50" SUBSEP f["lib"], f["p50_ns"]); add("p99" SUBSEP f["lib"], f["p99_ns"]); next }
