@@ -164,7 +164,8 @@
 
 // ---- begin microloop/config.hpp ----------------------------------------
 // microloop/config.hpp - configuration macros and version.
-// Every macro here may be defined by the user before including microloop.
+// Every macro here but the internal ones at the end may be defined by the
+// user before including microloop.
 #ifndef MICROLOOP_CONFIG_HPP
 #define MICROLOOP_CONFIG_HPP
 
@@ -195,6 +196,27 @@
 // by itself if the libc lays fd_set out differently, so 1 is always safe.
 #ifndef MICROLOOP_FDSET_WORDS
 #define MICROLOOP_FDSET_WORDS 1
+#endif
+
+// ---- internal: not for users to define -------------------------------------------
+// Where the compiler is told what to inline: the hot path always
+// (MICROLOOP_DETAIL_ALWAYS_INLINE), speed-only code unless the build
+// optimises for size (MICROLOOP_DETAIL_HOT_INLINE, off at -Os), and code
+// kept out of its callers (MICROLOOP_DETAIL_NOINLINE, with
+// MICROLOOP_DETAIL_COLD for what runs rarely).
+#if defined(__GNUC__)
+#define MICROLOOP_DETAIL_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define MICROLOOP_DETAIL_NOINLINE __attribute__((noinline))
+#define MICROLOOP_DETAIL_COLD __attribute__((noinline, cold))
+#else
+#define MICROLOOP_DETAIL_ALWAYS_INLINE inline
+#define MICROLOOP_DETAIL_NOINLINE
+#define MICROLOOP_DETAIL_COLD
+#endif
+#if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
+#define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
+#else
+#define MICROLOOP_DETAIL_HOT_INLINE inline
 #endif
 
 #endif // MICROLOOP_CONFIG_HPP
@@ -680,10 +702,7 @@ public:
 private:
     // Out of line and cold: the check above is all that run(), run_once()
     // and poll() carry inline.
-#if defined(__GNUC__)
-    __attribute__((noinline, cold))
-#endif
-    error_code apply_requested_cold() {
+    MICROLOOP_DETAIL_COLD error_code apply_requested_cold() {
         return apply_(this);
     }
     static error_code apply_requested(timer_slack* self) {
@@ -717,19 +736,6 @@ private:
 
 #endif // MICROLOOP_SLACK_HPP
 // ---- end microloop/slack.hpp -------------------------------------------
-
-// For the hot path only (internal).
-#if defined(__GNUC__)
-#define MICROLOOP_DETAIL_ALWAYS_INLINE __attribute__((always_inline)) inline
-#else
-#define MICROLOOP_DETAIL_ALWAYS_INLINE inline
-#endif
-// Inlined for speed, except when the build optimises for size (-Os).
-#if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
-#define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
-#else
-#define MICROLOOP_DETAIL_HOT_INLINE inline
-#endif
 
 namespace microloop {
 
@@ -2479,10 +2485,7 @@ private:
     struct deliver {
         signal_callback* cb;
         signal_event* ev;
-#if defined(__GNUC__)
-        __attribute__((noinline))
-#endif
-        void operator()() { (*cb)(*ev); }
+        MICROLOOP_DETAIL_NOINLINE void operator()() { (*cb)(*ev); }
     };
 
     static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // microloop/config.hpp - configuration macros and version.
-// Every macro here may be defined by the user before including microloop.
+// Every macro here but the internal ones at the end may be defined by the
+// user before including microloop.
 #ifndef MICROLOOP_CONFIG_HPP
 #define MICROLOOP_CONFIG_HPP
 
@@ -31,6 +32,27 @@
 // by itself if the libc lays fd_set out differently, so 1 is always safe.
 #ifndef MICROLOOP_FDSET_WORDS
 #define MICROLOOP_FDSET_WORDS 1
+#endif
+
+// ---- internal: not for users to define -------------------------------------------
+// Where the compiler is told what to inline: the hot path always
+// (MICROLOOP_DETAIL_ALWAYS_INLINE), speed-only code unless the build
+// optimises for size (MICROLOOP_DETAIL_HOT_INLINE, off at -Os), and code
+// kept out of its callers (MICROLOOP_DETAIL_NOINLINE, with
+// MICROLOOP_DETAIL_COLD for what runs rarely).
+#if defined(__GNUC__)
+#define MICROLOOP_DETAIL_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define MICROLOOP_DETAIL_NOINLINE __attribute__((noinline))
+#define MICROLOOP_DETAIL_COLD __attribute__((noinline, cold))
+#else
+#define MICROLOOP_DETAIL_ALWAYS_INLINE inline
+#define MICROLOOP_DETAIL_NOINLINE
+#define MICROLOOP_DETAIL_COLD
+#endif
+#if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
+#define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
+#else
+#define MICROLOOP_DETAIL_HOT_INLINE inline
 #endif
 
 #endif // MICROLOOP_CONFIG_HPP

@@ -24,19 +24,6 @@
 #include "handle.hpp"
 #include "slack.hpp"
 
-// For the hot path only (internal).
-#if defined(__GNUC__)
-#define MICROLOOP_DETAIL_ALWAYS_INLINE __attribute__((always_inline)) inline
-#else
-#define MICROLOOP_DETAIL_ALWAYS_INLINE inline
-#endif
-// Inlined for speed, except when the build optimises for size (-Os).
-#if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
-#define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
-#else
-#define MICROLOOP_DETAIL_HOT_INLINE inline
-#endif
-
 namespace microloop {
 
 // What an fd watcher asks for, and what its callback is told.

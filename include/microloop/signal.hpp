@@ -453,10 +453,7 @@ private:
     struct deliver {
         signal_callback* cb;
         signal_event* ev;
-#if defined(__GNUC__)
-        __attribute__((noinline))
-#endif
-        void operator()() { (*cb)(*ev); }
+        MICROLOOP_DETAIL_NOINLINE void operator()() { (*cb)(*ev); }
     };
 
     static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/prctl.h>
 
+#include "config.hpp"
 #include "error.hpp"
 
 namespace microloop {
@@ -60,10 +61,7 @@ public:
 private:
     // Out of line and cold: the check above is all that run(), run_once()
     // and poll() carry inline.
-#if defined(__GNUC__)
-    __attribute__((noinline, cold))
-#endif
-    error_code apply_requested_cold() {
+    MICROLOOP_DETAIL_COLD error_code apply_requested_cold() {
         return apply_(this);
     }
     static error_code apply_requested(timer_slack* self) {
