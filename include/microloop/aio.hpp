@@ -107,11 +107,11 @@
 // a read served so is called back at the loop's next iteration without a
 // thread (stats().inline_reads counts them). Anything else (not all of it
 // cached, a short count, a pipe, an fd opened O_DIRECT) goes to the engine's
-// threads or the libc's AIO as before. A kernel, libc or file system that
-// refuses RWF_NOWAIT (ENOSYS, EOPNOTSUPP, EINVAL) turns it off for that
-// module. 0: every operation goes to the threads or the libc. Off by itself
-// where the libc's headers lack RWF_NOWAIT or SYS_preadv2 (Linux 4.14 and
-// glibc 2.27 or musl 1.1.20 have both).
+// threads or the libc's AIO as before, and so does a read of a file that
+// refuses RWF_NOWAIT (procfs); a kernel without preadv2 (ENOSYS) turns it
+// off for the module. 0: every operation goes to the threads or the libc.
+// Off by itself where the libc's headers lack RWF_NOWAIT or SYS_preadv2
+// (Linux 4.14 and glibc 2.27 or musl 1.1.20 have both).
 #ifndef MICROLOOP_AIO_NOWAIT
 #define MICROLOOP_AIO_NOWAIT 1
 #endif
