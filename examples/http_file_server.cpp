@@ -214,19 +214,22 @@ void stop_waiting(conn& c) {
         }
 }
 
+// Frees the connection's entry, its file and its chunk buffer (which goes to
+// the next connection waiting for one).
+void release_conn(conn& c) {
+    put_file(c);
+    if (c.state == waiting_chunk) stop_waiting(c);
+    char* buf = c.chunk;
+    srv.conns.release(c.id);
+    if (buf) give_back(buf);
+}
+
 void close_conn(conn& c) {
     srv.loop.unwatch(c.io);
     close(c.sock);
     c.sock = -1;
-    if (c.state == reading_disk) { // the read still uses c.file and writes into c.chunk
-        c.gone = true;
-    } else {
-        put_file(c);
-        if (c.state == waiting_chunk) stop_waiting(c);
-        char* buf = c.chunk;
-        srv.conns.release(c.id);
-        if (buf) give_back(buf);
-    }
+    if (c.state == reading_disk) c.gone = true; // the read still uses c.file and writes into c.chunk
+    else release_conn(c);
     if (srv.out_of_fds) return;
     srv.loop.modify(srv.accept_io, microloop::readable);
 }
@@ -293,13 +296,7 @@ void start_disk_read(conn& c) {
             if (!cp) return;
             conn& k = *cp;
             k.state = sending;
-            if (k.gone) { // the client left while the disk was busy
-                put_file(k);
-                char* buf = k.chunk;
-                srv.conns.release(id);
-                give_back(buf);
-                return;
-            }
+            if (k.gone) return release_conn(k); // the client left while the disk was busy
             if (ev.error || ev.result <= 0) { // an I/O error, or the file shrank: the length promised is a lie now
                 close_conn(k);
                 return;
