@@ -73,7 +73,8 @@
 #include "config.hpp"
 #include "error.hpp"
 #include "handle.hpp"
-#include "loop.hpp"
+#include "loop_base.hpp"
+#include "signal.hpp" // detail::globals: the AIO signal is claimed like any watched signal
 #include "worker_pool.hpp" // detail::all_signals_blocked, detail::pow2_at_least
 
 // The signal AIO completions are reported with. A standard signal is never

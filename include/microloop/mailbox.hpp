@@ -11,7 +11,7 @@
 
 #include "callback.hpp"
 #include "error.hpp"
-#include "loop.hpp"
+#include "loop_base.hpp"
 
 namespace microloop {
 

@@ -37,8 +37,8 @@
 //   are arrivals between fork() and after_fork() (block signals around fork()
 //   if those matter: the kernel keeps them pending until unblocked).
 //
-// Included by loop.hpp (basic_loop holds a signal table); include
-// <microloop.hpp> or this file, which brings loop.hpp along.
+// Included by loop.hpp (basic_loop holds a signal table); needs only
+// loop_base.hpp.
 #ifndef MICROLOOP_SIGNAL_HPP
 #define MICROLOOP_SIGNAL_HPP
 
@@ -56,9 +56,12 @@
 #include "callback.hpp"
 #include "error.hpp"
 #include "handle.hpp"
-#include "loop.hpp"
+#include "loop_base.hpp"
 
 namespace microloop {
+
+typedef basic_handle<struct signal_tag> signal_handle;
+typedef basic_handle<struct child_tag> child_handle;
 
 // What a signal callback is told.
 struct signal_event {

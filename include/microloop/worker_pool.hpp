@@ -74,7 +74,7 @@
 
 #include "callback.hpp"
 #include "error.hpp"
-#include "loop.hpp"
+#include "loop_base.hpp"
 
 namespace microloop {
 
