@@ -33,11 +33,11 @@ namespace detail {
 struct test_access {
     template <class Loop>
     static uint32_t timer_seq(const Loop& l) {
-        return l.seq_;
+        return l.heap_.seq_;
     }
     template <class Loop>
     static void set_timer_seq(Loop& l, uint32_t seq) {
-        l.seq_ = seq;
+        l.heap_.seq_ = seq;
     }
     // Sets the generation of a free slot of a pool, as if it had been reused
     // that many times.
@@ -844,7 +844,7 @@ TEST_CASE("stats() and the visitors describe what a loop holds", "[robust]") {
     });
     CHECK(entries == 1);
     CHECK(table.stats().high_water == 1);
-    CHECK(microloop::name(microloop::source_kind::timer) == std::string("timer"));
+    CHECK(microloop::source_kind_name(microloop::source_kind::timer) == std::string("timer"));
 }
 
 TEST_CASE("a manual clock runs timers in virtual time, deterministically", "[robust][timer]") {

@@ -24,8 +24,10 @@
 #include "error.hpp"
 #include "handle.hpp"
 #include "loop_base.hpp"
+#include "backend/select.hpp"
 #include "signal.hpp"
 #include "slack.hpp"
+#include "timer_heap.hpp"
 
 namespace microloop {
 
@@ -51,40 +53,6 @@ struct timer_event {
 
 typedef detail::inplace_callback<void(io_event)> io_callback;
 typedef detail::inplace_callback<void(timer_event)> timer_callback;
-
-namespace detail {
-
-const int word_bits = static_cast<int>(CHAR_BIT * sizeof(unsigned long));
-const int fd_words = (FD_SETSIZE + word_bits - 1) / word_bits;
-
-// fd >= 0 always; unsigned arithmetic makes / and % plain shifts and masks.
-inline unsigned word_of(int fd) { return static_cast<unsigned>(fd) / static_cast<unsigned>(word_bits); }
-inline unsigned long bit_of(int fd) { return 1ul << (static_cast<unsigned>(fd) % static_cast<unsigned>(word_bits)); }
-inline void set_bit(unsigned long* w, int fd) { w[word_of(fd)] |= bit_of(fd); }
-inline void clear_bit(unsigned long* w, int fd) { w[word_of(fd)] &= ~bit_of(fd); }
-inline bool test_bit(const unsigned long* w, int fd) { return (w[word_of(fd)] & bit_of(fd)) != 0; }
-
-// Does this libc lay fd_set out as an array of unsigned long words with fd n
-// at bit n % word_bits of word n / word_bits? Every Linux libc does, but POSIX
-// does not promise it, so it is checked once rather than assumed.
-inline bool fdset_is_words() {
-#if MICROLOOP_FDSET_WORDS
-    if (sizeof(fd_set) % sizeof(unsigned long) != 0 ||
-        sizeof(fd_set) < static_cast<size_t>(fd_words) * sizeof(unsigned long) || word_bits + 3 >= FD_SETSIZE)
-        return false;
-    fd_set s;
-    FD_ZERO(&s);
-    FD_SET(1, &s);
-    FD_SET(word_bits + 3, &s);
-    unsigned long w[2];
-    memcpy(w, &s, sizeof w);
-    return w[0] == 2ul && w[1] == 8ul;
-#else
-    return false;
-#endif
-}
-
-} // namespace detail
 
 // The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
 // wall-clock time. A loop's second template parameter may replace it with
@@ -270,7 +238,7 @@ public:
     void for_each_timer(F&& f) const {
         for (uint16_t s = 0; s < timer_pool_.slots; ++s)
             if (timer_pool_.live(s)) // live timers are armed
-                f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(keys_[s].deadline),
+                f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(heap_.deadline(s)),
                   std::chrono::nanoseconds(timers_[s].period));
     }
 
@@ -280,13 +248,9 @@ private:
     // add a new one at once (see slot_pool).
     typedef detail::slot_pool<Cap::io, 1> io_pool;
     typedef detail::slot_pool<Cap::timers, 1> timer_pool;
-    typedef typename std::conditional<(io_pool::slots < 255), uint8_t, uint16_t>::type fd_slot_t;
-    static const fd_slot_t no_slot = static_cast<fd_slot_t>(~0u);
-    static const uint16_t no_pos = 0xffff;
-    // One entry at most per slot: the armed timers and the tombstones of
-    // cancelled ones (see timer_key).
-    static const size_t heap_cap = timer_pool::slots;
-    enum { rd = 0, wr = 1, ex = 2 };
+    typedef detail::select_backend<io_pool::slots> backend;
+    template <size_t>
+    friend class detail::select_backend; // calls the core's io_ready() and friends, inlined
 
     struct io_slot {
         io_callback cb;
@@ -299,27 +263,6 @@ private:
     struct timer_slot {
         timer_callback cb;
         int64_t period; // 0: one-shot
-    };
-    // 16 bytes: four siblings fill one 64-byte cache line. The key
-    // (deadline, seq) orders the heap.
-    struct heap_entry {
-        int64_t deadline;
-        uint32_t seq; // arming order: equal deadlines fire first-armed first
-        uint16_t slot;
-    };
-    // A slot's timer as it was last armed, and where its heap entry is.
-    // The entry's key may be behind: a re-arm to a later deadline writes
-    // only here, and cancel() only frees the slot, leaving its entry as a
-    // tombstone (the entry of a slot with no live timer). The heap stays
-    // ordered by its keys, each at or before its timer's real one, so a top
-    // whose key is current is the real first; a stale top is re-keyed and
-    // sifted down, a tombstone dropped, when it is looked at
-    // (heap_settle()). A tombstone never fires and is reused by the next
-    // timer of its slot. 16 bytes.
-    struct timer_key {
-        int64_t deadline;
-        uint32_t seq; // the last arming's
-        uint16_t pos; // the heap entry, or no_pos
     };
 
     int64_t now_ns() {
@@ -338,51 +281,37 @@ private:
     }
 
     void set_interest(io_slot& io, unsigned events);
-    void recompute_maxfd();
     void release_io(uint16_t slot) { running_io_.release(io_pool_, io_[slot].cb, slot); }
     void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
-    bool disable_bad_fds();
-
-    void heap_place(uint32_t pos, const heap_entry& e) {
-        heap_[pos] = e;
-        keys_[e.slot].pos = static_cast<uint16_t>(pos);
-    }
-    static bool heap_less(const heap_entry& a, const heap_entry& b) {
-        return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
-    }
-    uint32_t next_seq() {
-        if (seq_ == UINT32_MAX) renumber_seqs();
-        return seq_++;
-    }
-    void renumber_seqs();
-    void heap_arm(uint16_t slot, int64_t deadline);
     error_code rearm_running(uint64_t id, bool valid, int64_t ns);
-    void heap_sift(uint32_t at, heap_entry e);
-    void heap_settle();
+
 
     error_code iterate(int64_t max_wait_ns);
     // run() (once == false), run_once() and poll(): iterate() has this one
     // call site, so it is inlined and an iteration costs no extra call.
     error_code drive(int64_t max_wait_ns, bool once);
     int64_t select_timeout(int64_t until);
-    void dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords, int nready);
-    void dispatch_fd(int fd, unsigned ready);
+    // What the backend calls back with ready fds (see backend/select.hpp).
+    bool stall_on() const { return stall_ns_ != 0; }
+    bool io_changed() const { return io_changed_; }
     template <bool Stall>
-    bool dispatch_readers(const unsigned long* r, int nwords, int& i, unsigned long& bits, int& nready);
+    int64_t begin_readers() {
+        io_changed_ = false;
+        return Stall ? detail::monotonic_ns() : 0;
+    }
+    void end_readers() { end_io(); }
+    template <bool Stall>
+    void reader_ready(uint16_t s, int fd, int64_t& t0);
+    void io_ready(uint16_t s, int fd, unsigned ready);
+    bool io_closed(uint16_t s, int fd);
     void end_io() {
         uint16_t s = running_io_.current();
         if (s != io_pool_.none) running_io_.end(io_pool_, io_[s].cb);
     }
     void dispatch_timers();
 
-    // fd sets: the masters are edited by watch/modify/unwatch and copied for
-    // each select(); watched_ is our own bitmap of fds with a watcher.
-    fd_set master_[3];
-    unsigned long watched_[detail::fd_words];
-    fd_slot_t fd_slot_[FD_SETSIZE];
-    int maxfd_;
-    unsigned nwatch_[3]; // watchers interested in each set: an empty set is passed as NULL
+    backend backend_; // the fd -> watcher table and the wait
     size_t active_io_;
     uint64_t iteration_; // 64 bits: never wraps onto a watcher's added_iter
 
@@ -391,19 +320,7 @@ private:
 
     timer_pool timer_pool_;
     timer_slot timers_[timer_pool::slots];
-    timer_key keys_[timer_pool::slots];
-    // The 4-ary heap, libev's layout: the children of entry i are 4i+1..4i+4,
-    // and heap_ starts up to three entries into heap_store_ so that each group
-    // of four siblings shares one cache line: a sift reads one line per level.
-    heap_entry heap_store_[heap_cap + 3];
-    heap_entry* heap_; // set once by the constructor; the loop never moves
-    uint16_t heap_size_;
-    // Arming order. Timers armed while the timer pass runs have a seq at or
-    // above seq_mark_ and wait for the next pass. Before seq_ could wrap,
-    // the armed timers are renumbered 0..n-1 in order, so no comparison
-    // ever meets a wrapped counter (renumber_seqs()).
-    uint32_t seq_;
-    uint32_t seq_mark_;
+    detail::timer_heap<timer_pool::slots> heap_; // when each fires
 
     // The callback running now, so removing it defers freeing its storage.
     detail::running_slot running_io_, running_timer_;
@@ -411,9 +328,7 @@ private:
     int64_t now_;
     bool now_valid_;
     bool dispatching_; // inside an iteration, after the wait: callbacks use now_
-    bool wake_seen_;   // the wake-up fd was ready in this iteration
     bool io_changed_;  // a watcher was added, modified or removed since the scan of ready fds began
-    bool fdset_words_;
     Clock clock_;
     detail::timer_slack slack_; // set_timer_slack()
 
@@ -426,29 +341,8 @@ private:
 
 template <class Cap, class Clock>
 basic_loop<Cap, Clock>::basic_loop()
-    : maxfd_(-1), active_io_(0), iteration_(0), heap_size_(0), seq_(0), seq_mark_(0), now_(0), now_valid_(false),
-      dispatching_(false), wake_seen_(false), io_changed_(false), fdset_words_(detail::fdset_is_words()), signals_(*this) {
-    for (int i = 0; i < 3; ++i) {
-        FD_ZERO(&master_[i]);
-        nwatch_[i] = 0;
-    }
-    memset(watched_, 0, sizeof watched_);
-    for (size_t i = 0; i < FD_SETSIZE; ++i) fd_slot_[i] = no_slot;
-    for (size_t i = 0; i < timer_pool::slots; ++i) keys_[i].pos = no_pos; // (seq is read only through pos)
-    // Entry 1 (the first of the root's children) on a 64-byte boundary, when
-    // the storage's alignment allows it.
-    const uintptr_t first = reinterpret_cast<uintptr_t>(&heap_store_[1]);
-    const uintptr_t skip = (64u - first % 64u) % 64u / sizeof(heap_entry);
-    heap_ = heap_store_ + (skip <= 3u ? skip : 0u);
-    if (wake_fd_ >= 0) {
-        FD_SET(wake_fd_, &master_[rd]);
-        maxfd_ = wake_fd_;
-    }
-}
-
-template <class Cap, class Clock> const typename basic_loop<Cap, Clock>::fd_slot_t basic_loop<Cap, Clock>::no_slot;
-template <class Cap, class Clock> const uint16_t basic_loop<Cap, Clock>::no_pos;
-template <class Cap, class Clock> const size_t basic_loop<Cap, Clock>::heap_cap;
+    : backend_(wake_fd_), active_io_(0), iteration_(0), now_(0), now_valid_(false), dispatching_(false),
+      io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
 template <class Cap, class Clock>
@@ -459,26 +353,22 @@ basic_loop<Cap, Clock>::~basic_loop() {}
 template <class Cap, class Clock>
 template <class F>
 io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
-    // Checked before anything touches an fd_set: FD_SET beyond FD_SETSIZE
-    // writes past the end of the set.
     if (fd < 0) return io_handle(errc::bad_fd);
-    if (fd >= FD_SETSIZE) return io_handle(errc::fd_out_of_range);
+    if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range); // before anything touches the backend
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
     if (detail::is_null_callable(cb)) return io_handle(errc::bad_argument);
-    if (fd_slot_[fd] != no_slot || fd == wake_fd_) return io_handle(errc::already_watched);
+    if (backend_.watched(fd)) return io_handle(errc::already_watched);
     uint64_t id = io_pool_.acquire();
     if (id == 0) return io_handle(errc::table_full);
 
-    uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
+    uint16_t slot = detail::slot_of(id);
     io_slot& io = io_[slot];
     io.cb.emplace(std::forward<F>(cb));
     io.fd = fd;
     io.interest = 0;
     io.added_iter = iteration_;
     io.id = id;
-    fd_slot_[fd] = static_cast<fd_slot_t>(slot);
-    detail::set_bit(watched_, fd);
-    if (fd > maxfd_) maxfd_ = fd;
+    backend_.add(fd, slot);
     set_interest(io, events);
     return io_handle::from_id(id);
 }
@@ -498,42 +388,17 @@ error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
     if (slot == io_pool_.none) return errc::stale_handle;
     io_slot& io = io_[slot];
     set_interest(io, 0);
-    fd_slot_[io.fd] = no_slot;
-    detail::clear_bit(watched_, io.fd);
-    if (io.fd == maxfd_) recompute_maxfd();
+    backend_.remove(io.fd);
     release_io(slot);
     return error_code();
 }
 
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
-    static const unsigned bit[3] = {readable, writable, priority};
     io_changed_ = true; // every watch(), modify() and unwatch() passes here
     if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
-    for (int s = 0; s < 3; ++s) {
-        bool was = (io.interest & bit[s]) != 0, is = (events & bit[s]) != 0;
-        if (was == is) continue;
-        if (is) {
-            FD_SET(io.fd, &master_[s]);
-            ++nwatch_[s];
-        } else {
-            FD_CLR(io.fd, &master_[s]);
-            --nwatch_[s];
-        }
-    }
+    backend_.set(io.fd, io.interest, events);
     io.interest = events;
-}
-
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::recompute_maxfd() {
-    maxfd_ = wake_fd_;
-    for (int w = detail::fd_words - 1; w >= 0; --w) {
-        if (watched_[w]) {
-            int fd = w * detail::word_bits + (detail::word_bits - 1 - __builtin_clzl(watched_[w]));
-            if (fd > maxfd_) maxfd_ = fd;
-            return;
-        }
-    }
 }
 
 // Runs watcher s's callback, which may remove the watcher or anything else,
@@ -547,22 +412,17 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, 
     invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
 
-// select() failed with EBADF: some watched fd was closed behind our back.
-// Find each one, report it to its watcher once, and disable the watcher.
-// False if no watcher owns a bad fd (the wake-up fd itself was closed).
+// The backend found some watched fd closed behind our back (select()'s
+// EBADF): if `fd` is one, report it to its watcher once and disable the
+// watcher. True if it was.
 template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::disable_bad_fds() {
-    bool found = false;
-    for (int fd = 0; fd <= maxfd_; ++fd) {
-        fd_slot_t s = fd_slot_[fd];
-        if (s == no_slot || io_[s].interest == 0) continue;
-        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
-        io_slot& io = io_[s];
-        found = true;
-        set_interest(io, 0);
-        call_io(s, fd, io_error);
-    }
-    return found;
+bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
+    io_slot& io = io_[s];
+    if (io.interest == 0) return false;
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) return false;
+    set_interest(io, 0);
+    call_io(s, fd, io_error);
+    return true;
 }
 
 // ---- timers -----------------------------------------------------------------
@@ -579,11 +439,11 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
     uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
-    uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
+    uint16_t slot = detail::slot_of(id);
     timer_slot& t = timers_[slot];
     t.cb.emplace(std::forward<F>(cb));
     t.period = period_ns;
-    heap_arm(slot, arm_time() + after_ns);
+    heap_.arm(slot, arm_time() + after_ns);
     return timer_handle::from_id(id);
 }
 
@@ -595,7 +455,7 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
     const uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return rearm_running(h.id(), valid, ns);
     if (!valid) return errc::bad_timeout;
-    heap_arm(slot, arm_time() + ns);
+    heap_.arm(slot, arm_time() + ns);
     return error_code();
 }
 
@@ -609,7 +469,7 @@ error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_
     if (!valid) return errc::bad_timeout;
     if (!timer_pool_.revive(slot)) return errc::table_full;
     running_timer_.keep();
-    heap_arm(slot, arm_time() + ns);
+    heap_.arm(slot, arm_time() + ns);
     return error_code();
 }
 
@@ -626,136 +486,8 @@ template <class Cap, class Clock>
 std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
-    int64_t left = keys_[slot].deadline - clock_.now_ns();
+    int64_t left = heap_.deadline(slot) - clock_.now_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
-}
-
-// Arms `slot`'s timer at `deadline` with a fresh seq, as a new arming. An
-// entry already in the heap (the timer's own, or the tombstone of the slot's
-// last timer) is kept: moved up if the new key is earlier, else left as it
-// is, stale, for heap_settle(). O(1) for a re-arm to a later deadline.
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_arm(uint16_t slot, int64_t deadline) {
-    const uint32_t seq = next_seq(); // first: renumbering moves entries
-    timer_key& k = keys_[slot];
-    k.deadline = deadline;
-    k.seq = seq;
-    uint32_t at = k.pos;
-    if (at == no_pos) {
-        if (heap_size_ >= heap_cap) return; // never true: one entry per slot
-        at = heap_size_++;
-    } else if (deadline >= heap_[at].deadline) {
-        return; // its key is earlier than the new one: the heap stays ordered
-    }
-    heap_entry e = {deadline, seq, slot};
-    heap_sift(at, e);
-}
-
-// Moves `e` from `at` up or down to where it belongs and stores it:
-// O(log n). The heap is 4-ary (as libev's): half the depth of a binary heap,
-// so an entry moves through half as many levels, and siblings sit next to
-// each other in memory.
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_sift(uint32_t at, heap_entry e) {
-    const uint32_t pos = at;
-    while (at > 0) {
-        uint32_t parent = (at - 1u) / 4u;
-        if (!heap_less(e, heap_[parent])) break;
-        heap_place(at, heap_[parent]);
-        at = parent;
-    }
-    // Moved up: smaller than what it passed, so than their children.
-    // heap_size_ never exceeds the capacity; the clamp tells the optimiser so
-    // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
-    const uint32_t size = at != pos ? 0u : heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
-    for (;;) {
-        uint32_t first = 4u * at + 1u;
-        if (first >= size) break;
-        uint32_t best = first;
-        if (size - first >= 4u) { // all four siblings: two pairs, then their winners
-            const uint32_t a = heap_less(heap_[first + 1u], heap_[first]) ? first + 1u : first;
-            const uint32_t b = heap_less(heap_[first + 3u], heap_[first + 2u]) ? first + 3u : first + 2u;
-            best = heap_less(heap_[b], heap_[a]) ? b : a;
-        } else {
-            for (uint32_t c = first + 1u; c < size; ++c)
-                if (heap_less(heap_[c], heap_[best])) best = c;
-        }
-        if (!heap_less(heap_[best], e)) break;
-        heap_place(at, heap_[best]);
-        at = best;
-    }
-    heap_place(at, e);
-}
-
-// Brings the top up to date: while its key is behind its timer's, it is
-// re-keyed and sifted down, or dropped if its slot holds no live timer (a
-// tombstone, or a one-shot that fired).
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_settle() {
-    while (heap_size_ > 0) {
-        const uint16_t slot = heap_[0].slot;
-        timer_key& k = keys_[slot];
-        const bool live = timer_pool_.live(slot);
-        if (live && heap_[0].seq == k.seq) return;
-        heap_entry e = {k.deadline, k.seq, slot};
-        if (!live) { // the last entry takes its place
-            k.pos = no_pos;
-            if (--heap_size_ == 0) return;
-            e = heap_[heap_size_];
-        }
-        heap_sift(0, e);
-    }
-}
-
-// seq_ is about to wrap (after 2^32 armings): give the armed timers the
-// numbers 0..n-1 in their arming order, move the mark with them, and rebuild
-// the heap. O(n log n), once per 4 billion armings. Deadlines and the order
-// of equal deadlines are unchanged; no comparison ever sees a wrapped value.
-// Every entry gets its slot's key first (a tombstone's, later or not, is as
-// good as its own: the heap is rebuilt).
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::renumber_seqs() {
-    const uint32_t n = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
-    for (uint32_t i = 0; i < n; ++i) {
-        const timer_key& k = keys_[heap_[i].slot];
-        heap_[i].deadline = k.deadline;
-        heap_[i].seq = k.seq;
-    }
-    // Heapsort on seq alone, in place (no allocation): a max-heap, then
-    // repeatedly the largest to the end.
-    struct by_seq {
-        static void sift_down(heap_entry* a, uint32_t at, uint32_t size) {
-            heap_entry e = a[at];
-            for (;;) {
-                uint32_t c = 2u * at + 1u;
-                if (c >= size) break;
-                if (c + 1u < size && a[c + 1u].seq > a[c].seq) ++c;
-                if (a[c].seq <= e.seq) break;
-                a[at] = a[c];
-                at = c;
-            }
-            a[at] = e;
-        }
-    };
-    for (uint32_t i = n / 2u; i-- > 0;) by_seq::sift_down(heap_, i, n);
-    for (uint32_t end = n; end > 1u; --end) {
-        heap_entry top = heap_[0];
-        heap_[0] = heap_[end - 1u];
-        heap_[end - 1u] = top;
-        by_seq::sift_down(heap_, 0, end - 1u);
-    }
-    // Sorted by seq is not yet a heap by deadline: renumber and insert the
-    // entries again, one by one (heap_sift also records every position).
-    uint32_t mark = 0;
-    for (uint32_t i = 0; i < n; ++i) {
-        heap_entry e = heap_[i];
-        if (e.seq < seq_mark_) mark = i + 1u;
-        e.seq = keys_[e.slot].seq = i;
-        heap_size_ = static_cast<uint16_t>(i + 1u);
-        heap_sift(i, e);
-    }
-    seq_mark_ = mark;
-    seq_ = n;
 }
 
 // ---- the iteration ----------------------------------------------------------
@@ -784,9 +516,9 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
-    heap_settle(); // the top's key is its timer's: never wake early
-    if (heap_size_ > 0) {
-        int64_t t = heap_[0].deadline > now_ ? heap_[0].deadline - now_ : 0;
+    heap_.settle(timer_pool_); // the top's key is its timer's: never wake early
+    if (!heap_.empty()) {
+        int64_t t = heap_.top().deadline > now_ ? heap_.top().deadline - now_ : 0;
         if (wait < 0 || t < wait) wait = t;
     }
     return wait;
@@ -796,7 +528,7 @@ template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
     if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
     ++iteration_;
-    seq_mark_ = seq_;
+    heap_.begin_pass();
     // The clock is read only when something depends on it: with no timer and
     // no time limit (run() with fds only, or poll()'s zero wait) the loop pays
     // nothing for time, and timers armed in callbacks read it themselves.
@@ -809,49 +541,21 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
         now_valid_ = false;
     }
 
-    fd_set set[3];
-    fd_set* ptr[3];
-    int n, nfds;
+    typename backend::fd_sets sets;
+    typename backend::ready_sets ready;
+    int n;
     for (;;) {
-        nfds = maxfd_ + 1;
-        // Only the words select() will look at are copied. The read set always
-        // holds the wake-up fd; the others are usually empty and passed as NULL.
-        const size_t bytes = (static_cast<size_t>(nfds) + detail::word_bits - 1) / detail::word_bits *
-                             sizeof(unsigned long);
-        ptr[rd] = &set[rd];
-        ptr[wr] = nwatch_[wr] ? &set[wr] : nullptr;
-        ptr[ex] = nwatch_[ex] ? &set[ex] : nullptr;
-        if (fdset_words_) {
-            memcpy(ptr[rd], &master_[rd], bytes);
-            if (ptr[wr]) memcpy(ptr[wr], &master_[wr], bytes);
-            if (ptr[ex]) memcpy(ptr[ex], &master_[ex], bytes);
-        } else {
-            for (int s = 0; s < 3; ++s)
-                if (ptr[s]) *ptr[s] = master_[s];
-        }
-        int64_t wait = timed ? select_timeout(until) : max_wait_ns; // untimed: -1 (forever) or 0
-        if (stop_.load(std::memory_order_relaxed)) wait = 0;
-        struct timeval tv, *tvp = nullptr;
-        if (wait == 0) { // poll(), or a timer already due: no divisions
-            tv.tv_sec = 0;
-            tv.tv_usec = 0;
-            tvp = &tv;
-        } else if (wait > 0) {
-            // Rounded up: waking before the deadline would only spin.
-            int64_t us = (wait + 999) / 1000;
-            const int64_t max_s = 0x7fffffff; // fits a 32-bit time_t
-            tv.tv_sec = detail::narrow<time_t>(us / 1000000 > max_s ? max_s : us / 1000000);
-            tv.tv_usec = detail::narrow<suseconds_t>(us % 1000000);
-            tvp = &tv;
-        }
-        n = select(nfds, ptr[rd], ptr[wr], ptr[ex], tvp);
+        n = backend_.wait(sets, ready, [&]() -> int64_t {
+            const int64_t wait = timed ? select_timeout(until) : max_wait_ns; // untimed: -1 (forever) or 0
+            return stop_.load(std::memory_order_relaxed) ? 0 : wait;
+        });
         if (timed) refresh_now();
         if (n >= 0) break;
         if (errno == EINTR) continue; // retried with what is left of the timeout
         if (errno == EBADF) {
             // Retrying would fail the same way: with nothing to disable,
             // report it instead of spinning.
-            if (!disable_bad_fds()) return error_code(errc::system, EBADF);
+            if (!backend_.report_closed(*this)) return error_code(errc::system, EBADF);
             n = 0;
             break;
         }
@@ -866,126 +570,38 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
         if (outer) io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
     });
     if (n > 0) {
-        const int nwords = static_cast<int>((static_cast<unsigned>(nfds) + detail::word_bits - 1) / detail::word_bits);
-        const unsigned long* sets[3];
-        unsigned long words[3][detail::fd_words];
-        if (fdset_words_) {
-            for (int s = 0; s < 3; ++s) sets[s] = reinterpret_cast<const unsigned long*>(ptr[s]); // NULL stays NULL
-        } else {
-            // Portable path: translate the result sets into words through
-            // FD_ISSET, for the fds we watch only.
-            memset(words, 0, sizeof words);
-            for (int fd = 0; fd < nfds; ++fd) {
-                if (!detail::test_bit(watched_, fd) && fd != wake_fd_) continue;
-                for (int s = 0; s < 3; ++s)
-                    if (ptr[s] && FD_ISSET(fd, ptr[s])) detail::set_bit(words[s], fd);
-            }
-            for (int s = 0; s < 3; ++s) sets[s] = ptr[s] ? words[s] : nullptr;
-        }
-        dispatch_io(sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
+        // The wake-up fd is drained after the watchers ran.
+        if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
         if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
     }
-    if (heap_size_ > 0) dispatch_timers();
+    if (!heap_.empty()) dispatch_timers();
     return error_code();
 }
 
-// Ready fds are found a word at a time. nready is select()'s count of set
-// bits: the scan stops when it is used up. The wake-up fd is drained after the
-// watchers ran, as before. Inlined into its one caller, iterate(): with one
-// ready fd per iteration, the call would cost more than the scan.
-//
-// Two paths, chosen once per iteration. The lean one serves the common case,
-// only readers and no stall detection: until a callback changes the fd
-// watchers, every ready bit is a watcher that existed at select() time with
-// its read interest (the masters held exactly those), so it is called without
-// looking anything else up. The first watch(), modify() or unwatch() (or a
-// nested iteration) sets io_changed_, and the rest of the scan continues on
-// the careful path, which looks every fd up again (dispatch_fd).
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const unsigned long* r, const unsigned long* w,
-                                                                         const unsigned long* e, int nwords,
-                                                                         int nready) {
-    int i = 0;
-    unsigned long bits = 0; // the careful path resumes with what is left of word i
-    bool resume = false;
-    if (!w && !e) {
-        if (stall_ns_ == 0 ? dispatch_readers<false>(r, nwords, i, bits, nready)
-                           : dispatch_readers<true>(r, nwords, i, bits, nready))
-            i = nwords; // done
-        else
-            resume = true;
-    }
-    // An unused set reads as empty. Not const: zeros in .bss cost no text,
-    // in .rodata they would.
-    static unsigned long none[detail::fd_words] = {};
-    if (!w) w = none;
-    if (!e) e = none;
-    for (; i < nwords && nready > 0; ++i) {
-        for (bits = resume ? bits : (r[i] | w[i] | e[i]), resume = false; bits; bits &= bits - 1) {
-            int bit = __builtin_ctzl(bits);
-            unsigned long rb = (r[i] >> bit) & 1ul, wb = (w[i] >> bit) & 1ul, eb = (e[i] >> bit) & 1ul;
-            nready -= static_cast<int>(rb + wb + eb);
-            dispatch_fd(i * detail::word_bits + bit,
-                        (rb ? readable : 0u) | (wb ? writable : 0u) | (eb ? priority : 0u));
-        }
-    }
-    if (wake_seen_) {
-        wake_seen_ = false;
-        drain_wake();
-    }
-}
-
-// The lean path: true when the scan is complete; false when a callback
-// changed the fd watchers, with i, bits and nready where the careful path
-// takes over (the fd that was running is done). With stall detection on
-// (Stall), the clock is read once per callback, after it: a callback's time
-// runs from the previous reading (the end of the previous callback, or the
-// start of the scan), which adds only the loop's own few instructions
-// between two callbacks to it.
+// A ready reader on the backend's lean scan (only readers, nothing changed
+// since the wait: see backend/select.hpp): called without looking anything
+// else up. With stall detection on (Stall), the clock is read once per
+// callback, after it: a callback's time runs from the previous reading (the
+// end of the previous callback, or the start of the scan), which adds only
+// the loop's own few instructions between two callbacks to it.
 template <class Cap, class Clock>
 template <bool Stall>
-MICROLOOP_DETAIL_ALWAYS_INLINE bool basic_loop<Cap, Clock>::dispatch_readers(const unsigned long* r, int nwords,
-                                                                              int& i, unsigned long& bits,
-                                                                              int& nready) {
-    io_changed_ = false;
-    int64_t t0 = Stall ? detail::monotonic_ns() : 0;
-    // Ends the running callback's bookkeeping once, when the scan ends or a
-    // callback throws: while nothing changes, no callback has removed its
-    // own watcher and there is nothing to free.
-    auto done = detail::on_scope_exit([this] { end_io(); });
-    for (; i < nwords && nready > 0; ++i) {
-        for (bits = r[i]; bits;) {
-            const int fd = i * detail::word_bits + __builtin_ctzl(bits);
-            bits &= bits - 1;
-            --nready;
-            const fd_slot_t s = fd_slot_[fd];
-            if (s == no_slot) { // the wake-up fd: drained after the watchers
-                if (fd == wake_fd_) wake_seen_ = true;
-                continue;
-            }
-            io_slot& io = io_[s];
-            running_io_.begin(s);
-            io_event ev = {io_handle::from_id(io.id), fd, readable};
-            io.cb(ev);
-            if (Stall) {
-                const int64_t t1 = detail::monotonic_ns();
-                t0 = t1 - t0 >= stall_ns_ ? report_stall(source_kind::io, io.id, fd, t1 - t0) : t1;
-            }
-            if (io_changed_) return false;
-        }
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(uint16_t s, int fd, int64_t& t0) {
+    io_slot& io = io_[s];
+    running_io_.begin(s);
+    io_event ev = {io_handle::from_id(io.id), fd, readable};
+    io.cb(ev);
+    if (Stall) {
+        const int64_t t1 = detail::monotonic_ns();
+        t0 = t1 - t0 >= stall_ns_ ? report_stall(source_kind::io, io.id, fd, t1 - t0) : t1;
     }
-    return true;
 }
 
-// One ready fd, looked up in fd_slot_ at the moment it is dispatched, so a
-// watcher removed by an earlier callback of this iteration is never called.
+// A ready fd and its watcher, slot s, as the backend looked it up at the
+// moment it is dispatched, so a watcher removed by an earlier callback of
+// this iteration is never called.
 template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, unsigned ready) {
-    fd_slot_t s = fd_slot_[fd];
-    if (s == no_slot) { // the wake-up fd (drained after the watchers), or unwatched meanwhile
-        if (fd == wake_fd_) wake_seen_ = true;
-        return;
-    }
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::io_ready(uint16_t s, int fd, unsigned ready) {
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
     if (events == 0 || io.added_iter == iteration_) return;
@@ -995,10 +611,10 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, 
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::dispatch_timers() {
     for (;;) {
-        heap_settle();
-        // Timers armed during this pass (seq_mark_ on) wait for the next.
-        if (heap_size_ == 0 || heap_[0].deadline > now_ || heap_[0].seq >= seq_mark_) break;
-        const heap_entry top = heap_[0];
+        heap_.settle(timer_pool_);
+        // Timers armed during this pass wait for the next.
+        if (!heap_.top_due(now_)) break;
+        const typename detail::timer_heap<timer_pool::slots>::entry top = heap_.top();
         timer_slot& t = timers_[top.slot];
         uint32_t overruns = 0;
         if (t.period > 0) {
@@ -1006,12 +622,10 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
             // during a stall are skipped and counted, not fired in a burst.
             int64_t missed = (now_ - top.deadline) / t.period;
             overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
-            const uint32_t seq = next_seq();
-            keys_[top.slot].deadline = top.deadline + (missed + 1) * t.period;
-            keys_[top.slot].seq = seq;
+            heap_.advance(top.slot, top.deadline + (missed + 1) * t.period);
         }
         // Its entry, stale now (a one-shot's: dropped, its slot freed below),
-        // stays at the top until the next heap_settle(): a callback that
+        // stays at the top until the next settle(): a callback that
         // re-arms the timer reuses it.
         running_timer_.begin(top.slot);
         // A one-shot is gone as it fires: its place is free for a timer its
@@ -1029,10 +643,9 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::after_fork() {
     if (getpid() == owner_pid_) return errc::bad_argument;
-    if (wake_fd_ >= 0) FD_CLR(wake_fd_, &master_[rd]);
+    const int old = wake_fd_;
     error_code e = renew_wake_fd();
-    if (wake_fd_ >= 0) FD_SET(wake_fd_, &master_[rd]);
-    recompute_maxfd();
+    backend_.replace_wake_fd(old, wake_fd_);
     if (e) return e;
     for (loop_hook* h = hooks_; h;) {
         loop_hook* next = h->next; // a hook may detach itself
