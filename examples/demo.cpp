@@ -280,7 +280,7 @@ int main() {
     t.loop.on_stall(milliseconds(200), [](const microloop::stall_report& r) {
         ++t.stalls;
         printf("[%.3f s] on_stall: a %s callback blocked the loop for %lld ms\n", t.elapsed(),
-               microloop::name(r.kind), static_cast<long long>(r.duration_ns / 1000000));
+               microloop::source_kind_name(r.kind), static_cast<long long>(r.duration_ns / 1000000));
     });
     t.loop.after(milliseconds(1000), [](microloop::timer_event) {
         printf("[%.3f s] slow timer callback: sleeping 350 ms (never do this)\n", t.elapsed());

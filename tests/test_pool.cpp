@@ -399,7 +399,7 @@ TEST_CASE("worker_pool: null callables are refused; stall reports name the done"
     REQUIRE_FALSE(pool.submit([] {}, [](microloop::work_event) { test::sleep_ms(10); }));
     REQUIRE_FALSE(loop.run());
     CHECK(kind == microloop::source_kind::work);
-    CHECK(std::string(microloop::name(kind)) == "work");
+    CHECK(std::string(microloop::source_kind_name(kind)) == "work");
 }
 
 namespace {

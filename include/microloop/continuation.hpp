@@ -167,7 +167,7 @@ public:
         static_assert(!std::is_reference<T>::value && !std::is_array<T>::value, "microloop: store an object type");
         uint64_t id = pool_.acquire();
         if (id == 0) return made<T>(errc::table_full);
-        uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
+        uint16_t slot = detail::slot_of(id);
         // Gives the slot back if T's constructor throws (where exceptions exist).
         struct guard {
             detail::slot_pool<N>* pool;

@@ -12,6 +12,11 @@
 #include "error.hpp"
 
 namespace microloop {
+namespace detail {
+// The slot a handle id names: its low 16 bits (0xffff in a failed
+// creation's handle, which names no slot).
+inline uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
+} // namespace detail
 
 // A handle is 64 bits: a 48-bit generation above a 16-bit slot. A handle
 // kept after its source is gone no longer matches its slot's generation and
@@ -33,13 +38,13 @@ public:
     explicit basic_handle(errc failure) : bits_(failure_bits(error_code(failure))) {}
 
     // Generation 0 never names a live source, and slot 0xffff never exists.
-    bool valid() const { return (bits_ & 0xffffu) != 0xffffu && (bits_ >> 16) != 0; }
+    bool valid() const { return detail::slot_of(bits_) != 0xffffu && (bits_ >> 16) != 0; }
     explicit operator bool() const { return valid(); }
     // Why creation failed (with errno for errc::system); errc::ok for a
     // valid handle.
     error_code error() const {
         if (valid()) return error_code();
-        if ((bits_ & 0xffffu) != 0xffffu) return error_code(errc::stale_handle);
+        if (detail::slot_of(bits_) != 0xffffu) return error_code(errc::stale_handle);
         return error_code(static_cast<errc>((bits_ >> 16) & 0xffu), static_cast<int>(bits_ >> 32));
     }
     uint64_t id() const { return bits_; }
@@ -142,15 +147,15 @@ public:
     }
     // The slot a retired (not live) handle names, or `none`: for revive().
     uint16_t lookup_retired(uint64_t id) const {
-        uint64_t slot = id & 0xffffu;
+        const uint16_t slot = slot_of(id);
         if (slot >= slots || (id >> 16) == 0 || gen_[slot] != (id >> 16) << 1) return none;
-        return static_cast<uint16_t>(slot);
+        return slot;
     }
     // The slot a live handle names, or `none`.
     uint16_t lookup(uint64_t id) const {
-        uint64_t slot = id & 0xffffu;
+        const uint16_t slot = slot_of(id);
         if (slot >= slots || gen_[slot] != ((id >> 16) << 1 | 1u)) return none;
-        return static_cast<uint16_t>(slot);
+        return slot;
     }
     uint64_t id_of(uint16_t slot) const { return (gen_[slot] >> 1) << 16 | slot; }
     bool live(uint16_t slot) const { return (gen_[slot] & 1u) != 0; }

@@ -28,7 +28,7 @@ enum class source_kind : unsigned char { io, timer, signal, aio, child, post, wo
 
 // "io", "timer", "signal", "aio", "child", "post" (a mailbox callback) or
 // "work" (a worker_pool's done callback).
-inline const char* name(source_kind k) {
+inline const char* source_kind_name(source_kind k) {
     switch (k) {
     case source_kind::io: return "io";
     case source_kind::timer: return "timer";

@@ -30,7 +30,7 @@
 //   ignore_sigpipe() once at start-up so such writes fail with EPIPE.
 // - fork(): a child inherits the handler and the loop's wake-up fd, but
 //   never disturbs the parent through them: the handler writes to a loop's
-//   pipe only in the process that owns the loop, so a signal the child
+//   wake-up fd only in the process that owns the loop, so a signal the child
 //   receives before exec (or before after_fork()) wakes nobody. A child that
 //   keeps the loop calls loop.after_fork(): from then on its signals reach
 //   its own loop; signal counts inherited from the parent are dropped, and so
@@ -298,7 +298,7 @@ inline void release_signal(int signo, const claimed_signal& saved) {
     s.owner.store(nullptr);
 }
 
-// After fork(), in the child: route the signal to the child's new pipe and
+// After fork(), in the child: route the signal to the child's new wake-up fd and
 // drop the count inherited from the parent (it is the parent's to deliver).
 inline void retarget_signal(int signo, int wake_fd) {
     signal_state& s = globals::state[signo];
@@ -349,7 +349,7 @@ public:
         if (signo == SIGCHLD ? chld_watched_ : globals::state[signo].owner.load() != nullptr)
             return signal_handle(errc::already_watched);
         if (sig_pool_.full()) return signal_handle(errc::table_full);
-        if (loop_->wake_fd() < 0) return signal_handle(no_pipe());
+        if (loop_->wake_fd() < 0) return signal_handle(no_wake_fd());
         // Claimed before a slot is taken: a refusal leaves no trace (not even
         // in the high-water mark).
         claimed_signal saved;
@@ -380,7 +380,7 @@ public:
         if (kid_pool_.full()) return child_handle(errc::table_full);
         for (size_t i = 0; i < kid_pool::slots; ++i)
             if (kids_[i].pid == pid) return child_handle(errc::already_watched);
-        if (loop_->wake_fd() < 0) return child_handle(no_pipe());
+        if (loop_->wake_fd() < 0) return child_handle(no_wake_fd());
         if (error_code e = take_sigchld()) return child_handle(e);
         // SIGCHLD is caught from here on; a child that ended earlier is
         // already a zombie and sends nothing more: look once now. WNOWAIT
@@ -425,7 +425,7 @@ public:
     table_stats child_stats() const { return kid_pool_.stats(); }
 
     // The loop's after_fork(), in the child: signals now wake the child's own
-    // pipe, with the parent's pending counts dropped. The child watchers name
+    // wake-up fd, with the parent's pending counts dropped. The child watchers name
     // the parent's children, which this process can neither wait for nor
     // reap: they are dropped, without a call. (Called directly rather than as
     // the hook's on_fork, so that only programs calling after_fork() link it.)
@@ -459,10 +459,8 @@ private:
         MICROLOOP_DETAIL_NOINLINE void operator()() { (*cb)(*ev); }
     };
 
-    static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
-
     // The loop has no wake-up fd: the error says why it could not be made.
-    error_code no_pipe() { return loop_->wake(); }
+    error_code no_wake_fd() { return loop_->wake(); }
 
     // SIGCHLD serves both a SIGCHLD watcher and every child watcher: it is
     // claimed for the first of them and given back after the last.

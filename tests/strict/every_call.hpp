@@ -148,7 +148,7 @@ void loop_calls(Loop& lp) {
     cb.emplace(&on_io);
     microloop::io_event ev = {io2, 0, microloop::readable};
     lp.invoke(cb, microloop::source_kind::io, ev.handle.id(), ev.fd, ev);
-    local += static_cast<int>(lp.owner_pid() & 1) + static_cast<int>(*microloop::name(microloop::source_kind::post));
+    local += static_cast<int>(lp.owner_pid() & 1) + static_cast<int>(*microloop::source_kind_name(microloop::source_kind::post));
 
     // fork, introspection, the clock
     if (lp.after_fork()) ++local;
