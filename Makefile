@@ -5,7 +5,7 @@
 #   make test-deps test            install Catch2 if missing, run the test suite
 #   make examples                  build every examples/*.cpp into $(BUILD)/examples/
 #   make check                     the suite with -Werror (developer/CI)
-#   make single_include            regenerate single_include/microloop.hpp
+#   make single_include            regenerate single_include/microloop.hpp and microloop_core.hpp
 #   make check-amalgamation        fail if single_include/ is out of date
 #   make install PREFIX=/usr DESTDIR=/tmp/stage
 #   make CROSS_COMPILE=arm-linux-gnueabihf- test     cross-build, run under qemu-user
@@ -66,7 +66,11 @@ RUNNER ?=
 endif
 
 # ---- sources ----------------------------------------------------------------------
-HEADERS := include/microloop.hpp $(sort $(wildcard include/microloop/*.hpp))
+# Every header of the library: the umbrella and include/microloop/ with its
+# subfolders (backend/, detail/, aio/), without the adapters, which each need
+# a library of their own (make integrations).
+HEADERS := include/microloop.hpp $(sort $(wildcard include/microloop/*.hpp include/microloop/*/*.hpp))
+HEADERS := $(filter-out include/microloop/adapters/%,$(HEADERS))
 TEST_SRCS := $(sort $(wildcard tests/*.cpp))
 TEST_OBJS := $(TEST_SRCS:tests/%.cpp=$(BUILD)/tests/%.o)
 TEST_BIN := $(BUILD)/tests/microloop_tests
@@ -167,24 +171,31 @@ $(BUILD)/tests/ $(BUILD)/examples/:
 	mkdir -p $@
 
 # ---- the single header --------------------------------------------------------------
-# include/ is the source of truth; single_include/microloop.hpp is generated
-# from it and checked in, so vendoring is copying one file.
+# include/ is the source of truth; single_include/microloop.hpp (everything)
+# and single_include/microloop_core.hpp (the core alone: fd, timers,
+# signals, continuations; libc only) are generated from it and checked in,
+# so vendoring is copying one file.
+AMALGAMATE = $(PYTHON) single_include/amalgamate.py
 single_include:
-	$(PYTHON) single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp
+	$(AMALGAMATE) include/microloop.hpp single_include/microloop.hpp
+	$(AMALGAMATE) --core include/microloop/core.hpp single_include/microloop_core.hpp
 
 check-amalgamation:
 	@mkdir -p $(BUILD)
-	$(PYTHON) single_include/amalgamate.py include/microloop.hpp $(BUILD)/microloop.amalgamated.hpp
-	@if cmp -s $(BUILD)/microloop.amalgamated.hpp single_include/microloop.hpp; then \
-	    echo "single_include/microloop.hpp is up to date"; \
-	else \
-	    diff -u single_include/microloop.hpp $(BUILD)/microloop.amalgamated.hpp | head -n 40; \
-	    echo "single_include/microloop.hpp is out of date: run 'make single_include'" >&2; exit 1; \
-	fi
+	$(AMALGAMATE) include/microloop.hpp $(BUILD)/microloop.amalgamated.hpp
+	$(AMALGAMATE) --core include/microloop/core.hpp $(BUILD)/microloop_core.amalgamated.hpp
+	@for f in microloop microloop_core; do \
+	    if cmp -s $(BUILD)/$$f.amalgamated.hpp single_include/$$f.hpp; then \
+	        echo "single_include/$$f.hpp is up to date"; \
+	    else \
+	        diff -u single_include/$$f.hpp $(BUILD)/$$f.amalgamated.hpp | head -n 40; \
+	        echo "single_include/$$f.hpp is out of date: run 'make single_include'" >&2; exit 1; \
+	    fi; \
+	done
 
 # Every public header compiles on its own, strictly, without exceptions or RTTI.
 check-headers: | $(BUILD)/tests/
-	@set -e; for h in $(HEADERS:include/%=%) single_include/microloop.hpp; do \
+	@set -e; for h in $(HEADERS:include/%=%) single_include/microloop.hpp single_include/microloop_core.hpp; do \
 	    echo "  header $$h"; \
 	    printf '#include "%s"\nint main() { return 0; }\n' "$$h" | \
 	    $(CXX) -Iinclude -I. $(CPPFLAGS) -std=$(STD) -Wall -Wextra -Wpedantic -Werror -Wshadow \
@@ -213,8 +224,10 @@ PC_DESCRIPTION := Header-only select() event loop for embedded Linux (C++11)
 
 install:
 	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR)/microloop $(DESTDIR)$(PKGCONFIGDIR)
-	$(INSTALL) -m 644 include/microloop.hpp $(DESTDIR)$(INCLUDEDIR)/microloop.hpp
-	$(INSTALL) -m 644 $(filter-out include/microloop.hpp,$(HEADERS)) $(DESTDIR)$(INCLUDEDIR)/microloop/
+	@set -e; for h in $(HEADERS:include/%=%); do \
+	    echo "$(INSTALL) -D -m 644 include/$$h $(DESTDIR)$(INCLUDEDIR)/$$h"; \
+	    $(INSTALL) -D -m 644 include/$$h $(DESTDIR)$(INCLUDEDIR)/$$h; \
+	done
 	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))' '' \
 	    'Name: microloop' 'Description: $(PC_DESCRIPTION)' 'Version: $(VERSION)' \
 	    'Cflags: -I$${includedir} -pthread' 'Libs: -pthread -lrt' > $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
@@ -222,7 +235,8 @@ install:
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/microloop.hpp $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
-	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/microloop/,$(notdir $(filter-out include/microloop.hpp,$(HEADERS))))
+	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/,$(HEADERS:include/%=%))
+	-rmdir $(sort $(dir $(addprefix $(DESTDIR)$(INCLUDEDIR)/,$(filter microloop/%/%,$(HEADERS:include/%=%))))) 2>/dev/null
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/microloop
 
 include tests/fuzz/fuzz.mk

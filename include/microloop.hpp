@@ -1,68 +1,17 @@
 // SPDX-License-Identifier: MIT
 // microloop - a header-only select() event loop for embedded Linux.
-// Version 1.0.0. MIT licence (see the end of this guide).
+// Version 2.0.0. MIT licence (see the end of the core's guide).
 //
 // One loop, every kind of event a small Linux device meets: readable and
 // writable fds (sockets, pipes, ttys), monotonic timers, signals (run in the
 // loop, not in signal context), child processes, and POSIX AIO completions.
 // C++11, no exceptions, no RTTI, no heap after construction.
 //
-// ---- Usage -------------------------------------------------------------------
-//
-//     #include <microloop.hpp>
-//     using namespace std::chrono;
-//
-//     microloop::loop<> loop;   // 64 fds, 64 timers (see capacity<>); at namespace
-//                               // scope: a static inside main() costs a guard
-//     int main() {
-//         auto in = loop.watch(0, microloop::readable, [](microloop::io_event ev) {
-//             char buf[256];
-//             ssize_t n = read(ev.fd, buf, sizeof buf);
-//             if (n <= 0) loop.unwatch(ev.handle);    // EOF: the loop ends when nothing is left
-//         });
-//         if (!in) fprintf(stderr, "watch: %s\n", in.error().message());
-//         auto tick = loop.every(milliseconds(500), [](microloop::timer_event ev) {
-//             printf("tick (%u missed)\n", ev.overruns);
-//         });
-//         return loop.run() ? 1 : 0;                  // until stop() or nothing is left
-//     }
-//
-// ---- Sources -------------------------------------------------------------------
-//
-//   watch(fd, events, cb) / modify(h, events) / unwatch(h)
-//       events: readable | writable | priority (select's except set). cb gets
-//       io_event{handle, fd, events}; events == io_error if the fd was closed
-//       while watched (the watcher is then disabled: unwatch it).
-//   after(timeout, cb) / every(period, cb) / add_timer(timeout, repeat, cb)
-//   rearm(h, timeout) / cancel(h) / remaining(h)
-//       Monotonic clock; repeating timers do not drift and, after a stall,
-//       skip the missed periods and report them in timer_event::overruns.
-//       Equal deadlines fire in arming order. Armed inside a callback, a
-//       timer counts from the iteration's time; outside, from the clock's now.
-//       A one-shot is gone when its callback runs, unless it re-arms itself.
-//   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
-//   on_stall(threshold, cb): names any callback that blocked the loop.
-//   set_timer_slack(d): how late Linux may wake the loop for a timer (the
-//       thread's timer slack, 50 us by default; left alone unless called).
-//       nanoseconds(1): as punctual as the kernel allows; 0: the default.
-//   stats() / for_each_io(f) / for_each_timer(f): what the loop holds, and
-//       the high-water mark of every table, to size capacities from a run.
-//   after_fork(): a forked child that keeps the loop calls it first; until
-//       then the child cannot disturb the parent (run() says errc::forked).
-//   basic_loop<capacity<...>, manual_clock>: timers in virtual time, for
-//       tests: loop.clock().advance(d); loop.poll();
-//   on_signal(signo, cb) / unwatch(h)
-//       cb(signal_event{handle, signo, count, pid, uid, value}) runs in the
-//       loop, never in signal context; count = arrivals since the last call,
-//       value = the latest sigqueue() value. One watcher per signal per
-//       process (else errc::already_watched); unwatching or destroying the
-//       loop restores the old disposition and the thread's mask bit.
-//       Block signals in other threads: microloop::block_signals(); clear
-//       the mask in a child before exec: microloop::unblock_signals().
-//   on_child(pid, cb) / unwatch(h)
-//       cb(child_event{handle, pid, status}) once, after reaping that pid
-//       (exited()/exit_code()/signaled()/term_signal()). Unwatched children
-//       are never reaped. SIGPIPE is left alone: see ignore_sigpipe().
+// This header is the whole library: the core (microloop/core.hpp, the libc
+// alone), whose guide follows this one (a minimal program, the sources,
+// errors, configuration, licence), and the modules below, which use threads.
+// A program that needs only the core includes <microloop/core.hpp>, or
+// vendors single_include/microloop_core.hpp instead of microloop.hpp.
 //
 // ---- Beyond one loop -----------------------------------------------------------
 //
@@ -71,10 +20,6 @@
 //       errc::table_full when N are queued). One loop per thread + a mailbox
 //       each is how microloop uses several cores. box.close() drops what was
 //       not run and returns how many.
-//   continuation_table<N, Size> t; id = t.emplace<T>(...); t.get<T>(id);
-//   t.take<T>(id); t.release(id)
-//       The state an async operation needs when it completes, saved when it
-//       starts; stale ids and wrong types are refused, never misread.
 //   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
 //   aio<N, posix_aio_engine> disk(loop);   the same on POSIX AIO instead of threads
 //       Disk I/O that never blocks the loop, its completion an ordinary
@@ -91,34 +36,9 @@
 //       stop() stops and joins them all.
 //       Both cost nothing unless used (templates only: no thread library
 //       referenced, no fd, no static constructor); using them needs -pthread.
-//   lock_memory(): mlockall, so page faults cannot stall the loop.
 //
-// Callbacks are function pointers or lambdas whose captures fit in
-// MICROLOOP_CALLBACK_SIZE bytes (16: a pointer and a handle); a larger
-// capture is a compile-time error. Any callback may add, change or remove any
-// source, itself included; a table of N holds N sources even when a callback
-// replaces its own. A source removed during an iteration is not called again;
-// a source added during an iteration is first considered in the next one.
+// ---- Configuration of the modules (define before including) -------------------
 //
-// ---- Errors --------------------------------------------------------------------
-//
-// Nothing throws. Actions return microloop::error_code, true on failure:
-//     if (microloop::error_code e = loop.unwatch(h)) puts(e.message());
-// Creating a source returns a handle; a failed one is false and carries why
-// (and the errno, for errc::system):
-//     h.error() == microloop::errc::fd_out_of_range
-// Handles are 64 bits with a 48-bit generation: a handle kept after its source
-// is gone is refused with errc::stale_handle and never acts on a newer source
-// (unless its slot is reused 2^48 times meanwhile). A user callback that
-// throws leaves every table consistent; the exception leaves run().
-//
-// ---- Configuration (define before including) ----------------------------------
-//
-//   MICROLOOP_CALLBACK_SIZE  inline capture bytes per callback (16)
-//   MICROLOOP_ASSERT(c)      internal invariant checks (assert)
-//   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
-//                            the libc's fd_set layout allows (checked at run
-//                            time); 0: FD_ISSET only
 //   MICROLOOP_WITH_AIO       define to get the AIO module (microloop::aio<N, Engine>)
 //                            from this header; or include <microloop/aio.hpp>.
 //                            Off by default: it needs -pthread (and -lrt
@@ -129,45 +49,11 @@
 //                            loop's thread (preadv2 RWF_NOWAIT, never waits
 //                            for the disk), without a thread; 0: every
 //                            operation goes to the threads or the libc
-//   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
-//   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
-//   microloop::basic_loop<microloop::capacity<...> >.
-//
-// ---- Licence -------------------------------------------------------------------
-//
-// MIT License
-//
-// Copyright (c) 2026 the microloop authors
-//
-// Permission is hereby granted, free of charge, to any person obtaining a copy
-// of this software and associated documentation files (the "Software"), to deal
-// in the Software without restriction, including without limitation the rights
-// to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
-// copies of the Software, and to permit persons to whom the Software is
-// furnished to do so, subject to the following conditions:
-//
-// The above copyright notice and this permission notice shall be included in all
-// copies or substantial portions of the Software.
-//
-// THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
-// IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
-// FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
-// AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
-// LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
-// OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
-// SOFTWARE.
 #ifndef MICROLOOP_HPP
 #define MICROLOOP_HPP
 
-#include "microloop/config.hpp"
-#include "microloop/error.hpp"
-#include "microloop/callback.hpp"
-#include "microloop/handle.hpp"
-#include "microloop/loop.hpp"
-#include "microloop/signal.hpp"
-#include "microloop/continuation.hpp"
+#include "microloop/core.hpp"
 #include "microloop/mailbox.hpp"
-#include "microloop/memory.hpp"
 #include "microloop/worker_pool.hpp"
 #include "microloop/loop_group.hpp"
 #if defined(MICROLOOP_WITH_AIO)

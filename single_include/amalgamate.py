@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Make the single-header edition of microloop from include/.
+"""Make the single-header editions of microloop from include/.
 
     single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp
+    single_include/amalgamate.py --core include/microloop/core.hpp single_include/microloop_core.hpp
 
 It lives next to what it makes; `make single_include` runs it and `make
 check-amalgamation` checks that its output is the checked-in file.
@@ -13,7 +14,9 @@ the same header are dropped. Because a header is inlined where it is first
 included, each one appears after everything it includes: dependency order.
 A header included under an #if (an opt-in module such as AIO) stays under
 that #if. Headers the umbrella never includes follow it, in name order, so
-the one file holds every module. System includes (`#include <...>`) are kept
+the one file holds every module (not the adapters under microloop/adapters/,
+which each go with a library of their own). With --core, the edition is the
+core alone: what core.hpp includes, and nothing else. System includes (`#include <...>`) are kept
 as they are. The umbrella's own text, the usage guide at its top included,
 comes first after a banner. Every header starts with an SPDX licence line;
 the banner carries one SPDX line first, so it stays the output's first line,
@@ -32,10 +35,10 @@ SPDX_RE = re.compile(r"^//\s*SPDX-License-Identifier:\s*(\S+)\s*$")
 LICENSE_ID = "MIT"
 BANNER = (
     "// SPDX-License-Identifier: %s\n"
-    "// microloop single-header edition: generated from include/ by single_include/amalgamate.py.\n"
+    "// microloop %ssingle-header edition: generated from include/ by single_include/amalgamate.py.\n"
     "// Do not edit: change the files in include/ and run `make single_include`.\n"
     "//\n"
-) % LICENSE_ID
+)
 
 
 def read_lines(path):
@@ -122,7 +125,8 @@ class Amalgamator:
         """Headers the umbrella does not include (modules included on their
         own) follow it, so the one file holds
         the whole library."""
-        for directory, _, files in sorted(os.walk(self.root)):
+        for directory, dirs, files in sorted(os.walk(self.root)):
+            dirs[:] = sorted(d for d in dirs if d != "adapters")
             for f in sorted(files):
                 path = os.path.normpath(os.path.join(directory, f))
                 if f.endswith(".hpp") and path not in self.seen:
@@ -130,13 +134,20 @@ class Amalgamator:
 
 
 def main(argv):
-    if len(argv) != 3:
-        sys.exit("usage: single_include/amalgamate.py include/microloop.hpp single_include/microloop.hpp")
-    src, dst = argv[1], argv[2]
-    amalgamator = Amalgamator(os.path.dirname(src) or ".")
-    out = [BANNER]
+    core = len(argv) == 4 and argv[1] == "--core"
+    if len(argv) != 3 and not core:
+        sys.exit("usage: single_include/amalgamate.py [--core] include/microloop.hpp single_include/microloop.hpp")
+    src, dst = argv[-2], argv[-1]
+    # The root is include/: the umbrella's folder, or for the core (in
+    # include/microloop/) the folder above it.
+    root = os.path.dirname(src) or "."
+    if core:
+        root = os.path.dirname(root) or "."
+    amalgamator = Amalgamator(root)
+    out = [BANNER % (LICENSE_ID, "core " if core else "")]
     amalgamator.expand(os.path.normpath(src), out, top=True)
-    amalgamator.expand_rest(out)
+    if not core:
+        amalgamator.expand_rest(out)
     text = "".join(out)
     text = re.sub(r"\n{3,}", "\n\n", text)  # no pile-up of blank lines at the seams
     os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)

@@ -3,16 +3,72 @@
 // Do not edit: change the files in include/ and run `make single_include`.
 //
 // microloop - a header-only select() event loop for embedded Linux.
-// Version 1.0.0. MIT licence (see the end of this guide).
+// Version 2.0.0. MIT licence (see the end of the core's guide).
 //
 // One loop, every kind of event a small Linux device meets: readable and
 // writable fds (sockets, pipes, ttys), monotonic timers, signals (run in the
 // loop, not in signal context), child processes, and POSIX AIO completions.
 // C++11, no exceptions, no RTTI, no heap after construction.
 //
+// This header is the whole library: the core (microloop/core.hpp, the libc
+// alone), whose guide follows this one (a minimal program, the sources,
+// errors, configuration, licence), and the modules below, which use threads.
+// A program that needs only the core includes <microloop/core.hpp>, or
+// vendors single_include/microloop_core.hpp instead of microloop.hpp.
+//
+// ---- Beyond one loop -----------------------------------------------------------
+//
+//   mailbox<N> box(loop); box.post(cb)
+//       Any thread hands cb() to the loop's thread (lock-free, never blocks;
+//       errc::table_full when N are queued). One loop per thread + a mailbox
+//       each is how microloop uses several cores. box.close() drops what was
+//       not run and returns how many.
+//   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
+//   aio<N, posix_aio_engine> disk(loop);   the same on POSIX AIO instead of threads
+//       Disk I/O that never blocks the loop, its completion an ordinary
+//       callback: on 4 threads of the module's own by default
+//       (thread_aio_engine<Threads>), or on the libc's POSIX AIO (opt-in,
+//       see MICROLOOP_WITH_AIO below).
+//   worker_pool<Threads, Queue> pool(loop); pool.submit(work, done)
+//       work() (blocking: files, compression, DNS) runs on a worker thread and
+//       returns an integer; done(work_event{result, status}) then runs in the
+//       loop's thread, exactly once (errc::canceled if shut down before it
+//       started). errc::table_full when Queue are outstanding. shutdown().
+//   loop_group<Max> group; group.start(n, pin); group.post(i, cb); group.stop()
+//       n loops on n threads (default: one per online CPU), a mailbox each;
+//       stop() stops and joins them all.
+//       Both cost nothing unless used (templates only: no thread library
+//       referenced, no fd, no static constructor); using them needs -pthread.
+//
+// ---- Configuration of the modules (define before including) -------------------
+//
+//   MICROLOOP_WITH_AIO       define to get the AIO module (microloop::aio<N, Engine>)
+//                            from this header; or include <microloop/aio.hpp>.
+//                            Off by default: it needs -pthread (and -lrt
+//                            before glibc 2.34). See microloop/aio.hpp.
+//   MICROLOOP_AIO_THREADS    threads of thread_aio_engine<> (4)
+//   MICROLOOP_AIO_STACK_SIZE their stack in bytes (0: the system's default)
+//   MICROLOOP_AIO_NOWAIT     1: a read all in the page cache is done in the
+//                            loop's thread (preadv2 RWF_NOWAIT, never waits
+//                            for the disk), without a thread; 0: every
+//                            operation goes to the threads or the libc
+#ifndef MICROLOOP_HPP
+#define MICROLOOP_HPP
+
+// ---- begin microloop/core.hpp ------------------------------------------
+// microloop/core.hpp - microloop's core: one select() loop for fds, timers,
+// signals and child processes, continuation tables and lock_memory().
+// Version 2.0.0. MIT licence (see the end of this guide).
+//
+// The core needs the libc alone: no threads, no -pthread, no -lrt. Include
+// <microloop/core.hpp> (or copy single_include/microloop_core.hpp) for just
+// this; <microloop.hpp> (single_include/microloop.hpp) adds the modules that
+// use threads: mailbox, worker_pool, loop_group, aio.
+// C++11, no exceptions, no RTTI, no heap after construction.
+//
 // ---- Usage -------------------------------------------------------------------
 //
-//     #include <microloop.hpp>
+//     #include <microloop/core.hpp>       // or <microloop.hpp>
 //     using namespace std::chrono;
 //
 //     microloop::loop<> loop;   // 64 fds, 64 timers (see capacity<>); at namespace
@@ -66,34 +122,10 @@
 //       cb(child_event{handle, pid, status}) once, after reaping that pid
 //       (exited()/exit_code()/signaled()/term_signal()). Unwatched children
 //       are never reaped. SIGPIPE is left alone: see ignore_sigpipe().
-//
-// ---- Beyond one loop -----------------------------------------------------------
-//
-//   mailbox<N> box(loop); box.post(cb)
-//       Any thread hands cb() to the loop's thread (lock-free, never blocks;
-//       errc::table_full when N are queued). One loop per thread + a mailbox
-//       each is how microloop uses several cores. box.close() drops what was
-//       not run and returns how many.
 //   continuation_table<N, Size> t; id = t.emplace<T>(...); t.get<T>(id);
 //   t.take<T>(id); t.release(id)
 //       The state an async operation needs when it completes, saved when it
 //       starts; stale ids and wrong types are refused, never misread.
-//   aio<N> disk(loop); disk.read/write(fd, buf, len, off, cb); fsync; cancel
-//   aio<N, posix_aio_engine> disk(loop);   the same on POSIX AIO instead of threads
-//       Disk I/O that never blocks the loop, its completion an ordinary
-//       callback: on 4 threads of the module's own by default
-//       (thread_aio_engine<Threads>), or on the libc's POSIX AIO (opt-in,
-//       see MICROLOOP_WITH_AIO below).
-//   worker_pool<Threads, Queue> pool(loop); pool.submit(work, done)
-//       work() (blocking: files, compression, DNS) runs on a worker thread and
-//       returns an integer; done(work_event{result, status}) then runs in the
-//       loop's thread, exactly once (errc::canceled if shut down before it
-//       started). errc::table_full when Queue are outstanding. shutdown().
-//   loop_group<Max> group; group.start(n, pin); group.post(i, cb); group.stop()
-//       n loops on n threads (default: one per online CPU), a mailbox each;
-//       stop() stops and joins them all.
-//       Both cost nothing unless used (templates only: no thread library
-//       referenced, no fd, no static constructor); using them needs -pthread.
 //   lock_memory(): mlockall, so page faults cannot stall the loop.
 //
 // Callbacks are function pointers or lambdas whose captures fit in
@@ -122,16 +154,6 @@
 //   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
 //                            the libc's fd_set layout allows (checked at run
 //                            time); 0: FD_ISSET only
-//   MICROLOOP_WITH_AIO       define to get the AIO module (microloop::aio<N, Engine>)
-//                            from this header; or include <microloop/aio.hpp>.
-//                            Off by default: it needs -pthread (and -lrt
-//                            before glibc 2.34). See microloop/aio.hpp.
-//   MICROLOOP_AIO_THREADS    threads of thread_aio_engine<> (4)
-//   MICROLOOP_AIO_STACK_SIZE their stack in bytes (0: the system's default)
-//   MICROLOOP_AIO_NOWAIT     1: a read all in the page cache is done in the
-//                            loop's thread (preadv2 RWF_NOWAIT, never waits
-//                            for the disk), without a thread; 0: every
-//                            operation goes to the threads or the libc
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >.
@@ -159,8 +181,8 @@
 // LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
 // OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
 // SOFTWARE.
-#ifndef MICROLOOP_HPP
-#define MICROLOOP_HPP
+#ifndef MICROLOOP_CORE_HPP
+#define MICROLOOP_CORE_HPP
 
 // ---- begin microloop/config.hpp ----------------------------------------
 // microloop/config.hpp - configuration macros and version.
@@ -171,9 +193,13 @@
 
 #include <cassert>
 
-#define MICROLOOP_VERSION_MAJOR 1
+// The release: MAJOR.MINOR.PATCH, Semantic Versioning (CHANGELOG.md). The
+// pkg-config file and the CMake package take their version from here.
+#define MICROLOOP_VERSION_MAJOR 2
 #define MICROLOOP_VERSION_MINOR 0
 #define MICROLOOP_VERSION_PATCH 0
+// One number for #if: 20000 for 2.0.0.
+#define MICROLOOP_VERSION (MICROLOOP_VERSION_MAJOR * 10000 + MICROLOOP_VERSION_MINOR * 100 + MICROLOOP_VERSION_PATCH)
 
 // Bytes of inline storage for one callback's captures. A lambda that captures
 // more is a compile-time error (capture a pointer to your state instead).
@@ -407,6 +433,11 @@ scope_exit<F> on_scope_exit(F f) {
 #include <stddef.h>
 
 namespace microloop {
+namespace detail {
+// The slot a handle id names: its low 16 bits (0xffff in a failed
+// creation's handle, which names no slot).
+inline uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
+} // namespace detail
 
 // A handle is 64 bits: a 48-bit generation above a 16-bit slot. A handle
 // kept after its source is gone no longer matches its slot's generation and
@@ -428,13 +459,13 @@ public:
     explicit basic_handle(errc failure) : bits_(failure_bits(error_code(failure))) {}
 
     // Generation 0 never names a live source, and slot 0xffff never exists.
-    bool valid() const { return (bits_ & 0xffffu) != 0xffffu && (bits_ >> 16) != 0; }
+    bool valid() const { return detail::slot_of(bits_) != 0xffffu && (bits_ >> 16) != 0; }
     explicit operator bool() const { return valid(); }
     // Why creation failed (with errno for errc::system); errc::ok for a
     // valid handle.
     error_code error() const {
         if (valid()) return error_code();
-        if ((bits_ & 0xffffu) != 0xffffu) return error_code(errc::stale_handle);
+        if (detail::slot_of(bits_) != 0xffffu) return error_code(errc::stale_handle);
         return error_code(static_cast<errc>((bits_ >> 16) & 0xffu), static_cast<int>(bits_ >> 32));
     }
     uint64_t id() const { return bits_; }
@@ -537,15 +568,15 @@ public:
     }
     // The slot a retired (not live) handle names, or `none`: for revive().
     uint16_t lookup_retired(uint64_t id) const {
-        uint64_t slot = id & 0xffffu;
+        const uint16_t slot = slot_of(id);
         if (slot >= slots || (id >> 16) == 0 || gen_[slot] != (id >> 16) << 1) return none;
-        return static_cast<uint16_t>(slot);
+        return slot;
     }
     // The slot a live handle names, or `none`.
     uint16_t lookup(uint64_t id) const {
-        uint64_t slot = id & 0xffffu;
+        const uint16_t slot = slot_of(id);
         if (slot >= slots || gen_[slot] != ((id >> 16) << 1 | 1u)) return none;
-        return static_cast<uint16_t>(slot);
+        return slot;
     }
     uint64_t id_of(uint16_t slot) const { return (gen_[slot] >> 1) << 16 | slot; }
     bool live(uint16_t slot) const { return (gen_[slot] & 1u) != 0; }
@@ -669,7 +700,7 @@ enum class source_kind : unsigned char { io, timer, signal, aio, child, post, wo
 
 // "io", "timer", "signal", "aio", "child", "post" (a mailbox callback) or
 // "work" (a worker_pool's done callback).
-inline const char* name(source_kind k) {
+inline const char* source_kind_name(source_kind k) {
     switch (k) {
     case source_kind::io: return "io";
     case source_kind::timer: return "timer";
@@ -944,6 +975,348 @@ inline void loop_base::drain_wake() {
 #endif // MICROLOOP_LOOP_BASE_HPP
 // ---- end microloop/loop_base.hpp ---------------------------------------
 
+// ---- begin microloop/backend/select.hpp --------------------------------
+// microloop/backend/select.hpp - how a loop waits for its fds: select(), on
+// three master fd_sets that watch(), modify() and unwatch() edit and each
+// wait copies. The loop core talks to its backend through a few calls:
+//
+//     add(fd, slot) / remove(fd) / set(fd, was, is)   an fd's watcher and interest
+//     watched(fd) / slot(fd)                           which watcher has an fd
+//     wait(ready, ns) / dispatch(core, ready, n)       wait, then hand back what is ready
+//     report_closed(core)                              after EBADF: fds closed behind its back
+//     replace_wake_fd(old, now)                        after_fork()'s new wake-up fd
+//
+// Events are the loop's readable, writable and priority: bits 0, 1 and 2,
+// the read, write and except sets (loop.hpp checks it). The backend owns the
+// fd -> watcher table; the core owns the watchers.
+#ifndef MICROLOOP_BACKEND_SELECT_HPP
+#define MICROLOOP_BACKEND_SELECT_HPP
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/select.h>
+#include <time.h>
+
+#include <type_traits>
+
+namespace microloop {
+namespace detail {
+
+const int word_bits = static_cast<int>(CHAR_BIT * sizeof(unsigned long));
+const int fd_words = (FD_SETSIZE + word_bits - 1) / word_bits;
+
+// fd >= 0 always; unsigned arithmetic makes / and % plain shifts and masks.
+inline unsigned word_of(int fd) { return static_cast<unsigned>(fd) / static_cast<unsigned>(word_bits); }
+inline unsigned long bit_of(int fd) { return 1ul << (static_cast<unsigned>(fd) % static_cast<unsigned>(word_bits)); }
+inline void set_bit(unsigned long* w, int fd) { w[word_of(fd)] |= bit_of(fd); }
+inline void clear_bit(unsigned long* w, int fd) { w[word_of(fd)] &= ~bit_of(fd); }
+inline bool test_bit(const unsigned long* w, int fd) { return (w[word_of(fd)] & bit_of(fd)) != 0; }
+
+// Does this libc lay fd_set out as an array of unsigned long words with fd n
+// at bit n % word_bits of word n / word_bits? Every Linux libc does, but POSIX
+// does not promise it, so it is checked once rather than assumed.
+inline bool fdset_is_words() {
+#if MICROLOOP_FDSET_WORDS
+    if (sizeof(fd_set) % sizeof(unsigned long) != 0 ||
+        sizeof(fd_set) < static_cast<size_t>(fd_words) * sizeof(unsigned long) || word_bits + 3 >= FD_SETSIZE)
+        return false;
+    fd_set s;
+    FD_ZERO(&s);
+    FD_SET(1, &s);
+    FD_SET(word_bits + 3, &s);
+    unsigned long w[2];
+    memcpy(w, &s, sizeof w);
+    return w[0] == 2ul && w[1] == 8ul;
+#else
+    return false;
+#endif
+}
+
+// Slots: the loop's fd watcher slots. Core: the loop, which the dispatch
+// calls back (a friend of the loop, so that these calls are inlined into
+// its iteration and cost nothing over a loop with select() written in):
+//     core.io_ready(slot, fd, events)           a ready fd, looked up now
+//     core.begin_readers() / end_readers()      the lean scan begins, ends
+//     core.reader_ready<Stall>(slot, fd, t0)    a ready reader, on the lean scan
+//     core.io_changed()                         the watchers changed meanwhile
+//     core.io_closed(slot, fd)                  after EBADF: report fd if closed
+//     core.stall_on()                           stall detection is on
+template <size_t Slots>
+class select_backend {
+public:
+    typedef typename std::conditional<(Slots < 255), uint8_t, uint16_t>::type slot_t;
+    static const slot_t no_slot = static_cast<slot_t>(~0u);
+
+    explicit select_backend(int wake_fd) : wake_fd_(wake_fd), maxfd_(-1), words_(fdset_is_words()), wake_seen_(false) {
+        for (int i = 0; i < 3; ++i) {
+            FD_ZERO(&master_[i]);
+            nwatch_[i] = 0;
+        }
+        memset(watched_, 0, sizeof watched_);
+        for (size_t i = 0; i < FD_SETSIZE; ++i) fd_slot_[i] = no_slot;
+        if (wake_fd >= 0) {
+            FD_SET(wake_fd, &master_[rd]);
+            maxfd_ = wake_fd;
+        }
+    }
+
+    // ---- registration -------------------------------------------------------
+    // Whether an fd (>= 0) can be watched here: the core checks before
+    // anything touches an fd_set (FD_SET beyond FD_SETSIZE writes past the
+    // end of the set), else errc::fd_out_of_range.
+    static bool fits(int fd) { return fd < FD_SETSIZE; }
+    // A watcher has `fd` (which fits()), or it is the wake-up fd.
+    bool watched(int fd) const { return fd_slot_[fd] != no_slot || fd == wake_fd_; }
+    void add(int fd, uint16_t slot) {
+        fd_slot_[fd] = static_cast<slot_t>(slot);
+        set_bit(watched_, fd);
+        if (fd > maxfd_) maxfd_ = fd;
+    }
+    // After set(fd, interest, 0).
+    void remove(int fd) {
+        fd_slot_[fd] = no_slot;
+        clear_bit(watched_, fd);
+        if (fd == maxfd_) recompute_maxfd();
+    }
+    // The watcher of `fd` asked for `was`, asks for `is` now.
+    void set(int fd, unsigned was_events, unsigned is_events) {
+        static const unsigned bit[3] = {1u, 2u, 4u}; // readable, writable, priority
+        for (int s = 0; s < 3; ++s) {
+            bool was = (was_events & bit[s]) != 0, is = (is_events & bit[s]) != 0;
+            if (was == is) continue;
+            if (is) {
+                FD_SET(fd, &master_[s]);
+                ++nwatch_[s];
+            } else {
+                FD_CLR(fd, &master_[s]);
+                --nwatch_[s];
+            }
+        }
+    }
+    // The wake-up fd is `now` instead of `old` (either may be -1).
+    void replace_wake_fd(int old, int now) {
+        if (old >= 0) FD_CLR(old, &master_[rd]);
+        wake_fd_ = now;
+        if (now >= 0) FD_SET(now, &master_[rd]);
+        recompute_maxfd();
+    }
+
+    // ---- waiting ----------------------------------------------------------------
+    // What one select() reported; lives on the iteration's stack. The sets
+    // are apart from the rest, whose address select() never sees: the
+    // compiler need not reload it after the call.
+    struct ready_sets {
+        fd_set* ptr[3]; // into sets, or NULL for a set nobody watches
+        int nfds;
+    };
+    typedef fd_set fd_sets[3];
+
+    // select() on copies of the masters, for at most timeout() nanoseconds
+    // (-1: no limit, 0: do not wait): select()'s result (-1 with errno on
+    // failure).
+    template <class Timeout>
+    MICROLOOP_DETAIL_ALWAYS_INLINE int wait(fd_sets& set, ready_sets& r, Timeout timeout) {
+        r.nfds = maxfd_ + 1;
+        // Only the words select() will look at are copied. The read set always
+        // holds the wake-up fd; the others are usually empty and passed as NULL.
+        const size_t bytes =
+            (static_cast<size_t>(r.nfds) + word_bits - 1) / word_bits * sizeof(unsigned long);
+        r.ptr[rd] = &set[rd];
+        r.ptr[wr] = nwatch_[wr] ? &set[wr] : nullptr;
+        r.ptr[ex] = nwatch_[ex] ? &set[ex] : nullptr;
+        if (words_) {
+            memcpy(r.ptr[rd], &master_[rd], bytes);
+            if (r.ptr[wr]) memcpy(r.ptr[wr], &master_[wr], bytes);
+            if (r.ptr[ex]) memcpy(r.ptr[ex], &master_[ex], bytes);
+        } else {
+            for (int s = 0; s < 3; ++s)
+                if (r.ptr[s]) *r.ptr[s] = master_[s];
+        }
+        const int64_t wait_ns = timeout(); // after the copies, as few values as possible live across them
+        struct timeval tv, *tvp = nullptr;
+        if (wait_ns == 0) { // poll(), or a timer already due: no divisions
+            tv.tv_sec = 0;
+            tv.tv_usec = 0;
+            tvp = &tv;
+        } else if (wait_ns > 0) {
+            // Rounded up: waking before the deadline would only spin.
+            int64_t us = (wait_ns + 999) / 1000;
+            const int64_t max_s = 0x7fffffff; // fits a 32-bit time_t
+            tv.tv_sec = narrow<time_t>(us / 1000000 > max_s ? max_s : us / 1000000);
+            tv.tv_usec = narrow<suseconds_t>(us % 1000000);
+            tvp = &tv;
+        }
+        return select(r.nfds, r.ptr[rd], r.ptr[wr], r.ptr[ex], tvp);
+    }
+
+    // select() failed with EBADF: some watched fd was closed behind our back.
+    // Each watcher's fd is offered to core.io_closed(), which reports and
+    // disables it if it is closed. False if no watcher owns a bad fd (the
+    // wake-up fd itself was closed).
+    template <class Core>
+    MICROLOOP_DETAIL_NOINLINE bool report_closed(Core& core) {
+        bool found = false;
+        for (int fd = 0; fd <= maxfd_; ++fd) {
+            slot_t s = fd_slot_[fd];
+            if (s != no_slot && core.io_closed(s, fd)) found = true;
+        }
+        return found;
+    }
+
+    // Calls back the watchers of the n > 0 ready fds; true if the wake-up fd
+    // was ready (the core drains it after the watchers ran).
+    template <class Core>
+    bool dispatch(Core& core, ready_sets& r, int n);
+
+private:
+    enum { rd = 0, wr = 1, ex = 2 };
+
+    void recompute_maxfd() {
+        maxfd_ = wake_fd_;
+        for (int w = fd_words - 1; w >= 0; --w) {
+            if (watched_[w]) {
+                int fd = w * word_bits + (word_bits - 1 - __builtin_clzl(watched_[w]));
+                if (fd > maxfd_) maxfd_ = fd;
+                return;
+            }
+        }
+    }
+    template <class Core>
+    void scan(Core& core, const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords,
+              int nready);
+    template <bool Stall, class Core>
+    bool scan_readers(Core& core, const unsigned long* r, int nwords, int& i, unsigned long& bits, int& nready);
+    template <class Core>
+    void ready_fd(Core& core, int fd, unsigned ready) {
+        slot_t s = fd_slot_[fd];
+        if (s != no_slot) {
+            core.io_ready(s, fd, ready);
+            return;
+        }
+        if (fd == wake_fd_) wake_seen_ = true; // drained after the watchers; else unwatched meanwhile
+    }
+
+    // fd sets: the masters are edited by set() and copied for each select();
+    // watched_ is our own bitmap of fds with a watcher.
+    fd_set master_[3];
+    unsigned long watched_[fd_words];
+    slot_t fd_slot_[FD_SETSIZE];
+    int wake_fd_;
+    int maxfd_;
+    unsigned nwatch_[3]; // watchers interested in each set: an empty set is passed as NULL
+    bool words_;         // fdset_is_words()
+    bool wake_seen_;     // the wake-up fd was ready in this scan
+};
+
+template <size_t Slots> const typename select_backend<Slots>::slot_t select_backend<Slots>::no_slot;
+
+template <size_t Slots>
+template <class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::dispatch(Core& core, ready_sets& rs, int n) {
+    const int nwords = static_cast<int>((static_cast<unsigned>(rs.nfds) + word_bits - 1) / word_bits);
+    const unsigned long* sets[3];
+    unsigned long words[3][fd_words];
+    if (words_) {
+        for (int s = 0; s < 3; ++s) sets[s] = reinterpret_cast<const unsigned long*>(rs.ptr[s]); // NULL stays NULL
+    } else {
+        // Portable path: translate the result sets into words through
+        // FD_ISSET, for the fds we watch only.
+        memset(words, 0, sizeof words);
+        for (int fd = 0; fd < rs.nfds; ++fd) {
+            if (!test_bit(watched_, fd) && fd != wake_fd_) continue;
+            for (int s = 0; s < 3; ++s)
+                if (rs.ptr[s] && FD_ISSET(fd, rs.ptr[s])) set_bit(words[s], fd);
+        }
+        for (int s = 0; s < 3; ++s) sets[s] = rs.ptr[s] ? words[s] : nullptr;
+    }
+    scan(core, sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
+    const bool wake = wake_seen_;
+    wake_seen_ = false;
+    return wake;
+}
+
+// Ready fds are found a word at a time. nready is select()'s count of set
+// bits: the scan stops when it is used up. Inlined into its one caller, the
+// loop's iteration: with one ready fd per iteration, the call would cost more
+// than the scan.
+//
+// Two paths, chosen once per iteration. The lean one serves the common case,
+// only readers and no stall detection: until a callback changes the fd
+// watchers, every ready bit is a watcher that existed at select() time with
+// its read interest (the masters held exactly those), so it is called without
+// looking anything else up. The first watch(), modify() or unwatch() (or a
+// nested iteration) makes core.io_changed() true, and the rest of the scan
+// continues on the careful path, which looks every fd up again (ready_fd()).
+template <size_t Slots>
+template <class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE void select_backend<Slots>::scan(Core& core, const unsigned long* r,
+                                                                 const unsigned long* w, const unsigned long* e,
+                                                                 int nwords, int nready) {
+    int i = 0;
+    unsigned long bits = 0; // the careful path resumes with what is left of word i
+    bool resume = false;
+    if (!w && !e) {
+        if (!core.stall_on() ? scan_readers<false>(core, r, nwords, i, bits, nready)
+                             : scan_readers<true>(core, r, nwords, i, bits, nready))
+            i = nwords; // done
+        else
+            resume = true;
+    }
+    // An unused set reads as empty. Not const: zeros in .bss cost no text,
+    // in .rodata they would.
+    static unsigned long none[fd_words] = {};
+    if (!w) w = none;
+    if (!e) e = none;
+    for (; i < nwords && nready > 0; ++i) {
+        for (bits = resume ? bits : (r[i] | w[i] | e[i]), resume = false; bits; bits &= bits - 1) {
+            int bit = __builtin_ctzl(bits);
+            unsigned long rb = (r[i] >> bit) & 1ul, wb = (w[i] >> bit) & 1ul, eb = (e[i] >> bit) & 1ul;
+            nready -= static_cast<int>(rb + wb + eb);
+            ready_fd(core, i * word_bits + bit, (rb ? 1u : 0u) | (wb ? 2u : 0u) | (eb ? 4u : 0u));
+        }
+    }
+}
+
+// The lean path: true when the scan is complete; false when a callback
+// changed the fd watchers, with i, bits and nready where the careful path
+// takes over (the fd that was running is done). With stall detection on
+// (Stall), the core reads the clock once per callback, after it (see
+// reader_ready()).
+template <size_t Slots>
+template <bool Stall, class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& core, const unsigned long* r,
+                                                                         int nwords, int& i, unsigned long& bits,
+                                                                         int& nready) {
+    int64_t t0 = core.template begin_readers<Stall>();
+    // Ends the running callback's bookkeeping once, when the scan ends or a
+    // callback throws: while nothing changes, no callback has removed its
+    // own watcher and there is nothing to free.
+    auto done = on_scope_exit([&core] { core.end_readers(); });
+    for (; i < nwords && nready > 0; ++i) {
+        for (bits = r[i]; bits;) {
+            const int fd = i * word_bits + __builtin_ctzl(bits);
+            bits &= bits - 1;
+            --nready;
+            const slot_t s = fd_slot_[fd];
+            if (s == no_slot) { // the wake-up fd: drained after the watchers
+                if (fd == wake_fd_) wake_seen_ = true;
+                continue;
+            }
+            core.template reader_ready<Stall>(s, fd, t0);
+            if (core.io_changed()) return false;
+        }
+    }
+    return true;
+}
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_BACKEND_SELECT_HPP
+// ---- end microloop/backend/select.hpp ----------------------------------
+
 // ---- begin microloop/signal.hpp ----------------------------------------
 // microloop/signal.hpp - signals and child processes as ordinary loop events.
 //
@@ -976,7 +1349,7 @@ inline void loop_base::drain_wake() {
 //   ignore_sigpipe() once at start-up so such writes fail with EPIPE.
 // - fork(): a child inherits the handler and the loop's wake-up fd, but
 //   never disturbs the parent through them: the handler writes to a loop's
-//   pipe only in the process that owns the loop, so a signal the child
+//   wake-up fd only in the process that owns the loop, so a signal the child
 //   receives before exec (or before after_fork()) wakes nobody. A child that
 //   keeps the loop calls loop.after_fork(): from then on its signals reach
 //   its own loop; signal counts inherited from the parent are dropped, and so
@@ -1239,7 +1612,7 @@ inline void release_signal(int signo, const claimed_signal& saved) {
     s.owner.store(nullptr);
 }
 
-// After fork(), in the child: route the signal to the child's new pipe and
+// After fork(), in the child: route the signal to the child's new wake-up fd and
 // drop the count inherited from the parent (it is the parent's to deliver).
 inline void retarget_signal(int signo, int wake_fd) {
     signal_state& s = globals::state[signo];
@@ -1290,7 +1663,7 @@ public:
         if (signo == SIGCHLD ? chld_watched_ : globals::state[signo].owner.load() != nullptr)
             return signal_handle(errc::already_watched);
         if (sig_pool_.full()) return signal_handle(errc::table_full);
-        if (loop_->wake_fd() < 0) return signal_handle(no_pipe());
+        if (loop_->wake_fd() < 0) return signal_handle(no_wake_fd());
         // Claimed before a slot is taken: a refusal leaves no trace (not even
         // in the high-water mark).
         claimed_signal saved;
@@ -1321,7 +1694,7 @@ public:
         if (kid_pool_.full()) return child_handle(errc::table_full);
         for (size_t i = 0; i < kid_pool::slots; ++i)
             if (kids_[i].pid == pid) return child_handle(errc::already_watched);
-        if (loop_->wake_fd() < 0) return child_handle(no_pipe());
+        if (loop_->wake_fd() < 0) return child_handle(no_wake_fd());
         if (error_code e = take_sigchld()) return child_handle(e);
         // SIGCHLD is caught from here on; a child that ended earlier is
         // already a zombie and sends nothing more: look once now. WNOWAIT
@@ -1366,7 +1739,7 @@ public:
     table_stats child_stats() const { return kid_pool_.stats(); }
 
     // The loop's after_fork(), in the child: signals now wake the child's own
-    // pipe, with the parent's pending counts dropped. The child watchers name
+    // wake-up fd, with the parent's pending counts dropped. The child watchers name
     // the parent's children, which this process can neither wait for nor
     // reap: they are dropped, without a call. (Called directly rather than as
     // the hook's on_fork, so that only programs calling after_fork() link it.)
@@ -1400,10 +1773,8 @@ private:
         MICROLOOP_DETAIL_NOINLINE void operator()() { (*cb)(*ev); }
     };
 
-    static uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
-
     // The loop has no wake-up fd: the error says why it could not be made.
-    error_code no_pipe() { return loop_->wake(); }
+    error_code no_wake_fd() { return loop_->wake(); }
 
     // SIGCHLD serves both a SIGCHLD watcher and every child watcher: it is
     // claimed for the first of them and given back after the last.
@@ -1636,6 +2007,260 @@ private:
 #endif // MICROLOOP_SLACK_HPP
 // ---- end microloop/slack.hpp -------------------------------------------
 
+// ---- begin microloop/timer_heap.hpp ------------------------------------
+// microloop/timer_heap.hpp - the order in which a loop's timers fire: a
+// 4-ary min-heap on (deadline, arming order), one entry at most per timer
+// slot, with lazy re-arms and cancels. The loop keeps the timers themselves
+// (callbacks, periods, handles); this keeps only when each fires.
+#ifndef MICROLOOP_TIMER_HEAP_HPP
+#define MICROLOOP_TIMER_HEAP_HPP
+
+#include <stddef.h>
+#include <stdint.h>
+
+namespace microloop {
+namespace detail {
+
+// Slots: the timer table's slot count. Every timer slot has a key (its
+// timer's deadline and arming order as last armed) and at most one heap
+// entry. The entry's key may be behind: a re-arm to a later deadline writes
+// only the slot's key, and a cancel only frees the slot in the loop's pool,
+// leaving its entry as a tombstone (the entry of a slot with no live timer).
+// The heap stays ordered by its entries' keys, each at or before its timer's
+// real one, so a top whose key is current is the real first; a stale top is
+// re-keyed and sifted down, a tombstone dropped, when it is looked at
+// (settle()). A tombstone never fires and is reused by the next timer of its
+// slot.
+template <size_t Slots>
+class timer_heap {
+public:
+    // 16 bytes: four siblings fill one 64-byte cache line. The key
+    // (deadline, seq) orders the heap.
+    struct entry {
+        int64_t deadline;
+        uint32_t seq; // arming order: equal deadlines fire first-armed first
+        uint16_t slot;
+    };
+
+    timer_heap() : size_(0), seq_(0), seq_mark_(0) {
+        for (size_t i = 0; i < Slots; ++i) keys_[i].pos = no_pos; // (seq is read only through pos)
+        // Entry 1 (the first of the root's children) on a 64-byte boundary,
+        // when the storage's alignment allows it.
+        const uintptr_t first = reinterpret_cast<uintptr_t>(&store_[1]);
+        const uintptr_t skip = (64u - first % 64u) % 64u / sizeof(entry);
+        heap_ = store_ + (skip <= 3u ? skip : 0u);
+    }
+    timer_heap(const timer_heap&) = delete; // heap_ points into the object
+    timer_heap& operator=(const timer_heap&) = delete;
+
+    // Arms `slot`'s timer at `deadline`, as a new arming (after every timer
+    // armed before it at the same deadline).
+    void arm(uint16_t slot, int64_t deadline);
+    // A repeating timer fired: its next deadline, as a new arming. Its entry
+    // stays where it is, stale, until settle() re-keys it (or a re-arm from
+    // its callback reuses it).
+    void advance(uint16_t slot, int64_t deadline) {
+        const uint32_t seq = next_seq(); // first: renumbering moves entries
+        keys_[slot].deadline = deadline;
+        keys_[slot].seq = seq;
+    }
+    // Brings the top up to date; `timers.live(slot)` says which slots hold
+    // a timer (the loop's slot pool).
+    template <class Pool>
+    void settle(const Pool& timers);
+
+    bool empty() const { return size_ == 0; }
+    // The first entry: after settle(), the first timer to fire.
+    const entry& top() const { return heap_[0]; }
+    // The deadline `slot`'s timer was last armed at.
+    int64_t deadline(uint16_t slot) const { return keys_[slot].deadline; }
+
+    // The timer pass: timers armed from now on (by the pass's callbacks)
+    // wait for the next pass.
+    void begin_pass() { seq_mark_ = seq_; }
+    // The settled top is due at `now` and was armed before the pass began.
+    bool top_due(int64_t now) const { return size_ > 0 && heap_[0].deadline <= now && heap_[0].seq < seq_mark_; }
+
+private:
+    friend struct test_access;
+    static const uint16_t no_pos = 0xffff;
+    // One entry at most per slot: the armed timers and the tombstones of
+    // cancelled ones.
+    static const size_t cap = Slots;
+    // A slot's timer as it was last armed, and where its heap entry is. 16 bytes.
+    struct key {
+        int64_t deadline;
+        uint32_t seq; // the last arming's
+        uint16_t pos; // the heap entry, or no_pos
+    };
+
+    void place(uint32_t pos, const entry& e) {
+        heap_[pos] = e;
+        keys_[e.slot].pos = static_cast<uint16_t>(pos);
+    }
+    static bool less(const entry& a, const entry& b) {
+        return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
+    }
+    uint32_t next_seq() {
+        if (seq_ == UINT32_MAX) renumber_seqs();
+        return seq_++;
+    }
+    void renumber_seqs();
+    void sift(uint32_t at, entry e);
+
+    key keys_[Slots];
+    // The 4-ary heap, libev's layout: the children of entry i are 4i+1..4i+4,
+    // and heap_ starts up to three entries into store_ so that each group
+    // of four siblings shares one cache line: a sift reads one line per level.
+    entry store_[cap + 3];
+    entry* heap_; // set once by the constructor; the heap never moves
+    uint16_t size_;
+    // Arming order. Timers armed while the timer pass runs have a seq at or
+    // above seq_mark_ and wait for the next pass. Before seq_ could wrap,
+    // the armed timers are renumbered 0..n-1 in order, so no comparison
+    // ever meets a wrapped counter (renumber_seqs()).
+    uint32_t seq_;
+    uint32_t seq_mark_;
+};
+
+template <size_t Slots> const uint16_t timer_heap<Slots>::no_pos;
+template <size_t Slots> const size_t timer_heap<Slots>::cap;
+
+// Arms `slot`'s timer at `deadline` with a fresh seq, as a new arming. An
+// entry already in the heap (the timer's own, or the tombstone of the slot's
+// last timer) is kept: moved up if the new key is earlier, else left as it
+// is, stale, for settle(). O(1) for a re-arm to a later deadline.
+template <size_t Slots>
+MICROLOOP_DETAIL_HOT_INLINE void timer_heap<Slots>::arm(uint16_t slot, int64_t deadline) {
+    const uint32_t seq = next_seq(); // first: renumbering moves entries
+    key& k = keys_[slot];
+    k.deadline = deadline;
+    k.seq = seq;
+    uint32_t at = k.pos;
+    if (at == no_pos) {
+        if (size_ >= cap) return; // never true: one entry per slot
+        at = size_++;
+    } else if (deadline >= heap_[at].deadline) {
+        return; // its key is earlier than the new one: the heap stays ordered
+    }
+    entry e = {deadline, seq, slot};
+    sift(at, e);
+}
+
+// Moves `e` from `at` up or down to where it belongs and stores it:
+// O(log n). The heap is 4-ary (as libev's): half the depth of a binary heap,
+// so an entry moves through half as many levels, and siblings sit next to
+// each other in memory.
+template <size_t Slots>
+void timer_heap<Slots>::sift(uint32_t at, entry e) {
+    const uint32_t pos = at;
+    while (at > 0) {
+        uint32_t parent = (at - 1u) / 4u;
+        if (!less(e, heap_[parent])) break;
+        place(at, heap_[parent]);
+        at = parent;
+    }
+    // Moved up: smaller than what it passed, so than their children.
+    // size_ never exceeds the capacity; the clamp tells the optimiser so
+    // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
+    const uint32_t size = at != pos ? 0u : size_ < cap ? size_ : static_cast<uint32_t>(cap);
+    for (;;) {
+        uint32_t first = 4u * at + 1u;
+        if (first >= size) break;
+        uint32_t best = first;
+        if (size - first >= 4u) { // all four siblings: two pairs, then their winners
+            const uint32_t a = less(heap_[first + 1u], heap_[first]) ? first + 1u : first;
+            const uint32_t b = less(heap_[first + 3u], heap_[first + 2u]) ? first + 3u : first + 2u;
+            best = less(heap_[b], heap_[a]) ? b : a;
+        } else {
+            for (uint32_t c = first + 1u; c < size; ++c)
+                if (less(heap_[c], heap_[best])) best = c;
+        }
+        if (!less(heap_[best], e)) break;
+        place(at, heap_[best]);
+        at = best;
+    }
+    place(at, e);
+}
+
+// Brings the top up to date: while its key is behind its timer's, it is
+// re-keyed and sifted down, or dropped if its slot holds no live timer (a
+// tombstone, or a one-shot that fired).
+template <size_t Slots>
+template <class Pool>
+void timer_heap<Slots>::settle(const Pool& timers) {
+    while (size_ > 0) {
+        const uint16_t slot = heap_[0].slot;
+        key& k = keys_[slot];
+        const bool live = timers.live(slot);
+        if (live && heap_[0].seq == k.seq) return;
+        entry e = {k.deadline, k.seq, slot};
+        if (!live) { // the last entry takes its place
+            k.pos = no_pos;
+            if (--size_ == 0) return;
+            e = heap_[size_];
+        }
+        sift(0, e);
+    }
+}
+
+// seq_ is about to wrap (after 2^32 armings): give the armed timers the
+// numbers 0..n-1 in their arming order, move the mark with them, and rebuild
+// the heap. O(n log n), once per 4 billion armings. Deadlines and the order
+// of equal deadlines are unchanged; no comparison ever sees a wrapped value.
+// Every entry gets its slot's key first (a tombstone's, later or not, is as
+// good as its own: the heap is rebuilt).
+template <size_t Slots>
+void timer_heap<Slots>::renumber_seqs() {
+    const uint32_t n = size_ < cap ? size_ : static_cast<uint32_t>(cap);
+    for (uint32_t i = 0; i < n; ++i) {
+        const key& k = keys_[heap_[i].slot];
+        heap_[i].deadline = k.deadline;
+        heap_[i].seq = k.seq;
+    }
+    // Heapsort on seq alone, in place (no allocation): a max-heap, then
+    // repeatedly the largest to the end.
+    struct by_seq {
+        static void sift_down(entry* a, uint32_t at, uint32_t size) {
+            entry e = a[at];
+            for (;;) {
+                uint32_t c = 2u * at + 1u;
+                if (c >= size) break;
+                if (c + 1u < size && a[c + 1u].seq > a[c].seq) ++c;
+                if (a[c].seq <= e.seq) break;
+                a[at] = a[c];
+                at = c;
+            }
+            a[at] = e;
+        }
+    };
+    for (uint32_t i = n / 2u; i-- > 0;) by_seq::sift_down(heap_, i, n);
+    for (uint32_t end = n; end > 1u; --end) {
+        entry top = heap_[0];
+        heap_[0] = heap_[end - 1u];
+        heap_[end - 1u] = top;
+        by_seq::sift_down(heap_, 0, end - 1u);
+    }
+    // Sorted by seq is not yet a heap by deadline: renumber and insert the
+    // entries again, one by one (sift also records every position).
+    uint32_t mark = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        entry e = heap_[i];
+        if (e.seq < seq_mark_) mark = i + 1u;
+        e.seq = keys_[e.slot].seq = i;
+        size_ = static_cast<uint16_t>(i + 1u);
+        sift(i, e);
+    }
+    seq_mark_ = mark;
+    seq_ = n;
+}
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_TIMER_HEAP_HPP
+// ---- end microloop/timer_heap.hpp --------------------------------------
+
 namespace microloop {
 
 // What an fd watcher asks for, and what its callback is told.
@@ -1660,40 +2285,6 @@ struct timer_event {
 
 typedef detail::inplace_callback<void(io_event)> io_callback;
 typedef detail::inplace_callback<void(timer_event)> timer_callback;
-
-namespace detail {
-
-const int word_bits = static_cast<int>(CHAR_BIT * sizeof(unsigned long));
-const int fd_words = (FD_SETSIZE + word_bits - 1) / word_bits;
-
-// fd >= 0 always; unsigned arithmetic makes / and % plain shifts and masks.
-inline unsigned word_of(int fd) { return static_cast<unsigned>(fd) / static_cast<unsigned>(word_bits); }
-inline unsigned long bit_of(int fd) { return 1ul << (static_cast<unsigned>(fd) % static_cast<unsigned>(word_bits)); }
-inline void set_bit(unsigned long* w, int fd) { w[word_of(fd)] |= bit_of(fd); }
-inline void clear_bit(unsigned long* w, int fd) { w[word_of(fd)] &= ~bit_of(fd); }
-inline bool test_bit(const unsigned long* w, int fd) { return (w[word_of(fd)] & bit_of(fd)) != 0; }
-
-// Does this libc lay fd_set out as an array of unsigned long words with fd n
-// at bit n % word_bits of word n / word_bits? Every Linux libc does, but POSIX
-// does not promise it, so it is checked once rather than assumed.
-inline bool fdset_is_words() {
-#if MICROLOOP_FDSET_WORDS
-    if (sizeof(fd_set) % sizeof(unsigned long) != 0 ||
-        sizeof(fd_set) < static_cast<size_t>(fd_words) * sizeof(unsigned long) || word_bits + 3 >= FD_SETSIZE)
-        return false;
-    fd_set s;
-    FD_ZERO(&s);
-    FD_SET(1, &s);
-    FD_SET(word_bits + 3, &s);
-    unsigned long w[2];
-    memcpy(w, &s, sizeof w);
-    return w[0] == 2ul && w[1] == 8ul;
-#else
-    return false;
-#endif
-}
-
-} // namespace detail
 
 // The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
 // wall-clock time. A loop's second template parameter may replace it with
@@ -1878,7 +2469,7 @@ public:
     void for_each_timer(F&& f) const {
         for (uint16_t s = 0; s < timer_pool_.slots; ++s)
             if (timer_pool_.live(s)) // live timers are armed
-                f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(keys_[s].deadline),
+                f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(heap_.deadline(s)),
                   std::chrono::nanoseconds(timers_[s].period));
     }
 
@@ -1888,13 +2479,9 @@ private:
     // add a new one at once (see slot_pool).
     typedef detail::slot_pool<Cap::io, 1> io_pool;
     typedef detail::slot_pool<Cap::timers, 1> timer_pool;
-    typedef typename std::conditional<(io_pool::slots < 255), uint8_t, uint16_t>::type fd_slot_t;
-    static const fd_slot_t no_slot = static_cast<fd_slot_t>(~0u);
-    static const uint16_t no_pos = 0xffff;
-    // One entry at most per slot: the armed timers and the tombstones of
-    // cancelled ones (see timer_key).
-    static const size_t heap_cap = timer_pool::slots;
-    enum { rd = 0, wr = 1, ex = 2 };
+    typedef detail::select_backend<io_pool::slots> backend;
+    template <size_t>
+    friend class detail::select_backend; // calls the core's io_ready() and friends, inlined
 
     struct io_slot {
         io_callback cb;
@@ -1907,27 +2494,6 @@ private:
     struct timer_slot {
         timer_callback cb;
         int64_t period; // 0: one-shot
-    };
-    // 16 bytes: four siblings fill one 64-byte cache line. The key
-    // (deadline, seq) orders the heap.
-    struct heap_entry {
-        int64_t deadline;
-        uint32_t seq; // arming order: equal deadlines fire first-armed first
-        uint16_t slot;
-    };
-    // A slot's timer as it was last armed, and where its heap entry is.
-    // The entry's key may be behind: a re-arm to a later deadline writes
-    // only here, and cancel() only frees the slot, leaving its entry as a
-    // tombstone (the entry of a slot with no live timer). The heap stays
-    // ordered by its keys, each at or before its timer's real one, so a top
-    // whose key is current is the real first; a stale top is re-keyed and
-    // sifted down, a tombstone dropped, when it is looked at
-    // (heap_settle()). A tombstone never fires and is reused by the next
-    // timer of its slot. 16 bytes.
-    struct timer_key {
-        int64_t deadline;
-        uint32_t seq; // the last arming's
-        uint16_t pos; // the heap entry, or no_pos
     };
 
     int64_t now_ns() {
@@ -1946,51 +2512,36 @@ private:
     }
 
     void set_interest(io_slot& io, unsigned events);
-    void recompute_maxfd();
     void release_io(uint16_t slot) { running_io_.release(io_pool_, io_[slot].cb, slot); }
     void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
-    bool disable_bad_fds();
-
-    void heap_place(uint32_t pos, const heap_entry& e) {
-        heap_[pos] = e;
-        keys_[e.slot].pos = static_cast<uint16_t>(pos);
-    }
-    static bool heap_less(const heap_entry& a, const heap_entry& b) {
-        return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
-    }
-    uint32_t next_seq() {
-        if (seq_ == UINT32_MAX) renumber_seqs();
-        return seq_++;
-    }
-    void renumber_seqs();
-    void heap_arm(uint16_t slot, int64_t deadline);
     error_code rearm_running(uint64_t id, bool valid, int64_t ns);
-    void heap_sift(uint32_t at, heap_entry e);
-    void heap_settle();
 
     error_code iterate(int64_t max_wait_ns);
     // run() (once == false), run_once() and poll(): iterate() has this one
     // call site, so it is inlined and an iteration costs no extra call.
     error_code drive(int64_t max_wait_ns, bool once);
     int64_t select_timeout(int64_t until);
-    void dispatch_io(const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords, int nready);
-    void dispatch_fd(int fd, unsigned ready);
+    // What the backend calls back with ready fds (see backend/select.hpp).
+    bool stall_on() const { return stall_ns_ != 0; }
+    bool io_changed() const { return io_changed_; }
     template <bool Stall>
-    bool dispatch_readers(const unsigned long* r, int nwords, int& i, unsigned long& bits, int& nready);
+    int64_t begin_readers() {
+        io_changed_ = false;
+        return Stall ? detail::monotonic_ns() : 0;
+    }
+    void end_readers() { end_io(); }
+    template <bool Stall>
+    void reader_ready(uint16_t s, int fd, int64_t& t0);
+    void io_ready(uint16_t s, int fd, unsigned ready);
+    bool io_closed(uint16_t s, int fd);
     void end_io() {
         uint16_t s = running_io_.current();
         if (s != io_pool_.none) running_io_.end(io_pool_, io_[s].cb);
     }
     void dispatch_timers();
 
-    // fd sets: the masters are edited by watch/modify/unwatch and copied for
-    // each select(); watched_ is our own bitmap of fds with a watcher.
-    fd_set master_[3];
-    unsigned long watched_[detail::fd_words];
-    fd_slot_t fd_slot_[FD_SETSIZE];
-    int maxfd_;
-    unsigned nwatch_[3]; // watchers interested in each set: an empty set is passed as NULL
+    backend backend_; // the fd -> watcher table and the wait
     size_t active_io_;
     uint64_t iteration_; // 64 bits: never wraps onto a watcher's added_iter
 
@@ -1999,19 +2550,7 @@ private:
 
     timer_pool timer_pool_;
     timer_slot timers_[timer_pool::slots];
-    timer_key keys_[timer_pool::slots];
-    // The 4-ary heap, libev's layout: the children of entry i are 4i+1..4i+4,
-    // and heap_ starts up to three entries into heap_store_ so that each group
-    // of four siblings shares one cache line: a sift reads one line per level.
-    heap_entry heap_store_[heap_cap + 3];
-    heap_entry* heap_; // set once by the constructor; the loop never moves
-    uint16_t heap_size_;
-    // Arming order. Timers armed while the timer pass runs have a seq at or
-    // above seq_mark_ and wait for the next pass. Before seq_ could wrap,
-    // the armed timers are renumbered 0..n-1 in order, so no comparison
-    // ever meets a wrapped counter (renumber_seqs()).
-    uint32_t seq_;
-    uint32_t seq_mark_;
+    detail::timer_heap<timer_pool::slots> heap_; // when each fires
 
     // The callback running now, so removing it defers freeing its storage.
     detail::running_slot running_io_, running_timer_;
@@ -2019,9 +2558,7 @@ private:
     int64_t now_;
     bool now_valid_;
     bool dispatching_; // inside an iteration, after the wait: callbacks use now_
-    bool wake_seen_;   // the wake-up fd was ready in this iteration
     bool io_changed_;  // a watcher was added, modified or removed since the scan of ready fds began
-    bool fdset_words_;
     Clock clock_;
     detail::timer_slack slack_; // set_timer_slack()
 
@@ -2034,29 +2571,8 @@ private:
 
 template <class Cap, class Clock>
 basic_loop<Cap, Clock>::basic_loop()
-    : maxfd_(-1), active_io_(0), iteration_(0), heap_size_(0), seq_(0), seq_mark_(0), now_(0), now_valid_(false),
-      dispatching_(false), wake_seen_(false), io_changed_(false), fdset_words_(detail::fdset_is_words()), signals_(*this) {
-    for (int i = 0; i < 3; ++i) {
-        FD_ZERO(&master_[i]);
-        nwatch_[i] = 0;
-    }
-    memset(watched_, 0, sizeof watched_);
-    for (size_t i = 0; i < FD_SETSIZE; ++i) fd_slot_[i] = no_slot;
-    for (size_t i = 0; i < timer_pool::slots; ++i) keys_[i].pos = no_pos; // (seq is read only through pos)
-    // Entry 1 (the first of the root's children) on a 64-byte boundary, when
-    // the storage's alignment allows it.
-    const uintptr_t first = reinterpret_cast<uintptr_t>(&heap_store_[1]);
-    const uintptr_t skip = (64u - first % 64u) % 64u / sizeof(heap_entry);
-    heap_ = heap_store_ + (skip <= 3u ? skip : 0u);
-    if (wake_fd_ >= 0) {
-        FD_SET(wake_fd_, &master_[rd]);
-        maxfd_ = wake_fd_;
-    }
-}
-
-template <class Cap, class Clock> const typename basic_loop<Cap, Clock>::fd_slot_t basic_loop<Cap, Clock>::no_slot;
-template <class Cap, class Clock> const uint16_t basic_loop<Cap, Clock>::no_pos;
-template <class Cap, class Clock> const size_t basic_loop<Cap, Clock>::heap_cap;
+    : backend_(wake_fd_), active_io_(0), iteration_(0), now_(0), now_valid_(false), dispatching_(false),
+      io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
 template <class Cap, class Clock>
@@ -2067,26 +2583,22 @@ basic_loop<Cap, Clock>::~basic_loop() {}
 template <class Cap, class Clock>
 template <class F>
 io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
-    // Checked before anything touches an fd_set: FD_SET beyond FD_SETSIZE
-    // writes past the end of the set.
     if (fd < 0) return io_handle(errc::bad_fd);
-    if (fd >= FD_SETSIZE) return io_handle(errc::fd_out_of_range);
+    if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range); // before anything touches the backend
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
     if (detail::is_null_callable(cb)) return io_handle(errc::bad_argument);
-    if (fd_slot_[fd] != no_slot || fd == wake_fd_) return io_handle(errc::already_watched);
+    if (backend_.watched(fd)) return io_handle(errc::already_watched);
     uint64_t id = io_pool_.acquire();
     if (id == 0) return io_handle(errc::table_full);
 
-    uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
+    uint16_t slot = detail::slot_of(id);
     io_slot& io = io_[slot];
     io.cb.emplace(std::forward<F>(cb));
     io.fd = fd;
     io.interest = 0;
     io.added_iter = iteration_;
     io.id = id;
-    fd_slot_[fd] = static_cast<fd_slot_t>(slot);
-    detail::set_bit(watched_, fd);
-    if (fd > maxfd_) maxfd_ = fd;
+    backend_.add(fd, slot);
     set_interest(io, events);
     return io_handle::from_id(id);
 }
@@ -2106,42 +2618,17 @@ error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
     if (slot == io_pool_.none) return errc::stale_handle;
     io_slot& io = io_[slot];
     set_interest(io, 0);
-    fd_slot_[io.fd] = no_slot;
-    detail::clear_bit(watched_, io.fd);
-    if (io.fd == maxfd_) recompute_maxfd();
+    backend_.remove(io.fd);
     release_io(slot);
     return error_code();
 }
 
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
-    static const unsigned bit[3] = {readable, writable, priority};
     io_changed_ = true; // every watch(), modify() and unwatch() passes here
     if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
-    for (int s = 0; s < 3; ++s) {
-        bool was = (io.interest & bit[s]) != 0, is = (events & bit[s]) != 0;
-        if (was == is) continue;
-        if (is) {
-            FD_SET(io.fd, &master_[s]);
-            ++nwatch_[s];
-        } else {
-            FD_CLR(io.fd, &master_[s]);
-            --nwatch_[s];
-        }
-    }
+    backend_.set(io.fd, io.interest, events);
     io.interest = events;
-}
-
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::recompute_maxfd() {
-    maxfd_ = wake_fd_;
-    for (int w = detail::fd_words - 1; w >= 0; --w) {
-        if (watched_[w]) {
-            int fd = w * detail::word_bits + (detail::word_bits - 1 - __builtin_clzl(watched_[w]));
-            if (fd > maxfd_) maxfd_ = fd;
-            return;
-        }
-    }
 }
 
 // Runs watcher s's callback, which may remove the watcher or anything else,
@@ -2155,22 +2642,17 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, 
     invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
 
-// select() failed with EBADF: some watched fd was closed behind our back.
-// Find each one, report it to its watcher once, and disable the watcher.
-// False if no watcher owns a bad fd (the wake-up fd itself was closed).
+// The backend found some watched fd closed behind our back (select()'s
+// EBADF): if `fd` is one, report it to its watcher once and disable the
+// watcher. True if it was.
 template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::disable_bad_fds() {
-    bool found = false;
-    for (int fd = 0; fd <= maxfd_; ++fd) {
-        fd_slot_t s = fd_slot_[fd];
-        if (s == no_slot || io_[s].interest == 0) continue;
-        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
-        io_slot& io = io_[s];
-        found = true;
-        set_interest(io, 0);
-        call_io(s, fd, io_error);
-    }
-    return found;
+bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
+    io_slot& io = io_[s];
+    if (io.interest == 0) return false;
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) return false;
+    set_interest(io, 0);
+    call_io(s, fd, io_error);
+    return true;
 }
 
 // ---- timers -----------------------------------------------------------------
@@ -2187,11 +2669,11 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
     uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
-    uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
+    uint16_t slot = detail::slot_of(id);
     timer_slot& t = timers_[slot];
     t.cb.emplace(std::forward<F>(cb));
     t.period = period_ns;
-    heap_arm(slot, arm_time() + after_ns);
+    heap_.arm(slot, arm_time() + after_ns);
     return timer_handle::from_id(id);
 }
 
@@ -2203,7 +2685,7 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
     const uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return rearm_running(h.id(), valid, ns);
     if (!valid) return errc::bad_timeout;
-    heap_arm(slot, arm_time() + ns);
+    heap_.arm(slot, arm_time() + ns);
     return error_code();
 }
 
@@ -2217,7 +2699,7 @@ error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_
     if (!valid) return errc::bad_timeout;
     if (!timer_pool_.revive(slot)) return errc::table_full;
     running_timer_.keep();
-    heap_arm(slot, arm_time() + ns);
+    heap_.arm(slot, arm_time() + ns);
     return error_code();
 }
 
@@ -2234,136 +2716,8 @@ template <class Cap, class Clock>
 std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
-    int64_t left = keys_[slot].deadline - clock_.now_ns();
+    int64_t left = heap_.deadline(slot) - clock_.now_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
-}
-
-// Arms `slot`'s timer at `deadline` with a fresh seq, as a new arming. An
-// entry already in the heap (the timer's own, or the tombstone of the slot's
-// last timer) is kept: moved up if the new key is earlier, else left as it
-// is, stale, for heap_settle(). O(1) for a re-arm to a later deadline.
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_HOT_INLINE void basic_loop<Cap, Clock>::heap_arm(uint16_t slot, int64_t deadline) {
-    const uint32_t seq = next_seq(); // first: renumbering moves entries
-    timer_key& k = keys_[slot];
-    k.deadline = deadline;
-    k.seq = seq;
-    uint32_t at = k.pos;
-    if (at == no_pos) {
-        if (heap_size_ >= heap_cap) return; // never true: one entry per slot
-        at = heap_size_++;
-    } else if (deadline >= heap_[at].deadline) {
-        return; // its key is earlier than the new one: the heap stays ordered
-    }
-    heap_entry e = {deadline, seq, slot};
-    heap_sift(at, e);
-}
-
-// Moves `e` from `at` up or down to where it belongs and stores it:
-// O(log n). The heap is 4-ary (as libev's): half the depth of a binary heap,
-// so an entry moves through half as many levels, and siblings sit next to
-// each other in memory.
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_sift(uint32_t at, heap_entry e) {
-    const uint32_t pos = at;
-    while (at > 0) {
-        uint32_t parent = (at - 1u) / 4u;
-        if (!heap_less(e, heap_[parent])) break;
-        heap_place(at, heap_[parent]);
-        at = parent;
-    }
-    // Moved up: smaller than what it passed, so than their children.
-    // heap_size_ never exceeds the capacity; the clamp tells the optimiser so
-    // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
-    const uint32_t size = at != pos ? 0u : heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
-    for (;;) {
-        uint32_t first = 4u * at + 1u;
-        if (first >= size) break;
-        uint32_t best = first;
-        if (size - first >= 4u) { // all four siblings: two pairs, then their winners
-            const uint32_t a = heap_less(heap_[first + 1u], heap_[first]) ? first + 1u : first;
-            const uint32_t b = heap_less(heap_[first + 3u], heap_[first + 2u]) ? first + 3u : first + 2u;
-            best = heap_less(heap_[b], heap_[a]) ? b : a;
-        } else {
-            for (uint32_t c = first + 1u; c < size; ++c)
-                if (heap_less(heap_[c], heap_[best])) best = c;
-        }
-        if (!heap_less(heap_[best], e)) break;
-        heap_place(at, heap_[best]);
-        at = best;
-    }
-    heap_place(at, e);
-}
-
-// Brings the top up to date: while its key is behind its timer's, it is
-// re-keyed and sifted down, or dropped if its slot holds no live timer (a
-// tombstone, or a one-shot that fired).
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::heap_settle() {
-    while (heap_size_ > 0) {
-        const uint16_t slot = heap_[0].slot;
-        timer_key& k = keys_[slot];
-        const bool live = timer_pool_.live(slot);
-        if (live && heap_[0].seq == k.seq) return;
-        heap_entry e = {k.deadline, k.seq, slot};
-        if (!live) { // the last entry takes its place
-            k.pos = no_pos;
-            if (--heap_size_ == 0) return;
-            e = heap_[heap_size_];
-        }
-        heap_sift(0, e);
-    }
-}
-
-// seq_ is about to wrap (after 2^32 armings): give the armed timers the
-// numbers 0..n-1 in their arming order, move the mark with them, and rebuild
-// the heap. O(n log n), once per 4 billion armings. Deadlines and the order
-// of equal deadlines are unchanged; no comparison ever sees a wrapped value.
-// Every entry gets its slot's key first (a tombstone's, later or not, is as
-// good as its own: the heap is rebuilt).
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::renumber_seqs() {
-    const uint32_t n = heap_size_ < heap_cap ? heap_size_ : static_cast<uint32_t>(heap_cap);
-    for (uint32_t i = 0; i < n; ++i) {
-        const timer_key& k = keys_[heap_[i].slot];
-        heap_[i].deadline = k.deadline;
-        heap_[i].seq = k.seq;
-    }
-    // Heapsort on seq alone, in place (no allocation): a max-heap, then
-    // repeatedly the largest to the end.
-    struct by_seq {
-        static void sift_down(heap_entry* a, uint32_t at, uint32_t size) {
-            heap_entry e = a[at];
-            for (;;) {
-                uint32_t c = 2u * at + 1u;
-                if (c >= size) break;
-                if (c + 1u < size && a[c + 1u].seq > a[c].seq) ++c;
-                if (a[c].seq <= e.seq) break;
-                a[at] = a[c];
-                at = c;
-            }
-            a[at] = e;
-        }
-    };
-    for (uint32_t i = n / 2u; i-- > 0;) by_seq::sift_down(heap_, i, n);
-    for (uint32_t end = n; end > 1u; --end) {
-        heap_entry top = heap_[0];
-        heap_[0] = heap_[end - 1u];
-        heap_[end - 1u] = top;
-        by_seq::sift_down(heap_, 0, end - 1u);
-    }
-    // Sorted by seq is not yet a heap by deadline: renumber and insert the
-    // entries again, one by one (heap_sift also records every position).
-    uint32_t mark = 0;
-    for (uint32_t i = 0; i < n; ++i) {
-        heap_entry e = heap_[i];
-        if (e.seq < seq_mark_) mark = i + 1u;
-        e.seq = keys_[e.slot].seq = i;
-        heap_size_ = static_cast<uint16_t>(i + 1u);
-        heap_sift(i, e);
-    }
-    seq_mark_ = mark;
-    seq_ = n;
 }
 
 // ---- the iteration ----------------------------------------------------------
@@ -2392,9 +2746,9 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
-    heap_settle(); // the top's key is its timer's: never wake early
-    if (heap_size_ > 0) {
-        int64_t t = heap_[0].deadline > now_ ? heap_[0].deadline - now_ : 0;
+    heap_.settle(timer_pool_); // the top's key is its timer's: never wake early
+    if (!heap_.empty()) {
+        int64_t t = heap_.top().deadline > now_ ? heap_.top().deadline - now_ : 0;
         if (wait < 0 || t < wait) wait = t;
     }
     return wait;
@@ -2404,7 +2758,7 @@ template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
     if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
     ++iteration_;
-    seq_mark_ = seq_;
+    heap_.begin_pass();
     // The clock is read only when something depends on it: with no timer and
     // no time limit (run() with fds only, or poll()'s zero wait) the loop pays
     // nothing for time, and timers armed in callbacks read it themselves.
@@ -2417,49 +2771,21 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
         now_valid_ = false;
     }
 
-    fd_set set[3];
-    fd_set* ptr[3];
-    int n, nfds;
+    typename backend::fd_sets sets;
+    typename backend::ready_sets ready;
+    int n;
     for (;;) {
-        nfds = maxfd_ + 1;
-        // Only the words select() will look at are copied. The read set always
-        // holds the wake-up fd; the others are usually empty and passed as NULL.
-        const size_t bytes = (static_cast<size_t>(nfds) + detail::word_bits - 1) / detail::word_bits *
-                             sizeof(unsigned long);
-        ptr[rd] = &set[rd];
-        ptr[wr] = nwatch_[wr] ? &set[wr] : nullptr;
-        ptr[ex] = nwatch_[ex] ? &set[ex] : nullptr;
-        if (fdset_words_) {
-            memcpy(ptr[rd], &master_[rd], bytes);
-            if (ptr[wr]) memcpy(ptr[wr], &master_[wr], bytes);
-            if (ptr[ex]) memcpy(ptr[ex], &master_[ex], bytes);
-        } else {
-            for (int s = 0; s < 3; ++s)
-                if (ptr[s]) *ptr[s] = master_[s];
-        }
-        int64_t wait = timed ? select_timeout(until) : max_wait_ns; // untimed: -1 (forever) or 0
-        if (stop_.load(std::memory_order_relaxed)) wait = 0;
-        struct timeval tv, *tvp = nullptr;
-        if (wait == 0) { // poll(), or a timer already due: no divisions
-            tv.tv_sec = 0;
-            tv.tv_usec = 0;
-            tvp = &tv;
-        } else if (wait > 0) {
-            // Rounded up: waking before the deadline would only spin.
-            int64_t us = (wait + 999) / 1000;
-            const int64_t max_s = 0x7fffffff; // fits a 32-bit time_t
-            tv.tv_sec = detail::narrow<time_t>(us / 1000000 > max_s ? max_s : us / 1000000);
-            tv.tv_usec = detail::narrow<suseconds_t>(us % 1000000);
-            tvp = &tv;
-        }
-        n = select(nfds, ptr[rd], ptr[wr], ptr[ex], tvp);
+        n = backend_.wait(sets, ready, [&]() -> int64_t {
+            const int64_t wait = timed ? select_timeout(until) : max_wait_ns; // untimed: -1 (forever) or 0
+            return stop_.load(std::memory_order_relaxed) ? 0 : wait;
+        });
         if (timed) refresh_now();
         if (n >= 0) break;
         if (errno == EINTR) continue; // retried with what is left of the timeout
         if (errno == EBADF) {
             // Retrying would fail the same way: with nothing to disable,
             // report it instead of spinning.
-            if (!disable_bad_fds()) return error_code(errc::system, EBADF);
+            if (!backend_.report_closed(*this)) return error_code(errc::system, EBADF);
             n = 0;
             break;
         }
@@ -2474,126 +2800,38 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
         if (outer) io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
     });
     if (n > 0) {
-        const int nwords = static_cast<int>((static_cast<unsigned>(nfds) + detail::word_bits - 1) / detail::word_bits);
-        const unsigned long* sets[3];
-        unsigned long words[3][detail::fd_words];
-        if (fdset_words_) {
-            for (int s = 0; s < 3; ++s) sets[s] = reinterpret_cast<const unsigned long*>(ptr[s]); // NULL stays NULL
-        } else {
-            // Portable path: translate the result sets into words through
-            // FD_ISSET, for the fds we watch only.
-            memset(words, 0, sizeof words);
-            for (int fd = 0; fd < nfds; ++fd) {
-                if (!detail::test_bit(watched_, fd) && fd != wake_fd_) continue;
-                for (int s = 0; s < 3; ++s)
-                    if (ptr[s] && FD_ISSET(fd, ptr[s])) detail::set_bit(words[s], fd);
-            }
-            for (int s = 0; s < 3; ++s) sets[s] = ptr[s] ? words[s] : nullptr;
-        }
-        dispatch_io(sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
+        // The wake-up fd is drained after the watchers ran.
+        if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
         if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
     }
-    if (heap_size_ > 0) dispatch_timers();
+    if (!heap_.empty()) dispatch_timers();
     return error_code();
 }
 
-// Ready fds are found a word at a time. nready is select()'s count of set
-// bits: the scan stops when it is used up. The wake-up fd is drained after the
-// watchers ran, as before. Inlined into its one caller, iterate(): with one
-// ready fd per iteration, the call would cost more than the scan.
-//
-// Two paths, chosen once per iteration. The lean one serves the common case,
-// only readers and no stall detection: until a callback changes the fd
-// watchers, every ready bit is a watcher that existed at select() time with
-// its read interest (the masters held exactly those), so it is called without
-// looking anything else up. The first watch(), modify() or unwatch() (or a
-// nested iteration) sets io_changed_, and the rest of the scan continues on
-// the careful path, which looks every fd up again (dispatch_fd).
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_io(const unsigned long* r, const unsigned long* w,
-                                                                         const unsigned long* e, int nwords,
-                                                                         int nready) {
-    int i = 0;
-    unsigned long bits = 0; // the careful path resumes with what is left of word i
-    bool resume = false;
-    if (!w && !e) {
-        if (stall_ns_ == 0 ? dispatch_readers<false>(r, nwords, i, bits, nready)
-                           : dispatch_readers<true>(r, nwords, i, bits, nready))
-            i = nwords; // done
-        else
-            resume = true;
-    }
-    // An unused set reads as empty. Not const: zeros in .bss cost no text,
-    // in .rodata they would.
-    static unsigned long none[detail::fd_words] = {};
-    if (!w) w = none;
-    if (!e) e = none;
-    for (; i < nwords && nready > 0; ++i) {
-        for (bits = resume ? bits : (r[i] | w[i] | e[i]), resume = false; bits; bits &= bits - 1) {
-            int bit = __builtin_ctzl(bits);
-            unsigned long rb = (r[i] >> bit) & 1ul, wb = (w[i] >> bit) & 1ul, eb = (e[i] >> bit) & 1ul;
-            nready -= static_cast<int>(rb + wb + eb);
-            dispatch_fd(i * detail::word_bits + bit,
-                        (rb ? readable : 0u) | (wb ? writable : 0u) | (eb ? priority : 0u));
-        }
-    }
-    if (wake_seen_) {
-        wake_seen_ = false;
-        drain_wake();
-    }
-}
-
-// The lean path: true when the scan is complete; false when a callback
-// changed the fd watchers, with i, bits and nready where the careful path
-// takes over (the fd that was running is done). With stall detection on
-// (Stall), the clock is read once per callback, after it: a callback's time
-// runs from the previous reading (the end of the previous callback, or the
-// start of the scan), which adds only the loop's own few instructions
-// between two callbacks to it.
+// A ready reader on the backend's lean scan (only readers, nothing changed
+// since the wait: see backend/select.hpp): called without looking anything
+// else up. With stall detection on (Stall), the clock is read once per
+// callback, after it: a callback's time runs from the previous reading (the
+// end of the previous callback, or the start of the scan), which adds only
+// the loop's own few instructions between two callbacks to it.
 template <class Cap, class Clock>
 template <bool Stall>
-MICROLOOP_DETAIL_ALWAYS_INLINE bool basic_loop<Cap, Clock>::dispatch_readers(const unsigned long* r, int nwords,
-                                                                              int& i, unsigned long& bits,
-                                                                              int& nready) {
-    io_changed_ = false;
-    int64_t t0 = Stall ? detail::monotonic_ns() : 0;
-    // Ends the running callback's bookkeeping once, when the scan ends or a
-    // callback throws: while nothing changes, no callback has removed its
-    // own watcher and there is nothing to free.
-    auto done = detail::on_scope_exit([this] { end_io(); });
-    for (; i < nwords && nready > 0; ++i) {
-        for (bits = r[i]; bits;) {
-            const int fd = i * detail::word_bits + __builtin_ctzl(bits);
-            bits &= bits - 1;
-            --nready;
-            const fd_slot_t s = fd_slot_[fd];
-            if (s == no_slot) { // the wake-up fd: drained after the watchers
-                if (fd == wake_fd_) wake_seen_ = true;
-                continue;
-            }
-            io_slot& io = io_[s];
-            running_io_.begin(s);
-            io_event ev = {io_handle::from_id(io.id), fd, readable};
-            io.cb(ev);
-            if (Stall) {
-                const int64_t t1 = detail::monotonic_ns();
-                t0 = t1 - t0 >= stall_ns_ ? report_stall(source_kind::io, io.id, fd, t1 - t0) : t1;
-            }
-            if (io_changed_) return false;
-        }
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(uint16_t s, int fd, int64_t& t0) {
+    io_slot& io = io_[s];
+    running_io_.begin(s);
+    io_event ev = {io_handle::from_id(io.id), fd, readable};
+    io.cb(ev);
+    if (Stall) {
+        const int64_t t1 = detail::monotonic_ns();
+        t0 = t1 - t0 >= stall_ns_ ? report_stall(source_kind::io, io.id, fd, t1 - t0) : t1;
     }
-    return true;
 }
 
-// One ready fd, looked up in fd_slot_ at the moment it is dispatched, so a
-// watcher removed by an earlier callback of this iteration is never called.
+// A ready fd and its watcher, slot s, as the backend looked it up at the
+// moment it is dispatched, so a watcher removed by an earlier callback of
+// this iteration is never called.
 template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, unsigned ready) {
-    fd_slot_t s = fd_slot_[fd];
-    if (s == no_slot) { // the wake-up fd (drained after the watchers), or unwatched meanwhile
-        if (fd == wake_fd_) wake_seen_ = true;
-        return;
-    }
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::io_ready(uint16_t s, int fd, unsigned ready) {
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
     if (events == 0 || io.added_iter == iteration_) return;
@@ -2603,10 +2841,10 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::dispatch_fd(int fd, 
 template <class Cap, class Clock>
 void basic_loop<Cap, Clock>::dispatch_timers() {
     for (;;) {
-        heap_settle();
-        // Timers armed during this pass (seq_mark_ on) wait for the next.
-        if (heap_size_ == 0 || heap_[0].deadline > now_ || heap_[0].seq >= seq_mark_) break;
-        const heap_entry top = heap_[0];
+        heap_.settle(timer_pool_);
+        // Timers armed during this pass wait for the next.
+        if (!heap_.top_due(now_)) break;
+        const typename detail::timer_heap<timer_pool::slots>::entry top = heap_.top();
         timer_slot& t = timers_[top.slot];
         uint32_t overruns = 0;
         if (t.period > 0) {
@@ -2614,12 +2852,10 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
             // during a stall are skipped and counted, not fired in a burst.
             int64_t missed = (now_ - top.deadline) / t.period;
             overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
-            const uint32_t seq = next_seq();
-            keys_[top.slot].deadline = top.deadline + (missed + 1) * t.period;
-            keys_[top.slot].seq = seq;
+            heap_.advance(top.slot, top.deadline + (missed + 1) * t.period);
         }
         // Its entry, stale now (a one-shot's: dropped, its slot freed below),
-        // stays at the top until the next heap_settle(): a callback that
+        // stays at the top until the next settle(): a callback that
         // re-arms the timer reuses it.
         running_timer_.begin(top.slot);
         // A one-shot is gone as it fires: its place is free for a timer its
@@ -2637,10 +2873,9 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::after_fork() {
     if (getpid() == owner_pid_) return errc::bad_argument;
-    if (wake_fd_ >= 0) FD_CLR(wake_fd_, &master_[rd]);
+    const int old = wake_fd_;
     error_code e = renew_wake_fd();
-    if (wake_fd_ >= 0) FD_SET(wake_fd_, &master_[rd]);
-    recompute_maxfd();
+    backend_.replace_wake_fd(old, wake_fd_);
     if (e) return e;
     for (loop_hook* h = hooks_; h;) {
         loop_hook* next = h->next; // a hook may detach itself
@@ -2824,7 +3059,7 @@ public:
         static_assert(!std::is_reference<T>::value && !std::is_array<T>::value, "microloop: store an object type");
         uint64_t id = pool_.acquire();
         if (id == 0) return made<T>(errc::table_full);
-        uint16_t slot = static_cast<uint16_t>(id & 0xffffu);
+        uint16_t slot = detail::slot_of(id);
         // Gives the slot back if T's constructor throws (where exceptions exist).
         struct guard {
             detail::slot_pool<N>* pool;
@@ -2924,6 +3159,58 @@ template <size_t N, size_t Size> const size_t continuation_table<N, Size>::slot_
 
 #endif // MICROLOOP_CONTINUATION_HPP
 // ---- end microloop/continuation.hpp ------------------------------------
+
+// ---- begin microloop/memory.hpp ----------------------------------------
+// microloop/memory.hpp - keep the loop's memory resident.
+#ifndef MICROLOOP_MEMORY_HPP
+#define MICROLOOP_MEMORY_HPP
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/mman.h>
+
+namespace microloop {
+
+// A page fault blocks the whole loop just as a blocking read does: on a board
+// that swaps to flash, or that reclaims clean pages of the binary under
+// memory pressure, one fault can cost milliseconds. lock_memory() locks every
+// page the process has now and will map later (mlockall MCL_CURRENT |
+// MCL_FUTURE), and touches `stack_bytes` of stack so those pages are mapped
+// and locked before the loop runs rather than on first use.
+//
+// Call it once, after creating the loop (whose tables live in the loop object
+// and need no later allocation). It needs CAP_IPC_LOCK or a large enough
+// RLIMIT_MEMLOCK: otherwise it returns errc::system with EPERM or ENOMEM, and
+// nothing changes.
+inline error_code lock_memory(size_t stack_bytes = 64 * 1024) {
+    if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) return error_code(errc::system, errno);
+    // Only run when locking succeeded; touching is what maps the pages.
+    struct toucher {
+        static void touch(size_t n) {
+            volatile unsigned char page[4096];
+            memset(const_cast<unsigned char*>(page), 0, sizeof page);
+            if (n > sizeof page) touch(n - sizeof page);
+            page[0] = page[0]; // keeps each frame alive, so the recursion is real
+        }
+    };
+    toucher::touch(stack_bytes);
+    return error_code();
+}
+
+// Undo lock_memory().
+inline error_code unlock_memory() {
+    if (munlockall() != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_MEMORY_HPP
+// ---- end microloop/memory.hpp ------------------------------------------
+
+#endif // MICROLOOP_CORE_HPP
+// ---- end microloop/core.hpp --------------------------------------------
 
 // ---- begin microloop/mailbox.hpp ---------------------------------------
 // microloop/mailbox.hpp - hand work to a loop from other threads.
@@ -3098,55 +3385,6 @@ private:
 
 #endif // MICROLOOP_MAILBOX_HPP
 // ---- end microloop/mailbox.hpp -----------------------------------------
-
-// ---- begin microloop/memory.hpp ----------------------------------------
-// microloop/memory.hpp - keep the loop's memory resident.
-#ifndef MICROLOOP_MEMORY_HPP
-#define MICROLOOP_MEMORY_HPP
-
-#include <errno.h>
-#include <stddef.h>
-#include <string.h>
-#include <sys/mman.h>
-
-namespace microloop {
-
-// A page fault blocks the whole loop just as a blocking read does: on a board
-// that swaps to flash, or that reclaims clean pages of the binary under
-// memory pressure, one fault can cost milliseconds. lock_memory() locks every
-// page the process has now and will map later (mlockall MCL_CURRENT |
-// MCL_FUTURE), and touches `stack_bytes` of stack so those pages are mapped
-// and locked before the loop runs rather than on first use.
-//
-// Call it once, after creating the loop (whose tables live in the loop object
-// and need no later allocation). It needs CAP_IPC_LOCK or a large enough
-// RLIMIT_MEMLOCK: otherwise it returns errc::system with EPERM or ENOMEM, and
-// nothing changes.
-inline error_code lock_memory(size_t stack_bytes = 64 * 1024) {
-    if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) return error_code(errc::system, errno);
-    // Only run when locking succeeded; touching is what maps the pages.
-    struct toucher {
-        static void touch(size_t n) {
-            volatile unsigned char page[4096];
-            memset(const_cast<unsigned char*>(page), 0, sizeof page);
-            if (n > sizeof page) touch(n - sizeof page);
-            page[0] = page[0]; // keeps each frame alive, so the recursion is real
-        }
-    };
-    toucher::touch(stack_bytes);
-    return error_code();
-}
-
-// Undo lock_memory().
-inline error_code unlock_memory() {
-    if (munlockall() != 0) return error_code(errc::system, errno);
-    return error_code();
-}
-
-} // namespace microloop
-
-#endif // MICROLOOP_MEMORY_HPP
-// ---- end microloop/memory.hpp ------------------------------------------
 
 // ---- begin microloop/worker_pool.hpp -----------------------------------
 // microloop/worker_pool.hpp - blocking work on worker threads, the result

@@ -1,6 +1,12 @@
 // A program that uses an installed or vendored microloop: two timers, one of
-// which ends the other; exits 0 only if both fired as expected.
+// which ends the other; exits 0 only if both fired as expected. Built twice:
+// against everything (<microloop.hpp>) and, with MICROLOOP_CONSUMER_CORE,
+// against the core alone (<microloop/core.hpp>, linked with nothing).
+#if defined(MICROLOOP_CONSUMER_CORE)
+#include <microloop/core.hpp>
+#else
 #include <microloop.hpp>
+#endif
 
 #include <stdio.h>
 

@@ -5,6 +5,8 @@
 #      microloop.pc it installs
 #   3. pkg-config after `make install PREFIX=...`
 #   4. `make install PREFIX=/usr DESTDIR=...` stages the right files (Buildroot/Yocto style)
+#   5. one version everywhere: the macros in config.hpp, both microloop.pc
+#      files, the CMake package, the usage guide and a CHANGELOG.md section
 # Run from the top of the source tree. CXX selects the compiler (default c++).
 set -eu
 src=$(pwd)
@@ -19,6 +21,12 @@ step "cmake add_subdirectory"
 quiet cmake -S "$src/tests/consumer/add_subdirectory" -B "$work/sub" -DCMAKE_CXX_COMPILER="$CXX"
 quiet cmake --build "$work/sub"
 "$work/sub/consumer"
+"$work/sub/consumer_core"
+# The core target links nothing: no threads, no librt.
+if grep -Eq -- '-pthread|-lpthread|-lrt|librt' "$work/sub/CMakeFiles/consumer_core.dir/link.txt"; then
+    echo "microloop::core links a thread or rt library:" >&2
+    cat "$work/sub/CMakeFiles/consumer_core.dir/link.txt" >&2; exit 1
+fi
 # A parent project gets no tests, examples or install rules from microloop.
 if grep -q microloop_tests "$work/sub/Makefile" "$work/sub/microloop/Makefile" 2>/dev/null; then
     echo "add_subdirectory built microloop's tests" >&2; exit 1
@@ -32,6 +40,7 @@ quiet cmake -S "$src/tests/consumer/find_package" -B "$work/pkg" -DCMAKE_PREFIX_
     -DCMAKE_CXX_COMPILER="$CXX"
 quiet cmake --build "$work/pkg"
 "$work/pkg/consumer"
+"$work/pkg/consumer_core"
 # cmake --install writes microloop.pc too (lib/ or lib/<multiarch>/).
 pc=$(find "$work/cmake-prefix" -name microloop.pc)
 test -n "$pc" || { echo "cmake --install wrote no microloop.pc" >&2; exit 1; }
@@ -53,4 +62,20 @@ for f in usr/include/microloop.hpp usr/include/microloop/loop.hpp usr/lib/pkgcon
     test -f "$work/stage/$f" || { echo "missing $f in DESTDIR" >&2; exit 1; }
 done
 grep -qx 'prefix=/usr' "$work/stage/usr/lib/pkgconfig/microloop.pc" || { echo "bad prefix in microloop.pc" >&2; exit 1; }
+
+step "one version: config.hpp, microloop.pc, the CMake package, the guide, CHANGELOG.md"
+version=$(sed -n 's/^#define MICROLOOP_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)$/\2/p' "$src/include/microloop/config.hpp" | paste -sd. -)
+case $version in [0-9]*.[0-9]*.[0-9]*) ;; *) echo "no version in config.hpp: '$version'" >&2; exit 1 ;; esac
+same() { # what, value
+    [ "$2" = "$version" ] || { echo "version mismatch: $1 says '$2', config.hpp says $version" >&2; exit 1; }
+}
+same "make install's microloop.pc" "$(PKG_CONFIG_PATH="$work/make-prefix/lib/pkgconfig" pkg-config --modversion microloop)"
+same "cmake --install's microloop.pc" "$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --modversion microloop)"
+cv=$(find "$work/cmake-prefix" -name microloopConfigVersion.cmake)
+same "microloopConfigVersion.cmake" "$(sed -n 's/^set(PACKAGE_VERSION "\(.*\)")$/\1/p' "$cv")"
+for guide in include/microloop.hpp include/microloop/core.hpp; do
+    same "the guide in $guide" "$(sed -n 's|^// Version \([0-9.]*[0-9]\)\..*|\1|p' "$src/$guide")"
+done
+grep -q "^## \[$version\]" "$src/CHANGELOG.md" || { echo "CHANGELOG.md has no section for $version" >&2; exit 1; }
+echo "  consumer: version $version everywhere"
 echo "  consumer: all ways in work"

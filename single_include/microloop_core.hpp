@@ -1,0 +1,3158 @@
+// SPDX-License-Identifier: MIT
+// microloop core single-header edition: generated from include/ by single_include/amalgamate.py.
+// Do not edit: change the files in include/ and run `make single_include`.
+//
+// microloop/core.hpp - microloop's core: one select() loop for fds, timers,
+// signals and child processes, continuation tables and lock_memory().
+// Version 2.0.0. MIT licence (see the end of this guide).
+//
+// The core needs the libc alone: no threads, no -pthread, no -lrt. Include
+// <microloop/core.hpp> (or copy single_include/microloop_core.hpp) for just
+// this; <microloop.hpp> (single_include/microloop.hpp) adds the modules that
+// use threads: mailbox, worker_pool, loop_group, aio.
+// C++11, no exceptions, no RTTI, no heap after construction.
+//
+// ---- Usage -------------------------------------------------------------------
+//
+//     #include <microloop/core.hpp>       // or <microloop.hpp>
+//     using namespace std::chrono;
+//
+//     microloop::loop<> loop;   // 64 fds, 64 timers (see capacity<>); at namespace
+//                               // scope: a static inside main() costs a guard
+//     int main() {
+//         auto in = loop.watch(0, microloop::readable, [](microloop::io_event ev) {
+//             char buf[256];
+//             ssize_t n = read(ev.fd, buf, sizeof buf);
+//             if (n <= 0) loop.unwatch(ev.handle);    // EOF: the loop ends when nothing is left
+//         });
+//         if (!in) fprintf(stderr, "watch: %s\n", in.error().message());
+//         auto tick = loop.every(milliseconds(500), [](microloop::timer_event ev) {
+//             printf("tick (%u missed)\n", ev.overruns);
+//         });
+//         return loop.run() ? 1 : 0;                  // until stop() or nothing is left
+//     }
+//
+// ---- Sources -------------------------------------------------------------------
+//
+//   watch(fd, events, cb) / modify(h, events) / unwatch(h)
+//       events: readable | writable | priority (select's except set). cb gets
+//       io_event{handle, fd, events}; events == io_error if the fd was closed
+//       while watched (the watcher is then disabled: unwatch it).
+//   after(timeout, cb) / every(period, cb) / add_timer(timeout, repeat, cb)
+//   rearm(h, timeout) / cancel(h) / remaining(h)
+//       Monotonic clock; repeating timers do not drift and, after a stall,
+//       skip the missed periods and report them in timer_event::overruns.
+//       Equal deadlines fire in arming order. Armed inside a callback, a
+//       timer counts from the iteration's time; outside, from the clock's now.
+//       A one-shot is gone when its callback runs, unless it re-arms itself.
+//   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
+//   on_stall(threshold, cb): names any callback that blocked the loop.
+//   set_timer_slack(d): how late Linux may wake the loop for a timer (the
+//       thread's timer slack, 50 us by default; left alone unless called).
+//       nanoseconds(1): as punctual as the kernel allows; 0: the default.
+//   stats() / for_each_io(f) / for_each_timer(f): what the loop holds, and
+//       the high-water mark of every table, to size capacities from a run.
+//   after_fork(): a forked child that keeps the loop calls it first; until
+//       then the child cannot disturb the parent (run() says errc::forked).
+//   basic_loop<capacity<...>, manual_clock>: timers in virtual time, for
+//       tests: loop.clock().advance(d); loop.poll();
+//   on_signal(signo, cb) / unwatch(h)
+//       cb(signal_event{handle, signo, count, pid, uid, value}) runs in the
+//       loop, never in signal context; count = arrivals since the last call,
+//       value = the latest sigqueue() value. One watcher per signal per
+//       process (else errc::already_watched); unwatching or destroying the
+//       loop restores the old disposition and the thread's mask bit.
+//       Block signals in other threads: microloop::block_signals(); clear
+//       the mask in a child before exec: microloop::unblock_signals().
+//   on_child(pid, cb) / unwatch(h)
+//       cb(child_event{handle, pid, status}) once, after reaping that pid
+//       (exited()/exit_code()/signaled()/term_signal()). Unwatched children
+//       are never reaped. SIGPIPE is left alone: see ignore_sigpipe().
+//   continuation_table<N, Size> t; id = t.emplace<T>(...); t.get<T>(id);
+//   t.take<T>(id); t.release(id)
+//       The state an async operation needs when it completes, saved when it
+//       starts; stale ids and wrong types are refused, never misread.
+//   lock_memory(): mlockall, so page faults cannot stall the loop.
+//
+// Callbacks are function pointers or lambdas whose captures fit in
+// MICROLOOP_CALLBACK_SIZE bytes (16: a pointer and a handle); a larger
+// capture is a compile-time error. Any callback may add, change or remove any
+// source, itself included; a table of N holds N sources even when a callback
+// replaces its own. A source removed during an iteration is not called again;
+// a source added during an iteration is first considered in the next one.
+//
+// ---- Errors --------------------------------------------------------------------
+//
+// Nothing throws. Actions return microloop::error_code, true on failure:
+//     if (microloop::error_code e = loop.unwatch(h)) puts(e.message());
+// Creating a source returns a handle; a failed one is false and carries why
+// (and the errno, for errc::system):
+//     h.error() == microloop::errc::fd_out_of_range
+// Handles are 64 bits with a 48-bit generation: a handle kept after its source
+// is gone is refused with errc::stale_handle and never acts on a newer source
+// (unless its slot is reused 2^48 times meanwhile). A user callback that
+// throws leaves every table consistent; the exception leaves run().
+//
+// ---- Configuration (define before including) ----------------------------------
+//
+//   MICROLOOP_CALLBACK_SIZE  inline capture bytes per callback (16)
+//   MICROLOOP_ASSERT(c)      internal invariant checks (assert)
+//   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
+//                            the libc's fd_set layout allows (checked at run
+//                            time); 0: FD_ISSET only
+//   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
+//   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
+//   microloop::basic_loop<microloop::capacity<...> >.
+//
+// ---- Licence -------------------------------------------------------------------
+//
+// MIT License
+//
+// Copyright (c) 2026 the microloop authors
+//
+// Permission is hereby granted, free of charge, to any person obtaining a copy
+// of this software and associated documentation files (the "Software"), to deal
+// in the Software without restriction, including without limitation the rights
+// to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+// copies of the Software, and to permit persons to whom the Software is
+// furnished to do so, subject to the following conditions:
+//
+// The above copyright notice and this permission notice shall be included in all
+// copies or substantial portions of the Software.
+//
+// THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+// IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+// FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+// AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+// LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+// OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+// SOFTWARE.
+#ifndef MICROLOOP_CORE_HPP
+#define MICROLOOP_CORE_HPP
+
+// ---- begin microloop/config.hpp ----------------------------------------
+// microloop/config.hpp - configuration macros and version.
+// Every macro here but the internal ones at the end may be defined by the
+// user before including microloop.
+#ifndef MICROLOOP_CONFIG_HPP
+#define MICROLOOP_CONFIG_HPP
+
+#include <cassert>
+
+// The release: MAJOR.MINOR.PATCH, Semantic Versioning (CHANGELOG.md). The
+// pkg-config file and the CMake package take their version from here.
+#define MICROLOOP_VERSION_MAJOR 2
+#define MICROLOOP_VERSION_MINOR 0
+#define MICROLOOP_VERSION_PATCH 0
+// One number for #if: 20000 for 2.0.0.
+#define MICROLOOP_VERSION (MICROLOOP_VERSION_MAJOR * 10000 + MICROLOOP_VERSION_MINOR * 100 + MICROLOOP_VERSION_PATCH)
+
+// Bytes of inline storage for one callback's captures. A lambda that captures
+// more is a compile-time error (capture a pointer to your state instead).
+// Changes sizeof(loop); every slot of every table carries one callback. The
+// default, 16 bytes on 32- and 64-bit targets alike, holds a pointer and a
+// (64-bit) handle: `[this, h]`.
+#ifndef MICROLOOP_CALLBACK_SIZE
+#define MICROLOOP_CALLBACK_SIZE 16
+#endif
+
+// Internal invariant checks. They never guard against bad user input: bad
+// input is always answered with an error code, in every build mode.
+#ifndef MICROLOOP_ASSERT
+#define MICROLOOP_ASSERT(cond) assert(cond)
+#endif
+
+// 1 (the default where the libc is known to use it): read select()'s result
+// sets word by word, the fast path. 0: only the FD_* macros are used. The loop
+// checks the word layout once at construction and falls back to the macros
+// by itself if the libc lays fd_set out differently, so 1 is always safe.
+#ifndef MICROLOOP_FDSET_WORDS
+#define MICROLOOP_FDSET_WORDS 1
+#endif
+
+// ---- internal: not for users to define -------------------------------------------
+// Where the compiler is told what to inline: the hot path always
+// (MICROLOOP_DETAIL_ALWAYS_INLINE), speed-only code unless the build
+// optimises for size (MICROLOOP_DETAIL_HOT_INLINE, off at -Os), and code
+// kept out of its callers (MICROLOOP_DETAIL_NOINLINE, with
+// MICROLOOP_DETAIL_COLD for what runs rarely).
+#if defined(__GNUC__)
+#define MICROLOOP_DETAIL_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define MICROLOOP_DETAIL_NOINLINE __attribute__((noinline))
+#define MICROLOOP_DETAIL_COLD __attribute__((noinline, cold))
+#else
+#define MICROLOOP_DETAIL_ALWAYS_INLINE inline
+#define MICROLOOP_DETAIL_NOINLINE
+#define MICROLOOP_DETAIL_COLD
+#endif
+#if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
+#define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
+#else
+#define MICROLOOP_DETAIL_HOT_INLINE inline
+#endif
+
+#endif // MICROLOOP_CONFIG_HPP
+// ---- end microloop/config.hpp ------------------------------------------
+
+// ---- begin microloop/error.hpp -----------------------------------------
+// microloop/error.hpp - error codes. No exceptions are ever thrown.
+#ifndef MICROLOOP_ERROR_HPP
+#define MICROLOOP_ERROR_HPP
+
+namespace microloop {
+
+// Why an operation failed. errc::ok (0) means it did not.
+enum class errc : unsigned char {
+    ok = 0,
+    bad_fd,          // fd < 0
+    fd_out_of_range, // fd >= FD_SETSIZE: select() cannot watch it
+    already_watched, // this fd (or signal) already has a watcher
+    table_full,      // the fixed-capacity table for this source is full
+    stale_handle,    // the handle names a source that no longer exists
+    bad_timeout,     // negative, zero period, or too large to represent
+    bad_argument,    // e.g. unknown event bits, a null callback, an invalid signal number
+    system,          // a system call failed; error_code::sys() has errno
+    canceled,        // the operation was canceled before it completed
+    forked           // a loop inherited across fork() was used in the child
+                     // before after_fork()
+};
+
+inline const char* message(errc e) {
+    switch (e) {
+    case errc::ok: return "ok";
+    case errc::bad_fd: return "negative file descriptor";
+    case errc::fd_out_of_range: return "file descriptor >= FD_SETSIZE";
+    case errc::already_watched: return "already watched";
+    case errc::table_full: return "table full";
+    case errc::stale_handle: return "stale or invalid handle";
+    case errc::bad_timeout: return "bad timeout";
+    case errc::bad_argument: return "bad argument";
+    case errc::system: return "system call failed";
+    case errc::canceled: return "canceled";
+    case errc::forked: return "loop used in a forked child without after_fork()";
+    }
+    return "unknown error";
+}
+
+// The result of an action: `if (error_code e = loop.unwatch(h)) ...` is true
+// when the action failed. Small enough to return in registers.
+class error_code {
+public:
+    error_code() : code_(errc::ok), sys_(0) {}
+    error_code(errc c, int sys_errno = 0) : code_(c), sys_(sys_errno) {}
+
+    explicit operator bool() const { return code_ != errc::ok; }
+    errc code() const { return code_; }
+    int sys() const { return sys_; } // errno, for errc::system
+    const char* message() const { return microloop::message(code_); }
+
+    friend bool operator==(error_code a, errc b) { return a.code_ == b; }
+    friend bool operator!=(error_code a, errc b) { return a.code_ != b; }
+    friend bool operator==(error_code a, error_code b) { return a.code_ == b.code_ && a.sys_ == b.sys_; }
+    friend bool operator!=(error_code a, error_code b) { return !(a == b); }
+
+private:
+    errc code_;
+    int sys_;
+};
+
+} // namespace microloop
+
+#endif // MICROLOOP_ERROR_HPP
+// ---- end microloop/error.hpp -------------------------------------------
+
+// ---- begin microloop/callback.hpp --------------------------------------
+// microloop/callback.hpp - a callable stored inline, without the heap.
+#ifndef MICROLOOP_CALLBACK_HPP
+#define MICROLOOP_CALLBACK_HPP
+
+#include <stddef.h>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+namespace microloop {
+namespace detail {
+
+template <class Signature, size_t Size = MICROLOOP_CALLBACK_SIZE>
+class inplace_callback;
+
+// A null function pointer would be stored, and later called, like any other:
+// whoever accepts callbacks refuses it up front (errc::bad_argument).
+template <class F>
+bool is_null_callable(const F&) { return false; }
+template <class R, class... Args>
+bool is_null_callable(R (*f)(Args...)) { return f == nullptr; }
+
+// Holds a function pointer or a lambda whose captures fit in Size bytes, in
+// place. Why not std::function: it may allocate, and it drags in exceptions
+// and RTTI. A capture that is too big or over-aligned is a compile-time
+// error. The callback never moves once stored (slots are never relocated),
+// so no copy or move operations are needed: two pointers and the buffer.
+template <class R, class... Args, size_t Size>
+class inplace_callback<R(Args...), Size> {
+public:
+    inplace_callback() : invoke_(nullptr), destroy_(nullptr) {}
+    ~inplace_callback() { reset(); }
+    inplace_callback(const inplace_callback&) = delete;
+    inplace_callback& operator=(const inplace_callback&) = delete;
+
+    template <class F>
+    void emplace(F&& f) {
+        typedef typename std::decay<F>::type Fn;
+        static_assert(sizeof(Fn) <= Size,
+                      "microloop: callback captures too much; capture a pointer to your state "
+                      "or raise MICROLOOP_CALLBACK_SIZE");
+        static_assert(alignof(Fn) <= alignof(storage_t),
+                      "microloop: callback captures an over-aligned object; capture a pointer to it");
+        reset();
+        ::new (static_cast<void*>(&buf_)) Fn(std::forward<F>(f));
+        invoke_ = &invoke_fn<Fn>;
+        destroy_ = std::is_trivially_destructible<Fn>::value ? nullptr : &destroy_fn<Fn>;
+    }
+    void reset() {
+        if (destroy_) destroy_(&buf_);
+        invoke_ = nullptr;
+        destroy_ = nullptr;
+    }
+    explicit operator bool() const { return invoke_ != nullptr; }
+    R operator()(Args... args) { return invoke_(&buf_, static_cast<Args>(args)...); }
+
+private:
+    union storage_t {
+        unsigned char bytes[Size];
+        void* align_ptr;
+        long long align_ll; // 32-bit ABIs align 64-bit members to 8
+    };
+
+    template <class Fn>
+    static R invoke_fn(void* p, Args... args) { return (*static_cast<Fn*>(p))(static_cast<Args>(args)...); }
+    template <class Fn>
+    static void destroy_fn(void* p) { static_cast<Fn*>(p)->~Fn(); }
+
+    R (*invoke_)(void*, Args...);
+    void (*destroy_)(void*);
+    storage_t buf_;
+};
+
+// Runs f when the scope ends, normally or by an exception thrown from a user
+// callback. microloop never throws, but user code may: whatever bookkeeping
+// surrounds a callback is finished here, so the tables stay consistent and
+// the exception reaches the caller of run(). Works the same with
+// -fno-exceptions (then it is simply the end of the scope).
+template <class F>
+class scope_exit {
+public:
+    explicit scope_exit(F f) : f_(f), armed_(true) {}
+    scope_exit(scope_exit&& other) : f_(other.f_), armed_(other.armed_) { other.armed_ = false; }
+    scope_exit(const scope_exit&) = delete;
+    scope_exit& operator=(const scope_exit&) = delete;
+    ~scope_exit() {
+        if (armed_) f_();
+    }
+    void dismiss() { armed_ = false; }
+
+private:
+    F f_;
+    bool armed_;
+};
+
+template <class F>
+scope_exit<F> on_scope_exit(F f) {
+    return scope_exit<F>(f);
+}
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_CALLBACK_HPP
+// ---- end microloop/callback.hpp ----------------------------------------
+
+// ---- begin microloop/handle.hpp ----------------------------------------
+// microloop/handle.hpp - generation-counted handles and the slot pool behind
+// every fixed-capacity table (fd watchers, timers, signals, AIO,
+// continuations).
+#ifndef MICROLOOP_HANDLE_HPP
+#define MICROLOOP_HANDLE_HPP
+
+#include <stdint.h>
+#include <stddef.h>
+
+namespace microloop {
+namespace detail {
+// The slot a handle id names: its low 16 bits (0xffff in a failed
+// creation's handle, which names no slot).
+inline uint16_t slot_of(uint64_t id) { return static_cast<uint16_t>(id & 0xffffu); }
+} // namespace detail
+
+// A handle is 64 bits: a 48-bit generation above a 16-bit slot. A handle
+// kept after its source is gone no longer matches its slot's generation and
+// is refused with errc::stale_handle, for every handle type. Each reuse of a
+// slot advances its generation by one, so a kept handle could be mistaken
+// for a newer source only after its slot was reused 2^48 - 1 times: 8.9 years
+// of a million reuses a second, of that one slot.
+//
+// A failed creation returns an invalid handle that carries the reason and,
+// for errc::system, the errno: `if (!h) puts(h.error().message());`.
+// Copying a handle is copying one uint64_t: cheap to capture in a callback.
+template <class Tag>
+class basic_handle {
+public:
+    basic_handle() : bits_(failure_bits(error_code(errc::stale_handle))) {}
+    // Explicit: `io_handle h = errc::ok;` must not compile into a handle
+    // whose error() claims success. errc::ok itself becomes stale_handle.
+    explicit basic_handle(error_code failure) : bits_(failure_bits(failure)) {}
+    explicit basic_handle(errc failure) : bits_(failure_bits(error_code(failure))) {}
+
+    // Generation 0 never names a live source, and slot 0xffff never exists.
+    bool valid() const { return detail::slot_of(bits_) != 0xffffu && (bits_ >> 16) != 0; }
+    explicit operator bool() const { return valid(); }
+    // Why creation failed (with errno for errc::system); errc::ok for a
+    // valid handle.
+    error_code error() const {
+        if (valid()) return error_code();
+        if (detail::slot_of(bits_) != 0xffffu) return error_code(errc::stale_handle);
+        return error_code(static_cast<errc>((bits_ >> 16) & 0xffu), static_cast<int>(bits_ >> 32));
+    }
+    uint64_t id() const { return bits_; }
+
+    static basic_handle from_id(uint64_t id) {
+        basic_handle h;
+        h.bits_ = id;
+        return h;
+    }
+    friend bool operator==(basic_handle a, basic_handle b) { return a.bits_ == b.bits_; }
+    friend bool operator!=(basic_handle a, basic_handle b) { return a.bits_ != b.bits_; }
+
+private:
+    // slot 0xffff, the errc in bits 16..23, errno in bits 32..63.
+    static uint64_t failure_bits(error_code e) {
+        errc why = e.code() == errc::ok ? errc::stale_handle : e.code();
+        return static_cast<uint64_t>(static_cast<uint32_t>(e.sys())) << 32 |
+               static_cast<uint64_t>(static_cast<unsigned char>(why)) << 16 | 0xffffu;
+    }
+
+    uint64_t bits_;
+};
+
+typedef basic_handle<struct io_tag> io_handle;
+typedef basic_handle<struct timer_tag> timer_handle;
+
+// How full a table is, and how full it ever was since it was made: size
+// capacities from `high_water` measured in a real run.
+struct table_stats {
+    size_t used;
+    size_t capacity;
+    size_t high_water;
+};
+
+namespace detail {
+
+// slot_pool's invariant checks (is the slot live, or retired, as the call
+// requires?), written outside the class template so that assert's strings
+// exist once in a program rather than once per capacity and check.
+inline void check_slot(bool slot_state_as_expected) {
+    MICROLOOP_ASSERT(slot_state_as_expected);
+    (void)slot_state_as_expected;
+}
+
+// Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
+// N slots may be live at once. Spare extra slots let a table whose callback
+// removes its own source take a new one at once, in that callback: the
+// removed source's slot stays out of use until its callback has returned
+// (its closure is still running), but no longer counts against N. A table of
+// N always holds N.
+template <size_t N, size_t Spare = 0>
+class slot_pool {
+public:
+    static const size_t slots = N + Spare;
+    static_assert(slots > 0 && slots < 0xffff, "capacity must be at most 65533");
+    static const uint16_t none = 0xffff;
+    static const uint64_t max_generation = (uint64_t(1) << 48) - 1;
+
+    slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) {
+        for (size_t i = 0; i < slots; ++i) {
+            free_[i] = static_cast<uint16_t>(slots - 1 - i); // hand out slot 0 first
+            gen_[i] = 0;
+        }
+    }
+
+    // A fresh handle id, or 0 when N are live.
+    uint64_t acquire() {
+        if (live_ == N || nfree_ == 0) return 0;
+        uint16_t slot = free_[--nfree_];
+        uint64_t g = (gen_[slot] >> 1) + 1;
+        if (g > max_generation) g = 1; // 0 never names a live source
+        gen_[slot] = g << 1 | 1u;
+        if (++live_ > high_water_) high_water_ = live_;
+        return id_of(slot);
+    }
+    void release(uint16_t slot) {
+        retire(slot);
+        recycle(slot);
+    }
+    // Release in two steps: retire() makes the slot's handles stale at once
+    // and frees its place among the N; recycle() lets the slot be handed out
+    // again (deferred while the slot's callback is still running).
+    void retire(uint16_t slot) {
+        check_slot(slot < slots && (gen_[slot] & 1u));
+        gen_[slot] &= ~uint64_t(1);
+        --live_;
+    }
+    void recycle(uint16_t slot) {
+        check_slot(slot < slots && nfree_ < slots && !(gen_[slot] & 1u));
+        free_[nfree_++] = slot;
+    }
+    // Undo retire() for a slot not yet recycled: the same handles are live
+    // again. False (nothing changes) when N are live.
+    bool revive(uint16_t slot) {
+        check_slot(slot < slots && !(gen_[slot] & 1u));
+        if (live_ == N) return false;
+        gen_[slot] |= 1u;
+        if (++live_ > high_water_) high_water_ = live_;
+        return true;
+    }
+    // The slot a retired (not live) handle names, or `none`: for revive().
+    uint16_t lookup_retired(uint64_t id) const {
+        const uint16_t slot = slot_of(id);
+        if (slot >= slots || (id >> 16) == 0 || gen_[slot] != (id >> 16) << 1) return none;
+        return slot;
+    }
+    // The slot a live handle names, or `none`.
+    uint16_t lookup(uint64_t id) const {
+        const uint16_t slot = slot_of(id);
+        if (slot >= slots || gen_[slot] != ((id >> 16) << 1 | 1u)) return none;
+        return slot;
+    }
+    uint64_t id_of(uint16_t slot) const { return (gen_[slot] >> 1) << 16 | slot; }
+    bool live(uint16_t slot) const { return (gen_[slot] & 1u) != 0; }
+    size_t used() const { return live_; }
+    bool full() const { return live_ == N; }
+    table_stats stats() const {
+        table_stats s = {live_, N, high_water_};
+        return s;
+    }
+
+private:
+    friend struct test_access;
+
+    uint64_t gen_[slots]; // generation << 1 | live
+    uint16_t free_[slots];
+    uint16_t nfree_;
+    uint16_t live_, high_water_;
+};
+
+template <size_t N, size_t S> const size_t slot_pool<N, S>::slots;
+template <size_t N, size_t S> const uint16_t slot_pool<N, S>::none;
+template <size_t N, size_t S> const uint64_t slot_pool<N, S>::max_generation;
+
+// Which slot's callback is running right now. Removing that source from
+// inside its own callback makes its handles stale at once but frees the
+// callback's storage only when it returns (the closure is still executing).
+// Every table whose callbacks may remove their own source keeps one, and
+// gives its pool a spare slot (see slot_pool).
+class running_slot {
+public:
+    running_slot() : slot_(none), released_(false) {}
+
+    void begin(uint16_t slot) { slot_ = slot; }
+    // The slot whose callback is running, or 0xffff.
+    uint16_t current() const { return slot_; }
+    // Release `slot` of `pool`, whose callback is `cb`: now, or deferred to
+    // end() if that callback is the one running.
+    template <class Pool, class Callback>
+    void release(Pool& pool, Callback& cb, uint16_t slot) {
+        if (slot == slot_) {
+            pool.retire(slot);
+            released_ = true;
+            return;
+        }
+        cb.reset();
+        pool.release(slot);
+    }
+    // Whether `slot` is the running one and has been released meanwhile (it
+    // is retired, not yet recycled), and to take that release back.
+    bool released(uint16_t slot) const { return released_ && slot == slot_; }
+    void keep() { released_ = false; }
+    // The callback returned (or threw); true if it had removed its own
+    // source, which is freed now.
+    template <class Pool, class Callback>
+    bool end(Pool& pool, Callback& cb) {
+        uint16_t slot = slot_;
+        slot_ = none;
+        if (!released_) return false;
+        released_ = false;
+        cb.reset();
+        pool.recycle(slot);
+        return true;
+    }
+
+private:
+    enum { none = 0xffff }; // no slot: nothing is running
+    uint16_t slot_;
+    bool released_;
+};
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_HANDLE_HPP
+// ---- end microloop/handle.hpp ------------------------------------------
+
+// ---- begin microloop/loop.hpp ------------------------------------------
+// microloop/loop.hpp - the loop: fd watchers, timers, signals and child
+// processes in one object of fixed capacity, on a loop_base (the wake-up fd
+// and the hooks through which modules' completions arrive).
+#ifndef MICROLOOP_LOOP_HPP
+#define MICROLOOP_LOOP_HPP
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/select.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <type_traits>
+
+// ---- begin microloop/loop_base.hpp -------------------------------------
+// microloop/loop_base.hpp - the seam between a loop and its modules: what
+// signals, AIO, mailboxes, worker pools and other threads need of a loop
+// (the wake-up fd, the module hooks, stall reports, fork detection), without
+// its capacities, its timers or its backend. Modules include this, never
+// loop.hpp.
+#ifndef MICROLOOP_LOOP_BASE_HPP
+#define MICROLOOP_LOOP_BASE_HPP
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <sys/select.h> // FD_SETSIZE: the wake-up fd must fit the select() sets
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+
+namespace microloop {
+
+// What kind of callback a stall report names.
+enum class source_kind : unsigned char { io, timer, signal, aio, child, post, work };
+
+// "io", "timer", "signal", "aio", "child", "post" (a mailbox callback) or
+// "work" (a worker_pool's done callback).
+inline const char* source_kind_name(source_kind k) {
+    switch (k) {
+    case source_kind::io: return "io";
+    case source_kind::timer: return "timer";
+    case source_kind::signal: return "signal";
+    case source_kind::aio: return "aio";
+    case source_kind::child: return "child";
+    case source_kind::post: return "post";
+    case source_kind::work: return "work";
+    }
+    return "unknown";
+}
+
+// Given to the stall callback when a callback ran longer than the threshold.
+struct stall_report {
+    source_kind kind;
+    uint64_t id;          // the handle's id(); 0 for a mailbox callback
+    int detail;           // the fd, signal number or pid; -1 for timers and posts
+    int64_t duration_ns;  // how long the callback ran
+};
+
+typedef detail::inplace_callback<void(const stall_report&)> stall_callback;
+
+namespace detail {
+
+struct test_access; // lets the tests reach internal counters (wrap tests)
+
+// static_cast for types whose width depends on the target (time_t, pid_t,
+// int64_t...): written in a template, so the cast that is a no-op on one
+// target is not flagged by -Wuseless-cast there and still narrows explicitly
+// (-Wconversion) on another.
+template <class To, class From>
+To narrow(From v) {
+    return static_cast<To>(v);
+}
+
+// Wakes a loop through its eventfd: async-signal-safe, never blocks, never
+// raises SIGPIPE. 0, or the errno (EBADF if the fd was closed).
+inline int wake_write(int fd) {
+    uint64_t one = 1;
+    ssize_t r;
+    do r = write(fd, &one, sizeof one);
+    while (r < 0 && errno == EINTR);
+    return r >= 0 || errno == EAGAIN ? 0 : errno; // EAGAIN: the counter is full, the loop is awake
+}
+
+inline int64_t monotonic_ns() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return narrow<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// A duration in nanoseconds; false when negative, NaN or beyond 100 years
+// (which also keeps every deadline sum far from int64 overflow). Integral
+// counts are compared in whole days: in d's own unit, 100 years overflows
+// for periods finer than a nanosecond.
+template <class Rep, class Period>
+bool to_ns(std::chrono::duration<Rep, Period> d, int64_t& out) {
+    typedef std::chrono::duration<long long, std::ratio<86400> > days;
+    if (d < std::chrono::duration<Rep, Period>::zero() || d != d) return false; // d != d: NaN
+    if (std::chrono::treat_as_floating_point<Rep>::value ? d > days(36525)
+                                                        : std::chrono::duration_cast<days>(d) > days(36525))
+        return false;
+    out = static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+    return true;
+}
+} // namespace detail
+
+// How a module (signals, AIO, a mailbox) hangs off a loop without the loop
+// knowing its type: after the wake-up fd is drained, the loop calls on_wake
+// of every attached hook in its own thread; `active` counts the sources the
+// module keeps pending, which keep run() running; on_fork (or null) is
+// called by after_fork() in a forked child, to drop what belongs to the
+// parent. The hook lives in the module.
+struct loop_hook {
+    void (*on_wake)(loop_hook* self);
+    void (*on_fork)(loop_hook* self);
+    size_t active;
+    loop_hook* next;
+};
+
+// The part of a loop that does not depend on its capacities: what modules
+// and other threads talk to.
+class loop_base {
+public:
+    // Interrupt a waiting select() from another thread or a signal handler
+    // (async-signal-safe; errno is preserved).
+    error_code wake();
+    // Make run() return after the current iteration. Thread-safe.
+    void stop() {
+        stop_.store(true, std::memory_order_relaxed);
+        wake();
+    }
+
+    // Blocking-callback detection: call cb(stall_report) after any callback
+    // that ran longer than `threshold`, naming it. Costs two clock reads per
+    // callback while on; a zero threshold turns it off.
+    template <class Rep, class Period, class F>
+    error_code on_stall(std::chrono::duration<Rep, Period> threshold, F&& cb) {
+        int64_t ns;
+        if (!detail::to_ns(threshold, ns)) return errc::bad_timeout;
+        if (detail::is_null_callable(cb)) return errc::bad_argument;
+        stall_cb_.emplace(std::forward<F>(cb));
+        stall_ns_ = ns;
+        return error_code();
+    }
+
+    // For modules: register a hook; detach it before the module goes away.
+    void attach(loop_hook* h) {
+        h->next = hooks_;
+        hooks_ = h;
+    }
+    void detach(loop_hook* h) {
+        for (loop_hook** p = &hooks_; *p; p = &(*p)->next)
+            if (*p == h) {
+                *p = h->next;
+                return;
+            }
+    }
+    // The wake-up fd (an eventfd), for a module's signal handler that must
+    // write to it directly (detail::wake_write()); -1 if it could not be made.
+    int wake_fd() const { return wake_fd_; }
+
+    // Runs a user callback, reporting it if it stalled the loop. For modules.
+    // Stalls are measured on the real monotonic clock, whatever the timers use.
+    template <class Cb, class... Ev>
+    void invoke(Cb& cb, source_kind kind, uint64_t id, int what, Ev... ev) {
+        if (stall_ns_ == 0) {
+            cb(ev...);
+            return;
+        }
+        int64_t t0 = detail::monotonic_ns();
+        cb(ev...);
+        int64_t took = detail::monotonic_ns() - t0;
+        if (took >= stall_ns_) report_stall(kind, id, what, took);
+    }
+
+    // Calls the stall callback; the clock afterwards, so that its own time is
+    // not charged to the next callback.
+    int64_t report_stall(source_kind kind, uint64_t id, int what, int64_t took) {
+        stall_report r = {kind, id, what, took};
+        stall_cb_(r);
+        return detail::monotonic_ns();
+    }
+
+    // Which process made this loop, or called after_fork() last.
+    pid_t owner_pid() const { return owner_pid_; }
+
+protected:
+    loop_base();
+    ~loop_base();
+    loop_base(const loop_base&) = delete;
+    loop_base& operator=(const loop_base&) = delete;
+
+    void drain_wake();
+    error_code renew_wake_fd();
+    size_t hooks_active() const {
+        size_t n = 0;
+        for (const loop_hook* h = hooks_; h; h = h->next) n += h->active;
+        return n;
+    }
+
+    // The self-pipe, as an eventfd: one fd instead of two, a counter that
+    // cannot fill up, and no SIGPIPE if someone closes it behind our back
+    // (a daemon that "closes every fd above 2"): then wake() and run()
+    // report errc::system instead of the process dying or the loop spinning.
+    int wake_fd_;
+    int wake_errno_; // why the wake-up fd could not be made or was found broken, or 0
+    pid_t owner_pid_; // the wake-up fd is shared with forked children: only this process reads it
+    bool forked_;     // this is a forked child that has not called after_fork()
+    bool broken_;     // the wake-up fd was closed or replaced behind our back
+    std::atomic<bool> wake_pending_;
+    std::atomic<bool> stop_;
+    loop_hook* hooks_;
+    int64_t stall_ns_;
+    stall_callback stall_cb_;
+};
+
+// ---- loop_base: the wake-up fd ---------------------------------------------
+
+inline loop_base::loop_base()
+    : wake_fd_(-1), wake_errno_(0), owner_pid_(getpid()), forked_(false), broken_(false), wake_pending_(false),
+      stop_(false), hooks_(nullptr), stall_ns_(0) {
+    renew_wake_fd();
+}
+
+// Makes the wake-up fd (again, after a fork: the child closes its copy of
+// the parent's, which stays the parent's). Non-blocking so that neither
+// wake() nor a signal handler can block; close-on-exec so exec'd programs do
+// not inherit it.
+inline error_code loop_base::renew_wake_fd() {
+    if (wake_fd_ >= 0) close(wake_fd_);
+    wake_fd_ = -1;
+    wake_errno_ = 0;
+    owner_pid_ = getpid();
+    forked_ = false;
+    broken_ = false;
+    wake_pending_.store(false);
+    stop_.store(false);
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) {
+        wake_errno_ = errno;
+    } else if (fd >= FD_SETSIZE) {
+        close(fd);
+        wake_errno_ = EMFILE;
+    } else {
+        wake_fd_ = fd;
+        return error_code();
+    }
+    return error_code(errc::system, wake_errno_);
+}
+
+inline loop_base::~loop_base() {
+    if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+inline error_code loop_base::wake() {
+    if (wake_fd_ < 0) return error_code(errc::system, wake_errno_);
+    if (wake_pending_.exchange(true)) return error_code(); // a wake-up is on its way already
+    int saved = errno;
+    int e = detail::wake_write(wake_fd_);
+    errno = saved;
+    if (e == 0) return error_code();
+    // Broken (closed behind our back): say so, and let the next call try
+    // again rather than believe a wake-up is pending.
+    wake_pending_.store(false);
+    return error_code(errc::system, e);
+}
+
+inline void loop_base::drain_wake() {
+    // After fork() the child shares this fd with the parent. Reading it in
+    // the child would take the parent's wake-ups while the parent's
+    // wake_pending_ stays set, and every later wake() of the parent would be
+    // skipped: the child leaves it alone (iterate() then returns
+    // errc::forked). One getpid() per wake-up, never per event.
+    if (getpid() != owner_pid_) {
+        forked_ = true;
+        return;
+    }
+    // Cleared after reading, before the hooks run: a wake() that saw the
+    // flag set published its work before we clear it, so the hooks see that
+    // work; a wake() after the clear writes again and the next select() sees
+    // it. (Cleared before reading, the read could swallow the write of a
+    // wake() whose flag stays set, and every later wake() would then skip
+    // its write.) An exchange, not a store, so that what the waker published
+    // before wake() is visible here. Modules keep their own pending flags;
+    // the fd only wakes the loop.
+    uint64_t count;
+    ssize_t r;
+    do r = read(wake_fd_, &count, sizeof count);
+    while (r < 0 && errno == EINTR);
+    if (r != static_cast<ssize_t>(sizeof count) && !(r < 0 && errno == EAGAIN)) {
+        // Not an eventfd any more (closed, and the number reused): never
+        // read it again; iterate() reports it.
+        wake_errno_ = r < 0 ? errno : EBADF;
+        broken_ = true;
+        return;
+    }
+    wake_pending_.exchange(false);
+    // If a hook's callback throws, the hooks after it (and the rest of its
+    // own work) get their turn in the next iteration.
+    auto rewake = detail::on_scope_exit([this] { wake(); });
+    for (loop_hook* h = hooks_; h;) {
+        loop_hook* next = h->next; // a hook may detach itself
+        h->on_wake(h);
+        h = next;
+    }
+    rewake.dismiss();
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_LOOP_BASE_HPP
+// ---- end microloop/loop_base.hpp ---------------------------------------
+
+// ---- begin microloop/backend/select.hpp --------------------------------
+// microloop/backend/select.hpp - how a loop waits for its fds: select(), on
+// three master fd_sets that watch(), modify() and unwatch() edit and each
+// wait copies. The loop core talks to its backend through a few calls:
+//
+//     add(fd, slot) / remove(fd) / set(fd, was, is)   an fd's watcher and interest
+//     watched(fd) / slot(fd)                           which watcher has an fd
+//     wait(ready, ns) / dispatch(core, ready, n)       wait, then hand back what is ready
+//     report_closed(core)                              after EBADF: fds closed behind its back
+//     replace_wake_fd(old, now)                        after_fork()'s new wake-up fd
+//
+// Events are the loop's readable, writable and priority: bits 0, 1 and 2,
+// the read, write and except sets (loop.hpp checks it). The backend owns the
+// fd -> watcher table; the core owns the watchers.
+#ifndef MICROLOOP_BACKEND_SELECT_HPP
+#define MICROLOOP_BACKEND_SELECT_HPP
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/select.h>
+#include <time.h>
+
+#include <type_traits>
+
+namespace microloop {
+namespace detail {
+
+const int word_bits = static_cast<int>(CHAR_BIT * sizeof(unsigned long));
+const int fd_words = (FD_SETSIZE + word_bits - 1) / word_bits;
+
+// fd >= 0 always; unsigned arithmetic makes / and % plain shifts and masks.
+inline unsigned word_of(int fd) { return static_cast<unsigned>(fd) / static_cast<unsigned>(word_bits); }
+inline unsigned long bit_of(int fd) { return 1ul << (static_cast<unsigned>(fd) % static_cast<unsigned>(word_bits)); }
+inline void set_bit(unsigned long* w, int fd) { w[word_of(fd)] |= bit_of(fd); }
+inline void clear_bit(unsigned long* w, int fd) { w[word_of(fd)] &= ~bit_of(fd); }
+inline bool test_bit(const unsigned long* w, int fd) { return (w[word_of(fd)] & bit_of(fd)) != 0; }
+
+// Does this libc lay fd_set out as an array of unsigned long words with fd n
+// at bit n % word_bits of word n / word_bits? Every Linux libc does, but POSIX
+// does not promise it, so it is checked once rather than assumed.
+inline bool fdset_is_words() {
+#if MICROLOOP_FDSET_WORDS
+    if (sizeof(fd_set) % sizeof(unsigned long) != 0 ||
+        sizeof(fd_set) < static_cast<size_t>(fd_words) * sizeof(unsigned long) || word_bits + 3 >= FD_SETSIZE)
+        return false;
+    fd_set s;
+    FD_ZERO(&s);
+    FD_SET(1, &s);
+    FD_SET(word_bits + 3, &s);
+    unsigned long w[2];
+    memcpy(w, &s, sizeof w);
+    return w[0] == 2ul && w[1] == 8ul;
+#else
+    return false;
+#endif
+}
+
+// Slots: the loop's fd watcher slots. Core: the loop, which the dispatch
+// calls back (a friend of the loop, so that these calls are inlined into
+// its iteration and cost nothing over a loop with select() written in):
+//     core.io_ready(slot, fd, events)           a ready fd, looked up now
+//     core.begin_readers() / end_readers()      the lean scan begins, ends
+//     core.reader_ready<Stall>(slot, fd, t0)    a ready reader, on the lean scan
+//     core.io_changed()                         the watchers changed meanwhile
+//     core.io_closed(slot, fd)                  after EBADF: report fd if closed
+//     core.stall_on()                           stall detection is on
+template <size_t Slots>
+class select_backend {
+public:
+    typedef typename std::conditional<(Slots < 255), uint8_t, uint16_t>::type slot_t;
+    static const slot_t no_slot = static_cast<slot_t>(~0u);
+
+    explicit select_backend(int wake_fd) : wake_fd_(wake_fd), maxfd_(-1), words_(fdset_is_words()), wake_seen_(false) {
+        for (int i = 0; i < 3; ++i) {
+            FD_ZERO(&master_[i]);
+            nwatch_[i] = 0;
+        }
+        memset(watched_, 0, sizeof watched_);
+        for (size_t i = 0; i < FD_SETSIZE; ++i) fd_slot_[i] = no_slot;
+        if (wake_fd >= 0) {
+            FD_SET(wake_fd, &master_[rd]);
+            maxfd_ = wake_fd;
+        }
+    }
+
+    // ---- registration -------------------------------------------------------
+    // Whether an fd (>= 0) can be watched here: the core checks before
+    // anything touches an fd_set (FD_SET beyond FD_SETSIZE writes past the
+    // end of the set), else errc::fd_out_of_range.
+    static bool fits(int fd) { return fd < FD_SETSIZE; }
+    // A watcher has `fd` (which fits()), or it is the wake-up fd.
+    bool watched(int fd) const { return fd_slot_[fd] != no_slot || fd == wake_fd_; }
+    void add(int fd, uint16_t slot) {
+        fd_slot_[fd] = static_cast<slot_t>(slot);
+        set_bit(watched_, fd);
+        if (fd > maxfd_) maxfd_ = fd;
+    }
+    // After set(fd, interest, 0).
+    void remove(int fd) {
+        fd_slot_[fd] = no_slot;
+        clear_bit(watched_, fd);
+        if (fd == maxfd_) recompute_maxfd();
+    }
+    // The watcher of `fd` asked for `was`, asks for `is` now.
+    void set(int fd, unsigned was_events, unsigned is_events) {
+        static const unsigned bit[3] = {1u, 2u, 4u}; // readable, writable, priority
+        for (int s = 0; s < 3; ++s) {
+            bool was = (was_events & bit[s]) != 0, is = (is_events & bit[s]) != 0;
+            if (was == is) continue;
+            if (is) {
+                FD_SET(fd, &master_[s]);
+                ++nwatch_[s];
+            } else {
+                FD_CLR(fd, &master_[s]);
+                --nwatch_[s];
+            }
+        }
+    }
+    // The wake-up fd is `now` instead of `old` (either may be -1).
+    void replace_wake_fd(int old, int now) {
+        if (old >= 0) FD_CLR(old, &master_[rd]);
+        wake_fd_ = now;
+        if (now >= 0) FD_SET(now, &master_[rd]);
+        recompute_maxfd();
+    }
+
+    // ---- waiting ----------------------------------------------------------------
+    // What one select() reported; lives on the iteration's stack. The sets
+    // are apart from the rest, whose address select() never sees: the
+    // compiler need not reload it after the call.
+    struct ready_sets {
+        fd_set* ptr[3]; // into sets, or NULL for a set nobody watches
+        int nfds;
+    };
+    typedef fd_set fd_sets[3];
+
+    // select() on copies of the masters, for at most timeout() nanoseconds
+    // (-1: no limit, 0: do not wait): select()'s result (-1 with errno on
+    // failure).
+    template <class Timeout>
+    MICROLOOP_DETAIL_ALWAYS_INLINE int wait(fd_sets& set, ready_sets& r, Timeout timeout) {
+        r.nfds = maxfd_ + 1;
+        // Only the words select() will look at are copied. The read set always
+        // holds the wake-up fd; the others are usually empty and passed as NULL.
+        const size_t bytes =
+            (static_cast<size_t>(r.nfds) + word_bits - 1) / word_bits * sizeof(unsigned long);
+        r.ptr[rd] = &set[rd];
+        r.ptr[wr] = nwatch_[wr] ? &set[wr] : nullptr;
+        r.ptr[ex] = nwatch_[ex] ? &set[ex] : nullptr;
+        if (words_) {
+            memcpy(r.ptr[rd], &master_[rd], bytes);
+            if (r.ptr[wr]) memcpy(r.ptr[wr], &master_[wr], bytes);
+            if (r.ptr[ex]) memcpy(r.ptr[ex], &master_[ex], bytes);
+        } else {
+            for (int s = 0; s < 3; ++s)
+                if (r.ptr[s]) *r.ptr[s] = master_[s];
+        }
+        const int64_t wait_ns = timeout(); // after the copies, as few values as possible live across them
+        struct timeval tv, *tvp = nullptr;
+        if (wait_ns == 0) { // poll(), or a timer already due: no divisions
+            tv.tv_sec = 0;
+            tv.tv_usec = 0;
+            tvp = &tv;
+        } else if (wait_ns > 0) {
+            // Rounded up: waking before the deadline would only spin.
+            int64_t us = (wait_ns + 999) / 1000;
+            const int64_t max_s = 0x7fffffff; // fits a 32-bit time_t
+            tv.tv_sec = narrow<time_t>(us / 1000000 > max_s ? max_s : us / 1000000);
+            tv.tv_usec = narrow<suseconds_t>(us % 1000000);
+            tvp = &tv;
+        }
+        return select(r.nfds, r.ptr[rd], r.ptr[wr], r.ptr[ex], tvp);
+    }
+
+    // select() failed with EBADF: some watched fd was closed behind our back.
+    // Each watcher's fd is offered to core.io_closed(), which reports and
+    // disables it if it is closed. False if no watcher owns a bad fd (the
+    // wake-up fd itself was closed).
+    template <class Core>
+    MICROLOOP_DETAIL_NOINLINE bool report_closed(Core& core) {
+        bool found = false;
+        for (int fd = 0; fd <= maxfd_; ++fd) {
+            slot_t s = fd_slot_[fd];
+            if (s != no_slot && core.io_closed(s, fd)) found = true;
+        }
+        return found;
+    }
+
+    // Calls back the watchers of the n > 0 ready fds; true if the wake-up fd
+    // was ready (the core drains it after the watchers ran).
+    template <class Core>
+    bool dispatch(Core& core, ready_sets& r, int n);
+
+private:
+    enum { rd = 0, wr = 1, ex = 2 };
+
+    void recompute_maxfd() {
+        maxfd_ = wake_fd_;
+        for (int w = fd_words - 1; w >= 0; --w) {
+            if (watched_[w]) {
+                int fd = w * word_bits + (word_bits - 1 - __builtin_clzl(watched_[w]));
+                if (fd > maxfd_) maxfd_ = fd;
+                return;
+            }
+        }
+    }
+    template <class Core>
+    void scan(Core& core, const unsigned long* r, const unsigned long* w, const unsigned long* e, int nwords,
+              int nready);
+    template <bool Stall, class Core>
+    bool scan_readers(Core& core, const unsigned long* r, int nwords, int& i, unsigned long& bits, int& nready);
+    template <class Core>
+    void ready_fd(Core& core, int fd, unsigned ready) {
+        slot_t s = fd_slot_[fd];
+        if (s != no_slot) {
+            core.io_ready(s, fd, ready);
+            return;
+        }
+        if (fd == wake_fd_) wake_seen_ = true; // drained after the watchers; else unwatched meanwhile
+    }
+
+    // fd sets: the masters are edited by set() and copied for each select();
+    // watched_ is our own bitmap of fds with a watcher.
+    fd_set master_[3];
+    unsigned long watched_[fd_words];
+    slot_t fd_slot_[FD_SETSIZE];
+    int wake_fd_;
+    int maxfd_;
+    unsigned nwatch_[3]; // watchers interested in each set: an empty set is passed as NULL
+    bool words_;         // fdset_is_words()
+    bool wake_seen_;     // the wake-up fd was ready in this scan
+};
+
+template <size_t Slots> const typename select_backend<Slots>::slot_t select_backend<Slots>::no_slot;
+
+template <size_t Slots>
+template <class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::dispatch(Core& core, ready_sets& rs, int n) {
+    const int nwords = static_cast<int>((static_cast<unsigned>(rs.nfds) + word_bits - 1) / word_bits);
+    const unsigned long* sets[3];
+    unsigned long words[3][fd_words];
+    if (words_) {
+        for (int s = 0; s < 3; ++s) sets[s] = reinterpret_cast<const unsigned long*>(rs.ptr[s]); // NULL stays NULL
+    } else {
+        // Portable path: translate the result sets into words through
+        // FD_ISSET, for the fds we watch only.
+        memset(words, 0, sizeof words);
+        for (int fd = 0; fd < rs.nfds; ++fd) {
+            if (!test_bit(watched_, fd) && fd != wake_fd_) continue;
+            for (int s = 0; s < 3; ++s)
+                if (rs.ptr[s] && FD_ISSET(fd, rs.ptr[s])) set_bit(words[s], fd);
+        }
+        for (int s = 0; s < 3; ++s) sets[s] = rs.ptr[s] ? words[s] : nullptr;
+    }
+    scan(core, sets[rd], sets[wr], sets[ex], nwords, n); // one call site: inlined
+    const bool wake = wake_seen_;
+    wake_seen_ = false;
+    return wake;
+}
+
+// Ready fds are found a word at a time. nready is select()'s count of set
+// bits: the scan stops when it is used up. Inlined into its one caller, the
+// loop's iteration: with one ready fd per iteration, the call would cost more
+// than the scan.
+//
+// Two paths, chosen once per iteration. The lean one serves the common case,
+// only readers and no stall detection: until a callback changes the fd
+// watchers, every ready bit is a watcher that existed at select() time with
+// its read interest (the masters held exactly those), so it is called without
+// looking anything else up. The first watch(), modify() or unwatch() (or a
+// nested iteration) makes core.io_changed() true, and the rest of the scan
+// continues on the careful path, which looks every fd up again (ready_fd()).
+template <size_t Slots>
+template <class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE void select_backend<Slots>::scan(Core& core, const unsigned long* r,
+                                                                 const unsigned long* w, const unsigned long* e,
+                                                                 int nwords, int nready) {
+    int i = 0;
+    unsigned long bits = 0; // the careful path resumes with what is left of word i
+    bool resume = false;
+    if (!w && !e) {
+        if (!core.stall_on() ? scan_readers<false>(core, r, nwords, i, bits, nready)
+                             : scan_readers<true>(core, r, nwords, i, bits, nready))
+            i = nwords; // done
+        else
+            resume = true;
+    }
+    // An unused set reads as empty. Not const: zeros in .bss cost no text,
+    // in .rodata they would.
+    static unsigned long none[fd_words] = {};
+    if (!w) w = none;
+    if (!e) e = none;
+    for (; i < nwords && nready > 0; ++i) {
+        for (bits = resume ? bits : (r[i] | w[i] | e[i]), resume = false; bits; bits &= bits - 1) {
+            int bit = __builtin_ctzl(bits);
+            unsigned long rb = (r[i] >> bit) & 1ul, wb = (w[i] >> bit) & 1ul, eb = (e[i] >> bit) & 1ul;
+            nready -= static_cast<int>(rb + wb + eb);
+            ready_fd(core, i * word_bits + bit, (rb ? 1u : 0u) | (wb ? 2u : 0u) | (eb ? 4u : 0u));
+        }
+    }
+}
+
+// The lean path: true when the scan is complete; false when a callback
+// changed the fd watchers, with i, bits and nready where the careful path
+// takes over (the fd that was running is done). With stall detection on
+// (Stall), the core reads the clock once per callback, after it (see
+// reader_ready()).
+template <size_t Slots>
+template <bool Stall, class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& core, const unsigned long* r,
+                                                                         int nwords, int& i, unsigned long& bits,
+                                                                         int& nready) {
+    int64_t t0 = core.template begin_readers<Stall>();
+    // Ends the running callback's bookkeeping once, when the scan ends or a
+    // callback throws: while nothing changes, no callback has removed its
+    // own watcher and there is nothing to free.
+    auto done = on_scope_exit([&core] { core.end_readers(); });
+    for (; i < nwords && nready > 0; ++i) {
+        for (bits = r[i]; bits;) {
+            const int fd = i * word_bits + __builtin_ctzl(bits);
+            bits &= bits - 1;
+            --nready;
+            const slot_t s = fd_slot_[fd];
+            if (s == no_slot) { // the wake-up fd: drained after the watchers
+                if (fd == wake_fd_) wake_seen_ = true;
+                continue;
+            }
+            core.template reader_ready<Stall>(s, fd, t0);
+            if (core.io_changed()) return false;
+        }
+    }
+    return true;
+}
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_BACKEND_SELECT_HPP
+// ---- end microloop/backend/select.hpp ----------------------------------
+
+// ---- begin microloop/signal.hpp ----------------------------------------
+// microloop/signal.hpp - signals and child processes as ordinary loop events.
+//
+//     loop.on_signal(SIGHUP, [&](microloop::signal_event) { reload(); });
+//     loop.on_child(pid, [](microloop::child_event ev) { printf("exit %d\n", ev.exit_code()); });
+//
+// The handler microloop installs only counts: it runs in signal context, so it
+// records the signal, the sender, and writes to the loop's wake-up
+// fd (an eventfd). The callback runs later inside the loop, where anything is allowed.
+//
+// Rules (the handler and dispositions are process-wide, loops are not):
+// - Signal and child watchers are active sources: run() keeps running while
+//   one exists (a daemon's SIGTERM callback calls stop()).
+// - One watcher per signal in the whole process. Watching a signal already
+//   watched (by this loop or another) is refused with errc::already_watched.
+//   Unwatching, or destroying the loop, puts back the disposition that was
+//   in place before (the saved sigaction).
+// - on_signal() unblocks the signal in the calling (loop) thread. Block
+//   signals in every other thread (block_signals() at the top of a worker
+//   thread, or before creating threads) so the kernel delivers them to the
+//   loop thread; the handler is correct in any thread, but delivery to a
+//   blocked-everywhere signal never happens.
+// - Child processes: on_child(pid, cb) reaps exactly that pid with
+//   waitpid(pid, WNOHANG) and reports it once. Children nobody watches are
+//   never reaped by microloop (no waitpid(-1)): their owner (system(),
+//   popen(), a library) waits for them. Every child watcher of the process
+//   lives in one loop, the one that owns SIGCHLD.
+// - SIGPIPE is left alone: a write to a closed socket or pipe kills the
+//   process by default. Send on sockets with MSG_NOSIGNAL, or call
+//   ignore_sigpipe() once at start-up so such writes fail with EPIPE.
+// - fork(): a child inherits the handler and the loop's wake-up fd, but
+//   never disturbs the parent through them: the handler writes to a loop's
+//   wake-up fd only in the process that owns the loop, so a signal the child
+//   receives before exec (or before after_fork()) wakes nobody. A child that
+//   keeps the loop calls loop.after_fork(): from then on its signals reach
+//   its own loop; signal counts inherited from the parent are dropped, and so
+//   are arrivals between fork() and after_fork() (block signals around fork()
+//   if those matter: the kernel keeps them pending until unblocked).
+//
+// Included by loop.hpp (basic_loop holds a signal table); needs only
+// loop_base.hpp.
+#ifndef MICROLOOP_SIGNAL_HPP
+#define MICROLOOP_SIGNAL_HPP
+
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+
+namespace microloop {
+
+typedef basic_handle<struct signal_tag> signal_handle;
+typedef basic_handle<struct child_tag> child_handle;
+
+// What a signal callback is told.
+struct signal_event {
+    signal_handle handle;
+    int signo;
+    // Arrivals since the last call, at least 1. The kernel merges a standard
+    // signal that arrives while the same one is pending; real-time signals
+    // (SIGRTMIN + n) are queued, and each one the kernel accepted is counted.
+    uint32_t count;
+    // The sender of the most recent arrival when a process sent it (kill,
+    // sigqueue, raise; for SIGCHLD, the child); 0 when the kernel raised it.
+    pid_t pid;
+    uid_t uid;
+    // The value the most recent arrival carried if it was sent with
+    // sigqueue() (which of several things happened, say); zero otherwise.
+    union sigval value;
+};
+
+// What a child callback is told, once: the child has terminated and has been
+// reaped. `status` is waitpid()'s, for the W* macros, or -1 if someone else
+// reaped the child first (its status is then lost).
+struct child_event {
+    child_handle handle;
+    pid_t pid;
+    int status;
+
+    bool exited() const { return status != -1 && WIFEXITED(status); }
+    int exit_code() const { return exited() ? WEXITSTATUS(status) : -1; }
+    bool signaled() const { return status != -1 && WIFSIGNALED(status); }
+    int term_signal() const { return signaled() ? WTERMSIG(status) : 0; }
+    bool lost() const { return status == -1; }
+};
+
+typedef detail::inplace_callback<void(signal_event)> signal_callback;
+typedef detail::inplace_callback<void(child_event)> child_callback;
+
+// Blocks every signal in the calling thread, so the kernel delivers
+// process-directed signals to the loop thread instead. Call it at the start
+// of worker threads (threads inherit the creator's mask, so calling it in
+// main() before creating threads, then creating the loop, also works: the
+// loop thread's on_signal() unblocks what it watches). Synchronous faults
+// (SIGSEGV...) are still delivered; libc keeps its own internal signals.
+//
+// sigprocmask() rather than pthread_sigmask(): on Linux (glibc, musl,
+// uClibc-ng) both change the calling thread's mask only, and sigprocmask()
+// is in libc proper, so using signals needs no -pthread with older glibc.
+inline error_code block_signals() {
+    sigset_t all;
+    sigfillset(&all);
+    if (sigprocmask(SIG_BLOCK, &all, nullptr) != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
+// Unblocks every signal in the calling thread. A program exec'd from a
+// thread that blocked signals (block_signals() before creating threads, as
+// above) starts with that mask and would never see SIGTERM or SIGINT: call
+// this in the child between fork() and exec() (it is async-signal-safe).
+// Dispositions need no such care: exec resets caught signals to the default
+// (ignored ones stay ignored: see ignore_sigpipe()).
+inline error_code unblock_signals() {
+    sigset_t none;
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, nullptr) != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
+namespace detail {
+
+// Signal numbers run from 1 to signal_limit - 1 (65 on most Linux targets,
+// 129 on MIPS).
+#if defined(NSIG)
+const int signal_limit = NSIG;
+#elif defined(_NSIG)
+const int signal_limit = _NSIG;
+#else
+const int signal_limit = 65;
+#endif
+
+static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_POINTER_LOCK_FREE == 2,
+              "microloop: the signal handler needs lock-free atomics (a lock could deadlock in signal context)");
+
+// The process-wide record of one signal, shared by the handler and the loop
+// that owns the signal. Only lock-free atomics: the handler may interrupt the
+// loop thread at any instruction, or run in another thread at the same time.
+struct signal_state {
+    std::atomic<const void*> owner; // the signal_table that watches it; null: nobody
+    std::atomic<int> wake_fd;       // the owner's wake-up fd + 1; 0: drop arrivals
+    std::atomic<unsigned> pending;  // arrivals the loop has not taken yet
+    std::atomic<unsigned> busy;     // handlers running right now
+    std::atomic<int> claimant;      // the process whose loop owns it (not a forked child)
+    // The latest sender, under a seqlock: odd while a handler writes.
+    std::atomic<unsigned> seq;
+    std::atomic<int> pid;
+    std::atomic<unsigned> uid;
+    std::atomic<uintptr_t> value; // a union sigval's bytes
+};
+
+static_assert(sizeof(union sigval) == sizeof(uintptr_t), "microloop: a union sigval is expected to be pointer-sized");
+
+// Static data of a class template: one instance per program however many
+// translation units include this header, and (all members zero) constant
+// initialised, so a signal arriving before main() finds a valid table.
+template <class Unused = void>
+struct signal_globals {
+    static signal_state state[signal_limit];
+
+    // Async-signal-safe: atomics, write(), errno saved and restored.
+    static void handler(int signo, siginfo_t* info, void*) {
+        if (signo <= 0 || signo >= signal_limit) return;
+        int saved_errno = errno;
+        signal_state& s = state[signo];
+        s.busy.fetch_add(1); // seq_cst, paired with release_signal()
+        int fd = s.wake_fd.load() - 1;
+        if (fd >= 0) {
+            record_sender(s, signo, info);
+            // Only the first arrival since the loop last looked wakes it: a
+            // storm costs one write. The count itself is never lost. In a
+            // forked child the wake-up fd is still the parent's: no write
+            // (and the count stays the child's, until its after_fork() drops
+            // it).
+            if (s.pending.fetch_add(1) == 0 && getpid() == s.claimant.load()) wake_write(fd);
+        }
+        s.busy.fetch_sub(1);
+        errno = saved_errno;
+    }
+
+    // Writer side of the seqlock. Two handlers of one signal may run at once
+    // in two threads: the second one skips (its sender is as recent).
+    static void record_sender(signal_state& s, int signo, const siginfo_t* info) {
+        int pid = 0;
+        unsigned uid = 0;
+        uintptr_t value = 0;
+        bool sent = info && (info->si_code == SI_USER || info->si_code == SI_QUEUE ||
+#ifdef SI_TKILL
+                             info->si_code == SI_TKILL ||
+#endif
+                             signo == SIGCHLD);
+        if (sent) {
+            pid = static_cast<int>(info->si_pid);
+            uid = static_cast<unsigned>(info->si_uid);
+        }
+        if (info && info->si_code == SI_QUEUE) memcpy(&value, &info->si_value, sizeof value);
+        // Release stores of the data (no fences: ThreadSanitizer cannot
+        // check them): a reader that sees new data also sees the odd count.
+        unsigned q = s.seq.load(std::memory_order_relaxed);
+        if ((q & 1u) || !s.seq.compare_exchange_strong(q, q + 1u, std::memory_order_relaxed)) return;
+        s.pid.store(pid, std::memory_order_release);
+        s.uid.store(uid, std::memory_order_release);
+        s.value.store(value, std::memory_order_release);
+        s.seq.store(q + 2u, std::memory_order_release);
+    }
+};
+
+template <class Unused>
+signal_state signal_globals<Unused>::state[signal_limit];
+
+typedef signal_globals<> globals;
+
+// Reader side, in the loop thread. A writer is a few instructions long, so a
+// few retries suffice; if a handler in another thread is preempted mid-write,
+// we give up after 64 tries and may pair one sender's pid with another's uid.
+inline void read_sender(const signal_state& s, signal_event& ev) {
+    for (int tries = 0; tries < 64; ++tries) {
+        unsigned q1 = s.seq.load(std::memory_order_acquire);
+        ev.pid = narrow<pid_t>(s.pid.load(std::memory_order_acquire));
+        ev.uid = narrow<uid_t>(s.uid.load(std::memory_order_acquire));
+        uintptr_t value = s.value.load(std::memory_order_acquire);
+        memcpy(&ev.value, &value, sizeof value);
+        if (!(q1 & 1u) && s.seq.load(std::memory_order_relaxed) == q1) return;
+        sched_yield();
+    }
+}
+
+// A signal number that may be watched, before asking sigaction().
+inline bool watchable_signal(int signo) {
+    return signo > 0 && signo < signal_limit && signo != SIGKILL && signo != SIGSTOP;
+}
+
+// What claiming a signal changed, to be put back when it is given back: the
+// disposition, and whether this thread had the signal blocked.
+struct claimed_signal {
+    struct sigaction disposition;
+    bool was_blocked;
+};
+
+// Take the signal for `owner`: claim it process-wide, install the handler,
+// and unblock it in this thread. What was there before goes to `saved`.
+inline error_code claim_signal(int signo, const void* owner, int wake_fd, claimed_signal* saved) {
+    signal_state& s = globals::state[signo];
+    const void* nobody = nullptr;
+    if (!s.owner.compare_exchange_strong(nobody, owner)) return errc::already_watched;
+    s.pending.store(0);
+    s.claimant.store(narrow<int>(getpid()));
+    s.wake_fd.store(wake_fd + 1);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = &globals::handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
+    if (sigaction(signo, &sa, &saved->disposition) != 0) {
+        int e = errno;
+        s.wake_fd.store(0);
+        s.owner.store(nullptr);
+        // EINVAL: a number libc or the kernel keeps for itself (glibc's
+        // threading signals between the standard and real-time ones).
+        return e == EINVAL ? error_code(errc::bad_argument, e) : error_code(errc::system, e);
+    }
+    sigset_t one, before;
+    sigemptyset(&one);
+    sigaddset(&one, signo);
+    sigprocmask(SIG_UNBLOCK, &one, &before); // this thread only, see block_signals()
+    saved->was_blocked = sigismember(&before, signo) == 1;
+    return error_code();
+}
+
+// Give the signal back: block it again in this thread if it was blocked when
+// claimed (a daemon that blocks SIGTERM while it shuts down must not be
+// killed by one because a watcher came and went), restore the disposition,
+// then wait until no handler is still using the wake-up fd, which may be
+// closed right after. The handler increments `busy` before reading `wake_fd`
+// and we clear `wake_fd` before reading `busy` (all seq_cst), so a handler
+// that still saw the fd is always seen as busy here.
+inline void release_signal(int signo, const claimed_signal& saved) {
+    signal_state& s = globals::state[signo];
+    if (saved.was_blocked) {
+        sigset_t one;
+        sigemptyset(&one);
+        sigaddset(&one, signo);
+        sigprocmask(SIG_BLOCK, &one, nullptr);
+    }
+    sigaction(signo, &saved.disposition, nullptr); // cannot fail: the same call succeeded when claiming
+    s.wake_fd.store(0);
+    while (s.busy.load() != 0) sched_yield();
+    s.owner.store(nullptr);
+}
+
+// After fork(), in the child: route the signal to the child's new wake-up fd and
+// drop the count inherited from the parent (it is the parent's to deliver).
+inline void retarget_signal(int signo, int wake_fd) {
+    signal_state& s = globals::state[signo];
+    s.wake_fd.store(0);
+    s.claimant.store(narrow<int>(getpid()));
+    s.pending.store(0);
+    s.wake_fd.store(wake_fd + 1);
+}
+
+// A loop's signal and child watchers: the fixed tables and the hook through
+// which the loop hands it each wake-up. Part of basic_loop.
+template <size_t Signals, size_t Children>
+class signal_table : private loop_hook {
+    // One spare slot each: a callback can replace its own watcher at once.
+    typedef slot_pool<Signals, 1> sig_pool;
+    typedef slot_pool<Children, 1> kid_pool;
+
+public:
+    explicit signal_table(loop_base& owner)
+        : loop_(&owner), reap_(nullptr), chld_users_(0), chld_count_(0), chld_watched_(false), kids_due_(false) {
+        on_wake = &signal_table::dispatch;
+        on_fork = nullptr; // the loop's after_fork() calls after_fork() below itself
+        active = 0;
+        next = nullptr;
+        memset(&chld_saved_, 0, sizeof chld_saved_);
+        for (size_t i = 0; i < sig_pool::slots; ++i) sigs_[i].signo = 0;
+        for (size_t i = 0; i < kid_pool::slots; ++i) kids_[i].pid = 0;
+        loop_->attach(this);
+    }
+
+    ~signal_table() {
+        for (size_t i = 0; i < sig_pool::slots; ++i)
+            if (sigs_[i].signo) give_back(sigs_[i]);
+        if (chld_users_ > 0) release_signal(SIGCHLD, chld_saved_);
+        loop_->detach(this);
+    }
+
+    signal_table(const signal_table&) = delete;
+    signal_table& operator=(const signal_table&) = delete;
+
+    // A failed watch carries its errno in the handle: h.error().sys().
+    // A signal already watched is refused as such before a full table is
+    // (the order of watch()); SIGCHLD too, though it is shared with this
+    // loop's child watchers.
+    template <class F>
+    signal_handle add(int signo, F&& cb) {
+        if (!watchable_signal(signo) || is_null_callable(cb)) return signal_handle(errc::bad_argument);
+        if (signo == SIGCHLD ? chld_watched_ : globals::state[signo].owner.load() != nullptr)
+            return signal_handle(errc::already_watched);
+        if (sig_pool_.full()) return signal_handle(errc::table_full);
+        if (loop_->wake_fd() < 0) return signal_handle(no_wake_fd());
+        // Claimed before a slot is taken: a refusal leaves no trace (not even
+        // in the high-water mark).
+        claimed_signal saved;
+        memset(&saved, 0, sizeof saved);
+        error_code e = signo == SIGCHLD ? take_sigchld() : claim_signal(signo, this, loop_->wake_fd(), &saved);
+        if (e) return signal_handle(e);
+        uint64_t id = sig_pool_.acquire(); // not full: checked above
+        sig_slot& s = sigs_[slot_of(id)];
+        s.saved = saved;
+        s.cb.emplace(std::forward<F>(cb));
+        s.signo = signo;
+        if (signo == SIGCHLD) chld_watched_ = true;
+        ++active;
+        return signal_handle::from_id(id);
+    }
+
+    error_code remove(signal_handle h) {
+        uint16_t slot = sig_pool_.lookup(h.id());
+        if (slot == sig_pool_.none) return errc::stale_handle;
+        give_back(sigs_[slot]);
+        running_.release(sig_pool_, sigs_[slot].cb, slot);
+        return error_code();
+    }
+
+    template <class F>
+    child_handle add_child(pid_t pid, F&& cb) {
+        if (pid <= 0 || is_null_callable(cb)) return child_handle(errc::bad_argument);
+        if (kid_pool_.full()) return child_handle(errc::table_full);
+        for (size_t i = 0; i < kid_pool::slots; ++i)
+            if (kids_[i].pid == pid) return child_handle(errc::already_watched);
+        if (loop_->wake_fd() < 0) return child_handle(no_wake_fd());
+        if (error_code e = take_sigchld()) return child_handle(e);
+        // SIGCHLD is caught from here on; a child that ended earlier is
+        // already a zombie and sends nothing more: look once now. WNOWAIT
+        // leaves it unreaped, so unwatching before the report still leaves
+        // the child to its owner.
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        int r;
+        do r = waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) { // not our child (ECHILD: errc::bad_argument), or already reaped by someone else
+            int e = errno;
+            drop_sigchld();
+            return child_handle(error_code(e == ECHILD ? errc::bad_argument : errc::system, e));
+        }
+        uint64_t id = kid_pool_.acquire();
+        if (id == 0) {
+            drop_sigchld();
+            return child_handle(errc::table_full);
+        }
+        kid_slot& k = kids_[slot_of(id)];
+        k.cb.emplace(std::forward<F>(cb));
+        k.pid = pid;
+        reap_ = &signal_table::reap_children;
+        if (info.si_pid == pid) { // reported from the loop, never from inside on_child()
+            kids_due_ = true;
+            loop_->wake();
+        }
+        ++active;
+        return child_handle::from_id(id);
+    }
+
+    // Stop watching a child; it is left unreaped.
+    error_code remove_child(child_handle h) {
+        uint16_t slot = kid_pool_.lookup(h.id());
+        if (slot == kid_pool_.none) return errc::stale_handle;
+        forget_child(slot);
+        return error_code();
+    }
+
+    table_stats signal_stats() const { return sig_pool_.stats(); }
+    table_stats child_stats() const { return kid_pool_.stats(); }
+
+    // The loop's after_fork(), in the child: signals now wake the child's own
+    // wake-up fd, with the parent's pending counts dropped. The child watchers name
+    // the parent's children, which this process can neither wait for nor
+    // reap: they are dropped, without a call. (Called directly rather than as
+    // the hook's on_fork, so that only programs calling after_fork() link it.)
+    void after_fork() {
+        int fd = loop_->wake_fd();
+        for (size_t i = 0; i < sig_pool::slots; ++i)
+            if (sigs_[i].signo && sigs_[i].signo != SIGCHLD) retarget_signal(sigs_[i].signo, fd);
+        for (uint16_t i = 0; i < kid_pool::slots; ++i)
+            if (kids_[i].pid) forget_child(i);
+        if (chld_users_ > 0) retarget_signal(SIGCHLD, fd);
+        chld_count_ = 0;
+        kids_due_ = false;
+    }
+
+private:
+    struct sig_slot {
+        signal_callback cb;
+        int signo; // 0: free
+        claimed_signal saved; // what to restore (not used for SIGCHLD)
+    };
+    struct kid_slot {
+        child_callback cb;
+        pid_t pid; // 0: free
+    };
+
+    // The call invoke() makes, out of line: the event is copied once, not
+    // once for each of invoke()'s two paths (with and without stall timing).
+    struct deliver {
+        signal_callback* cb;
+        signal_event* ev;
+        MICROLOOP_DETAIL_NOINLINE void operator()() { (*cb)(*ev); }
+    };
+
+    // The loop has no wake-up fd: the error says why it could not be made.
+    error_code no_wake_fd() { return loop_->wake(); }
+
+    // SIGCHLD serves both a SIGCHLD watcher and every child watcher: it is
+    // claimed for the first of them and given back after the last.
+    error_code take_sigchld() {
+        if (chld_users_ == 0) {
+            if (error_code e = claim_signal(SIGCHLD, this, loop_->wake_fd(), &chld_saved_)) return e;
+            chld_count_ = 0;
+        }
+        ++chld_users_;
+        return error_code();
+    }
+    void drop_sigchld() {
+        if (--chld_users_ == 0) release_signal(SIGCHLD, chld_saved_);
+    }
+
+    void give_back(sig_slot& s) {
+        if (s.signo == SIGCHLD) {
+            chld_watched_ = false;
+            drop_sigchld();
+        } else {
+            release_signal(s.signo, s.saved);
+        }
+        s.signo = 0;
+        --active;
+    }
+
+    void forget_child(uint16_t slot) {
+        kids_[slot].pid = 0;
+        kids_[slot].cb.reset(); // a running child callback's slot is already retired
+        kid_pool_.release(slot);
+        --active;
+        drop_sigchld();
+    }
+
+    static void dispatch(loop_hook* hook) {
+        signal_table* self = static_cast<signal_table*>(hook);
+        if (self->chld_users_ > 0) self->chld_count_ += globals::state[SIGCHLD].pending.exchange(0);
+        if (self->reap_ && (self->kids_due_ || self->chld_count_ > 0)) self->reap_(self);
+        self->dispatch_signals();
+    }
+
+    // Each watched child is checked on its own; a SIGCHLD only says that
+    // some child changed state, and several exits may share one SIGCHLD.
+    // Reached through reap_, which only on_child() sets: a program that never
+    // watches a child links neither this nor waitpid().
+    static void reap_children(signal_table* self) { self->reap(); }
+    void reap() {
+        kids_due_ = false;
+        for (size_t i = 0; i < kid_pool::slots; ++i) {
+            kid_slot& k = kids_[i];
+            if (k.pid == 0) continue;
+            int status = 0;
+            pid_t r;
+            do r = waitpid(k.pid, &status, WNOHANG);
+            while (r < 0 && errno == EINTR);
+            if (r == 0) continue; // still running
+            // The watcher is gone before its callback runs: its handle is
+            // stale inside the callback, and its slot is reused only after
+            // (the spare slot lets the callback watch another child).
+            uint16_t slot = static_cast<uint16_t>(i);
+            child_event ev = {child_handle::from_id(kid_pool_.id_of(slot)), k.pid, r == k.pid ? status : -1};
+            kid_pool_.retire(slot);
+            k.pid = 0;
+            --active;
+            drop_sigchld();
+            auto done = on_scope_exit([this, &k, slot] {
+                k.cb.reset();
+                kid_pool_.recycle(slot);
+            });
+            loop_->invoke(k.cb, source_kind::child, ev.handle.id(), narrow<int>(ev.pid), ev);
+        }
+    }
+
+    void dispatch_signals() {
+        for (size_t i = 0; i < sig_pool::slots; ++i) {
+            sig_slot& s = sigs_[i];
+            if (s.signo == 0) continue;
+            signal_state& g = globals::state[s.signo];
+            unsigned n;
+            if (s.signo == SIGCHLD) {
+                n = chld_count_;
+                chld_count_ = 0;
+            } else {
+                n = g.pending.exchange(0);
+            }
+            if (n == 0) continue;
+            uint16_t slot = static_cast<uint16_t>(i);
+            signal_event ev;
+            ev.handle = signal_handle::from_id(sig_pool_.id_of(slot));
+            ev.signo = s.signo;
+            ev.count = n;
+            read_sender(g, ev);
+            running_.begin(slot);
+            auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
+            deliver call = {&s.cb, &ev};
+            loop_->invoke(call, source_kind::signal, ev.handle.id(), ev.signo);
+        }
+        chld_count_ = 0; // nobody else wants the SIGCHLD count
+    }
+
+    loop_base* loop_;
+    void (*reap_)(signal_table*); // reap_children once a child was watched, else null
+    sig_pool sig_pool_;
+    sig_slot sigs_[sig_pool::slots];
+    kid_pool kid_pool_;
+    kid_slot kids_[kid_pool::slots];
+    claimed_signal chld_saved_;
+    unsigned chld_users_;
+    unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
+    bool chld_watched_;   // a signal watcher for SIGCHLD exists (at most one)
+    bool kids_due_;       // a child was found already ended when watched
+    running_slot running_; // the signal slot whose callback runs now
+};
+
+} // namespace detail
+
+// Makes writes to a closed pipe or socket fail with EPIPE instead of killing
+// the process: SIGPIPE's disposition becomes SIG_IGN, for the whole process
+// and for programs it execs later (reset it in a child before exec if they
+// expect the default). microloop never does this by itself: the disposition
+// belongs to the application. For sockets alone, send(..., MSG_NOSIGNAL)
+// needs no global change. errc::already_watched if a loop watches SIGPIPE.
+inline error_code ignore_sigpipe() {
+    if (detail::globals::state[SIGPIPE].owner.load()) return errc::already_watched;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGPIPE, &sa, nullptr) != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_SIGNAL_HPP
+// ---- end microloop/signal.hpp ------------------------------------------
+
+// ---- begin microloop/slack.hpp -----------------------------------------
+// microloop/slack.hpp - the timer slack a loop was asked for, applied in the
+// thread that runs it (internal: the public call is basic_loop::set_timer_slack).
+#ifndef MICROLOOP_SLACK_HPP
+#define MICROLOOP_SLACK_HPP
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/prctl.h>
+
+namespace microloop {
+namespace detail {
+
+// Linux lets a sleep in select() end up to the thread's "timer slack" late
+// (50 us by default), so that wake-ups can be merged. The slack belongs to
+// the thread (prctl PR_SET_TIMERSLACK), not to the process, so the loop
+// remembers what it was asked for and applies it in the thread that runs it:
+// at once when asked from a callback, otherwise when run(), run_once() or
+// poll() next starts. Nothing is changed unless asked.
+//
+// Which thread is which is not told by pthread_self(): a joined thread's
+// pthread_t is reused by the next one, so a loop moved to a new thread could
+// not tell. Each start asks the thread itself instead (PR_GET_TIMERSLACK,
+// one system call, made only once a slack was asked for).
+class timer_slack {
+public:
+    // 0 (the thread's default) up to a second: PR_GET_TIMERSLACK returns an
+    // int, and more than a second defeats the timers it is meant to serve.
+    static bool valid(int64_t ns) { return ns >= 0 && ns <= 1000000000; }
+
+    timer_slack() : apply_(nullptr), want_ns_(-1), seen_ns_(-1) {}
+
+    // Records `ns` (valid(); 0 is the thread's default slack) and, from the
+    // loop's thread, applies it now. From elsewhere it checks only that prctl
+    // answers, so that a system without it fails here rather than in run().
+    error_code request(int64_t ns, bool in_loop_thread) {
+        want_ns_ = static_cast<int32_t>(ns);
+        apply_ = &timer_slack::apply_requested;
+        if (in_loop_thread) return apply_here();
+        if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == -1) {
+            drop();
+            return error_code(errc::system, errno);
+        }
+        seen_ns_ = -1; // applied at the next start, whatever the thread has
+        return error_code();
+    }
+
+    // At the start of run(), run_once() and poll(): nothing if no slack was
+    // asked for, or if this thread has it already. A failure drops the
+    // request (the next run goes on with the thread's slack as it is).
+    // The work is reached through a pointer that only request() sets, so a
+    // program that never asks for a slack links neither it nor prctl().
+    error_code apply() {
+        if (want_ns_ < 0) return error_code();
+        return apply_requested_cold();
+    }
+
+private:
+    // Out of line and cold: the check above is all that run(), run_once()
+    // and poll() carry inline.
+    MICROLOOP_DETAIL_COLD error_code apply_requested_cold() {
+        return apply_(this);
+    }
+    static error_code apply_requested(timer_slack* self) {
+        int now = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        if (self->seen_ns_ >= 0 && now == self->seen_ns_) return error_code();
+        return self->apply_here();
+    }
+    error_code apply_here() {
+        if (prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(want_ns_), 0, 0, 0) != 0) {
+            int e = errno;
+            drop();
+            return error_code(errc::system, e);
+        }
+        // What the thread reports from now on: the value asked for, or for
+        // 0 the thread's default.
+        seen_ns_ = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        return error_code();
+    }
+
+    void drop() { want_ns_ = -1; } // leave the thread's slack alone
+
+    error_code (*apply_)(timer_slack*); // apply_requested, set by the first request()
+    // Both fit an int: valid() stops at a second, and PR_GET_TIMERSLACK
+    // returns an int.
+    int32_t want_ns_; // asked for, or -1: leave the thread's slack alone
+    int32_t seen_ns_; // what PR_GET_TIMERSLACK said after applying it, or -1
+};
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_SLACK_HPP
+// ---- end microloop/slack.hpp -------------------------------------------
+
+// ---- begin microloop/timer_heap.hpp ------------------------------------
+// microloop/timer_heap.hpp - the order in which a loop's timers fire: a
+// 4-ary min-heap on (deadline, arming order), one entry at most per timer
+// slot, with lazy re-arms and cancels. The loop keeps the timers themselves
+// (callbacks, periods, handles); this keeps only when each fires.
+#ifndef MICROLOOP_TIMER_HEAP_HPP
+#define MICROLOOP_TIMER_HEAP_HPP
+
+#include <stddef.h>
+#include <stdint.h>
+
+namespace microloop {
+namespace detail {
+
+// Slots: the timer table's slot count. Every timer slot has a key (its
+// timer's deadline and arming order as last armed) and at most one heap
+// entry. The entry's key may be behind: a re-arm to a later deadline writes
+// only the slot's key, and a cancel only frees the slot in the loop's pool,
+// leaving its entry as a tombstone (the entry of a slot with no live timer).
+// The heap stays ordered by its entries' keys, each at or before its timer's
+// real one, so a top whose key is current is the real first; a stale top is
+// re-keyed and sifted down, a tombstone dropped, when it is looked at
+// (settle()). A tombstone never fires and is reused by the next timer of its
+// slot.
+template <size_t Slots>
+class timer_heap {
+public:
+    // 16 bytes: four siblings fill one 64-byte cache line. The key
+    // (deadline, seq) orders the heap.
+    struct entry {
+        int64_t deadline;
+        uint32_t seq; // arming order: equal deadlines fire first-armed first
+        uint16_t slot;
+    };
+
+    timer_heap() : size_(0), seq_(0), seq_mark_(0) {
+        for (size_t i = 0; i < Slots; ++i) keys_[i].pos = no_pos; // (seq is read only through pos)
+        // Entry 1 (the first of the root's children) on a 64-byte boundary,
+        // when the storage's alignment allows it.
+        const uintptr_t first = reinterpret_cast<uintptr_t>(&store_[1]);
+        const uintptr_t skip = (64u - first % 64u) % 64u / sizeof(entry);
+        heap_ = store_ + (skip <= 3u ? skip : 0u);
+    }
+    timer_heap(const timer_heap&) = delete; // heap_ points into the object
+    timer_heap& operator=(const timer_heap&) = delete;
+
+    // Arms `slot`'s timer at `deadline`, as a new arming (after every timer
+    // armed before it at the same deadline).
+    void arm(uint16_t slot, int64_t deadline);
+    // A repeating timer fired: its next deadline, as a new arming. Its entry
+    // stays where it is, stale, until settle() re-keys it (or a re-arm from
+    // its callback reuses it).
+    void advance(uint16_t slot, int64_t deadline) {
+        const uint32_t seq = next_seq(); // first: renumbering moves entries
+        keys_[slot].deadline = deadline;
+        keys_[slot].seq = seq;
+    }
+    // Brings the top up to date; `timers.live(slot)` says which slots hold
+    // a timer (the loop's slot pool).
+    template <class Pool>
+    void settle(const Pool& timers);
+
+    bool empty() const { return size_ == 0; }
+    // The first entry: after settle(), the first timer to fire.
+    const entry& top() const { return heap_[0]; }
+    // The deadline `slot`'s timer was last armed at.
+    int64_t deadline(uint16_t slot) const { return keys_[slot].deadline; }
+
+    // The timer pass: timers armed from now on (by the pass's callbacks)
+    // wait for the next pass.
+    void begin_pass() { seq_mark_ = seq_; }
+    // The settled top is due at `now` and was armed before the pass began.
+    bool top_due(int64_t now) const { return size_ > 0 && heap_[0].deadline <= now && heap_[0].seq < seq_mark_; }
+
+private:
+    friend struct test_access;
+    static const uint16_t no_pos = 0xffff;
+    // One entry at most per slot: the armed timers and the tombstones of
+    // cancelled ones.
+    static const size_t cap = Slots;
+    // A slot's timer as it was last armed, and where its heap entry is. 16 bytes.
+    struct key {
+        int64_t deadline;
+        uint32_t seq; // the last arming's
+        uint16_t pos; // the heap entry, or no_pos
+    };
+
+    void place(uint32_t pos, const entry& e) {
+        heap_[pos] = e;
+        keys_[e.slot].pos = static_cast<uint16_t>(pos);
+    }
+    static bool less(const entry& a, const entry& b) {
+        return a.deadline < b.deadline || (a.deadline == b.deadline && a.seq < b.seq);
+    }
+    uint32_t next_seq() {
+        if (seq_ == UINT32_MAX) renumber_seqs();
+        return seq_++;
+    }
+    void renumber_seqs();
+    void sift(uint32_t at, entry e);
+
+    key keys_[Slots];
+    // The 4-ary heap, libev's layout: the children of entry i are 4i+1..4i+4,
+    // and heap_ starts up to three entries into store_ so that each group
+    // of four siblings shares one cache line: a sift reads one line per level.
+    entry store_[cap + 3];
+    entry* heap_; // set once by the constructor; the heap never moves
+    uint16_t size_;
+    // Arming order. Timers armed while the timer pass runs have a seq at or
+    // above seq_mark_ and wait for the next pass. Before seq_ could wrap,
+    // the armed timers are renumbered 0..n-1 in order, so no comparison
+    // ever meets a wrapped counter (renumber_seqs()).
+    uint32_t seq_;
+    uint32_t seq_mark_;
+};
+
+template <size_t Slots> const uint16_t timer_heap<Slots>::no_pos;
+template <size_t Slots> const size_t timer_heap<Slots>::cap;
+
+// Arms `slot`'s timer at `deadline` with a fresh seq, as a new arming. An
+// entry already in the heap (the timer's own, or the tombstone of the slot's
+// last timer) is kept: moved up if the new key is earlier, else left as it
+// is, stale, for settle(). O(1) for a re-arm to a later deadline.
+template <size_t Slots>
+MICROLOOP_DETAIL_HOT_INLINE void timer_heap<Slots>::arm(uint16_t slot, int64_t deadline) {
+    const uint32_t seq = next_seq(); // first: renumbering moves entries
+    key& k = keys_[slot];
+    k.deadline = deadline;
+    k.seq = seq;
+    uint32_t at = k.pos;
+    if (at == no_pos) {
+        if (size_ >= cap) return; // never true: one entry per slot
+        at = size_++;
+    } else if (deadline >= heap_[at].deadline) {
+        return; // its key is earlier than the new one: the heap stays ordered
+    }
+    entry e = {deadline, seq, slot};
+    sift(at, e);
+}
+
+// Moves `e` from `at` up or down to where it belongs and stores it:
+// O(log n). The heap is 4-ary (as libev's): half the depth of a binary heap,
+// so an entry moves through half as many levels, and siblings sit next to
+// each other in memory.
+template <size_t Slots>
+void timer_heap<Slots>::sift(uint32_t at, entry e) {
+    const uint32_t pos = at;
+    while (at > 0) {
+        uint32_t parent = (at - 1u) / 4u;
+        if (!less(e, heap_[parent])) break;
+        place(at, heap_[parent]);
+        at = parent;
+    }
+    // Moved up: smaller than what it passed, so than their children.
+    // size_ never exceeds the capacity; the clamp tells the optimiser so
+    // (gcc -O2 warns of out-of-bounds reads with capacities below 3).
+    const uint32_t size = at != pos ? 0u : size_ < cap ? size_ : static_cast<uint32_t>(cap);
+    for (;;) {
+        uint32_t first = 4u * at + 1u;
+        if (first >= size) break;
+        uint32_t best = first;
+        if (size - first >= 4u) { // all four siblings: two pairs, then their winners
+            const uint32_t a = less(heap_[first + 1u], heap_[first]) ? first + 1u : first;
+            const uint32_t b = less(heap_[first + 3u], heap_[first + 2u]) ? first + 3u : first + 2u;
+            best = less(heap_[b], heap_[a]) ? b : a;
+        } else {
+            for (uint32_t c = first + 1u; c < size; ++c)
+                if (less(heap_[c], heap_[best])) best = c;
+        }
+        if (!less(heap_[best], e)) break;
+        place(at, heap_[best]);
+        at = best;
+    }
+    place(at, e);
+}
+
+// Brings the top up to date: while its key is behind its timer's, it is
+// re-keyed and sifted down, or dropped if its slot holds no live timer (a
+// tombstone, or a one-shot that fired).
+template <size_t Slots>
+template <class Pool>
+void timer_heap<Slots>::settle(const Pool& timers) {
+    while (size_ > 0) {
+        const uint16_t slot = heap_[0].slot;
+        key& k = keys_[slot];
+        const bool live = timers.live(slot);
+        if (live && heap_[0].seq == k.seq) return;
+        entry e = {k.deadline, k.seq, slot};
+        if (!live) { // the last entry takes its place
+            k.pos = no_pos;
+            if (--size_ == 0) return;
+            e = heap_[size_];
+        }
+        sift(0, e);
+    }
+}
+
+// seq_ is about to wrap (after 2^32 armings): give the armed timers the
+// numbers 0..n-1 in their arming order, move the mark with them, and rebuild
+// the heap. O(n log n), once per 4 billion armings. Deadlines and the order
+// of equal deadlines are unchanged; no comparison ever sees a wrapped value.
+// Every entry gets its slot's key first (a tombstone's, later or not, is as
+// good as its own: the heap is rebuilt).
+template <size_t Slots>
+void timer_heap<Slots>::renumber_seqs() {
+    const uint32_t n = size_ < cap ? size_ : static_cast<uint32_t>(cap);
+    for (uint32_t i = 0; i < n; ++i) {
+        const key& k = keys_[heap_[i].slot];
+        heap_[i].deadline = k.deadline;
+        heap_[i].seq = k.seq;
+    }
+    // Heapsort on seq alone, in place (no allocation): a max-heap, then
+    // repeatedly the largest to the end.
+    struct by_seq {
+        static void sift_down(entry* a, uint32_t at, uint32_t size) {
+            entry e = a[at];
+            for (;;) {
+                uint32_t c = 2u * at + 1u;
+                if (c >= size) break;
+                if (c + 1u < size && a[c + 1u].seq > a[c].seq) ++c;
+                if (a[c].seq <= e.seq) break;
+                a[at] = a[c];
+                at = c;
+            }
+            a[at] = e;
+        }
+    };
+    for (uint32_t i = n / 2u; i-- > 0;) by_seq::sift_down(heap_, i, n);
+    for (uint32_t end = n; end > 1u; --end) {
+        entry top = heap_[0];
+        heap_[0] = heap_[end - 1u];
+        heap_[end - 1u] = top;
+        by_seq::sift_down(heap_, 0, end - 1u);
+    }
+    // Sorted by seq is not yet a heap by deadline: renumber and insert the
+    // entries again, one by one (sift also records every position).
+    uint32_t mark = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        entry e = heap_[i];
+        if (e.seq < seq_mark_) mark = i + 1u;
+        e.seq = keys_[e.slot].seq = i;
+        size_ = static_cast<uint16_t>(i + 1u);
+        sift(i, e);
+    }
+    seq_mark_ = mark;
+    seq_ = n;
+}
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_TIMER_HEAP_HPP
+// ---- end microloop/timer_heap.hpp --------------------------------------
+
+namespace microloop {
+
+// What an fd watcher asks for, and what its callback is told.
+enum : unsigned {
+    readable = 1u,  // read set: data, EOF, a connection to accept
+    writable = 2u,  // write set
+    priority = 4u,  // except set: out-of-band data, tty packet mode, sysfs GPIO edges
+    io_error = 8u   // only reported: the fd was closed while watched (EBADF); the
+                    // watcher is disabled, unwatch() it
+};
+
+struct io_event {
+    io_handle handle;
+    int fd;
+    unsigned events; // the ready subset of what was asked for, or io_error
+};
+
+struct timer_event {
+    timer_handle handle;
+    uint32_t overruns; // repeating timers: whole periods skipped after a stall
+};
+
+typedef detail::inplace_callback<void(io_event)> io_callback;
+typedef detail::inplace_callback<void(timer_event)> timer_callback;
+
+// The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
+// wall-clock time. A loop's second template parameter may replace it with
+// any class that has `int64_t now_ns() const` (nanoseconds, never
+// decreasing), such as manual_clock.
+struct monotonic_clock {
+    int64_t now_ns() const { return detail::monotonic_ns(); }
+};
+
+// A clock that moves only when told: timer tests (ours and users') run in
+// virtual time, deterministically, with no sleeping. Drive such a loop with
+// poll() (or run_once(zero)) after each advance(): a wait for a timer would
+// otherwise sleep in real time for the virtual interval.
+//
+//     microloop::basic_loop<microloop::capacity<4, 4>, microloop::manual_clock> loop;
+//     loop.after(seconds(10), cb);
+//     loop.clock().advance(seconds(10));
+//     loop.poll();                                // cb runs
+class manual_clock {
+public:
+    manual_clock() : now_(0) {}
+    int64_t now_ns() const { return now_; }
+    void set(int64_t ns) { now_ = ns > now_ ? ns : now_; } // never backwards
+    template <class Rep, class Period>
+    void advance(std::chrono::duration<Rep, Period> d) {
+        set(now_ + static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+    }
+
+private:
+    int64_t now_;
+};
+
+// Compile-time capacities: how many fd watchers, timers, signal watchers and
+// child watchers one loop can hold. Each slot costs memory (see README).
+template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>
+struct capacity {
+    static const size_t io = Io, timers = Timers, signals = Signals, children = Children;
+};
+
+// The loop. Every table lives inside the object, sized by Cap (a capacity<>);
+// nothing is allocated after construction. One loop per thread: only wake()
+// and stop() may be called from other threads (and wake() from a signal
+// handler). Timers run on Clock (monotonic_clock, or manual_clock in tests).
+template <class Cap, class Clock = monotonic_clock>
+class basic_loop : public loop_base {
+public:
+    basic_loop();
+    ~basic_loop();
+
+    // ---- fd watchers ----------------------------------------------------
+    // Watch fd for `events` (readable | writable | priority); cb(io_event).
+    template <class F>
+    io_handle watch(int fd, unsigned events, F&& cb);
+    // Change what is watched; 0 pauses the watcher without removing it.
+    error_code modify(io_handle h, unsigned events);
+    error_code unwatch(io_handle h);
+
+    // ---- timers -----------------------------------------------------------
+    // Fire once after `timeout`.
+    template <class Rep, class Period, class F>
+    timer_handle after(std::chrono::duration<Rep, Period> timeout, F&& cb) {
+        return add_timer(timeout, std::chrono::nanoseconds::zero(), std::forward<F>(cb));
+    }
+    // Fire every `period`, first after one period. Deadlines advance by the
+    // period, never by when the callback ran, so the timer does not drift.
+    // A period of zero (or one that rounds to 0 ns) is errc::bad_timeout.
+    template <class Rep, class Period, class F>
+    timer_handle every(std::chrono::duration<Rep, Period> period, F&& cb) {
+        if (period == std::chrono::duration<Rep, Period>::zero()) return timer_handle(errc::bad_timeout);
+        return add_timer(period, period, std::forward<F>(cb));
+    }
+    // The general form: first after `timeout`, then every `repeat` (0: once;
+    // a non-zero repeat that rounds to 0 ns is errc::bad_timeout).
+    template <class Rep1, class Period1, class Rep2, class Period2, class F>
+    timer_handle add_timer(std::chrono::duration<Rep1, Period1> timeout, std::chrono::duration<Rep2, Period2> repeat,
+                           F&& cb);
+    // Re-schedule to fire `timeout` from now (a repeating timer keeps its
+    // period). A one-shot timer is gone when its callback runs (its handle
+    // is stale there, its place free for a new timer), unless that callback
+    // re-arms it: then it takes its place back (errc::table_full if the
+    // callback gave the place to another timer).
+    template <class Rep, class Period>
+    error_code rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout);
+    error_code cancel(timer_handle h);
+    // Time left before the timer fires (zero if due).
+    std::chrono::nanoseconds remaining(timer_handle h) const;
+
+    // ---- running ----------------------------------------------------------
+    // Until stop() or until no active watcher or timer is left. Returns ok,
+    // or why the loop cannot go on: errc::system (select() failed; sys() has
+    // the errno), errc::forked (see after_fork()). A callback that throws
+    // leaves every table consistent; the exception propagates out of run()
+    // and the loop can be run again.
+    error_code run();
+    // One iteration: wait (forever, or at most max_wait), dispatch, return.
+    // A stop() ends the wait and is used up, as in run().
+    error_code run_once() { return drive(-1, true); }
+    template <class Rep, class Period>
+    error_code run_once(std::chrono::duration<Rep, Period> max_wait) {
+        int64_t ns;
+        if (!detail::to_ns(max_wait, ns)) return errc::bad_timeout;
+        return drive(ns, true);
+    }
+    // One iteration that does not wait.
+    error_code poll() { return drive(0, true); }
+    using loop_base::stop;
+    using loop_base::wake;
+
+    // ---- signals and child processes (signal.hpp) ---------------------------
+    // cb(signal_event) runs in the loop, never in signal context. One watcher
+    // per signal in the whole process; unwatching restores the old disposition.
+    template <class F>
+    signal_handle on_signal(int signo, F&& cb) { return signals_.add(signo, std::forward<F>(cb)); }
+    error_code unwatch(signal_handle h) { return signals_.remove(h); }
+    // cb(child_event) once, when child `pid` has terminated and been reaped.
+    template <class F>
+    child_handle on_child(pid_t pid, F&& cb) { return signals_.add_child(pid, std::forward<F>(cb)); }
+    error_code unwatch(child_handle h) { return signals_.remove_child(h); }
+
+    // ---- fork ---------------------------------------------------------------
+    // A forked child that wants to keep using this loop calls after_fork()
+    // first: the loop gets its own wake-up fd and signal routing, and drops
+    // what it inherited pending from the parent (signal counts, mailbox
+    // posts, AIO operations in flight, child watchers: those belong to the
+    // parent). Watchers, timers and signal watchers carry on. Until then the
+    // child cannot disturb the parent: its signal handler and its loop leave
+    // the shared wake-up fd alone, and its run() returns errc::forked the first
+    // time it would have read from it. errc::bad_argument in the process
+    // that made the loop; errc::system if no wake-up fd could be made.
+    error_code after_fork();
+
+    // ---- time -----------------------------------------------------------------
+    // Inside callbacks: the loop time, taken after each wait, so every
+    // callback of one iteration sees the same "now" and timers armed in them
+    // are relative to it. Outside callbacks (start-up, between run() calls)
+    // the clock is read afresh, so after(1s) means one second from now.
+    std::chrono::nanoseconds now() { return std::chrono::nanoseconds(arm_time()); }
+    void update_now() { refresh_now(); }
+    Clock& clock() { return clock_; }
+    // How late Linux may wake the loop's select() for a timer: the thread's
+    // timer slack (prctl PR_SET_TIMERSLACK, 50 us by default). The loop
+    // leaves it alone unless this is called. Takes effect in the loop's
+    // thread: at once when called from a callback, otherwise when run(),
+    // run_once() or poll() next starts, in the thread running the loop
+    // (the start returns errc::system if prctl refuses there, and drops the
+    // request; each start costs one prctl call once a slack was asked for).
+    // Not for other threads while the loop runs. nanoseconds(1) is as
+    // punctual as the kernel allows; 0 restores the thread's default slack
+    // (prctl's meaning of 0). errc::bad_timeout: negative, above one second,
+    // or non-zero and rounding to 0 ns; errc::system: prctl failed (errno).
+    template <class Rep, class Period>
+    error_code set_timer_slack(std::chrono::duration<Rep, Period> slack) {
+        int64_t ns;
+        if (!detail::to_ns(slack, ns) || !detail::timer_slack::valid(ns) ||
+            (ns == 0 && slack != std::chrono::duration<Rep, Period>::zero()))
+            return errc::bad_timeout;
+        return slack_.request(ns, dispatching_);
+    }
+
+    // ---- introspection ------------------------------------------------------
+    // Watchers with a non-zero interest, armed timers, and what modules
+    // (signals, AIO) keep pending.
+    size_t active() const { return active_io_ + timer_pool_.used() + hooks_active(); }
+    struct loop_stats {
+        table_stats io, timers, signals, children;
+    };
+    // How full each table is and was at most: size capacities from a real run.
+    loop_stats stats() const {
+        loop_stats s = {io_pool_.stats(), timer_pool_.stats(), signals_.signal_stats(), signals_.child_stats()};
+        return s;
+    }
+    // f(io_handle, int fd, unsigned events) for every fd watcher.
+    template <class F>
+    void for_each_io(F&& f) const {
+        for (uint16_t s = 0; s < io_pool_.slots; ++s)
+            if (io_pool_.live(s)) f(io_handle::from_id(io_[s].id), io_[s].fd, io_[s].interest);
+    }
+    // f(timer_handle, std::chrono::nanoseconds deadline, std::chrono::nanoseconds period)
+    // for every armed timer, in no particular order; the deadline is on
+    // clock()'s scale (compare it with now()), the period 0 for one-shots.
+    template <class F>
+    void for_each_timer(F&& f) const {
+        for (uint16_t s = 0; s < timer_pool_.slots; ++s)
+            if (timer_pool_.live(s)) // live timers are armed
+                f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(heap_.deadline(s)),
+                  std::chrono::nanoseconds(timers_[s].period));
+    }
+
+private:
+    friend struct detail::test_access;
+    // One spare slot per table: a callback that removes its own source can
+    // add a new one at once (see slot_pool).
+    typedef detail::slot_pool<Cap::io, 1> io_pool;
+    typedef detail::slot_pool<Cap::timers, 1> timer_pool;
+    typedef detail::select_backend<io_pool::slots> backend;
+    template <size_t>
+    friend class detail::select_backend; // calls the core's io_ready() and friends, inlined
+
+    struct io_slot {
+        io_callback cb;
+        int fd;
+        unsigned interest;
+        uint64_t added_iter; // not dispatched in the iteration it was added in
+        uint64_t id;         // its handle's id, fixed while the watcher lives
+    };
+    // What a timer needs when it fires.
+    struct timer_slot {
+        timer_callback cb;
+        int64_t period; // 0: one-shot
+    };
+
+    int64_t now_ns() {
+        if (!now_valid_) refresh_now();
+        return now_;
+    }
+    void refresh_now() {
+        now_ = clock_.now_ns();
+        now_valid_ = true;
+    }
+    // What timers are armed relative to: the iteration's time inside
+    // callbacks, the clock's time outside them.
+    int64_t arm_time() {
+        if (!dispatching_) refresh_now();
+        return now_ns();
+    }
+
+    void set_interest(io_slot& io, unsigned events);
+    void release_io(uint16_t slot) { running_io_.release(io_pool_, io_[slot].cb, slot); }
+    void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
+    void call_io(uint16_t s, int fd, unsigned events);
+    error_code rearm_running(uint64_t id, bool valid, int64_t ns);
+
+    error_code iterate(int64_t max_wait_ns);
+    // run() (once == false), run_once() and poll(): iterate() has this one
+    // call site, so it is inlined and an iteration costs no extra call.
+    error_code drive(int64_t max_wait_ns, bool once);
+    int64_t select_timeout(int64_t until);
+    // What the backend calls back with ready fds (see backend/select.hpp).
+    bool stall_on() const { return stall_ns_ != 0; }
+    bool io_changed() const { return io_changed_; }
+    template <bool Stall>
+    int64_t begin_readers() {
+        io_changed_ = false;
+        return Stall ? detail::monotonic_ns() : 0;
+    }
+    void end_readers() { end_io(); }
+    template <bool Stall>
+    void reader_ready(uint16_t s, int fd, int64_t& t0);
+    void io_ready(uint16_t s, int fd, unsigned ready);
+    bool io_closed(uint16_t s, int fd);
+    void end_io() {
+        uint16_t s = running_io_.current();
+        if (s != io_pool_.none) running_io_.end(io_pool_, io_[s].cb);
+    }
+    void dispatch_timers();
+
+    backend backend_; // the fd -> watcher table and the wait
+    size_t active_io_;
+    uint64_t iteration_; // 64 bits: never wraps onto a watcher's added_iter
+
+    io_pool io_pool_;
+    io_slot io_[io_pool::slots];
+
+    timer_pool timer_pool_;
+    timer_slot timers_[timer_pool::slots];
+    detail::timer_heap<timer_pool::slots> heap_; // when each fires
+
+    // The callback running now, so removing it defers freeing its storage.
+    detail::running_slot running_io_, running_timer_;
+
+    int64_t now_;
+    bool now_valid_;
+    bool dispatching_; // inside an iteration, after the wait: callbacks use now_
+    bool io_changed_;  // a watcher was added, modified or removed since the scan of ready fds began
+    Clock clock_;
+    detail::timer_slack slack_; // set_timer_slack()
+
+    detail::signal_table<Cap::signals, Cap::children> signals_; // a loop_hook
+};
+
+// ============================================================================
+// Implementation
+// ============================================================================
+
+template <class Cap, class Clock>
+basic_loop<Cap, Clock>::basic_loop()
+    : backend_(wake_fd_), active_io_(0), iteration_(0), now_(0), now_valid_(false), dispatching_(false),
+      io_changed_(false), signals_(*this) {}
+
+// Callbacks of live slots are destroyed with the slot arrays.
+template <class Cap, class Clock>
+basic_loop<Cap, Clock>::~basic_loop() {}
+
+// ---- fd watchers ------------------------------------------------------------
+
+template <class Cap, class Clock>
+template <class F>
+io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
+    if (fd < 0) return io_handle(errc::bad_fd);
+    if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range); // before anything touches the backend
+    if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
+    if (detail::is_null_callable(cb)) return io_handle(errc::bad_argument);
+    if (backend_.watched(fd)) return io_handle(errc::already_watched);
+    uint64_t id = io_pool_.acquire();
+    if (id == 0) return io_handle(errc::table_full);
+
+    uint16_t slot = detail::slot_of(id);
+    io_slot& io = io_[slot];
+    io.cb.emplace(std::forward<F>(cb));
+    io.fd = fd;
+    io.interest = 0;
+    io.added_iter = iteration_;
+    io.id = id;
+    backend_.add(fd, slot);
+    set_interest(io, events);
+    return io_handle::from_id(id);
+}
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
+    uint16_t slot = io_pool_.lookup(h.id());
+    if (slot == io_pool_.none) return errc::stale_handle;
+    if (events & ~(readable | writable | priority)) return errc::bad_argument;
+    set_interest(io_[slot], events);
+    return error_code();
+}
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
+    uint16_t slot = io_pool_.lookup(h.id());
+    if (slot == io_pool_.none) return errc::stale_handle;
+    io_slot& io = io_[slot];
+    set_interest(io, 0);
+    backend_.remove(io.fd);
+    release_io(slot);
+    return error_code();
+}
+
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
+    io_changed_ = true; // every watch(), modify() and unwatch() passes here
+    if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
+    backend_.set(io.fd, io.interest, events);
+    io.interest = events;
+}
+
+// Runs watcher s's callback, which may remove the watcher or anything else,
+// or throw.
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
+    io_slot& io = io_[s];
+    running_io_.begin(s);
+    auto done = detail::on_scope_exit([this] { end_io(); });
+    io_event ev = {io_handle::from_id(io.id), fd, events};
+    invoke(io.cb, source_kind::io, io.id, fd, ev);
+}
+
+// The backend found some watched fd closed behind our back (select()'s
+// EBADF): if `fd` is one, report it to its watcher once and disable the
+// watcher. True if it was.
+template <class Cap, class Clock>
+bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
+    io_slot& io = io_[s];
+    if (io.interest == 0) return false;
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) return false;
+    set_interest(io, 0);
+    call_io(s, fd, io_error);
+    return true;
+}
+
+// ---- timers -----------------------------------------------------------------
+
+template <class Cap, class Clock>
+template <class Rep1, class Period1, class Rep2, class Period2, class F>
+timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
+                                               std::chrono::duration<Rep2, Period2> repeat, F&& cb) {
+    int64_t after_ns, period_ns;
+    if (!detail::to_ns(timeout, after_ns) || !detail::to_ns(repeat, period_ns)) return timer_handle(errc::bad_timeout);
+    // A repeat finer than a nanosecond would silently make a one-shot.
+    if (period_ns == 0 && repeat != std::chrono::duration<Rep2, Period2>::zero())
+        return timer_handle(errc::bad_timeout);
+    if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
+    uint64_t id = timer_pool_.acquire();
+    if (id == 0) return timer_handle(errc::table_full);
+    uint16_t slot = detail::slot_of(id);
+    timer_slot& t = timers_[slot];
+    t.cb.emplace(std::forward<F>(cb));
+    t.period = period_ns;
+    heap_.arm(slot, arm_time() + after_ns);
+    return timer_handle::from_id(id);
+}
+
+template <class Cap, class Clock>
+template <class Rep, class Period>
+error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
+    int64_t ns = 0;
+    const bool valid = detail::to_ns(timeout, ns); // checked after the handle: a stale one is named first
+    const uint16_t slot = timer_pool_.lookup(h.id());
+    if (slot == timer_pool_.none) return rearm_running(h.id(), valid, ns);
+    if (!valid) return errc::bad_timeout;
+    heap_.arm(slot, arm_time() + ns);
+    return error_code();
+}
+
+// The one-shot whose callback is running, re-armed from it (not a repeating
+// timer its callback cancelled); any other handle rearm() found stale.
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns) {
+    const uint16_t slot = timer_pool_.lookup_retired(id);
+    if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
+        return errc::stale_handle;
+    if (!valid) return errc::bad_timeout;
+    if (!timer_pool_.revive(slot)) return errc::table_full;
+    running_timer_.keep();
+    heap_.arm(slot, arm_time() + ns);
+    return error_code();
+}
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
+    uint16_t slot = timer_pool_.lookup(h.id());
+    if (slot == timer_pool_.none) return errc::stale_handle;
+    release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
+
+    return error_code();
+}
+
+template <class Cap, class Clock>
+std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
+    uint16_t slot = timer_pool_.lookup(h.id());
+    if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
+    int64_t left = heap_.deadline(slot) - clock_.now_ns();
+    return std::chrono::nanoseconds(left > 0 ? left : 0);
+}
+
+// ---- the iteration ----------------------------------------------------------
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::run() {
+    return drive(-1, false);
+}
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
+    error_code result = slack_.apply();
+    // run(): until stop() or nothing is left; run_once(), poll(): one iteration.
+    while (!result && (once || (!stop_.load(std::memory_order_relaxed) && active() > 0))) {
+        result = iterate(max_wait_ns);
+        if (once) break;
+    }
+    stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
+    return result;
+}
+
+// Nanoseconds select() may sleep: until the first timer or `until`, -1 for
+// no limit.
+template <class Cap, class Clock>
+int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
+    // Past deadlines clamp to 0: a difference of exactly -1 must not read as
+    // "no limit".
+    int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
+    heap_.settle(timer_pool_); // the top's key is its timer's: never wake early
+    if (!heap_.empty()) {
+        int64_t t = heap_.top().deadline > now_ ? heap_.top().deadline - now_ : 0;
+        if (wait < 0 || t < wait) wait = t;
+    }
+    return wait;
+}
+
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
+    if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
+    ++iteration_;
+    heap_.begin_pass();
+    // The clock is read only when something depends on it: with no timer and
+    // no time limit (run() with fds only, or poll()'s zero wait) the loop pays
+    // nothing for time, and timers armed in callbacks read it themselves.
+    const bool timed = timer_pool_.used() > 0 || max_wait_ns > 0; // live timers are armed
+    int64_t until = -1;
+    if (timed) {
+        refresh_now();
+        if (max_wait_ns >= 0) until = now_ + max_wait_ns;
+    } else {
+        now_valid_ = false;
+    }
+
+    typename backend::fd_sets sets;
+    typename backend::ready_sets ready;
+    int n;
+    for (;;) {
+        n = backend_.wait(sets, ready, [&]() -> int64_t {
+            const int64_t wait = timed ? select_timeout(until) : max_wait_ns; // untimed: -1 (forever) or 0
+            return stop_.load(std::memory_order_relaxed) ? 0 : wait;
+        });
+        if (timed) refresh_now();
+        if (n >= 0) break;
+        if (errno == EINTR) continue; // retried with what is left of the timeout
+        if (errno == EBADF) {
+            // Retrying would fail the same way: with nothing to disable,
+            // report it instead of spinning.
+            if (!backend_.report_closed(*this)) return error_code(errc::system, EBADF);
+            n = 0;
+            break;
+        }
+        return error_code(errc::system, errno);
+    }
+
+    // From here on callbacks run: timers they arm count from now_.
+    const bool outer = dispatching_;
+    dispatching_ = true;
+    auto done = detail::on_scope_exit([this, outer] {
+        dispatching_ = outer;
+        if (outer) io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
+    });
+    if (n > 0) {
+        // The wake-up fd is drained after the watchers ran.
+        if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
+        if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
+    }
+    if (!heap_.empty()) dispatch_timers();
+    return error_code();
+}
+
+// A ready reader on the backend's lean scan (only readers, nothing changed
+// since the wait: see backend/select.hpp): called without looking anything
+// else up. With stall detection on (Stall), the clock is read once per
+// callback, after it: a callback's time runs from the previous reading (the
+// end of the previous callback, or the start of the scan), which adds only
+// the loop's own few instructions between two callbacks to it.
+template <class Cap, class Clock>
+template <bool Stall>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(uint16_t s, int fd, int64_t& t0) {
+    io_slot& io = io_[s];
+    running_io_.begin(s);
+    io_event ev = {io_handle::from_id(io.id), fd, readable};
+    io.cb(ev);
+    if (Stall) {
+        const int64_t t1 = detail::monotonic_ns();
+        t0 = t1 - t0 >= stall_ns_ ? report_stall(source_kind::io, io.id, fd, t1 - t0) : t1;
+    }
+}
+
+// A ready fd and its watcher, slot s, as the backend looked it up at the
+// moment it is dispatched, so a watcher removed by an earlier callback of
+// this iteration is never called.
+template <class Cap, class Clock>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::io_ready(uint16_t s, int fd, unsigned ready) {
+    io_slot& io = io_[s];
+    unsigned events = ready & io.interest;
+    if (events == 0 || io.added_iter == iteration_) return;
+    call_io(s, fd, events);
+}
+
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::dispatch_timers() {
+    for (;;) {
+        heap_.settle(timer_pool_);
+        // Timers armed during this pass wait for the next.
+        if (!heap_.top_due(now_)) break;
+        const typename detail::timer_heap<timer_pool::slots>::entry top = heap_.top();
+        timer_slot& t = timers_[top.slot];
+        uint32_t overruns = 0;
+        if (t.period > 0) {
+            // Next deadline = this one + whole periods; periods that passed
+            // during a stall are skipped and counted, not fired in a burst.
+            int64_t missed = (now_ - top.deadline) / t.period;
+            overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
+            heap_.advance(top.slot, top.deadline + (missed + 1) * t.period);
+        }
+        // Its entry, stale now (a one-shot's: dropped, its slot freed below),
+        // stays at the top until the next settle(): a callback that
+        // re-arms the timer reuses it.
+        running_timer_.begin(top.slot);
+        // A one-shot is gone as it fires: its place is free for a timer its
+        // callback arms, and its slot is recycled after the callback (also if
+        // it throws), unless the callback re-armed it.
+        if (t.period == 0) release_timer(top.slot);
+        auto done = detail::on_scope_exit([this, &t] { running_timer_.end(timer_pool_, t.cb); });
+        timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
+        invoke(t.cb, source_kind::timer, ev.handle.id(), -1, ev);
+    }
+}
+
+// ---- fork ---------------------------------------------------------------------
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::after_fork() {
+    if (getpid() == owner_pid_) return errc::bad_argument;
+    const int old = wake_fd_;
+    error_code e = renew_wake_fd();
+    backend_.replace_wake_fd(old, wake_fd_);
+    if (e) return e;
+    for (loop_hook* h = hooks_; h;) {
+        loop_hook* next = h->next; // a hook may detach itself
+        if (h->on_fork) h->on_fork(h);
+        h = next;
+    }
+    signals_.after_fork(); // the first hook attached: the last one called
+    return error_code();
+}
+
+template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>
+using loop = basic_loop<capacity<Io, Timers, Signals, Children> >;
+
+} // namespace microloop
+
+#endif // MICROLOOP_LOOP_HPP
+// ---- end microloop/loop.hpp --------------------------------------------
+
+// ---- begin microloop/continuation.hpp ----------------------------------
+// microloop/continuation.hpp - a fixed table of typed state objects, kept
+// between starting an asynchronous operation and finishing it.
+//
+// An event handler that starts a disk read cannot keep the socket and the
+// buffer on its stack: the stack is gone when the completion arrives. It
+// stores them here instead, gets a 32-bit id small enough to capture in any
+// callback, and looks the state up (or takes it out) when the operation ends.
+//
+//     struct request { int sock; char buf[64]; };
+//     microloop::continuation_table<16, 128> pending;
+//     microloop::continuation_id id = pending.emplace<request>();    // in place
+//     // or, to fill it in at once: the id and the object together
+//     microloop::made<request> req = pending.make<request>();
+//     if (req) { req->sock = fd; id = req.id(); }
+//     ...
+//     microloop::taken<request> req = pending.take<request>(id);     // id is stale now
+//     if (req) write(req->sock, req->buf, n);                        // freed at scope end
+#ifndef MICROLOOP_CONTINUATION_HPP
+#define MICROLOOP_CONTINUATION_HPP
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <new>
+#include <type_traits>
+#include <utility>
+
+// Default bytes of inline storage per continuation slot. A type that is
+// larger is a compile-time error; choose per table with the Size parameter.
+#ifndef MICROLOOP_CONTINUATION_SIZE
+#define MICROLOOP_CONTINUATION_SIZE (8 * sizeof(void*))
+#endif
+
+namespace microloop {
+
+typedef basic_handle<struct continuation_tag> continuation_id;
+
+namespace detail {
+
+// One object per stored type: its address is the type's tag (no RTTI
+// needed) and it knows how to destroy the type. Deliberately not const:
+// identical read-only objects may be folded into one by a linker's identical
+// code folding, which would give two types the same tag; writable data never
+// is. Across shared libraries built with hidden visibility a type gets one
+// tag per library, so get<T>() there refuses (nullptr) rather than guesses.
+struct stored_type {
+    void (*destroy)(void*);
+};
+
+template <class T>
+struct stored_type_of {
+    static void destroy(void* p) { static_cast<T*>(p)->~T(); }
+    static stored_type tag;
+};
+template <class T>
+stored_type stored_type_of<T>::tag = {std::is_trivially_destructible<T>::value ? nullptr : &stored_type_of<T>::destroy};
+
+// What a taken<T> needs to give its slot back, without knowing the table's
+// capacity.
+struct slot_recycler {
+    void (*recycle)(void* table, uint16_t slot);
+    void* table;
+};
+
+} // namespace detail
+
+// The state taken out of a continuation table: its id is already stale (so
+// the request cannot be finished twice); the object is destroyed and its slot
+// reused when the taken<T> goes out of scope. Move-only; false if the take
+// failed, error() says why. Must not outlive its table.
+template <class T>
+class taken {
+public:
+    explicit taken(errc why) : obj_(nullptr), slot_(0), why_(why) { back_.recycle = nullptr; back_.table = nullptr; }
+    taken(T* obj, detail::slot_recycler back, uint16_t slot) : obj_(obj), back_(back), slot_(slot), why_(errc::ok) {}
+    taken(taken&& other) : obj_(other.obj_), back_(other.back_), slot_(other.slot_), why_(other.why_) {
+        other.obj_ = nullptr;
+    }
+    taken(const taken&) = delete;
+    taken& operator=(const taken&) = delete;
+    taken& operator=(taken&&) = delete;
+    ~taken() { reset(); }
+
+    explicit operator bool() const { return obj_ != nullptr; }
+    error_code error() const { return error_code(why_); }
+    T* get() const { return obj_; }
+    T* operator->() const { return obj_; }
+    T& operator*() const { return *obj_; }
+    // Destroy the state and free its slot now.
+    void reset() {
+        if (!obj_) return;
+        obj_->~T();
+        obj_ = nullptr;
+        back_.recycle(back_.table, slot_);
+    }
+
+private:
+    T* obj_;
+    detail::slot_recycler back_;
+    uint16_t slot_;
+    errc why_;
+};
+
+// What make<T>() returns: the new entry's id and the object itself, or
+// (false) why there is none. The object stays in the table; this is a view.
+template <class T>
+class made {
+public:
+    explicit made(errc why) : obj_(nullptr), id_(why) {}
+    made(T* obj, continuation_id id) : obj_(obj), id_(id) {}
+    explicit operator bool() const { return obj_ != nullptr; }
+    error_code error() const { return id_.error(); }
+    continuation_id id() const { return id_; }
+    T* get() const { return obj_; }
+    T* operator->() const { return obj_; }
+    T& operator*() const { return *obj_; }
+
+private:
+    T* obj_;
+    continuation_id id_;
+};
+
+// N slots of Size bytes each, aligned for any pointer, long long or double.
+// Each slot also costs one pointer (the type tag) and 4 bytes of slot pool.
+// Every operation is O(1); nothing is allocated. Not thread-safe: use it
+// from the loop's thread.
+template <size_t N, size_t Size = MICROLOOP_CONTINUATION_SIZE>
+class continuation_table {
+public:
+    static const size_t capacity = N;
+    static const size_t slot_size = Size;
+
+    continuation_table() {
+        for (size_t i = 0; i < N; ++i) type_[i] = nullptr;
+    }
+    // The objects still stored are destroyed, each retired first as by
+    // release(): a destructor that releases another entry (a request that
+    // owns its sub-request's id) finds that entry alive or stale, never
+    // destroyed but still valid.
+    ~continuation_table() {
+        for (uint16_t i = 0; i < N; ++i)
+            if (type_[i]) release(continuation_id::from_id(pool_.id_of(i)));
+    }
+    continuation_table(const continuation_table&) = delete;
+    continuation_table& operator=(const continuation_table&) = delete;
+
+    // Construct a T in a free slot from args (T(args...): with no args, value
+    // initialisation, so a plain struct starts zeroed). An invalid id carries
+    // errc::table_full when every slot is taken.
+    template <class T, class... Args>
+    continuation_id emplace(Args&&... args) {
+        return make<T>(std::forward<Args>(args)...).id();
+    }
+    // The same, handing back the object with its id: no get<T>() needed to
+    // fill it in (nor a null check the compiler cannot see through).
+    template <class T, class... Args>
+    made<T> make(Args&&... args) {
+        static_assert(sizeof(T) <= Size,
+                      "microloop: state too big for this continuation table; raise its Size parameter");
+        static_assert(alignof(T) <= alignof(storage_t),
+                      "microloop: over-aligned state; store a pointer to it instead");
+        static_assert(!std::is_reference<T>::value && !std::is_array<T>::value, "microloop: store an object type");
+        uint64_t id = pool_.acquire();
+        if (id == 0) return made<T>(errc::table_full);
+        uint16_t slot = detail::slot_of(id);
+        // Gives the slot back if T's constructor throws (where exceptions exist).
+        struct guard {
+            detail::slot_pool<N>* pool;
+            uint16_t slot;
+            ~guard() {
+                if (pool) pool->release(slot);
+            }
+        } g = {&pool_, slot};
+        T* obj = ::new (static_cast<void*>(&slots_[slot])) T(std::forward<Args>(args)...);
+        g.pool = nullptr;
+        type_[slot] = &detail::stored_type_of<typename std::remove_cv<T>::type>::tag;
+        return made<T>(obj, continuation_id::from_id(id));
+    }
+
+    // The T stored under id; nullptr if id is stale, released or taken, or
+    // names an object of another type (the exact type: no base classes).
+    template <class T>
+    T* get(continuation_id id) {
+        uint16_t slot = find<T>(id);
+        return slot == pool_.none ? nullptr : reinterpret_cast<T*>(&slots_[slot]);
+    }
+    template <class T>
+    const T* get(continuation_id id) const {
+        uint16_t slot = find<T>(id);
+        return slot == pool_.none ? nullptr : reinterpret_cast<const T*>(&slots_[slot]);
+    }
+    bool contains(continuation_id id) const { return pool_.lookup(id.id()) != pool_.none; }
+
+    // Destroy the object and free the slot. A stale or released id is
+    // refused with errc::stale_handle and touches nothing.
+    error_code release(continuation_id id) {
+        uint16_t slot = pool_.lookup(id.id());
+        if (slot == pool_.none) return errc::stale_handle;
+        const detail::stored_type* type = type_[slot];
+        type_[slot] = nullptr;
+        pool_.retire(slot); // stale before the destructor runs: it cannot release twice
+        if (type->destroy) type->destroy(&slots_[slot]);
+        pool_.recycle(slot);
+        return error_code();
+    }
+
+    // Take the T out to finish the request: the id is stale at once; the
+    // object lives until the returned taken<T> goes out of scope. On failure
+    // the taken<T> is false with errc::stale_handle (stale id) or
+    // errc::bad_argument (another type is stored under id).
+    template <class T>
+    taken<T> take(continuation_id id) {
+        uint16_t slot = pool_.lookup(id.id());
+        if (slot == pool_.none) return taken<T>(errc::stale_handle);
+        if (type_[slot] != &detail::stored_type_of<typename std::remove_cv<T>::type>::tag)
+            return taken<T>(errc::bad_argument);
+        type_[slot] = nullptr;
+        pool_.retire(slot);
+        detail::slot_recycler back = {&recycle_slot, this};
+        return taken<T>(reinterpret_cast<T*>(&slots_[slot]), back, slot);
+    }
+
+    size_t size() const { return pool_.used(); }
+    bool full() const { return pool_.full(); }
+    // Entries held now, N, and the most ever held at once.
+    table_stats stats() const { return pool_.stats(); }
+    // f(continuation_id) for every entry held (not those taken out).
+    template <class F>
+    void for_each(F&& f) const {
+        for (uint16_t i = 0; i < N; ++i)
+            if (type_[i]) f(continuation_id::from_id(pool_.id_of(i)));
+    }
+
+private:
+    union storage_t {
+        unsigned char bytes[Size];
+        void* align_ptr;
+        long long align_ll;
+        double align_d;
+    };
+
+    template <class T>
+    uint16_t find(continuation_id id) const {
+        uint16_t slot = pool_.lookup(id.id());
+        if (slot == pool_.none || type_[slot] != &detail::stored_type_of<typename std::remove_cv<T>::type>::tag)
+            return pool_.none;
+        return slot;
+    }
+    static void recycle_slot(void* table, uint16_t slot) {
+        static_cast<continuation_table*>(table)->pool_.recycle(slot);
+    }
+
+    storage_t slots_[N];
+    const detail::stored_type* type_[N];
+    detail::slot_pool<N> pool_;
+};
+
+template <size_t N, size_t Size> const size_t continuation_table<N, Size>::capacity;
+template <size_t N, size_t Size> const size_t continuation_table<N, Size>::slot_size;
+
+} // namespace microloop
+
+#endif // MICROLOOP_CONTINUATION_HPP
+// ---- end microloop/continuation.hpp ------------------------------------
+
+// ---- begin microloop/memory.hpp ----------------------------------------
+// microloop/memory.hpp - keep the loop's memory resident.
+#ifndef MICROLOOP_MEMORY_HPP
+#define MICROLOOP_MEMORY_HPP
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/mman.h>
+
+namespace microloop {
+
+// A page fault blocks the whole loop just as a blocking read does: on a board
+// that swaps to flash, or that reclaims clean pages of the binary under
+// memory pressure, one fault can cost milliseconds. lock_memory() locks every
+// page the process has now and will map later (mlockall MCL_CURRENT |
+// MCL_FUTURE), and touches `stack_bytes` of stack so those pages are mapped
+// and locked before the loop runs rather than on first use.
+//
+// Call it once, after creating the loop (whose tables live in the loop object
+// and need no later allocation). It needs CAP_IPC_LOCK or a large enough
+// RLIMIT_MEMLOCK: otherwise it returns errc::system with EPERM or ENOMEM, and
+// nothing changes.
+inline error_code lock_memory(size_t stack_bytes = 64 * 1024) {
+    if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) return error_code(errc::system, errno);
+    // Only run when locking succeeded; touching is what maps the pages.
+    struct toucher {
+        static void touch(size_t n) {
+            volatile unsigned char page[4096];
+            memset(const_cast<unsigned char*>(page), 0, sizeof page);
+            if (n > sizeof page) touch(n - sizeof page);
+            page[0] = page[0]; // keeps each frame alive, so the recursion is real
+        }
+    };
+    toucher::touch(stack_bytes);
+    return error_code();
+}
+
+// Undo lock_memory().
+inline error_code unlock_memory() {
+    if (munlockall() != 0) return error_code(errc::system, errno);
+    return error_code();
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_MEMORY_HPP
+// ---- end microloop/memory.hpp ------------------------------------------
+
+#endif // MICROLOOP_CORE_HPP
