@@ -7,9 +7,13 @@
 
 #include <cassert>
 
-#define MICROLOOP_VERSION_MAJOR 1
+// The release: MAJOR.MINOR.PATCH, Semantic Versioning (CHANGELOG.md). The
+// pkg-config file and the CMake package take their version from here.
+#define MICROLOOP_VERSION_MAJOR 2
 #define MICROLOOP_VERSION_MINOR 0
 #define MICROLOOP_VERSION_PATCH 0
+// One number for #if: 20000 for 2.0.0.
+#define MICROLOOP_VERSION (MICROLOOP_VERSION_MAJOR * 10000 + MICROLOOP_VERSION_MINOR * 100 + MICROLOOP_VERSION_PATCH)
 
 // Bytes of inline storage for one callback's captures. A lambda that captures
 // more is a compile-time error (capture a pointer to your state instead).
