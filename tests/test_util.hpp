@@ -1,6 +1,7 @@
 // tests/test_util.hpp - helpers shared by the core tests: fds that close
-// themselves, real pipes and sockets, the clock, and a fixed-size event log
-// (no heap, so the allocation test can use it too).
+// themselves, real pipes and sockets, the clock, a fixed-size event log (no
+// heap, so the allocation test can use it too), and the scale of the big
+// counts.
 #ifndef MICROLOOP_TEST_UTIL_HPP
 #define MICROLOOP_TEST_UTIL_HPP
 
@@ -11,6 +12,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -162,6 +164,18 @@ int run_until(Loop& loop, Pred done, int max = 50) {
         ++i;
     }
     return i;
+}
+
+// Big counts are divided by this: MICROLOOP_TEST_SCALE if set, else 1 on x86
+// and 10 elsewhere (the armhf and mips CI runs are emulated by qemu-user).
+inline int scale() {
+    const char* s = getenv("MICROLOOP_TEST_SCALE");
+    if (s && atoi(s) > 0) return atoi(s);
+#if defined(__x86_64__) || defined(__i386__)
+    return 1;
+#else
+    return 10;
+#endif
 }
 
 } // namespace test
