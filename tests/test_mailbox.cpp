@@ -14,6 +14,7 @@
 #include "test_util.hpp"
 
 using namespace std::chrono;
+using microloop::errc;
 using test::scale;
 
 TEST_CASE("mailbox: posts from several threads all run, in the loop's thread, in order per poster", "[thread]") {
@@ -265,3 +266,17 @@ TEST_CASE("mailbox: posts racing close(): each one ran, was refused or was count
     }
 }
 
+// ---- a closed mailbox ---------------------------------------------------------------
+
+TEST_CASE("a closed mailbox refuses posts instead of touching a detached loop", "[robust][thread]") {
+    microloop::loop<1, 1> loop;
+    microloop::mailbox<4> box(loop);
+    int ran = 0;
+    REQUIRE(!box.post([&ran] { ++ran; }));
+    REQUIRE(!loop.poll());
+    CHECK(ran == 1);
+    box.close();
+    box.close(); // twice is fine
+    CHECK(box.post([&ran] { ++ran; }) == errc::canceled); // before: a null loop pointer
+    CHECK(loop.active() == 0);
+}
