@@ -4,6 +4,7 @@
 #include <microloop/continuation.hpp>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <chrono>
 
 #include "catch.hpp"
+#include "test_util.hpp"
 
 using namespace std::chrono;
 
@@ -1286,3 +1288,101 @@ TEST_CASE("aio (POSIX engine): a callback of a cached read that throws: the rest
     served_callback_throws<microloop::posix_aio_engine>();
 }
 #endif
+
+// ---- a child that inherits work in flight -------------------------------------------
+
+template <class Disk>
+void fork_with_aio_in_flight() {
+    microloop::loop<1, 1> loop;
+    Disk disk(loop);
+    test::fd_pair p = test::make_pipe(); // a read on an empty pipe stays in flight
+    REQUIRE(p.ok());
+    static char buf[16];
+    microloop::aio_handle h = disk.read(p.a.get(), buf, sizeof buf, 0, [](microloop::aio_event) {});
+    REQUIRE(h);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        // Before the fix the destructor waited forever for the parent's read.
+        disk.~Disk();
+        _exit(0);
+    }
+    int status = 0;
+    pid_t r = 0;
+    for (int i = 0; i < 100 && r == 0; ++i) {
+        r = waitpid(pid, &status, WNOHANG);
+        if (r == 0) test::sleep_ms(20);
+    }
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    CHECK(r == pid);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    REQUIRE(test::put_byte(p.b.get()));
+    CHECK(disk.in_flight() == 1);
+    for (int i = 0; i < 50 && disk.in_flight() > 0; ++i) loop.run_once(milliseconds(100));
+    CHECK(disk.in_flight() == 0);
+}
+
+TEST_CASE("fork: a child that inherits an aio module with work in flight exits without waiting for it",
+          "[robust][fork][aio]") {
+    fork_with_aio_in_flight<microloop::aio<2> >();
+}
+
+TEST_CASE("fork (POSIX engine): a child that inherits an aio module with work in flight exits without waiting",
+          "[robust][fork][aio][posix_aio]") {
+    fork_with_aio_in_flight<microloop::aio<2, microloop::posix_aio_engine> >();
+}
+
+// ---- callback order on one fd -------------------------------------------------------
+
+template <class Disk>
+void fsync_after_earlier_ops_on_its_fd() {
+    microloop::loop<1, 1> loop;
+    Disk disk(loop);
+    test::fd_pair gate = test::make_pipe(); // D reads it: in flight until a byte comes
+    int full[2];
+    REQUIRE(gate.ok());
+    REQUIRE(pipe(full) == 0); // blocking: W's write waits in the libc's thread
+    test::unique_fd full_r(full[0]), full_w(full[1]);
+    int flags = fcntl(full[1], F_GETFL);
+    fcntl(full[1], F_SETFL, flags | O_NONBLOCK);
+    static char junk[4096];
+    while (write(full[1], junk, sizeof junk) > 0) {
+    }
+    fcntl(full[1], F_SETFL, flags);
+
+    struct order_rec {
+        char seen[8];
+        int n;
+    } rec = {{0}, 0};
+    static char byte_in[1], byte_out[1] = {'w'};
+    // D takes slot 0, W slot 1; D finishes and frees slot 0, which F, the
+    // fsync submitted after W on W's fd, then takes: slot order is F, W.
+    REQUIRE(disk.read(gate.a.get(), byte_in, 1, 0, [&rec](microloop::aio_event) { rec.seen[rec.n++] = 'D'; }));
+    REQUIRE(disk.write(full[1], byte_out, 1, 0, [&rec](microloop::aio_event) { rec.seen[rec.n++] = 'W'; }));
+    REQUIRE(test::put_byte(gate.b.get()));
+    for (int i = 0; i < 50 && rec.n == 0; ++i) loop.run_once(milliseconds(100));
+    REQUIRE(rec.n == 1);
+    REQUIRE(rec.seen[0] == 'D');
+    REQUIRE(disk.fsync(full[1], [&rec](microloop::aio_event) { rec.seen[rec.n++] = 'F'; }));
+    // Let W through, then give both time to finish before the loop looks.
+    fcntl(full[0], F_SETFL, O_NONBLOCK);
+    test::drain(full[0]);
+    test::sleep_ms(200);
+    for (int i = 0; i < 50 && rec.n < 3; ++i) loop.run_once(milliseconds(100));
+    REQUIRE(rec.n == 3);
+    CHECK(rec.seen[1] == 'W'); // before the fix: F, then W
+    CHECK(rec.seen[2] == 'F');
+}
+
+TEST_CASE("aio: on one fd, callbacks run in submission order (an fsync never before an earlier write)",
+          "[robust][aio]") {
+    fsync_after_earlier_ops_on_its_fd<microloop::aio<4> >();
+}
+
+TEST_CASE("aio (POSIX engine): on one fd, an fsync is never called back before an earlier write",
+          "[robust][aio][posix_aio]") {
+    fsync_after_earlier_ops_on_its_fd<microloop::aio<4, microloop::posix_aio_engine> >();
+}

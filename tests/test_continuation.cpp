@@ -204,3 +204,38 @@ TEST_CASE("continuation table: no heap", "[continuation]") {
     CHECK(during == before);
     CHECK(after == before);
 }
+
+// ---- destruction order --------------------------------------------------------------
+
+TEST_CASE("destroying a continuation table runs each destructor once, even one that releases another entry",
+          "[robust][continuation]") {
+    typedef microloop::continuation_table<4, 64> table_t;
+    struct counts {
+        int destroyed[4];
+    };
+    struct request {
+        table_t* table;
+        counts* c;
+        int index;
+        microloop::continuation_id child; // a sub-request this one owns
+        request(table_t* t, counts* k, int i) : table(t), c(k), index(i), child() {}
+        ~request() {
+            ++c->destroyed[index];
+            if (table) table->release(child); // stale after the table retired it: refused, not run twice
+        }
+    };
+    counts c = {{0, 0, 0, 0}};
+    {
+        table_t table;
+        // The sub-requests take the first slots, their parents the later
+        // ones: the table's destructor meets each child before its parent.
+        microloop::continuation_id kid0 = table.emplace<request>(nullptr, &c, 0);
+        microloop::continuation_id kid1 = table.emplace<request>(nullptr, &c, 1);
+        microloop::made<request> parent0 = table.make<request>(&table, &c, 2);
+        microloop::made<request> parent1 = table.make<request>(&table, &c, 3);
+        REQUIRE((kid0 && kid1 && parent0 && parent1));
+        parent0->child = kid0;
+        parent1->child = kid1;
+    }
+    for (int i = 0; i < 4; ++i) CHECK(c.destroyed[i] == 1); // before the fix: the children twice
+}

@@ -2,6 +2,7 @@
 // set, interest changes, removal, and what callbacks may do to the loop.
 #include <microloop.hpp>
 
+#include <limits.h>
 #include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
@@ -12,7 +13,11 @@
 #include "test_util.hpp"
 
 using namespace std::chrono;
+using microloop::errc;
 using microloop::io_event;
+using test::canary;
+using test::noop_io;
+using test::noop_timer;
 
 namespace {
 
@@ -485,4 +490,182 @@ TEST_CASE("select results are read the same on every fd_set path", "[io]") {
     REQUIRE(log.n == 2);
     CHECK(log.e[0].fd == s.fds[0]);
     CHECK(log.e[1].fd == s.fds[spread::count / 2 - 1]);
+}
+
+// ---- an fd callback that throws -----------------------------------------------------
+
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+using test::boom;
+
+TEST_CASE("an fd callback that throws leaves the tables consistent", "[robust][io]") {
+    microloop::loop<4, 4> loop;
+    test::fd_pair a = test::make_pipe(), b = test::make_pipe(), c = test::make_pipe();
+    REQUIRE((a.ok() && b.ok() && c.ok()));
+    int b_calls = 0, c_calls = 0;
+    microloop::io_handle ha = loop.watch(a.a.get(), microloop::readable, [](io_event) { throw boom(); });
+    microloop::io_handle hb = loop.watch(b.a.get(), microloop::readable, [&b_calls](io_event ev) {
+        ++b_calls;
+        test::drain(ev.fd);
+    });
+    REQUIRE((ha && hb));
+    REQUIRE(test::put_byte(a.b.get()));
+    bool thrown = false;
+    try {
+        loop.run_once(seconds(1));
+    } catch (boom&) {
+        thrown = true;
+    }
+    REQUIRE(thrown);
+    // The scenario that corrupted the slot table: unwatch the thrower, let
+    // another callback run, add a watcher. b must keep its slot and its data.
+    REQUIRE(!loop.unwatch(ha));
+    REQUIRE(test::put_byte(b.b.get()));
+    loop.run_once(seconds(1));
+    CHECK(b_calls == 1);
+    microloop::io_handle hc = loop.watch(c.a.get(), microloop::readable, [&c_calls](io_event ev) {
+        ++c_calls;
+        test::drain(ev.fd);
+    });
+    REQUIRE(hc);
+    CHECK((hc.id() & 0xffffu) != (hb.id() & 0xffffu));
+    REQUIRE(test::put_byte(b.b.get()));
+    loop.run_once(seconds(1));
+    CHECK(b_calls == 2);
+    CHECK(c_calls == 0);
+    CHECK(!loop.unwatch(hb)); // still live
+    CHECK(loop.stats().io.used == 1);
+}
+#endif
+
+// ---- bad fds, bad events, fds closed behind the loop's back -------------------------
+
+TEST_CASE("bad fds are refused before they reach an fd_set", "[error]") {
+    test::small_loop loop;
+    canary c(loop);
+    REQUIRE(c.h);
+
+    microloop::io_handle h = loop.watch(-1, microloop::readable, noop_io);
+    CHECK(!h);
+    CHECK(h.error() == errc::bad_fd);
+    CHECK(loop.watch(INT_MIN, microloop::readable, noop_io).error() == errc::bad_fd);
+
+    // A real fd at FD_SETSIZE or above, when the fd limit allows one.
+    struct rlimit rl;
+    int high = -1;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < static_cast<rlim_t>(FD_SETSIZE + 8) &&
+            (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= static_cast<rlim_t>(FD_SETSIZE + 8))) {
+            struct rlimit raised = rl;
+            raised.rlim_cur = FD_SETSIZE + 8;
+            setrlimit(RLIMIT_NOFILE, &raised);
+        }
+        high = fcntl(c.p.b.get(), F_DUPFD_CLOEXEC, FD_SETSIZE);
+    }
+    test::unique_fd high_fd(high);
+    if (high >= 0) {
+        CHECK(loop.watch(high, microloop::readable, noop_io).error() == errc::fd_out_of_range);
+        CHECK(loop.watch(high, microloop::writable, noop_io).error() == errc::fd_out_of_range);
+    }
+    CHECK(loop.watch(FD_SETSIZE, microloop::readable, noop_io).error() == errc::fd_out_of_range);
+    CHECK(loop.watch(INT_MAX, microloop::priority, noop_io).error() == errc::fd_out_of_range);
+    CHECK(loop.active() == 1);
+    CHECK(c.alive(loop));
+    high_fd.reset();
+    if (high >= 0) setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+TEST_CASE("unknown event bits are a bad argument", "[error]") {
+    test::small_loop loop;
+    canary c(loop);
+    REQUIRE(c.h);
+    test::fd_pair p = test::make_pipe();
+    REQUIRE(p.ok());
+    CHECK(loop.watch(p.a.get(), microloop::io_error, noop_io).error() == errc::bad_argument);
+    CHECK(loop.watch(p.a.get(), 0x100u, noop_io).error() == errc::bad_argument);
+    CHECK(loop.watch(p.a.get(), microloop::readable | 0x80000000u, noop_io).error() == errc::bad_argument);
+    CHECK(loop.modify(c.h, microloop::readable | microloop::io_error) == errc::bad_argument);
+    CHECK(loop.modify(c.h, ~0u) == errc::bad_argument);
+    // The failed modify() left the watcher as it was.
+    CHECK(loop.active() == 1);
+    CHECK(c.alive(loop));
+    // The fd refused above was not half-registered.
+    CHECK(loop.watch(p.a.get(), microloop::readable, noop_io));
+}
+
+TEST_CASE("an fd can have only one watcher", "[error]") {
+    test::small_loop loop;
+    canary c(loop);
+    REQUIRE(c.h);
+    CHECK(loop.watch(c.p.a.get(), microloop::writable, noop_io).error() == errc::already_watched);
+    CHECK(c.alive(loop)); // the first watcher is untouched
+    REQUIRE(!loop.modify(c.h, 0));
+    // A paused watcher still holds its fd.
+    CHECK(loop.watch(c.p.a.get(), microloop::readable, noop_io).error() == errc::already_watched);
+    REQUIRE(!loop.unwatch(c.h));
+    CHECK(loop.watch(c.p.a.get(), microloop::readable, noop_io));
+}
+
+TEST_CASE("an fd closed while watched is reported once and disabled", "[error]") {
+    test::small_loop loop;
+    canary c(loop);
+    REQUIRE(c.h);
+    test::fd_pair victim = test::make_socketpair();
+    REQUIRE(victim.ok());
+    test::io_log log;
+    microloop::io_handle h = loop.watch(victim.a.get(), microloop::readable, [&log](io_event ev) { log.add(ev); });
+    REQUIRE(h);
+    microloop::timer_handle t = loop.every(milliseconds(5), noop_timer); // a timeout in every select()
+    REQUIRE(t);
+
+    int closed_fd = victim.a.release();
+    REQUIRE(close(closed_fd) == 0);
+
+    for (int i = 0; i < 5; ++i) CHECK(!loop.run_once(milliseconds(20)));
+    REQUIRE(log.n == 1);
+    CHECK(log.e[0].events == microloop::io_error);
+    CHECK(log.e[0].fd == closed_fd);
+    CHECK(log.e[0].id == h.id());
+    CHECK(loop.active() == 2); // disabled: only the canary and the timer remain active
+    CHECK(c.alive(loop));
+    CHECK(c.alive(loop));
+    CHECK(log.n == 1);
+
+    // The loop neither spins nor exits: run_once(max_wait) with no timer
+    // waits its time.
+    REQUIRE(!loop.unwatch(h));
+    REQUIRE(!loop.cancel(t));
+    int64_t t0 = test::now_ns();
+    CHECK(!loop.run_once(milliseconds(30)));
+    CHECK(test::now_ns() - t0 >= 30000000);
+}
+
+TEST_CASE("a watcher closing its own fd and another's", "[error]") {
+    test::small_loop loop;
+    test::fd_pair a = test::make_socketpair(), b = test::make_socketpair();
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    test::io_log log;
+    struct ctx {
+        test::io_log* log;
+        test::fd_pair* b;
+    } c = {&log, &b};
+    // a's watcher closes b's fd but does not unwatch it: b is reported as an
+    // io_error in a later iteration, once.
+    REQUIRE(loop.watch(a.a.get(), microloop::readable, [&c](io_event ev) {
+        c.log->add(ev);
+        test::drain(ev.fd);
+        c.b->a.reset();
+    }));
+    int bfd = b.a.get();
+    REQUIRE(loop.watch(bfd, microloop::writable, [&log](io_event ev) { log.add(ev); }));
+    REQUIRE(test::put_byte(a.b.get()));
+    for (int i = 0; i < 4; ++i) loop.run_once(milliseconds(20));
+    int errors = 0;
+    for (int i = 0; i < log.n; ++i)
+        if (log.e[i].events == microloop::io_error) {
+            ++errors;
+            CHECK(log.e[i].fd == bfd);
+        }
+    CHECK(errors == 1);
+    CHECK(log.count_fd(a.a.get()) == 1);
 }

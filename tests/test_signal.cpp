@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "catch.hpp"
+#include "test_util.hpp"
 
 using namespace std::chrono;
 using microloop::errc;
@@ -718,3 +719,181 @@ TEST_CASE("handlers running in another thread while loops watch, unwatch and go 
     CHECK(current_handler(SIGUSR2) == reinterpret_cast<void*>(&plain_handler));
 }
 #endif
+
+// ---- signal, mailbox and child callbacks that throw ---------------------------------
+
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+using test::boom;
+
+TEST_CASE("a signal or mailbox callback that throws: the rest still arrives", "[robust][signal][thread]") {
+    microloop::loop<2, 2, 4> loop;
+    microloop::mailbox<8> box(loop);
+    int usr1 = 0, usr2 = 0, posts = 0;
+    microloop::signal_handle h1 = loop.on_signal(SIGUSR1, [&usr1](microloop::signal_event) {
+        ++usr1;
+        throw boom();
+    });
+    microloop::signal_handle h2 = loop.on_signal(SIGUSR2, [&usr2](microloop::signal_event) { ++usr2; });
+    REQUIRE((h1 && h2));
+    REQUIRE(!box.post([&posts] {
+        ++posts;
+        throw boom();
+    }));
+    REQUIRE(!box.post([&posts] { ++posts; }));
+    REQUIRE(kill(getpid(), SIGUSR1) == 0);
+    REQUIRE(kill(getpid(), SIGUSR2) == 0);
+    int throws = 0;
+    for (int i = 0; i < 20 && (usr2 == 0 || posts < 2); ++i) {
+        try {
+            loop.run_once(milliseconds(100));
+        } catch (boom&) {
+            ++throws;
+        }
+    }
+    CHECK(usr1 == 1);
+    CHECK(usr2 == 1);
+    CHECK(posts == 2);
+    CHECK(throws == 2);
+    // And the loop is not deaf afterwards.
+    REQUIRE(kill(getpid(), SIGUSR2) == 0);
+    for (int i = 0; i < 20 && usr2 < 2; ++i) loop.run_once(milliseconds(100));
+    CHECK(usr2 == 2);
+    CHECK(!loop.unwatch(h1));
+    CHECK(!loop.unwatch(h2));
+    box.close();
+}
+
+TEST_CASE("a child callback that throws frees its slot", "[robust][child]") {
+    microloop::loop<1, 1, 1, 1> loop;
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) _exit(3);
+    REQUIRE(loop.on_child(pid, [](microloop::child_event) { throw boom(); }));
+    bool thrown = false;
+    for (int i = 0; i < 100 && !thrown; ++i) {
+        try {
+            loop.run_once(milliseconds(100));
+        } catch (boom&) {
+            thrown = true;
+        }
+    }
+    REQUIRE(thrown);
+    CHECK(loop.stats().children.used == 0);
+    CHECK(loop.active() == 0);
+}
+#endif
+
+// ---- SIGCHLD next to child watchers -------------------------------------------------
+
+TEST_CASE("SIGCHLD: a second signal watcher is refused; one next to child watchers gets every arrival",
+          "[robust][signal][child]") {
+    microloop::loop<1, 1, 2, 2> loop;
+    int chld = 0, reaped = 0;
+    microloop::signal_handle first = loop.on_signal(SIGCHLD, [&chld](microloop::signal_event) { ++chld; });
+    REQUIRE(first);
+    // Before: accepted, and only the first watcher was ever called.
+    CHECK(loop.on_signal(SIGCHLD, [](microloop::signal_event) {}).error() == errc::already_watched);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) _exit(0);
+    REQUIRE(loop.on_child(pid, [&reaped](microloop::child_event) { ++reaped; }));
+    for (int i = 0; i < 100 && (reaped == 0 || chld == 0); ++i) loop.run_once(milliseconds(100));
+    CHECK(reaped == 1);
+    CHECK(chld >= 1);
+    CHECK(!loop.unwatch(first));
+    // Given back: it may be watched again.
+    microloop::signal_handle again = loop.on_signal(SIGCHLD, [](microloop::signal_event) {});
+    CHECK(again);
+    CHECK(!loop.unwatch(again));
+}
+
+// ---- the thread's signal mask, sigqueue() values ------------------------------------
+
+namespace {
+bool blocked_here(int signo) {
+    sigset_t now;
+    sigprocmask(SIG_BLOCK, nullptr, &now);
+    return sigismember(&now, signo) == 1;
+}
+} // namespace
+
+TEST_CASE("unwatching a signal puts back the thread's mask bit as it was", "[robust][signal]") {
+    sigset_t one, saved;
+    sigemptyset(&one);
+    sigaddset(&one, SIGUSR1);
+    sigaddset(&one, SIGCHLD);
+    REQUIRE(sigprocmask(SIG_BLOCK, &one, &saved) == 0); // a daemon blocking them during start-up
+    {
+        microloop::loop<1, 1, 2, 1> loop;
+        microloop::signal_handle h = loop.on_signal(SIGUSR1, [](microloop::signal_event) {});
+        REQUIRE(h);
+        CHECK_FALSE(blocked_here(SIGUSR1)); // unblocked while watched
+        REQUIRE(!loop.unwatch(h));
+        CHECK(blocked_here(SIGUSR1)); // before the fix: left unblocked
+        REQUIRE(loop.on_signal(SIGUSR1, [](microloop::signal_event) {}));
+        microloop::signal_handle c = loop.on_signal(SIGCHLD, [](microloop::signal_event) {});
+        REQUIRE(c);
+        CHECK_FALSE(blocked_here(SIGCHLD));
+        REQUIRE(!loop.unwatch(c));
+        CHECK(blocked_here(SIGCHLD));
+    } // destroyed with the SIGUSR1 watcher on
+    CHECK(blocked_here(SIGUSR1));
+    // A signal that was not blocked stays unblocked.
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    sigprocmask(SIG_UNBLOCK, &usr2, nullptr);
+    {
+        microloop::loop<1, 1, 1> loop;
+        REQUIRE(loop.on_signal(SIGUSR2, [](microloop::signal_event) {}));
+    }
+    CHECK_FALSE(blocked_here(SIGUSR2));
+    sigprocmask(SIG_SETMASK, &saved, nullptr);
+}
+
+TEST_CASE("a real-time signal's sigqueue() value reaches the callback", "[robust][signal]") {
+    microloop::loop<1, 1, 2> loop;
+    struct seen_t {
+        int calls;
+        int last;
+        pid_t pid;
+    } seen = {0, -1, 0};
+    const int rt = SIGRTMIN + 2;
+    REQUIRE(loop.on_signal(rt, [&seen](microloop::signal_event ev) {
+        ++seen.calls;
+        seen.last = ev.value.sival_int;
+        seen.pid = ev.pid;
+    }));
+    union sigval v;
+    memset(&v, 0, sizeof v);
+    v.sival_int = 42;
+    REQUIRE(sigqueue(getpid(), rt, v) == 0);
+    for (int i = 0; i < 20 && seen.calls == 0; ++i) loop.run_once(milliseconds(100));
+    CHECK(seen.calls == 1);
+    CHECK(seen.last == 42); // the latest sender's value, as for pid and uid
+    CHECK(seen.pid == getpid());
+    // kill() carries no value: zero.
+    REQUIRE(kill(getpid(), rt) == 0);
+    for (int i = 0; i < 20 && seen.calls == 1; ++i) loop.run_once(milliseconds(100));
+    CHECK(seen.calls == 2);
+    CHECK(seen.last == 0);
+}
+
+TEST_CASE("unblock_signals() gives an exec'd child a clean mask", "[robust][signal]") {
+    sigset_t saved;
+    REQUIRE(sigprocmask(SIG_BLOCK, nullptr, &saved) == 0);
+    REQUIRE(!microloop::block_signals()); // the README's recipe for threads
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        if (microloop::unblock_signals()) _exit(2);
+        // What an exec'd program would start with: SIGTERM not blocked.
+        sigset_t now;
+        sigprocmask(SIG_BLOCK, nullptr, &now);
+        _exit(sigismember(&now, SIGTERM) == 0 && sigismember(&now, SIGINT) == 0 ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    sigprocmask(SIG_SETMASK, &saved, nullptr);
+}

@@ -3,25 +3,50 @@
 // noisy and the suite also runs under emulation.
 #include <microloop.hpp>
 
+#include <math.h>
+#include <stdint.h>
+
 #include <chrono>
+#include <ratio>
 
 #include "catch.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono;
+using microloop::errc;
 using microloop::timer_event;
+using microloop::detail::test_access;
+using test::canary;
+using test::noop_timer;
+using test::small_loop;
+using test::virtual_loop;
 
 namespace {
 
 typedef microloop::loop<4, 16> timer_loop;
 
-// The order timers fired in, by the number each was given.
+// The order timers fired in, by the number each was given (the first 64).
 struct order_log {
-    int who[32];
+    int who[64];
     int n;
     order_log() : n(0) {}
     void add(int id) {
-        if (n < 32) who[n++] = id;
+        if (n < 64) who[n++] = id;
+    }
+};
+
+// The first 64 firings, and how many there were.
+struct record_log {
+    order_log log;
+    int fired;
+    record_log() : fired(0) {}
+};
+struct logged {
+    record_log* r;
+    int id;
+    void operator()(timer_event) const {
+        r->log.add(id);
+        ++r->fired;
     }
 };
 
@@ -540,4 +565,332 @@ TEST_CASE("a one-shot re-armed, cancelled and re-armed again from its own callba
     loop.clock().advance(milliseconds(50));
     REQUIRE(!loop.poll());
     CHECK(fired == 2);
+}
+
+// ---- the timer arming sequence wraps ------------------------------------------------
+
+TEST_CASE("a timer armed 2^31 armings before the others still fires (no spin)", "[robust][timer]") {
+    virtual_loop loop;
+    order_log log;
+    // A "daily" timer armed first, then as many re-arms as a busy daemon makes
+    // in hours (jumped over here): it is more than 2^31 armings behind.
+    REQUIRE(loop.after(hours(24), [&log](timer_event) { log.add(1); }));
+    microloop::timer_handle busy = loop.after(seconds(1), noop_timer);
+    REQUIRE(busy);
+    test_access::set_timer_seq(loop, 0x80000005u);
+    for (int i = 0; i < 10; ++i) REQUIRE(!loop.rearm(busy, seconds(1)));
+    loop.clock().advance(hours(24));
+    REQUIRE(!loop.poll());
+    REQUIRE(log.n == 1); // before the fix: never, and every select() timeout was 0
+    CHECK(loop.stats().timers.used == 0);
+}
+
+TEST_CASE("across the sequence wrap, equal deadlines keep arming order and same-pass timers wait", "[robust][timer]") {
+    virtual_loop loop;
+    order_log log;
+    struct ctx {
+        virtual_loop* loop;
+        order_log* log;
+    } shared = {&loop, &log};
+    struct chain {
+        ctx* c;
+        int id;
+        void operator()(timer_event) const {
+            c->log->add(id);
+            if (id < 100) {
+                // Armed during the timer pass with a zero timeout: the next
+                // pass, never this one, even if the sequence wraps now.
+                chain next = {c, id + 100};
+                REQUIRE(c->loop->after(nanoseconds(0), next));
+            }
+        }
+    };
+    test_access::set_timer_seq(loop, UINT32_MAX - 3u);
+    for (int i = 0; i < 6; ++i) {
+        chain c = {&shared, i};
+        REQUIRE(loop.after(milliseconds(10), c)); // the sequence wraps in the middle
+    }
+    CHECK(test_access::timer_seq(loop) < 16u); // renumbered, far from the limit
+    // And again during the timer pass: the third callback's arming wraps it,
+    // with three due timers still waiting and two chained ones armed.
+    test_access::set_timer_seq(loop, UINT32_MAX - 2u);
+    loop.clock().advance(milliseconds(10));
+    REQUIRE(!loop.poll());
+    REQUIRE(log.n == 6);
+    for (int i = 0; i < 6; ++i) CHECK(log.who[i] == i);
+    REQUIRE(!loop.poll());
+    REQUIRE(log.n == 12);
+    for (int i = 0; i < 6; ++i) CHECK(log.who[6 + i] == 100 + i);
+    CHECK(loop.stats().timers.used == 0);
+}
+
+TEST_CASE("renumbering keeps a large heap valid and in order", "[robust][timer]") {
+    microloop::basic_loop<microloop::capacity<1, 200>, microloop::manual_clock> loop;
+    struct record {
+        order_log log; // the first 64 firings
+        int fired;
+    } r0;
+    r0.fired = 0;
+    order_log& log = r0.log;
+    int& fired = r0.fired;
+    struct rec {
+        record* r;
+        int id;
+        void operator()(timer_event) const {
+            r->log.add(id);
+            ++r->fired;
+        }
+    };
+    test_access::set_timer_seq(loop, UINT32_MAX - 100u);
+    // Deadlines 0..9 ms, 20 timers each, armed round-robin: each group of
+    // equal deadlines must fire in arming order.
+    for (int i = 0; i < 200; ++i) {
+        rec r = {&r0, i};
+        REQUIRE(loop.after(milliseconds(i % 10), r));
+    }
+    for (int ms = 0; ms < 10; ++ms) {
+        int before = fired;
+        REQUIRE(!loop.poll());
+        CHECK(fired - before == 20);
+        loop.clock().advance(milliseconds(1));
+    }
+    CHECK(fired == 200);
+    // Deadline 0 first, in arming order: 0, 10, 20, ...
+    for (int i = 0; i < 20; ++i) CHECK(log.who[i] == 10 * i);
+}
+
+TEST_CASE("renumbering keeps timers re-armed to a later deadline and drops cancelled ones", "[robust][timer]") {
+    microloop::basic_loop<microloop::capacity<1, 32>, microloop::manual_clock> loop;
+    record_log r0;
+    microloop::timer_handle h[32];
+    test_access::set_timer_seq(loop, UINT32_MAX - 40u);
+    for (int i = 0; i < 32; ++i) {
+        logged r = {&r0, i};
+        REQUIRE((h[i] = loop.after(milliseconds(1 + i % 4), r)));
+    }
+    // The odd ones cancelled, the even ones re-armed to 10 ms (later than
+    // they were) in reverse order; the sequence wraps in the middle of the
+    // re-arms.
+    for (int i = 1; i < 32; i += 2) REQUIRE(!loop.cancel(h[i]));
+    for (int i = 30; i >= 0; i -= 2) REQUIRE(!loop.rearm(h[i], milliseconds(10)));
+    CHECK(test_access::timer_seq(loop) < 64u); // renumbered
+    for (int i = 0; i < 32; i += 2) CHECK(loop.remaining(h[i]) == milliseconds(10));
+    CHECK(loop.active() == 16);
+    for (int ms = 0; ms < 9; ++ms) {
+        loop.clock().advance(milliseconds(1));
+        REQUIRE(!loop.poll());
+    }
+    CHECK(r0.fired == 0);
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    REQUIRE(r0.fired == 16);
+    for (int k = 0; k < 16; ++k) CHECK(r0.log.who[k] == 30 - 2 * k);
+    CHECK(loop.active() == 0);
+}
+
+TEST_CASE("select() waits for a re-armed timer's new deadline, not its old one, nor a cancelled timer's", "[robust][timer]") {
+    virtual_loop loop;
+    microloop::timer_handle a = loop.after(milliseconds(10), noop_timer);
+    microloop::timer_handle b = loop.after(milliseconds(5), noop_timer);
+    REQUIRE(a);
+    REQUIRE(b);
+    REQUIRE(!loop.poll()); // the loop's time: 0
+    CHECK(test_access::select_timeout(loop) == 5000000);
+    REQUIRE(!loop.rearm(b, milliseconds(30)));
+    CHECK(test_access::select_timeout(loop) == 10000000);
+    REQUIRE(!loop.rearm(a, milliseconds(20)));
+    CHECK(test_access::select_timeout(loop) == 20000000);
+    REQUIRE(!loop.cancel(a));
+    CHECK(test_access::select_timeout(loop) == 30000000);
+    REQUIRE(!loop.cancel(b));
+    CHECK(test_access::select_timeout(loop) == -1);
+}
+
+// ---- timers armed outside callbacks -------------------------------------------------
+
+TEST_CASE("a timer armed outside callbacks counts from the clock's now, not the last iteration's", "[robust][timer]") {
+    virtual_loop loop;
+    REQUIRE(!loop.poll()); // the loop time is taken: 0
+    loop.clock().advance(seconds(1)); // a second of work outside the loop
+    microloop::timer_handle h = loop.after(seconds(1), noop_timer);
+    REQUIRE(h);
+    CHECK(loop.remaining(h) == seconds(1)); // before the fix: 0
+    REQUIRE(!loop.poll());
+    CHECK(loop.remaining(h) == seconds(1)); // not fired
+    loop.clock().advance(seconds(1));
+    REQUIRE(!loop.poll());
+    CHECK(loop.remaining(h) == nanoseconds(0));
+    CHECK(loop.stats().timers.used == 0); // fired
+    CHECK(loop.now() == seconds(2));
+}
+
+TEST_CASE("inside callbacks, timers share the iteration's time", "[robust][timer]") {
+    virtual_loop loop;
+    microloop::timer_handle chained;
+    REQUIRE(loop.after(milliseconds(10), [&loop, &chained](timer_event) {
+        loop.clock().advance(seconds(5)); // a slow callback
+        chained = loop.after(seconds(1), noop_timer);
+    }));
+    loop.clock().advance(milliseconds(10));
+    REQUIRE(!loop.poll());
+    REQUIRE(chained);
+    int seen = 0;
+    loop.for_each_timer([&](microloop::timer_handle h, nanoseconds deadline, nanoseconds period) {
+        ++seen;
+        CHECK(h == chained);
+        CHECK(deadline == milliseconds(1010)); // the iteration's 10 ms + 1 s
+        CHECK(period == nanoseconds(0));
+    });
+    CHECK(seen == 1);
+}
+
+TEST_CASE("a timer armed after real time passed outside the loop waits its full timeout", "[robust][timer]") {
+    microloop::loop<1, 2> loop;
+    REQUIRE(!loop.run_once(milliseconds(1))); // a timed iteration: the loop time is taken
+    test::sleep_ms(200);
+    microloop::timer_handle h = loop.after(milliseconds(400), noop_timer);
+    REQUIRE(h);
+    CHECK(loop.remaining(h) > milliseconds(300)); // before the fix: about 200 ms
+}
+
+// ---- a timer callback that throws ---------------------------------------------------
+
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+using test::boom;
+
+TEST_CASE("a timer callback that throws: a one-shot is gone, a repeating one keeps going", "[robust][timer]") {
+    virtual_loop loop;
+    int ticks = 0;
+    microloop::timer_handle once = loop.after(milliseconds(1), [](timer_event) { throw boom(); });
+    microloop::timer_handle rep = loop.every(milliseconds(1), [&ticks](timer_event) {
+        if (++ticks == 1) throw boom();
+    });
+    REQUIRE((once && rep));
+    loop.clock().advance(milliseconds(1));
+    int throws = 0;
+    for (int i = 0; i < 2; ++i) {
+        try {
+            loop.poll();
+        } catch (boom&) {
+            ++throws;
+        }
+    }
+    CHECK(throws == 2);
+    CHECK(loop.cancel(once) == errc::stale_handle);
+    CHECK(loop.stats().timers.used == 1);
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    CHECK(ticks == 2);
+    REQUIRE(!loop.cancel(rep));
+    CHECK(loop.stats().timers.used == 0);
+    // Every slot can be taken again.
+    for (int i = 0; i < 16; ++i) CHECK(loop.after(seconds(1), noop_timer));
+    CHECK(loop.after(seconds(1), noop_timer).error() == errc::table_full);
+}
+#endif
+
+// ---- periods that round to nothing --------------------------------------------------
+
+TEST_CASE("a repeating period that rounds to 0 ns is refused, not turned into a one-shot", "[robust][timer]") {
+    microloop::loop<1, 4> loop;
+    typedef duration<long long, std::pico> picoseconds;
+    CHECK(loop.every(picoseconds(500), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.every(duration<double>(1e-10), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.add_timer(milliseconds(1), picoseconds(999), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.every(picoseconds(1000), noop_timer)); // 1 ns is a period
+    CHECK(loop.after(picoseconds(500), noop_timer));  // a one-shot may round to "now"
+    CHECK(loop.stats().timers.used == 2);
+}
+
+// ---- the virtual clock, and stale handles of repeating timers -----------------------
+
+TEST_CASE("a manual clock runs timers in virtual time, deterministically", "[robust][timer]") {
+    virtual_loop loop;
+    order_log log;
+    struct rec {
+        order_log* log;
+        int id;
+        void operator()(timer_event ev) const { log->add(id * 10 + static_cast<int>(ev.overruns)); }
+    };
+    rec a = {&log, 1}, b = {&log, 2};
+    REQUIRE(loop.every(hours(1), a));
+    REQUIRE(loop.after(minutes(90), b));
+    loop.clock().advance(minutes(59));
+    REQUIRE(!loop.poll());
+    CHECK(log.n == 0);
+    loop.clock().advance(minutes(1));
+    REQUIRE(!loop.poll());
+    loop.clock().advance(minutes(30));
+    REQUIRE(!loop.poll());
+    loop.clock().advance(hours(3)); // a stall: two periods skipped and counted
+    REQUIRE(!loop.poll());
+    REQUIRE(log.n == 3);
+    CHECK(log.who[0] == 10);
+    CHECK(log.who[1] == 20);
+    CHECK(log.who[2] == 12);
+}
+
+TEST_CASE("a repeating timer cancelled in its callback cannot be re-armed through its stale handle", "[robust][timer]") {
+    virtual_loop loop;
+    struct state {
+        virtual_loop* loop;
+        int calls;
+    } st = {&loop, 0};
+    REQUIRE(loop.every(milliseconds(1), [&st](timer_event ev) {
+        ++st.calls;
+        CHECK(!st.loop->cancel(ev.handle));
+        CHECK(st.loop->rearm(ev.handle, milliseconds(1)) == errc::stale_handle);
+    }));
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    loop.clock().advance(milliseconds(5));
+    REQUIRE(!loop.poll());
+    CHECK(st.calls == 1);
+    CHECK(loop.stats().timers.used == 0);
+}
+
+// ---- bad timeouts -------------------------------------------------------------------
+
+TEST_CASE("bad timeouts are refused", "[error]") {
+    small_loop loop;
+    canary c(loop);
+    REQUIRE(c.h);
+    typedef duration<long long, std::ratio<86400> > days;
+
+    CHECK(loop.after(milliseconds(-1), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.after(nanoseconds(-1), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.every(milliseconds(0), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.every(seconds(-5), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.after(days(36526), noop_timer).error() == errc::bad_timeout); // > 100 years
+    CHECK(loop.after(hours::max(), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.after(duration<unsigned long long>::max(), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.add_timer(milliseconds(1), milliseconds(-1), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.add_timer(days(40000), milliseconds(1), noop_timer).error() == errc::bad_timeout);
+    // Not a number is not a duration.
+    CHECK(loop.after(duration<double>(NAN), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.after(duration<double>(INFINITY), noop_timer).error() == errc::bad_timeout);
+    CHECK(loop.run_once(duration<double, std::milli>(NAN)) == errc::bad_timeout);
+    CHECK(loop.run_once(milliseconds(-1)) == errc::bad_timeout);
+    CHECK(loop.on_stall(milliseconds(-1), [](const microloop::stall_report&) {}) == errc::bad_timeout);
+    CHECK(loop.active() == 1); // nothing was armed by the failures
+
+    microloop::timer_handle t = loop.after(seconds(10), noop_timer);
+    REQUIRE(t);
+    CHECK(loop.rearm(t, milliseconds(-1)) == errc::bad_timeout);
+    CHECK(loop.rearm(t, days(36526)) == errc::bad_timeout);
+    CHECK(loop.rearm(t, duration<double>(NAN)) == errc::bad_timeout);
+    CHECK(loop.remaining(t) > seconds(5)); // untouched by the failed rearm()
+
+    // The largest accepted ones work and fit.
+    microloop::timer_handle far = loop.after(days(36525), noop_timer);
+    CHECK(far);
+    CHECK(loop.remaining(far) > days(36524));
+    CHECK(loop.every(days(36525), noop_timer));
+    REQUIRE(!loop.cancel(far));
+    // A unit finer than the nanosecond: 106 days, not an overflow.
+    microloop::timer_handle pico = loop.after(duration<long long, std::pico>::max(), noop_timer);
+    CHECK(pico);
+    CHECK(loop.remaining(pico) > days(100));
+    CHECK(loop.remaining(pico) < days(107));
+    CHECK(c.alive(loop));
 }

@@ -1,6 +1,7 @@
 // tests/test_util.hpp - helpers shared by the core tests: fds that close
-// themselves, real pipes and sockets, the clock, and a fixed-size event log
-// (no heap, so the allocation test can use it too).
+// themselves, real pipes and sockets, the clock, a fixed-size event log (no
+// heap, so the allocation test can use it too), the loops and callbacks
+// several test files use, and the library's test hook (detail::test_access).
 #ifndef MICROLOOP_TEST_UTIL_HPP
 #define MICROLOOP_TEST_UTIL_HPP
 
@@ -11,9 +12,12 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <chrono>
 
 namespace test {
 
@@ -164,6 +168,94 @@ int run_until(Loop& loop, Pred done, int max = 50) {
     return i;
 }
 
+// Do-nothing callbacks, for sources a test only counts or refuses.
+inline void noop_io(microloop::io_event) {}
+inline void noop_timer(microloop::timer_event) {}
+
+// What the callbacks of the exception tests throw.
+struct boom {};
+
+// Four of each kind: the loop of the error-path and cross-thread tests.
+typedef microloop::loop<4, 4> small_loop;
+
+// A loop on the manual clock: timers in virtual time.
+typedef microloop::basic_loop<microloop::capacity<4, 16, 2, 2>, microloop::manual_clock> virtual_loop;
+
+// Big counts are divided by this: MICROLOOP_TEST_SCALE if set, else 1 on x86
+// and 10 elsewhere (the armhf and mips CI runs are emulated by qemu-user).
+inline int scale() {
+    const char* s = getenv("MICROLOOP_TEST_SCALE");
+    if (s && atoi(s) > 0) return atoi(s);
+#if defined(__x86_64__) || defined(__i386__)
+    return 1;
+#else
+    return 10;
+#endif
+}
+
+// A pipe watcher that proves the loop still works: write, iterate, count.
+struct canary {
+    fd_pair p;
+    int calls;
+    microloop::io_handle h;
+
+    template <class Loop>
+    explicit canary(Loop& loop) : p(make_pipe()), calls(0) {
+        h = loop.watch(p.a.get(), microloop::readable, [this](microloop::io_event ev) {
+            ++calls;
+            drain(ev.fd);
+        });
+    }
+    template <class Loop>
+    bool alive(Loop& loop) {
+        int before = calls;
+        if (!put_byte(p.b.get())) return false;
+        loop.run_once(std::chrono::seconds(1));
+        return calls == before + 1;
+    }
+};
+
 } // namespace test
+
+// The one definition of the library's test hook: it reaches the counters
+// that take hours or years to wrap in real use. The tests tagged [robust] use
+// it: promises that must hold for the life of a device (counters that wrap,
+// clocks read at the wrong moment, callbacks that throw, fork(), periods that
+// round to nothing, tables used to the last slot), each of which failed
+// before the fix it covers. Wrap paths are reached in milliseconds by
+// starting the counters near their limits.
+namespace microloop {
+namespace detail {
+struct test_access {
+    template <class Loop>
+    static uint32_t timer_seq(const Loop& l) {
+        return l.heap_.seq_;
+    }
+    template <class Loop>
+    static void set_timer_seq(Loop& l, uint32_t seq) {
+        l.heap_.seq_ = seq;
+    }
+    // Sets the generation of a free slot of a pool, as if it had been reused
+    // that many times.
+    template <class Pool>
+    static void set_generation(Pool& pool, uint16_t slot, uint64_t generation) {
+        pool.gen_[slot] = generation << 1;
+    }
+    template <class Loop>
+    static typename Loop::io_pool& io_pool(Loop& l) {
+        return l.io_pool_;
+    }
+    template <class Loop>
+    static typename Loop::timer_pool& timer_pool(Loop& l) {
+        return l.timer_pool_;
+    }
+    // How long select() would wait now, with no other limit (-1: forever).
+    template <class Loop>
+    static int64_t select_timeout(Loop& l) {
+        return l.select_timeout(-1);
+    }
+};
+} // namespace detail
+} // namespace microloop
 
 #endif // MICROLOOP_TEST_UTIL_HPP
