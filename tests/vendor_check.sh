@@ -3,8 +3,10 @@
 #   1. single_include/microloop.hpp alone in an empty directory, with nothing
 #      else on the include path, two translation units (catches non-inline
 #      definitions), strict warnings, no exceptions, no RTTI: builds and runs.
-#   2. The include/ tree copied in the same way.
-#   3. Every example (examples/*.cpp, copied with its local headers) builds
+#   2. single_include/microloop_core.hpp alone in the same way, linked with
+#      nothing but the libc (no -pthread, no -lrt).
+#   3. The include/ tree copied in the same way, and its core.hpp alone.
+#   4. Every example (examples/*.cpp, copied with its local headers) builds
 #      against a folder holding only the copied single header, strictly.
 # Run from the top of the source tree. CXX selects the compiler (default c++);
 # RUNNER runs the program (e.g. qemu-arm for a cross compiler).
@@ -59,9 +61,10 @@ int second_tu_timers() {
 PROGRAM
 }
 
-build_and_run() { # $1: directory, $2: what
+build_and_run() { # $1: directory, $2: what, $3: link flags (default -pthread -lrt)
     for std in c++11 c++20; do
-        (cd "$1" && $CXX -std=$std $STRICT main.cpp second.cpp -o prog -pthread -lrt)
+        # shellcheck disable=SC2086 # the flags are words
+        (cd "$1" && $CXX -std=$std $STRICT main.cpp second.cpp -o prog ${3--pthread -lrt})
         $RUNNER "$1/prog"
     done
     echo "  vendor: $2: ok"
@@ -72,10 +75,17 @@ cp "$src/single_include/microloop.hpp" "$work/single/"
 write_program "$work/single" '#include "microloop.hpp"'
 build_and_run "$work/single" "single header alone"
 
+mkdir "$work/core"
+cp "$src/single_include/microloop_core.hpp" "$work/core/"
+write_program "$work/core" '#include "microloop_core.hpp"'
+build_and_run "$work/core" "core single header alone, libc only" ""
+
 mkdir "$work/tree"
 cp -R "$src/include" "$work/tree/microloop-include"
 write_program "$work/tree" '#include "microloop-include/microloop.hpp"'
 build_and_run "$work/tree" "include/ tree copied"
+write_program "$work/tree" '#include "microloop-include/microloop/core.hpp"'
+build_and_run "$work/tree" "include/ tree copied, microloop/core.hpp, libc only" ""
 
 mkdir "$work/examples" "$work/examples-include"
 cp "$src/single_include/microloop.hpp" "$work/examples-include/"
