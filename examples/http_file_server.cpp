@@ -50,6 +50,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -74,6 +77,7 @@ const int64_t linger_timeout_ms = 1000; // reading what a client still sends aft
 const milliseconds sweep_period(250);
 const milliseconds accept_retry(100);
 const size_t max_response_head = 512;   // room for our own response heads (and error bodies)
+const int unsent_low_water = 2 * static_cast<int>(chunk_size); // the socket is writable again below this much unsent
 
 typedef microloop::loop<max_conns + 1, 4, 2, 0> http_loop;
 
@@ -112,6 +116,7 @@ struct conn {
     bool gone;         // closed while an AIO read was in flight: release when it completes
     bool pending;      // a request may be waiting in `in` (pipelined): parse it
     int64_t deadline_ns;
+    unsigned outq;     // bytes the client had not yet taken at the last sweep (SIOCOUTQ); ~0u after a write
     size_t in_len;     // bytes in `in`
     size_t consumed;   // bytes of `in` the request being answered used
     uint64_t file_pos, file_end; // the part of the file still to send
@@ -124,7 +129,7 @@ struct conn {
 
     explicit conn(int fd)
         : id(), sock(fd), file(-1), cached(nullptr), state(reading_head), keep_alive(false), gone(false),
-          pending(false), deadline_ns(0), in_len(0), consumed(0), file_pos(0), file_end(0), head_len(0), head_sent(0),
+          pending(false), deadline_ns(0), outq(~0u), in_len(0), consumed(0), file_pos(0), file_end(0), head_len(0), head_sent(0),
           chunk(nullptr), chunk_len(0), next_waiting(nullptr) {}
 };
 
@@ -346,6 +351,7 @@ void send_out(conn& c) {
         size_t sent = static_cast<size_t>(r);
         srv.bytes_sent += sent;
         c.deadline_ns = ms_from_now(srv.send_timeout_ms);
+        c.outq = ~0u;
         size_t h = c.head_len - c.head_sent < sent ? c.head_len - c.head_sent : sent;
         c.head_sent += h;
         chunk_sent += sent - h;
@@ -624,6 +630,10 @@ void on_accept() {
         // Every answer is written whole (a head, a chunk): no need to wait for more to fill a segment.
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        // Writable again as soon as little is left unsent, not when a third of
+        // an autotuned send buffer (megabytes) has drained: a slow reader gets
+        // the next chunk sooner, and the kernel holds less for it.
+        setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &unsent_low_water, sizeof unsent_low_water);
         microloop::made<conn> c = srv.conns.make<conn>(fd);
         microloop::continuation_id id = c.id();
         c->id = id;
@@ -638,14 +648,25 @@ void on_accept() {
 
 // Every sweep_period: close the connections whose deadline passed (not
 // those waiting for the disk or for a chunk buffer: that wait is ours).
+// A connection sending an answer makes progress when its client takes
+// bytes: the count the kernel has not yet had acknowledged (SIOCOUTQ)
+// shrinks. That renews its deadline as a write of ours does; a write comes
+// only when the socket has room, which can take longer than the send
+// timeout for a slow reader behind large socket buffers.
 void sweep() {
     microloop::continuation_id expired[max_conns];
     size_t n = 0;
     int64_t now = now_ns();
     srv.conns.for_each([&](microloop::continuation_id id) {
         conn* c = srv.conns.get<conn>(id);
-        if (c && c->state != reading_disk && c->state != waiting_chunk && c->sock >= 0 && c->deadline_ns < now)
-            expired[n++] = id;
+        if (!c || c->state == reading_disk || c->state == waiting_chunk || c->sock < 0) return;
+        int unsent = 0;
+        if (c->state == sending && ioctl(c->sock, SIOCOUTQ, &unsent) == 0 && unsent >= 0) {
+            if (c->outq != ~0u && static_cast<unsigned>(unsent) < c->outq)
+                c->deadline_ns = ms_from_now(srv.send_timeout_ms);
+            c->outq = static_cast<unsigned>(unsent);
+        }
+        if (c->deadline_ns < now) expired[n++] = id;
     });
     for (size_t i = 0; i < n; ++i)
         if (conn* c = srv.conns.get<conn>(expired[i])) {
