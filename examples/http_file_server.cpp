@@ -29,7 +29,10 @@
 //     symbolic links (O_NOFOLLOW). Only a path with a symbolic link in it
 //     is resolved with realpath() and must lie under the real root, so a
 //     link that leads outside is refused (403). A file opened is kept open
-//     for a second (open_files of them) for the requests that follow.
+//     for a second (open_files of them) for the requests that follow; its
+//     size is read anew (fstat) for each, so a file truncated in place is
+//     never promised longer than it is, and one that shrinks under an
+//     answer ends that answer short, and the connection with it.
 //   - Slow clients cannot hold a connection: a deadline for the request head
 //     (slowloris), an idle timeout between keep-alive requests, and a send
 //     timeout (no progress writing); one timer sweeps them all.
@@ -302,12 +305,17 @@ void start_disk_read(conn& c) {
             conn& k = *cp;
             k.state = sending;
             if (k.gone) return release_conn(k); // the client left while the disk was busy
-            if (ev.error || ev.result <= 0) { // an I/O error, or the file shrank: the length promised is a lie now
-                close_conn(k);
-                return;
+            uint64_t asked = k.file_end - k.file_pos < chunk_size ? k.file_end - k.file_pos : chunk_size;
+            k.chunk_len = !ev.error && ev.result > 0 ? static_cast<size_t>(ev.result) : 0;
+            k.file_pos += k.chunk_len;
+            if (k.chunk_len < asked) {
+                // An I/O error, or the file shrank under the answer: the length
+                // promised cannot be kept. Send the head if it has not gone out
+                // yet and what was read, nothing past it, then end the
+                // connection cleanly: the client sees a short body.
+                k.file_end = k.file_pos;
+                k.keep_alive = false;
             }
-            k.chunk_len = static_cast<size_t>(ev.result);
-            k.file_pos += static_cast<uint64_t>(ev.result);
             k.deadline_ns = ms_from_now(srv.send_timeout_ms); // the wait was ours, not the client's
             send_out(k); // usually the socket takes it at once
             settle(id);
@@ -480,8 +488,8 @@ int open_under_root(char* path, int& fd, struct stat& st, bool& index) {
     return status == -1 ? 403 : status;
 }
 
-// The file for a request, in c.file: kept open from an earlier request if
-// that was less than open_file_ttl_ms ago, else opened (and kept, in the
+// The file for a request, in c.file, and its status now: kept open from an
+// earlier request if that was less than open_file_ttl_ms ago, else opened (and kept, in the
 // free entry or the unused one that expires first). 0, or the status.
 int get_file(conn& c, char* path, struct stat& st, bool& index) {
     int64_t now = now_ns();
@@ -489,6 +497,9 @@ int get_file(conn& c, char* path, struct stat& st, bool& index) {
     for (int i = 0; i < open_files; ++i) {
         open_file& f = srv.files[i];
         if (f.fd >= 0 && f.expires_ns > now && strcmp(f.path, path) == 0) {
+            // The same file, but maybe not the same size: truncated or grown in
+            // place. The answer promises what the file has now.
+            if (fstat(f.fd, &f.st) != 0) break; // cannot be, for an open file: open it again
             ++f.users;
             c.file = f.fd;
             c.cached = &f;
