@@ -540,7 +540,7 @@ void answer(conn& c, const http::request& r) {
     if (int status = get_file(c, path, st, index)) return answer_error(c, status, head_only, keep);
     uint64_t size = static_cast<uint64_t>(st.st_size), first = 0, last = size ? size - 1 : 0;
     int status = 200;
-    char content_range[80] = "";
+    char content_range[sizeof "Content-Range: bytes -/\r\n" + 3 * 20] = ""; // room for three 64-bit numbers
     c.keep_alive = keep;
     if (r.range) {
         http::range_status rs = http::parse_range(r.range, r.range_len, size, first, last);
