@@ -36,7 +36,8 @@
 //   - Slow clients cannot hold a connection: a deadline for the request head
 //     (slowloris), an idle timeout between keep-alive requests, and a send
 //     timeout (no progress writing); one timer sweeps them all.
-//   - A full connection table answers 503 and closes; accept() out of
+//   - A full connection table answers 503 and closes, and so does a file
+//     that cannot be opened for want of descriptors; accept() out of
 //     descriptors pauses the listening watcher and retries on a timer.
 // Nothing is allocated per request (or after start-up at all).
 #define MICROLOOP_WITH_AIO
@@ -434,6 +435,16 @@ int resolve(const char* path, char* out) {
 
 const int open_flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC; // a FIFO does not block us
 
+// The answer to a failed open: -1 for a symbolic link (resolved the slow
+// way), 403, 503 when out of descriptors or memory (the file may well
+// exist: come back later, as for a full table), else 404.
+int open_failed(int err) {
+    if (err == ELOOP) return -1;
+    if (err == EACCES) return 403;
+    if (err == EMFILE || err == ENFILE || err == ENOMEM) return 503;
+    return 404;
+}
+
 // A file, opened: its index.html if it is a directory; 0, or the status.
 int open_regular(int dir, const char* name, int& fd, struct stat& st, bool& index) {
     fd = openat(dir, name, open_flags);
@@ -444,7 +455,7 @@ int open_regular(int dir, const char* name, int& fd, struct stat& st, bool& inde
         index = true;
         if (fd >= 0 && fstat(fd, &st) != 0) st.st_mode = 0;
     }
-    if (fd < 0) return errno == ELOOP ? -1 : errno == EACCES ? 403 : 404; // -1: a symbolic link
+    if (fd < 0) return open_failed(errno);
     if (!S_ISREG(st.st_mode)) {
         close(fd);
         fd = -1;
@@ -465,7 +476,7 @@ int open_under_root(char* path, int& fd, struct stat& st, bool& index) {
         *slash = '\0';
         int d = openat(dir, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         *slash = '/';
-        if (d < 0) status = errno == ENOTDIR || errno == ELOOP ? -1 : errno == EACCES ? 403 : 404;
+        if (d < 0) status = errno == ENOTDIR ? -1 : open_failed(errno);
         if (dir != srv.root_fd) close(dir);
         dir = d;
     }
@@ -537,7 +548,7 @@ void answer(conn& c, const http::request& r) {
     if (http::path_climbs(path)) return answer_error(c, 403, head_only, keep);
     struct stat st;
     bool index = false;
-    if (int status = get_file(c, path, st, index)) return answer_error(c, status, head_only, keep);
+    if (int status = get_file(c, path, st, index)) return answer_error(c, status, head_only, keep && status != 503);
     uint64_t size = static_cast<uint64_t>(st.st_size), first = 0, last = size ? size - 1 : 0;
     int status = 200;
     char content_range[sizeof "Content-Range: bytes -/\r\n" + 3 * 20] = ""; // room for three 64-bit numbers
