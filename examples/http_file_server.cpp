@@ -165,11 +165,13 @@ struct server {
     char root[PATH_MAX];     // the real path of --root
     size_t root_len;
     int64_t head_timeout_ms, idle_timeout_ms, send_timeout_ms;
+    time_t date_sec;         // the second `date` was made for
+    char date[40];           // now as an IMF-fixdate, for the Date header
     unsigned long long requests, bytes_sent, rejected_full, timeouts, chunk_waits, reread_bytes;
 
     server()
         : disk(loop), head_timeout_ms(::head_timeout_ms), idle_timeout_ms(::idle_timeout_ms),
-          send_timeout_ms(::send_timeout_ms) {
+          send_timeout_ms(::send_timeout_ms), date_sec(-1) {
         for (int i = 0; i < open_files; ++i) {
             files[i].fd = -1;
             files[i].users = 0;
@@ -187,6 +189,30 @@ void send_out(conn& c);
 void start_disk_read(conn& c);
 
 void watch_for(conn& c, unsigned events) { srv.loop.modify(c.io, events); }
+
+// t as an IMF-fixdate (RFC 9110, 5.6.7): "Sun, 06 Nov 1994 08:49:37 GMT",
+// the English names whatever the locale.
+void format_date(time_t t, char (&out)[40]) {
+    static const char days[] = "SunMonTueWedThuFriSat", months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    struct tm tm;
+    if (!gmtime_r(&t, &tm)) {
+        t = 0;
+        gmtime_r(&t, &tm);
+    }
+    snprintf(out, sizeof out, "%.3s, %02d %.3s %04d %02d:%02d:%02d GMT", days + 3 * (tm.tm_wday % 7), tm.tm_mday,
+             months + 3 * (tm.tm_mon % 12), tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+// The Date header's value: the wall clock, formatted once a second.
+const char* date_now() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (ts.tv_sec != srv.date_sec) {
+        srv.date_sec = ts.tv_sec;
+        format_date(ts.tv_sec, srv.date);
+    }
+    return srv.date;
+}
 
 // The connection is done with its file.
 void put_file(conn& c) {
@@ -414,9 +440,9 @@ void answer_error(conn& c, int status, bool head_only, bool keep) {
     char body[64];
     int blen = snprintf(body, sizeof body, "%d %s\n", status, reason(status));
     int n = snprintf(c.head, sizeof c.head,
-                     "HTTP/1.1 %d %s\r\nServer: microloop\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                     "%sConnection: %s\r\n\r\n%s",
-                     status, reason(status), blen, status == 405 ? "Allow: GET, HEAD\r\n" : "",
+                     "HTTP/1.1 %d %s\r\nServer: microloop\r\nDate: %s\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: %d\r\n%sConnection: %s\r\n\r\n%s",
+                     status, reason(status), date_now(), blen, status == 405 ? "Allow: GET, HEAD\r\n" : "",
                      keep ? "keep-alive" : "close", head_only ? "" : body);
     send_head(c, n);
 }
@@ -542,6 +568,7 @@ void answer(conn& c, const http::request& r) {
     ++srv.requests;
     bool head_only = r.verb == http::method::head;
     bool keep = r.keep_alive && !r.has_body; // a body we do not read would be taken for the next request
+    if (!http::host_ok(r)) return answer_error(c, 400, false, false);
     if (r.verb == http::method::other) return answer_error(c, 405, false, keep);
     char path[PATH_MAX];
     if (http::decode_path(r.target, r.target_len, path, sizeof path) < 0) return answer_error(c, 400, head_only, false);
@@ -550,18 +577,25 @@ void answer(conn& c, const http::request& r) {
     bool index = false;
     if (int status = get_file(c, path, st, index)) return answer_error(c, status, head_only, keep && status != 503);
     uint64_t size = static_cast<uint64_t>(st.st_size), first = 0, last = size ? size - 1 : 0;
+    // The validators: Last-Modified, and an ETag made of the modification
+    // time and the size. If-Range that names neither asks for the whole file.
+    char last_modified[40], etag[64];
+    format_date(st.st_mtime, last_modified);
+    snprintf(etag, sizeof etag, "\"%llx.%lx-%llx\"", static_cast<unsigned long long>(st.st_mtime),
+             static_cast<unsigned long>(st.st_mtim.tv_nsec), static_cast<unsigned long long>(size));
     int status = 200;
     char content_range[sizeof "Content-Range: bytes -/\r\n" + 3 * 20] = ""; // room for three 64-bit numbers
     c.keep_alive = keep;
-    if (r.range) {
+    if (r.range && (!r.if_range || http::if_range_matches(r.if_range, r.if_range_len, etag, last_modified))) {
         http::range_status rs = http::parse_range(r.range, r.range_len, size, first, last);
         if (rs == http::range_status::unsatisfiable) {
             put_file(c);
             c.file_pos = c.file_end = 0;
             return send_head(c, snprintf(c.head, sizeof c.head,
-                                         "HTTP/1.1 416 Range Not Satisfiable\r\nServer: microloop\r\n"
+                                         "HTTP/1.1 416 Range Not Satisfiable\r\nServer: microloop\r\nDate: %s\r\n"
                                          "Content-Range: bytes */%llu\r\nContent-Length: 0\r\nConnection: %s\r\n\r\n",
-                                         static_cast<unsigned long long>(size), keep ? "keep-alive" : "close"));
+                                         date_now(), static_cast<unsigned long long>(size),
+                                         keep ? "keep-alive" : "close"));
         }
         if (rs == http::range_status::ok) {
             status = 206;
@@ -575,10 +609,13 @@ void answer(conn& c, const http::request& r) {
     c.file_end = head_only ? first : first + length;
     // The head waits in c.head and goes out with the first chunk, in one sendmsg().
     send_head(c, snprintf(c.head, sizeof c.head,
-                          "HTTP/1.1 %d %s\r\nServer: microloop\r\nContent-Type: %s\r\nContent-Length: %llu\r\n"
-                          "%sAccept-Ranges: bytes\r\nConnection: %s\r\n\r\n",
-                          status, reason(status), index ? http::content_type("index.html") : http::content_type(path),
-                          static_cast<unsigned long long>(length), content_range, keep ? "keep-alive" : "close"));
+                          "HTTP/1.1 %d %s\r\nServer: microloop\r\nDate: %s\r\nContent-Type: %s\r\n"
+                          "Content-Length: %llu\r\n%sLast-Modified: %s\r\nETag: %s\r\nAccept-Ranges: bytes\r\n"
+                          "Connection: %s\r\n\r\n",
+                          status, reason(status), date_now(),
+                          index ? http::content_type("index.html") : http::content_type(path),
+                          static_cast<unsigned long long>(length), content_range, last_modified, etag,
+                          keep ? "keep-alive" : "close"));
 }
 
 // Parses what has arrived; answers a complete request, or waits for more.
