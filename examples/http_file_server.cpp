@@ -44,6 +44,7 @@
 #include <microloop.hpp>
 
 #include "http_parser.hpp"
+#include "server_setup.hpp"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -754,69 +755,28 @@ void usage(FILE* f) {
             static_cast<long long>(send_timeout_ms));
 }
 
-int listen_on(const char* addr, int port) {
-    sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(port));
-    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
-        fprintf(stderr, "http_file_server: bad address %s\n", addr);
-        return -1;
-    }
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    socklen_t len = sizeof sa;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 128) != 0 ||
-        getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-        perror("http_file_server: listen");
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    printf("listening on %s:%d\n", addr, ntohs(sa.sin_port));
-    fflush(stdout);
-    return fd;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-    int port = 8080;
-    const char* bind_addr = "127.0.0.1";
+    example::listen_options opt = {8080, "127.0.0.1"};
     const char* root = ".";
-    for (int i = 1; i < argc; ++i) {
-        char* end = nullptr;
-        if (strcmp(argv[i], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
-            long p = strtol(argv[++i], &end, 10);
-            if (*end || end == argv[i] || p < 0 || p > 65535) {
-                usage(stderr);
-                return 2;
-            }
-            port = static_cast<int>(p);
-        } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc) {
-            bind_addr = argv[++i];
-        } else if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) {
-            root = argv[++i];
-        } else if ((strcmp(argv[i], "--head-timeout") == 0 || strcmp(argv[i], "--idle-timeout") == 0 ||
-                    strcmp(argv[i], "--send-timeout") == 0) &&
-                   i + 1 < argc) {
-            int64_t& ms = argv[i][2] == 'h' ? srv.head_timeout_ms
-                          : argv[i][2] == 'i' ? srv.idle_timeout_ms
-                                              : srv.send_timeout_ms;
-            long long v = strtoll(argv[++i], &end, 10);
-            if (*end || end == argv[i] || v < 1 || v > 86400000) {
-                usage(stderr);
-                return 2;
-            }
-            ms = v;
-        } else {
-            usage(stderr);
+    auto other_option = [&root](const char* name, const char* value) -> size_t {
+        if (!value) return 0;
+        if (strcmp(name, "--root") == 0) {
+            root = value;
             return 2;
         }
-    }
+        int64_t* ms = strcmp(name, "--head-timeout") == 0   ? &srv.head_timeout_ms
+                      : strcmp(name, "--idle-timeout") == 0 ? &srv.idle_timeout_ms
+                      : strcmp(name, "--send-timeout") == 0 ? &srv.send_timeout_ms
+                                                            : nullptr;
+        long long v = ms ? example::parse_number(value, 1, 86400000) : -1;
+        if (v < 0) return 0;
+        *ms = v;
+        return 2;
+    };
+    int status = example::parse_options(argc, argv, opt, usage, other_option);
+    if (status >= 0) return status;
     struct stat st;
     if (!realpath(root, srv.root) || stat(srv.root, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr, "http_file_server: %s: not a directory\n", root);
@@ -830,14 +790,11 @@ int main(int argc, char** argv) {
     srv.root_len = strlen(srv.root);
     if (srv.root_len == 1) srv.root_len = 0; // "/": every path is under it
     microloop::ignore_sigpipe();
-    srv.listener = listen_on(bind_addr, port);
+    srv.listener = example::listen_on("http_file_server", opt.bind_addr, opt.port);
     if (srv.listener < 0) return 1;
     srv.accept_io = srv.loop.watch(srv.listener, microloop::readable, [](microloop::io_event) { on_accept(); });
     microloop::timer_handle sweeper = srv.loop.every(sweep_period, [](microloop::timer_event) { sweep(); });
-    auto stop = [](microloop::signal_event) { srv.loop.stop(); };
-    microloop::signal_handle term = srv.loop.on_signal(SIGTERM, stop);
-    microloop::signal_handle intr = srv.loop.on_signal(SIGINT, stop);
-    if (!srv.accept_io || !sweeper || !term || !intr) {
+    if (!srv.accept_io || !sweeper || !example::stop_on_signals(srv.loop)) {
         fprintf(stderr, "http_file_server: cannot set up the loop\n");
         return 1;
     }
