@@ -14,6 +14,8 @@
 // Nothing is allocated after start-up.
 #include <microloop.hpp>
 
+#include "server_setup.hpp"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -198,63 +200,18 @@ void usage(FILE* f) {
                "  --bind ADDR  IPv4 address to listen on (default 127.0.0.1)\n");
 }
 
-int listen_on(const char* addr, int port) {
-    sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(port));
-    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
-        fprintf(stderr, "chat_server: bad address %s\n", addr);
-        return -1;
-    }
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    socklen_t len = sizeof sa;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 64) != 0 ||
-        getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-        perror("chat_server: listen");
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    printf("listening on %s:%d\n", addr, ntohs(sa.sin_port));
-    fflush(stdout);
-    return fd;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-    int port = 7001;
-    const char* bind_addr = "127.0.0.1";
-    for (int i = 1; i < argc; ++i) {
-        char* end = nullptr;
-        if (strcmp(argv[i], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
-            long p = strtol(argv[++i], &end, 10);
-            if (*end || end == argv[i] || p < 0 || p > 65535) {
-                usage(stderr);
-                return 2;
-            }
-            port = static_cast<int>(p);
-        } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc) {
-            bind_addr = argv[++i];
-        } else {
-            usage(stderr);
-            return 2;
-        }
-    }
+    example::listen_options opt = {7001, "127.0.0.1"};
+    int status = example::parse_options(argc, argv, opt, usage);
+    if (status >= 0) return status;
     microloop::ignore_sigpipe();
     for (int k = 0; k < max_clients; ++k) chat.clients[k].fd = -1;
-    chat.listener = listen_on(bind_addr, port);
+    chat.listener = example::listen_on("chat_server", opt.bind_addr, opt.port, 64);
     if (chat.listener < 0) return 1;
     chat.accept_io = chat.loop.watch(chat.listener, microloop::readable, [](microloop::io_event) { on_accept(); });
-    auto stop = [](microloop::signal_event) { chat.loop.stop(); };
-    microloop::signal_handle term = chat.loop.on_signal(SIGTERM, stop);
-    microloop::signal_handle intr = chat.loop.on_signal(SIGINT, stop);
-    if (!chat.accept_io || !term || !intr) {
+    if (!chat.accept_io || !example::stop_on_signals(chat.loop)) {
         fprintf(stderr, "chat_server: cannot set up the loop\n");
         return 1;
     }

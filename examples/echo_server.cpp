@@ -22,6 +22,8 @@
 // Nothing is allocated after start-up: the clients live in a fixed array.
 #include <microloop.hpp>
 
+#include "server_setup.hpp"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -172,64 +174,18 @@ void usage(FILE* f) {
                "  --bind ADDR  IPv4 address to listen on (default 127.0.0.1)\n");
 }
 
-// A non-blocking listening socket; prints "listening on ADDR:PORT". -1 on failure.
-int listen_on(const char* addr, int port) {
-    sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(port));
-    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
-        fprintf(stderr, "echo_server: bad address %s\n", addr);
-        return -1;
-    }
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    socklen_t len = sizeof sa;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 128) != 0 ||
-        getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-        perror("echo_server: listen");
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    printf("listening on %s:%d\n", addr, ntohs(sa.sin_port));
-    fflush(stdout);
-    return fd;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-    int port = 7000;
-    const char* bind_addr = "127.0.0.1";
-    for (int i = 1; i < argc; ++i) {
-        char* end = nullptr;
-        if (strcmp(argv[i], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
-            long p = strtol(argv[++i], &end, 10);
-            if (*end || end == argv[i] || p < 0 || p > 65535) {
-                usage(stderr);
-                return 2;
-            }
-            port = static_cast<int>(p);
-        } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc) {
-            bind_addr = argv[++i];
-        } else {
-            usage(stderr);
-            return 2;
-        }
-    }
+    example::listen_options opt = {7000, "127.0.0.1"};
+    int status = example::parse_options(argc, argv, opt, usage);
+    if (status >= 0) return status;
     microloop::ignore_sigpipe(); // belt and braces: every send() says MSG_NOSIGNAL
     for (int k = 0; k < max_clients; ++k) srv.clients[k].fd = -1;
-    srv.listener = listen_on(bind_addr, port);
+    srv.listener = example::listen_on("echo_server", opt.bind_addr, opt.port);
     if (srv.listener < 0) return 1;
     srv.accept_io = srv.loop.watch(srv.listener, microloop::readable, [](microloop::io_event) { on_accept(); });
-    auto stop = [](microloop::signal_event) { srv.loop.stop(); };
-    microloop::signal_handle term = srv.loop.on_signal(SIGTERM, stop);
-    microloop::signal_handle intr = srv.loop.on_signal(SIGINT, stop);
-    if (!srv.accept_io || !term || !intr) {
+    if (!srv.accept_io || !example::stop_on_signals(srv.loop)) {
         fprintf(stderr, "echo_server: cannot set up the loop\n");
         return 1;
     }

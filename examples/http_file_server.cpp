@@ -29,17 +29,22 @@
 //     symbolic links (O_NOFOLLOW). Only a path with a symbolic link in it
 //     is resolved with realpath() and must lie under the real root, so a
 //     link that leads outside is refused (403). A file opened is kept open
-//     for a second (open_files of them) for the requests that follow.
+//     for a second (open_files of them) for the requests that follow; its
+//     size is read anew (fstat) for each, so a file truncated in place is
+//     never promised longer than it is, and one that shrinks under an
+//     answer ends that answer short, and the connection with it.
 //   - Slow clients cannot hold a connection: a deadline for the request head
 //     (slowloris), an idle timeout between keep-alive requests, and a send
 //     timeout (no progress writing); one timer sweeps them all.
-//   - A full connection table answers 503 and closes; accept() out of
+//   - A full connection table answers 503 and closes, and so does a file
+//     that cannot be opened for want of descriptors; accept() out of
 //     descriptors pauses the listening watcher and retries on a timer.
 // Nothing is allocated per request (or after start-up at all).
 #define MICROLOOP_WITH_AIO
 #include <microloop.hpp>
 
 #include "http_parser.hpp"
+#include "server_setup.hpp"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -50,6 +55,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -74,6 +82,7 @@ const int64_t linger_timeout_ms = 1000; // reading what a client still sends aft
 const milliseconds sweep_period(250);
 const milliseconds accept_retry(100);
 const size_t max_response_head = 512;   // room for our own response heads (and error bodies)
+const int unsent_low_water = 2 * static_cast<int>(chunk_size); // the socket is writable again below this much unsent
 
 typedef microloop::loop<max_conns + 1, 4, 2, 0> http_loop;
 
@@ -112,6 +121,7 @@ struct conn {
     bool gone;         // closed while an AIO read was in flight: release when it completes
     bool pending;      // a request may be waiting in `in` (pipelined): parse it
     int64_t deadline_ns;
+    unsigned outq;     // bytes the client had not yet taken at the last sweep (SIOCOUTQ); ~0u after a write
     size_t in_len;     // bytes in `in`
     size_t consumed;   // bytes of `in` the request being answered used
     uint64_t file_pos, file_end; // the part of the file still to send
@@ -124,7 +134,7 @@ struct conn {
 
     explicit conn(int fd)
         : id(), sock(fd), file(-1), cached(nullptr), state(reading_head), keep_alive(false), gone(false),
-          pending(false), deadline_ns(0), in_len(0), consumed(0), file_pos(0), file_end(0), head_len(0), head_sent(0),
+          pending(false), deadline_ns(0), outq(~0u), in_len(0), consumed(0), file_pos(0), file_end(0), head_len(0), head_sent(0),
           chunk(nullptr), chunk_len(0), next_waiting(nullptr) {}
 };
 
@@ -156,11 +166,13 @@ struct server {
     char root[PATH_MAX];     // the real path of --root
     size_t root_len;
     int64_t head_timeout_ms, idle_timeout_ms, send_timeout_ms;
+    time_t date_sec;         // the second `date` was made for
+    char date[40];           // now as an IMF-fixdate, for the Date header
     unsigned long long requests, bytes_sent, rejected_full, timeouts, chunk_waits, reread_bytes;
 
     server()
         : disk(loop), head_timeout_ms(::head_timeout_ms), idle_timeout_ms(::idle_timeout_ms),
-          send_timeout_ms(::send_timeout_ms) {
+          send_timeout_ms(::send_timeout_ms), date_sec(-1) {
         for (int i = 0; i < open_files; ++i) {
             files[i].fd = -1;
             files[i].users = 0;
@@ -178,6 +190,30 @@ void send_out(conn& c);
 void start_disk_read(conn& c);
 
 void watch_for(conn& c, unsigned events) { srv.loop.modify(c.io, events); }
+
+// t as an IMF-fixdate (RFC 9110, 5.6.7): "Sun, 06 Nov 1994 08:49:37 GMT",
+// the English names whatever the locale.
+void format_date(time_t t, char (&out)[40]) {
+    static const char days[] = "SunMonTueWedThuFriSat", months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    struct tm tm;
+    if (!gmtime_r(&t, &tm)) {
+        t = 0;
+        gmtime_r(&t, &tm);
+    }
+    snprintf(out, sizeof out, "%.3s, %02d %.3s %04d %02d:%02d:%02d GMT", days + 3 * (tm.tm_wday % 7), tm.tm_mday,
+             months + 3 * (tm.tm_mon % 12), tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+// The Date header's value: the wall clock, formatted once a second.
+const char* date_now() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (ts.tv_sec != srv.date_sec) {
+        srv.date_sec = ts.tv_sec;
+        format_date(ts.tv_sec, srv.date);
+    }
+    return srv.date;
+}
 
 // The connection is done with its file.
 void put_file(conn& c) {
@@ -297,12 +333,17 @@ void start_disk_read(conn& c) {
             conn& k = *cp;
             k.state = sending;
             if (k.gone) return release_conn(k); // the client left while the disk was busy
-            if (ev.error || ev.result <= 0) { // an I/O error, or the file shrank: the length promised is a lie now
-                close_conn(k);
-                return;
+            uint64_t asked = k.file_end - k.file_pos < chunk_size ? k.file_end - k.file_pos : chunk_size;
+            k.chunk_len = !ev.error && ev.result > 0 ? static_cast<size_t>(ev.result) : 0;
+            k.file_pos += k.chunk_len;
+            if (k.chunk_len < asked) {
+                // An I/O error, or the file shrank under the answer: the length
+                // promised cannot be kept. Send the head if it has not gone out
+                // yet and what was read, nothing past it, then end the
+                // connection cleanly: the client sees a short body.
+                k.file_end = k.file_pos;
+                k.keep_alive = false;
             }
-            k.chunk_len = static_cast<size_t>(ev.result);
-            k.file_pos += static_cast<uint64_t>(ev.result);
             k.deadline_ns = ms_from_now(srv.send_timeout_ms); // the wait was ours, not the client's
             send_out(k); // usually the socket takes it at once
             settle(id);
@@ -346,6 +387,7 @@ void send_out(conn& c) {
         size_t sent = static_cast<size_t>(r);
         srv.bytes_sent += sent;
         c.deadline_ns = ms_from_now(srv.send_timeout_ms);
+        c.outq = ~0u;
         size_t h = c.head_len - c.head_sent < sent ? c.head_len - c.head_sent : sent;
         c.head_sent += h;
         chunk_sent += sent - h;
@@ -399,9 +441,9 @@ void answer_error(conn& c, int status, bool head_only, bool keep) {
     char body[64];
     int blen = snprintf(body, sizeof body, "%d %s\n", status, reason(status));
     int n = snprintf(c.head, sizeof c.head,
-                     "HTTP/1.1 %d %s\r\nServer: microloop\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                     "%sConnection: %s\r\n\r\n%s",
-                     status, reason(status), blen, status == 405 ? "Allow: GET, HEAD\r\n" : "",
+                     "HTTP/1.1 %d %s\r\nServer: microloop\r\nDate: %s\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: %d\r\n%sConnection: %s\r\n\r\n%s",
+                     status, reason(status), date_now(), blen, status == 405 ? "Allow: GET, HEAD\r\n" : "",
                      keep ? "keep-alive" : "close", head_only ? "" : body);
     send_head(c, n);
 }
@@ -420,6 +462,16 @@ int resolve(const char* path, char* out) {
 
 const int open_flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC; // a FIFO does not block us
 
+// The answer to a failed open: -1 for a symbolic link (resolved the slow
+// way), 403, 503 when out of descriptors or memory (the file may well
+// exist: come back later, as for a full table), else 404.
+int open_failed(int err) {
+    if (err == ELOOP) return -1;
+    if (err == EACCES) return 403;
+    if (err == EMFILE || err == ENFILE || err == ENOMEM) return 503;
+    return 404;
+}
+
 // A file, opened: its index.html if it is a directory; 0, or the status.
 int open_regular(int dir, const char* name, int& fd, struct stat& st, bool& index) {
     fd = openat(dir, name, open_flags);
@@ -430,7 +482,7 @@ int open_regular(int dir, const char* name, int& fd, struct stat& st, bool& inde
         index = true;
         if (fd >= 0 && fstat(fd, &st) != 0) st.st_mode = 0;
     }
-    if (fd < 0) return errno == ELOOP ? -1 : errno == EACCES ? 403 : 404; // -1: a symbolic link
+    if (fd < 0) return open_failed(errno);
     if (!S_ISREG(st.st_mode)) {
         close(fd);
         fd = -1;
@@ -451,7 +503,7 @@ int open_under_root(char* path, int& fd, struct stat& st, bool& index) {
         *slash = '\0';
         int d = openat(dir, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         *slash = '/';
-        if (d < 0) status = errno == ENOTDIR || errno == ELOOP ? -1 : errno == EACCES ? 403 : 404;
+        if (d < 0) status = errno == ENOTDIR ? -1 : open_failed(errno);
         if (dir != srv.root_fd) close(dir);
         dir = d;
     }
@@ -474,8 +526,8 @@ int open_under_root(char* path, int& fd, struct stat& st, bool& index) {
     return status == -1 ? 403 : status;
 }
 
-// The file for a request, in c.file: kept open from an earlier request if
-// that was less than open_file_ttl_ms ago, else opened (and kept, in the
+// The file for a request, in c.file, and its status now: kept open from an
+// earlier request if that was less than open_file_ttl_ms ago, else opened (and kept, in the
 // free entry or the unused one that expires first). 0, or the status.
 int get_file(conn& c, char* path, struct stat& st, bool& index) {
     int64_t now = now_ns();
@@ -483,6 +535,9 @@ int get_file(conn& c, char* path, struct stat& st, bool& index) {
     for (int i = 0; i < open_files; ++i) {
         open_file& f = srv.files[i];
         if (f.fd >= 0 && f.expires_ns > now && strcmp(f.path, path) == 0) {
+            // The same file, but maybe not the same size: truncated or grown in
+            // place. The answer promises what the file has now.
+            if (fstat(f.fd, &f.st) != 0) break; // cannot be, for an open file: open it again
             ++f.users;
             c.file = f.fd;
             c.cached = &f;
@@ -514,26 +569,34 @@ void answer(conn& c, const http::request& r) {
     ++srv.requests;
     bool head_only = r.verb == http::method::head;
     bool keep = r.keep_alive && !r.has_body; // a body we do not read would be taken for the next request
+    if (!http::host_ok(r)) return answer_error(c, 400, false, false);
     if (r.verb == http::method::other) return answer_error(c, 405, false, keep);
     char path[PATH_MAX];
     if (http::decode_path(r.target, r.target_len, path, sizeof path) < 0) return answer_error(c, 400, head_only, false);
     if (http::path_climbs(path)) return answer_error(c, 403, head_only, keep);
     struct stat st;
     bool index = false;
-    if (int status = get_file(c, path, st, index)) return answer_error(c, status, head_only, keep);
+    if (int status = get_file(c, path, st, index)) return answer_error(c, status, head_only, keep && status != 503);
     uint64_t size = static_cast<uint64_t>(st.st_size), first = 0, last = size ? size - 1 : 0;
+    // The validators: Last-Modified, and an ETag made of the modification
+    // time and the size. If-Range that names neither asks for the whole file.
+    char last_modified[40], etag[64];
+    format_date(st.st_mtime, last_modified);
+    snprintf(etag, sizeof etag, "\"%llx.%lx-%llx\"", static_cast<unsigned long long>(st.st_mtime),
+             static_cast<unsigned long>(st.st_mtim.tv_nsec), static_cast<unsigned long long>(size));
     int status = 200;
-    char content_range[80] = "";
+    char content_range[sizeof "Content-Range: bytes -/\r\n" + 3 * 20] = ""; // room for three 64-bit numbers
     c.keep_alive = keep;
-    if (r.range) {
+    if (r.range && (!r.if_range || http::if_range_matches(r.if_range, r.if_range_len, etag, last_modified))) {
         http::range_status rs = http::parse_range(r.range, r.range_len, size, first, last);
         if (rs == http::range_status::unsatisfiable) {
             put_file(c);
             c.file_pos = c.file_end = 0;
             return send_head(c, snprintf(c.head, sizeof c.head,
-                                         "HTTP/1.1 416 Range Not Satisfiable\r\nServer: microloop\r\n"
+                                         "HTTP/1.1 416 Range Not Satisfiable\r\nServer: microloop\r\nDate: %s\r\n"
                                          "Content-Range: bytes */%llu\r\nContent-Length: 0\r\nConnection: %s\r\n\r\n",
-                                         static_cast<unsigned long long>(size), keep ? "keep-alive" : "close"));
+                                         date_now(), static_cast<unsigned long long>(size),
+                                         keep ? "keep-alive" : "close"));
         }
         if (rs == http::range_status::ok) {
             status = 206;
@@ -547,10 +610,13 @@ void answer(conn& c, const http::request& r) {
     c.file_end = head_only ? first : first + length;
     // The head waits in c.head and goes out with the first chunk, in one sendmsg().
     send_head(c, snprintf(c.head, sizeof c.head,
-                          "HTTP/1.1 %d %s\r\nServer: microloop\r\nContent-Type: %s\r\nContent-Length: %llu\r\n"
-                          "%sAccept-Ranges: bytes\r\nConnection: %s\r\n\r\n",
-                          status, reason(status), index ? http::content_type("index.html") : http::content_type(path),
-                          static_cast<unsigned long long>(length), content_range, keep ? "keep-alive" : "close"));
+                          "HTTP/1.1 %d %s\r\nServer: microloop\r\nDate: %s\r\nContent-Type: %s\r\n"
+                          "Content-Length: %llu\r\n%sLast-Modified: %s\r\nETag: %s\r\nAccept-Ranges: bytes\r\n"
+                          "Connection: %s\r\n\r\n",
+                          status, reason(status), date_now(),
+                          index ? http::content_type("index.html") : http::content_type(path),
+                          static_cast<unsigned long long>(length), content_range, last_modified, etag,
+                          keep ? "keep-alive" : "close"));
 }
 
 // Parses what has arrived; answers a complete request, or waits for more.
@@ -624,6 +690,10 @@ void on_accept() {
         // Every answer is written whole (a head, a chunk): no need to wait for more to fill a segment.
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        // Writable again as soon as little is left unsent, not when a third of
+        // an autotuned send buffer (megabytes) has drained: a slow reader gets
+        // the next chunk sooner, and the kernel holds less for it.
+        setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &unsent_low_water, sizeof unsent_low_water);
         microloop::made<conn> c = srv.conns.make<conn>(fd);
         microloop::continuation_id id = c.id();
         c->id = id;
@@ -638,14 +708,25 @@ void on_accept() {
 
 // Every sweep_period: close the connections whose deadline passed (not
 // those waiting for the disk or for a chunk buffer: that wait is ours).
+// A connection sending an answer makes progress when its client takes
+// bytes: the count the kernel has not yet had acknowledged (SIOCOUTQ)
+// shrinks. That renews its deadline as a write of ours does; a write comes
+// only when the socket has room, which can take longer than the send
+// timeout for a slow reader behind large socket buffers.
 void sweep() {
     microloop::continuation_id expired[max_conns];
     size_t n = 0;
     int64_t now = now_ns();
     srv.conns.for_each([&](microloop::continuation_id id) {
         conn* c = srv.conns.get<conn>(id);
-        if (c && c->state != reading_disk && c->state != waiting_chunk && c->sock >= 0 && c->deadline_ns < now)
-            expired[n++] = id;
+        if (!c || c->state == reading_disk || c->state == waiting_chunk || c->sock < 0) return;
+        int unsent = 0;
+        if (c->state == sending && ioctl(c->sock, SIOCOUTQ, &unsent) == 0 && unsent >= 0) {
+            if (c->outq != ~0u && static_cast<unsigned>(unsent) < c->outq)
+                c->deadline_ns = ms_from_now(srv.send_timeout_ms);
+            c->outq = static_cast<unsigned>(unsent);
+        }
+        if (c->deadline_ns < now) expired[n++] = id;
     });
     for (size_t i = 0; i < n; ++i)
         if (conn* c = srv.conns.get<conn>(expired[i])) {
@@ -674,69 +755,28 @@ void usage(FILE* f) {
             static_cast<long long>(send_timeout_ms));
 }
 
-int listen_on(const char* addr, int port) {
-    sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(port));
-    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
-        fprintf(stderr, "http_file_server: bad address %s\n", addr);
-        return -1;
-    }
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    socklen_t len = sizeof sa;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 128) != 0 ||
-        getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-        perror("http_file_server: listen");
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    printf("listening on %s:%d\n", addr, ntohs(sa.sin_port));
-    fflush(stdout);
-    return fd;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-    int port = 8080;
-    const char* bind_addr = "127.0.0.1";
+    example::listen_options opt = {8080, "127.0.0.1"};
     const char* root = ".";
-    for (int i = 1; i < argc; ++i) {
-        char* end = nullptr;
-        if (strcmp(argv[i], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
-            long p = strtol(argv[++i], &end, 10);
-            if (*end || end == argv[i] || p < 0 || p > 65535) {
-                usage(stderr);
-                return 2;
-            }
-            port = static_cast<int>(p);
-        } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc) {
-            bind_addr = argv[++i];
-        } else if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) {
-            root = argv[++i];
-        } else if ((strcmp(argv[i], "--head-timeout") == 0 || strcmp(argv[i], "--idle-timeout") == 0 ||
-                    strcmp(argv[i], "--send-timeout") == 0) &&
-                   i + 1 < argc) {
-            int64_t& ms = argv[i][2] == 'h' ? srv.head_timeout_ms
-                          : argv[i][2] == 'i' ? srv.idle_timeout_ms
-                                              : srv.send_timeout_ms;
-            long long v = strtoll(argv[++i], &end, 10);
-            if (*end || end == argv[i] || v < 1 || v > 86400000) {
-                usage(stderr);
-                return 2;
-            }
-            ms = v;
-        } else {
-            usage(stderr);
+    auto other_option = [&root](const char* name, const char* value) -> size_t {
+        if (!value) return 0;
+        if (strcmp(name, "--root") == 0) {
+            root = value;
             return 2;
         }
-    }
+        int64_t* ms = strcmp(name, "--head-timeout") == 0   ? &srv.head_timeout_ms
+                      : strcmp(name, "--idle-timeout") == 0 ? &srv.idle_timeout_ms
+                      : strcmp(name, "--send-timeout") == 0 ? &srv.send_timeout_ms
+                                                            : nullptr;
+        long long v = ms ? example::parse_number(value, 1, 86400000) : -1;
+        if (v < 0) return 0;
+        *ms = v;
+        return 2;
+    };
+    int status = example::parse_options(argc, argv, opt, usage, other_option);
+    if (status >= 0) return status;
     struct stat st;
     if (!realpath(root, srv.root) || stat(srv.root, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr, "http_file_server: %s: not a directory\n", root);
@@ -750,14 +790,11 @@ int main(int argc, char** argv) {
     srv.root_len = strlen(srv.root);
     if (srv.root_len == 1) srv.root_len = 0; // "/": every path is under it
     microloop::ignore_sigpipe();
-    srv.listener = listen_on(bind_addr, port);
+    srv.listener = example::listen_on("http_file_server", opt.bind_addr, opt.port);
     if (srv.listener < 0) return 1;
     srv.accept_io = srv.loop.watch(srv.listener, microloop::readable, [](microloop::io_event) { on_accept(); });
     microloop::timer_handle sweeper = srv.loop.every(sweep_period, [](microloop::timer_event) { sweep(); });
-    auto stop = [](microloop::signal_event) { srv.loop.stop(); };
-    microloop::signal_handle term = srv.loop.on_signal(SIGTERM, stop);
-    microloop::signal_handle intr = srv.loop.on_signal(SIGINT, stop);
-    if (!srv.accept_io || !sweeper || !term || !intr) {
+    if (!srv.accept_io || !sweeper || !example::stop_on_signals(srv.loop)) {
         fprintf(stderr, "http_file_server: cannot set up the loop\n");
         return 1;
     }

@@ -32,6 +32,9 @@ struct request {
     bool has_body;      // Content-Length > 0 or Transfer-Encoding: the server closes after answering
     const char* range;  // the Range header's value, or nullptr
     size_t range_len;
+    const char* if_range; // the If-Range header's value, or nullptr
+    size_t if_range_len;
+    unsigned hosts;     // Host header lines: see host_ok()
     size_t head_len;    // bytes of the head, through the empty line
 };
 
@@ -119,7 +122,8 @@ inline parse_status parse_request(const char* buf, size_t len, size_t max_line, 
     if (line_end - v != 8 || memcmp(v, "HTTP/1.", 7) != 0 || (v[7] != '0' && v[7] != '1'))
         return parse_status::bad_request;
     r.minor = v[7] - '0';
-    bool conn_close = false, conn_keep = false;
+    bool conn_close = false, conn_keep = false, chunked = false, has_length = false;
+    uint64_t length = 0;
 
     // Header fields: name ":" OWS value OWS
     for (const char* h = lf + 1; h < head_end;) {
@@ -144,21 +148,41 @@ inline parse_status parse_request(const char* buf, size_t len, size_t max_line, 
         } else if (detail::iequals(h, nlen, "range")) {
             r.range = val;
             r.range_len = vlen;
+        } else if (detail::iequals(h, nlen, "if-range")) {
+            r.if_range = val;
+            r.if_range_len = vlen;
+        } else if (detail::iequals(h, nlen, "host")) {
+            ++r.hosts;
         } else if (detail::iequals(h, nlen, "content-length")) {
+            uint64_t n = 0;
             for (const char* x = val; x < ve; ++x) {
                 if (*x < '0' || *x > '9') return parse_status::bad_request;
-                if (*x != '0') r.has_body = true;
+                if (n > (UINT64_MAX - 9) / 10) return parse_status::bad_request; // no body that long
+                n = n * 10 + static_cast<uint64_t>(*x - '0');
             }
             if (vlen == 0) return parse_status::bad_request;
+            // Two different lengths: where the body ends is not known (RFC 9112, 6.3).
+            if (has_length && n != length) return parse_status::bad_request;
+            has_length = true;
+            length = n;
+            if (n) r.has_body = true;
         } else if (detail::iequals(h, nlen, "transfer-encoding")) {
+            chunked = true;
             r.has_body = true;
         }
         h = l + 1;
     }
+    // Content-Length with Transfer-Encoding: a request smuggling attempt, or
+    // a broken client; either way the framing cannot be trusted (RFC 9112, 6.1).
+    if (chunked && has_length) return parse_status::bad_request;
     r.keep_alive = r.minor == 1 ? !conn_close : (conn_keep && !conn_close);
     r.head_len = static_cast<size_t>(head_end - buf);
     return parse_status::complete;
 }
+
+// RFC 9112, 3.2: an HTTP/1.1 request without a Host header, or any request
+// with more than one, is answered 400.
+inline bool host_ok(const request& r) { return r.hosts == 1 || (r.hosts == 0 && r.minor == 0); }
 
 inline int hex_value(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -241,6 +265,16 @@ inline range_status parse_range(const char* v, size_t len, uint64_t size, uint64
     first = a;
     last = has_b && b < size - 1 ? b : size - 1;
     return range_status::ok;
+}
+
+// Does If-Range's value (v, len) name the representation the server has now,
+// so that the Range is honoured (RFC 9110, 13.1.5)? An entity-tag must match
+// `etag` by strong comparison (a weak one never does); an HTTP-date must be
+// exactly `last_modified`, the Last-Modified the server sends.
+inline bool if_range_matches(const char* v, size_t len, const char* etag, const char* last_modified) {
+    if (len > 0 && (v[0] == '"' || (len > 1 && v[0] == 'W' && v[1] == '/')))
+        return etag[0] == '"' && strlen(etag) == len && memcmp(v, etag, len) == 0;
+    return strlen(last_modified) == len && memcmp(v, last_modified, len) == 0;
 }
 
 // Content-Type from the file name's extension.

@@ -16,6 +16,8 @@
 // start-up, and nothing is allocated after.
 #include <microloop.hpp>
 
+#include "server_setup.hpp"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -167,68 +169,27 @@ void usage(FILE* f) {
             max_workers);
 }
 
-int listen_on(const char* addr, int port) {
-    sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(port));
-    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
-        fprintf(stderr, "multi_loop: bad address %s\n", addr);
-        return -1;
-    }
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    socklen_t len = sizeof sa;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 128) != 0 ||
-        getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-        perror("multi_loop: listen");
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    printf("listening on %s:%d\n", addr, ntohs(sa.sin_port));
-    fflush(stdout);
-    return fd;
-}
-
-long parse_number(const char* s, long lo, long hi) {
-    char* end = nullptr;
-    long v = strtol(s, &end, 10);
-    return *end || end == s || v < lo || v > hi ? -1 : v;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-    long port = 7002, nworkers = sysconf(_SC_NPROCESSORS_ONLN);
-    const char* bind_addr = "127.0.0.1";
-    for (int i = 1; i < argc; ++i) {
-        if (strcmp(argv[i], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
-            if ((port = parse_number(argv[++i], 0, 65535)) < 0) return usage(stderr), 2;
-        } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
-            if ((nworkers = parse_number(argv[++i], 1, max_workers)) < 0) return usage(stderr), 2;
-        } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc) {
-            bind_addr = argv[++i];
-        } else {
-            usage(stderr);
-            return 2;
-        }
-    }
+    long long nworkers = sysconf(_SC_NPROCESSORS_ONLN);
+    example::listen_options opt = {7002, "127.0.0.1"};
+    auto other_option = [&nworkers](const char* name, const char* value) -> size_t {
+        if (strcmp(name, "--workers") != 0 || !value) return 0;
+        nworkers = example::parse_number(value, 1, max_workers);
+        return nworkers < 0 ? 0 : 2;
+    };
+    int status = example::parse_options(argc, argv, opt, usage, other_option);
+    if (status >= 0) return status;
     if (nworkers < 1) nworkers = 1;
     if (nworkers > max_workers) nworkers = max_workers;
     main_loop.nworkers = static_cast<int>(nworkers);
     microloop::ignore_sigpipe();
-    main_loop.listener = listen_on(bind_addr, static_cast<int>(port));
+    main_loop.listener = example::listen_on("multi_loop", opt.bind_addr, opt.port);
     if (main_loop.listener < 0) return 1;
     main_loop.accept_io =
         main_loop.loop.watch(main_loop.listener, microloop::readable, [](microloop::io_event) { on_accept(); });
-    auto stop = [](microloop::signal_event) { main_loop.loop.stop(); };
-    microloop::signal_handle term = main_loop.loop.on_signal(SIGTERM, stop);
-    microloop::signal_handle intr = main_loop.loop.on_signal(SIGINT, stop);
-    if (!main_loop.accept_io || !term || !intr) {
+    if (!main_loop.accept_io || !example::stop_on_signals(main_loop.loop)) {
         fprintf(stderr, "multi_loop: cannot set up the loop\n");
         return 1;
     }

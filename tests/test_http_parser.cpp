@@ -23,6 +23,7 @@ http::parse_status parse(const std::string& s, http::request& r) {
         const char* base = exact.data();
         r.target = s.data() + (r.target - base);
         if (r.range) r.range = s.data() + (r.range - base);
+        if (r.if_range) r.if_range = s.data() + (r.if_range - base);
     }
     return st;
 }
@@ -36,6 +37,7 @@ void check_invariants(const char* buf, size_t len, http::parse_status st, const 
     REQUIRE(r.target_len > 0);
     REQUIRE(r.target + r.target_len <= buf + r.head_len);
     if (r.range) REQUIRE(r.range + r.range_len <= buf + r.head_len);
+    if (r.if_range) REQUIRE((r.if_range >= buf && r.if_range + r.if_range_len <= buf + r.head_len));
     REQUIRE((r.minor == 0 || r.minor == 1));
 }
 
@@ -113,6 +115,63 @@ TEST_CASE("http parser: paths and ranges", "[http]") {
     CHECK(http::parse_range("bytes=0-1,3-4", 13, 100, first, last) == http::range_status::none);
     CHECK(http::parse_range("bytes=99999999999999999999999-", 30, 100, first, last) ==
           http::range_status::unsatisfiable);
+}
+
+TEST_CASE("http parser: message framing and Host (RFC 9112)", "[http]") {
+    http::request r;
+    // Two different lengths, or a length with Transfer-Encoding: the body's end is unknown.
+    CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", r) ==
+          http::parse_status::bad_request);
+    CHECK(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n", r) ==
+          http::parse_status::bad_request);
+    CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", r) ==
+          http::parse_status::bad_request);
+    CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", r) ==
+          http::parse_status::bad_request);
+    CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", r) ==
+          http::parse_status::bad_request);
+    // The same length twice is one length.
+    REQUIRE(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n", r) ==
+            http::parse_status::complete);
+    CHECK(r.has_body);
+    REQUIRE(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", r) ==
+            http::parse_status::complete);
+    CHECK(r.has_body);
+    // Host: exactly one in HTTP/1.1, at most one in 1.0.
+    REQUIRE(parse("GET / HTTP/1.1\r\nhost: x\r\n\r\n", r) == http::parse_status::complete);
+    CHECK(r.hosts == 1);
+    CHECK(http::host_ok(r));
+    REQUIRE(parse("GET / HTTP/1.1\r\n\r\n", r) == http::parse_status::complete);
+    CHECK(r.hosts == 0);
+    CHECK(!http::host_ok(r));
+    REQUIRE(parse("GET / HTTP/1.1\r\nHost: x\r\nHOST: y\r\n\r\n", r) == http::parse_status::complete);
+    CHECK(!http::host_ok(r));
+    REQUIRE(parse("GET / HTTP/1.0\r\n\r\n", r) == http::parse_status::complete);
+    CHECK(http::host_ok(r));
+    REQUIRE(parse("GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n", r) == http::parse_status::complete);
+    CHECK(!http::host_ok(r));
+}
+
+TEST_CASE("http parser: If-Range", "[http]") {
+    http::request r;
+    REQUIRE(parse("GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nIf-Range:  \"a1-b2\" \r\n\r\n", r) ==
+            http::parse_status::complete);
+    REQUIRE(r.if_range);
+    CHECK(std::string(r.if_range, r.if_range_len) == "\"a1-b2\"");
+    REQUIRE(parse("GET / HTTP/1.1\r\nHost: x\r\n\r\n", r) == http::parse_status::complete);
+    CHECK(!r.if_range);
+    const char* etag = "\"a1-b2\"";
+    const char* date = "Sun, 09 Sep 2001 01:46:40 GMT";
+    struct {
+        const char* value;
+        bool matches;
+    } cases[] = {{"\"a1-b2\"", true},  {"\"a1-b3\"", false}, {"W/\"a1-b2\"", false}, {"\"a1-b2", false},
+                 {"Sun, 09 Sep 2001 01:46:40 GMT", true}, {"Sun, 09 Sep 2001 01:46:41 GMT", false},
+                 {"", false}, {"garbage", false}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+        INFO(cases[i].value);
+        CHECK(http::if_range_matches(cases[i].value, strlen(cases[i].value), etag, date) == cases[i].matches);
+    }
 }
 
 TEST_CASE("http parser: randomized input", "[http]") {
