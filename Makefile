@@ -66,7 +66,10 @@ RUNNER ?=
 endif
 
 # ---- sources ----------------------------------------------------------------------
-HEADERS := include/microloop.hpp $(sort $(wildcard include/microloop/*.hpp))
+# include/microloop/*.hpp and the folders below it (detail/, aio/, ...).
+HEADERS := include/microloop.hpp $(sort $(wildcard include/microloop/*.hpp include/microloop/*/*.hpp))
+# The same without the umbrella, relative to include/microloop/: what install copies.
+MODULE_HEADERS := $(patsubst include/microloop/%,%,$(filter include/microloop/%,$(HEADERS)))
 TEST_SRCS := $(sort $(wildcard tests/*.cpp))
 TEST_OBJS := $(TEST_SRCS:tests/%.cpp=$(BUILD)/tests/%.o)
 TEST_BIN := $(BUILD)/tests/microloop_tests
@@ -214,7 +217,10 @@ PC_DESCRIPTION := Header-only select() event loop for embedded Linux (C++11)
 install:
 	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR)/microloop $(DESTDIR)$(PKGCONFIGDIR)
 	$(INSTALL) -m 644 include/microloop.hpp $(DESTDIR)$(INCLUDEDIR)/microloop.hpp
-	$(INSTALL) -m 644 $(filter-out include/microloop.hpp,$(HEADERS)) $(DESTDIR)$(INCLUDEDIR)/microloop/
+	@set -e; for h in $(MODULE_HEADERS); do \
+	    echo "$(INSTALL) -m 644 -D include/microloop/$$h $(DESTDIR)$(INCLUDEDIR)/microloop/$$h"; \
+	    $(INSTALL) -m 644 -D include/microloop/$$h $(DESTDIR)$(INCLUDEDIR)/microloop/$$h; \
+	done
 	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))' '' \
 	    'Name: microloop' 'Description: $(PC_DESCRIPTION)' 'Version: $(VERSION)' \
 	    'Cflags: -I$${includedir} -pthread' 'Libs: -pthread -lrt' > $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
@@ -222,7 +228,8 @@ install:
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/microloop.hpp $(DESTDIR)$(PKGCONFIGDIR)/microloop.pc
-	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/microloop/,$(notdir $(filter-out include/microloop.hpp,$(HEADERS))))
+	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/microloop/,$(MODULE_HEADERS))
+	-rmdir $(addprefix $(DESTDIR)$(INCLUDEDIR)/microloop/,$(sort $(foreach h,$(MODULE_HEADERS),$(if $(findstring /,$h),$(dir $h)))))
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/microloop
 
 include tests/fuzz/fuzz.mk
