@@ -3210,45 +3210,39 @@ inline error_code unlock_memory() {
 #ifndef MICROLOOP_WORKER_POOL_HPP
 #define MICROLOOP_WORKER_POOL_HPP
 
+#include <stddef.h>
+#include <stdint.h>
+
+#include <atomic>
+#include <type_traits>
+#include <utility>
+
+// ---- begin microloop/detail/threads.hpp --------------------------------
+// microloop/detail/threads.hpp - internal: what the modules that run threads
+// of their own share (worker_pool, the thread AIO engine, loop_group).
+//
+//   pow2_at_least(n)       the power of two a ring of n entries needs
+//   spmc_ring<Size>        loop thread to workers: a bounded lock-free ring
+//   completion_stack       workers to the loop thread: a lock-free stack
+//   all_signals_blocked    every signal blocked in this thread, for a scope
+//   thread_starter         threads made with every signal blocked, a stack size
+//   thread_crew<Threads>   a fixed set of such threads sleeping on a semaphore
+//
+// Not part of the API: names and behaviour may change in any release.
+#ifndef MICROLOOP_DETAIL_THREADS_HPP
+#define MICROLOOP_DETAIL_THREADS_HPP
+
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <type_traits>
-#include <utility>
 
 namespace microloop {
-
-// What a done callback is told.
-struct work_event {
-    int64_t result;    // what work() returned (0 for work returning void, or when canceled)
-    error_code status; // ok: work ran; errc::canceled: shut down before it started
-};
-
 namespace detail {
-
-// work() returning void counts as returning 0; an integer is widened.
-template <class F, class R = decltype(std::declval<F&>()())>
-struct work_adapter {
-    static_assert(std::is_integral<R>::value || std::is_enum<R>::value,
-                  "microloop: work must return an integer (or nothing); pass anything bigger through "
-                  "the state it captures a pointer to");
-    F f;
-    int64_t operator()() { return narrow<int64_t>(f()); } // narrow(): no -Wuseless-cast for int64_t
-};
-template <class F>
-struct work_adapter<F, void> {
-    F f;
-    int64_t operator()() {
-        f();
-        return 0;
-    }
-};
 
 constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
 
@@ -3382,6 +3376,139 @@ private:
     sigset_t old_;
 };
 
+// Makes threads that start with every signal blocked (the effect of
+// block_signals() in them, without a window: they inherit the mask, blocked
+// for the starter's lifetime in the thread that makes them), so signals go
+// to the loop's thread. stack_bytes: each thread's stack (0: the system's
+// default). pthread_create() is called directly: no exceptions, also with
+// -fno-exceptions.
+class thread_starter {
+public:
+    explicit thread_starter(size_t stack_bytes = 0) : attr_ok_(false) {
+        int rc = pthread_attr_init(&attr_);
+        if (rc != 0) {
+            error_ = error_code(errc::system, rc);
+            return;
+        }
+        attr_ok_ = true;
+        if (stack_bytes != 0 && (rc = pthread_attr_setstacksize(&attr_, stack_bytes)) != 0)
+            error_ = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
+    }
+    ~thread_starter() {
+        if (attr_ok_) pthread_attr_destroy(&attr_);
+    }
+    thread_starter(const thread_starter&) = delete;
+    thread_starter& operator=(const thread_starter&) = delete;
+
+    // A thread running main(arg). errc::system with the errno of
+    // pthread_create (or pthread_attr_init), errc::bad_argument for a stack
+    // size pthread refused.
+    error_code start(pthread_t& thread, void* (*main)(void*), void* arg) {
+        if (error_) return error_;
+        const int rc = pthread_create(&thread, &attr_, main, arg);
+        return rc == 0 ? error_code() : error_code(errc::system, rc);
+    }
+
+private:
+    pthread_attr_t attr_;
+    error_code error_;
+    bool attr_ok_;
+    all_signals_blocked blocked_; // the threads inherit the mask
+};
+
+// Threads threads running the same main(arg), which sleep on a POSIX
+// semaphore between jobs (sem_post is a futex wake only when one sleeps).
+// Used from the owner's thread; wait() from the crew's threads.
+template <size_t Threads>
+class thread_crew {
+public:
+    thread_crew() : started_(0), sem_ok_(false), stopping_(false) {}
+    ~thread_crew() {
+        if (sem_ok_) sem_destroy(&sem_);
+    }
+    thread_crew(const thread_crew&) = delete;
+    thread_crew& operator=(const thread_crew&) = delete;
+
+    // Starts every thread (a crew left by forget() starts afresh). On a
+    // failure the threads already started are stopped again: errc::system
+    // with the errno of sem_init or pthread_create, errc::bad_argument for a
+    // stack size pthread refused.
+    error_code start(void* (*main)(void*), void* arg, size_t stack_bytes) {
+        if (sem_ok_) sem_destroy(&sem_);
+        sem_ok_ = false;
+        stopping_.store(false, std::memory_order_relaxed);
+        if (sem_init(&sem_, 0, 0) != 0) return error_code(errc::system, errno);
+        sem_ok_ = true;
+        error_code err;
+        {
+            thread_starter starter(stack_bytes);
+            for (size_t t = 0; t < Threads && !err; ++t)
+                if (!(err = starter.start(threads_[t], main, arg))) ++started_;
+        }
+        if (err) stop();
+        return err;
+    }
+    // One job more for the threads: wakes one if any sleeps.
+    void post() { sem_post(&sem_); }
+    // In a crew thread: sleeps until there is a job (true) or the crew stops
+    // (false: the thread returns).
+    bool wait() {
+        while (sem_wait(&sem_) != 0) {
+        } // EINTR (every signal is blocked, but a debugger may stop us)
+        return !stopping_.load(std::memory_order_acquire);
+    }
+    // Each thread finishes its job, then returns; joins them all.
+    void stop() {
+        stopping_.store(true, std::memory_order_release);
+        for (size_t t = 0; t < started_; ++t) sem_post(&sem_);
+        for (size_t t = 0; t < started_; ++t) pthread_join(threads_[t], nullptr);
+        started_ = 0;
+    }
+    // In a forked child: the threads are the parent's, nothing to join.
+    void forget() { started_ = 0; }
+
+private:
+    size_t started_;
+    bool sem_ok_;
+    std::atomic<bool> stopping_;
+    sem_t sem_;
+    pthread_t threads_[Threads];
+};
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_DETAIL_THREADS_HPP
+// ---- end microloop/detail/threads.hpp ----------------------------------
+
+namespace microloop {
+
+// What a done callback is told.
+struct work_event {
+    int64_t result;    // what work() returned (0 for work returning void, or when canceled)
+    error_code status; // ok: work ran; errc::canceled: shut down before it started
+};
+
+namespace detail {
+
+// work() returning void counts as returning 0; an integer is widened.
+template <class F, class R = decltype(std::declval<F&>()())>
+struct work_adapter {
+    static_assert(std::is_integral<R>::value || std::is_enum<R>::value,
+                  "microloop: work must return an integer (or nothing); pass anything bigger through "
+                  "the state it captures a pointer to");
+    F f;
+    int64_t operator()() { return narrow<int64_t>(f()); } // narrow(): no -Wuseless-cast for int64_t
+};
+template <class F>
+struct work_adapter<F, void> {
+    F f;
+    int64_t operator()() {
+        f();
+        return 0;
+    }
+};
+
 } // namespace detail
 
 template <size_t Threads = 2, size_t Queue = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
@@ -3449,17 +3576,12 @@ private:
     void push_completed(uint32_t i) { completed_.push(i, link_of{slots_}); }
     void complete(size_t limit);
     void finish(uint32_t i);
-    void stop_threads();
 
     loop_base* loop_;
     error_code error_;
     bool shut_;
     bool forked_;
-    bool sem_ok_;
-    size_t nthreads_;
-    std::atomic<bool> stopping_;
-    sem_t sem_;
-    pthread_t threads_[Threads];
+    detail::thread_crew<Threads> crew_;
     slot slots_[Queue];
     detail::inplace_callback<void(work_event), Size> dones_[Queue + 1];
     uint32_t free_slots_[Queue];
@@ -3473,8 +3595,7 @@ private:
 
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
-    : loop_(&l), shut_(false), forked_(false), sem_ok_(false), nthreads_(0), stopping_(false), nfree_slots_(Queue),
-      nfree_dones_(Queue + 1) {
+    : loop_(&l), shut_(false), forked_(false), nfree_slots_(Queue), nfree_dones_(Queue + 1) {
     for (size_t i = 0; i < Queue; ++i) {
         slots_[i].result = 0;
         slots_[i].state.store(st_free, std::memory_order_relaxed);
@@ -3489,38 +3610,12 @@ worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
     next = nullptr;
     loop_->attach(this);
 
-    if (sem_init(&sem_, 0, 0) != 0) {
-        error_ = error_code(errc::system, errno);
-        return;
-    }
-    sem_ok_ = true;
-    pthread_attr_t attr;
-    int rc = pthread_attr_init(&attr);
-    if (rc != 0) {
-        error_ = error_code(errc::system, rc);
-        return;
-    }
-    if (stack_bytes != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes)) != 0)
-        error_ = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
-    if (!error_) {
-        detail::all_signals_blocked blocked; // the threads inherit the mask
-        for (size_t t = 0; t < Threads; ++t) {
-            rc = pthread_create(&threads_[t], &attr, &worker_pool::worker_main, this);
-            if (rc != 0) {
-                error_ = error_code(errc::system, rc);
-                break;
-            }
-            ++nthreads_;
-        }
-    }
-    pthread_attr_destroy(&attr);
-    if (error_) stop_threads();
+    error_ = crew_.start(&worker_pool::worker_main, this, stack_bytes);
 }
 
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::~worker_pool() {
     shutdown();
-    if (sem_ok_) sem_destroy(&sem_);
 }
 
 template <size_t Threads, size_t Queue, size_t Size>
@@ -3542,7 +3637,7 @@ error_code worker_pool<Threads, Queue, Size>::submit(W&& work, D&& done) {
     s.state.store(st_queued, std::memory_order_relaxed);
     ++active;
     push_pending(i); // publishes the slot (release)
-    sem_post(&sem_);
+    crew_.post();
     return error_code();
 }
 
@@ -3556,7 +3651,7 @@ void worker_pool<Threads, Queue, Size>::shutdown() {
             unsigned char queued = st_queued;
             slots_[i].state.compare_exchange_strong(queued, st_canceled, std::memory_order_acq_rel);
         }
-        stop_threads(); // waits for running work
+        crew_.stop(); // waits for running work
         // The workers are gone: what they left in the ring is canceled work.
         uint32_t i;
         while (pop_pending(i)) push_completed(i);
@@ -3577,9 +3672,7 @@ void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
 template <size_t Threads, size_t Queue, size_t Size>
 void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
     worker_pool* self = static_cast<worker_pool*>(arg);
-    for (;;) {
-        if (sem_wait(&self->sem_) != 0) continue; // EINTR (every signal is blocked, but a debugger may stop us)
-        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+    while (self->crew_.wait()) {
         uint32_t i;
         if (!self->pop_pending(i)) continue;
         slot& s = self->slots_[i];
@@ -3591,14 +3684,7 @@ void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
         self->push_completed(i);
         self->loop_->wake();
     }
-}
-
-template <size_t Threads, size_t Queue, size_t Size>
-void worker_pool<Threads, Queue, Size>::stop_threads() {
-    stopping_.store(true, std::memory_order_release);
-    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
-    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
-    nthreads_ = 0;
+    return nullptr;
 }
 
 // Runs up to `limit` done callbacks; if more are waiting, the loop comes back
@@ -3638,7 +3724,7 @@ template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
     worker_pool* self = static_cast<worker_pool*>(h);
     self->forked_ = true;
-    self->nthreads_ = 0; // the parent's; nothing to join here
+    self->crew_.forget(); // the parent's threads; nothing to join here
     for (size_t i = 0; i < Queue; ++i) self->slots_[i].work.reset();
     for (size_t i = 0; i <= Queue; ++i) self->dones_[i].reset();
     self->active = 0;
@@ -3798,13 +3884,12 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::start(size_t n, bool pin_
             return e;
         }
     }
-    detail::all_signals_blocked blocked; // the threads inherit the mask
+    detail::thread_starter starter; // every signal blocked in the threads
     for (size_t i = 0; i < n; ++i) {
-        int rc = pthread_create(&threads_[i], nullptr, &loop_group::thread_main, members_[i]);
-        if (rc != 0) {
+        if (error_code e = starter.start(threads_[i], &loop_group::thread_main, members_[i])) {
             for (size_t k = 0; k < i; ++k) members_[k]->loop.stop();
             destroy(n, i);
-            return error_code(errc::system, rc);
+            return e;
         }
         if (pin_cpus) pin(i);
     }
@@ -4605,8 +4690,7 @@ private:
     static void* worker_main(void* arg);
     static void run(op& o);
     static uint32_t state_of(uint16_t ticket, uint32_t st) { return static_cast<uint32_t>(ticket) << 8 | st; }
-    error_code start();
-    void stop_threads();
+    error_code start() { return crew_.start(&worker_main, this, stack_bytes_); }
     void reset_queues();
     void abandon(bool restart);
     void enqueue(uint16_t i);
@@ -4635,11 +4719,8 @@ private:
     error_code setup_error_;
     error_code last_error_;
     size_t stack_bytes_;
-    size_t nthreads_;
     size_t held_; // fsyncs waiting for an earlier operation on their fd
-    bool sem_ok_;
     bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
-    std::atomic<bool> stopping_;
     uint16_t head_, tail_; // operations in flight, oldest first
     uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
     uint64_t inline_reads_;
@@ -4647,8 +4728,7 @@ private:
     op ops_[N];
     aio_callback callbacks_[N + 1]; // one spare: a callback may submit again at capacity
     uint16_t spare_;
-    sem_t sem_;
-    pthread_t threads_[Threads];
+    detail::thread_crew<Threads> crew_;
     detail::spmc_ring<ring_size> ring_; // entries (slot | ticket << 16) to run, to the workers
     detail::completion_stack completed_; // finished operations, to the loop's thread
 };
@@ -4662,8 +4742,8 @@ const size_t aio<N, thread_aio_engine<T> >::ring_size;
 
 template <size_t N, size_t T>
 aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
-    : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), stopping_(false), head_(none), tail_(none),
+    : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), held_(0), nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0),
+      head_(none), tail_(none),
       inline_head_(no_slot), inline_tail_(no_slot), inline_reads_(0), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
@@ -4695,41 +4775,6 @@ void aio<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
     completed_.reset();
     inline_head_ = inline_tail_ = no_slot;
-    stopping_.store(false, std::memory_order_relaxed);
-}
-
-template <size_t N, size_t T>
-error_code aio<N, thread_aio_engine<T> >::start() {
-    if (sem_init(&sem_, 0, 0) != 0) return error_code(errc::system, errno);
-    sem_ok_ = true;
-    pthread_attr_t attr;
-    int rc = pthread_attr_init(&attr);
-    if (rc != 0) return error_code(errc::system, rc);
-    error_code err;
-    if (stack_bytes_ != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes_)) != 0)
-        err = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
-    if (!err) {
-        detail::all_signals_blocked blocked; // the threads inherit the mask
-        for (size_t t = 0; t < T; ++t) {
-            rc = pthread_create(&threads_[t], &attr, &worker_main, this);
-            if (rc != 0) {
-                err = error_code(errc::system, rc);
-                break;
-            }
-            ++nthreads_;
-        }
-    }
-    pthread_attr_destroy(&attr);
-    if (err) stop_threads();
-    return err;
-}
-
-template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::stop_threads() {
-    stopping_.store(true, std::memory_order_release);
-    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
-    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
-    nthreads_ = 0;
 }
 
 template <size_t N, size_t T>
@@ -4743,10 +4788,9 @@ aio<N, thread_aio_engine<T> >::~aio() {
             uint32_t queued = state_of(o.ticket, st_queued);
             o.state.compare_exchange_strong(queued, state_of(o.ticket, st_canceled), std::memory_order_acq_rel);
         }
-        stop_threads();
+        crew_.stop();
     }
     for (size_t i = 0; i <= N; ++i) callbacks_[i].reset();
-    if (sem_ok_) sem_destroy(&sem_);
     loop_.detach(&hook_);
 }
 
@@ -4816,7 +4860,7 @@ void aio<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
     o.ticket = static_cast<uint16_t>(o.ticket + 1);
     o.state.store(state_of(o.ticket, st_queued), std::memory_order_relaxed);
     push_entry(static_cast<uint32_t>(i) | static_cast<uint32_t>(o.ticket) << 16); // publishes o (release)
-    sem_post(&sem_);
+    crew_.post();
 }
 
 // One producer (the loop thread). At most N entries are live (one per queued
@@ -4862,9 +4906,7 @@ void aio<N, thread_aio_engine<T> >::run(op& o) {
 template <size_t N, size_t T>
 void* aio<N, thread_aio_engine<T> >::worker_main(void* arg) {
     aio* self = static_cast<aio*>(arg);
-    for (;;) {
-        if (sem_wait(&self->sem_) != 0) continue; // EINTR
-        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+    while (self->crew_.wait()) {
         uint32_t entry;
         if (!self->pop_entry(entry)) continue;
         const uint16_t i = static_cast<uint16_t>(entry & 0xffffu);
@@ -4878,6 +4920,7 @@ void* aio<N, thread_aio_engine<T> >::worker_main(void* arg) {
         self->push_completed(i);
         self->loop_.wake();
     }
+    return nullptr;
 }
 
 template <size_t N, size_t T>
@@ -4992,7 +5035,7 @@ void aio<N, thread_aio_engine<T> >::unlink(uint16_t i) {
 // (restart) then starts threads of the child's own.
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::abandon(bool restart) {
-    nthreads_ = 0; // nothing to join here
+    crew_.forget(); // the parent's threads: nothing to join here
     for (uint16_t i = 0; i < N; ++i) {
         op& o = ops_[i];
         if ((o.state.load(std::memory_order_relaxed) & 0xffu) == st_free) continue;
@@ -5006,11 +5049,7 @@ void aio<N, thread_aio_engine<T> >::abandon(bool restart) {
     hook_.active = 0;
     pid_ = getpid();
     reset_queues();
-    if (restart && !setup_error_) {
-        if (sem_ok_) sem_destroy(&sem_);
-        sem_ok_ = false;
-        setup_error_ = start();
-    }
+    if (restart && !setup_error_) setup_error_ = start();
 }
 
 } // namespace microloop

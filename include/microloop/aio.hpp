@@ -71,11 +71,11 @@
 
 #include "callback.hpp"
 #include "config.hpp"
+#include "detail/threads.hpp"
 #include "error.hpp"
 #include "handle.hpp"
 #include "loop_base.hpp"
 #include "signal.hpp" // detail::globals: the AIO signal is claimed like any watched signal
-#include "worker_pool.hpp" // detail::all_signals_blocked, detail::pow2_at_least
 
 // The signal AIO completions are reported with. A standard signal is never
 // lost (only merged, which is harmless here); a realtime one may be refused
@@ -742,8 +742,7 @@ private:
     static void* worker_main(void* arg);
     static void run(op& o);
     static uint32_t state_of(uint16_t ticket, uint32_t st) { return static_cast<uint32_t>(ticket) << 8 | st; }
-    error_code start();
-    void stop_threads();
+    error_code start() { return crew_.start(&worker_main, this, stack_bytes_); }
     void reset_queues();
     void abandon(bool restart);
     void enqueue(uint16_t i);
@@ -772,11 +771,8 @@ private:
     error_code setup_error_;
     error_code last_error_;
     size_t stack_bytes_;
-    size_t nthreads_;
     size_t held_; // fsyncs waiting for an earlier operation on their fd
-    bool sem_ok_;
     bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
-    std::atomic<bool> stopping_;
     uint16_t head_, tail_; // operations in flight, oldest first
     uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
     uint64_t inline_reads_;
@@ -784,8 +780,7 @@ private:
     op ops_[N];
     aio_callback callbacks_[N + 1]; // one spare: a callback may submit again at capacity
     uint16_t spare_;
-    sem_t sem_;
-    pthread_t threads_[Threads];
+    detail::thread_crew<Threads> crew_;
     detail::spmc_ring<ring_size> ring_; // entries (slot | ticket << 16) to run, to the workers
     detail::completion_stack completed_; // finished operations, to the loop's thread
 };
@@ -799,8 +794,8 @@ const size_t aio<N, thread_aio_engine<T> >::ring_size;
 
 template <size_t N, size_t T>
 aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
-    : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), stopping_(false), head_(none), tail_(none),
+    : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), held_(0), nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0),
+      head_(none), tail_(none),
       inline_head_(no_slot), inline_tail_(no_slot), inline_reads_(0), spare_(static_cast<uint16_t>(N)) {
     hook_.on_wake = &on_wake;
     hook_.on_fork = &on_fork;
@@ -832,41 +827,6 @@ void aio<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
     completed_.reset();
     inline_head_ = inline_tail_ = no_slot;
-    stopping_.store(false, std::memory_order_relaxed);
-}
-
-template <size_t N, size_t T>
-error_code aio<N, thread_aio_engine<T> >::start() {
-    if (sem_init(&sem_, 0, 0) != 0) return error_code(errc::system, errno);
-    sem_ok_ = true;
-    pthread_attr_t attr;
-    int rc = pthread_attr_init(&attr);
-    if (rc != 0) return error_code(errc::system, rc);
-    error_code err;
-    if (stack_bytes_ != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes_)) != 0)
-        err = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
-    if (!err) {
-        detail::all_signals_blocked blocked; // the threads inherit the mask
-        for (size_t t = 0; t < T; ++t) {
-            rc = pthread_create(&threads_[t], &attr, &worker_main, this);
-            if (rc != 0) {
-                err = error_code(errc::system, rc);
-                break;
-            }
-            ++nthreads_;
-        }
-    }
-    pthread_attr_destroy(&attr);
-    if (err) stop_threads();
-    return err;
-}
-
-template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::stop_threads() {
-    stopping_.store(true, std::memory_order_release);
-    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
-    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
-    nthreads_ = 0;
 }
 
 template <size_t N, size_t T>
@@ -880,10 +840,9 @@ aio<N, thread_aio_engine<T> >::~aio() {
             uint32_t queued = state_of(o.ticket, st_queued);
             o.state.compare_exchange_strong(queued, state_of(o.ticket, st_canceled), std::memory_order_acq_rel);
         }
-        stop_threads();
+        crew_.stop();
     }
     for (size_t i = 0; i <= N; ++i) callbacks_[i].reset();
-    if (sem_ok_) sem_destroy(&sem_);
     loop_.detach(&hook_);
 }
 
@@ -953,7 +912,7 @@ void aio<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
     o.ticket = static_cast<uint16_t>(o.ticket + 1);
     o.state.store(state_of(o.ticket, st_queued), std::memory_order_relaxed);
     push_entry(static_cast<uint32_t>(i) | static_cast<uint32_t>(o.ticket) << 16); // publishes o (release)
-    sem_post(&sem_);
+    crew_.post();
 }
 
 // One producer (the loop thread). At most N entries are live (one per queued
@@ -999,9 +958,7 @@ void aio<N, thread_aio_engine<T> >::run(op& o) {
 template <size_t N, size_t T>
 void* aio<N, thread_aio_engine<T> >::worker_main(void* arg) {
     aio* self = static_cast<aio*>(arg);
-    for (;;) {
-        if (sem_wait(&self->sem_) != 0) continue; // EINTR
-        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+    while (self->crew_.wait()) {
         uint32_t entry;
         if (!self->pop_entry(entry)) continue;
         const uint16_t i = static_cast<uint16_t>(entry & 0xffffu);
@@ -1015,6 +972,7 @@ void* aio<N, thread_aio_engine<T> >::worker_main(void* arg) {
         self->push_completed(i);
         self->loop_.wake();
     }
+    return nullptr;
 }
 
 template <size_t N, size_t T>
@@ -1129,7 +1087,7 @@ void aio<N, thread_aio_engine<T> >::unlink(uint16_t i) {
 // (restart) then starts threads of the child's own.
 template <size_t N, size_t T>
 void aio<N, thread_aio_engine<T> >::abandon(bool restart) {
-    nthreads_ = 0; // nothing to join here
+    crew_.forget(); // the parent's threads: nothing to join here
     for (uint16_t i = 0; i < N; ++i) {
         op& o = ops_[i];
         if ((o.state.load(std::memory_order_relaxed) & 0xffu) == st_free) continue;
@@ -1143,11 +1101,7 @@ void aio<N, thread_aio_engine<T> >::abandon(bool restart) {
     hook_.active = 0;
     pid_ = getpid();
     reset_queues();
-    if (restart && !setup_error_) {
-        if (sem_ok_) sem_destroy(&sem_);
-        sem_ok_ = false;
-        setup_error_ = start();
-    }
+    if (restart && !setup_error_) setup_error_ = start();
 }
 
 } // namespace microloop
