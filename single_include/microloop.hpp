@@ -3448,45 +3448,39 @@ private:
 #ifndef MICROLOOP_WORKER_POOL_HPP
 #define MICROLOOP_WORKER_POOL_HPP
 
+#include <stddef.h>
+#include <stdint.h>
+
+#include <atomic>
+#include <type_traits>
+#include <utility>
+
+// ---- begin microloop/detail/threads.hpp --------------------------------
+// microloop/detail/threads.hpp - internal: what the modules that run threads
+// of their own share (worker_pool, the thread AIO engine, loop_group).
+//
+//   pow2_at_least(n)       the power of two a ring of n entries needs
+//   spmc_ring<Size>        loop thread to workers: a bounded lock-free ring
+//   completion_stack       workers to the loop thread: a lock-free stack
+//   all_signals_blocked    every signal blocked in this thread, for a scope
+//   thread_starter         threads made with every signal blocked, a stack size
+//   thread_crew<Threads>   a fixed set of such threads sleeping on a semaphore
+//
+// Not part of the API: names and behaviour may change in any release.
+#ifndef MICROLOOP_DETAIL_THREADS_HPP
+#define MICROLOOP_DETAIL_THREADS_HPP
+
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <type_traits>
-#include <utility>
 
 namespace microloop {
-
-// What a done callback is told.
-struct work_event {
-    int64_t result;    // what work() returned (0 for work returning void, or when canceled)
-    error_code status; // ok: work ran; errc::canceled: shut down before it started
-};
-
 namespace detail {
-
-// work() returning void counts as returning 0; an integer is widened.
-template <class F, class R = decltype(std::declval<F&>()())>
-struct work_adapter {
-    static_assert(std::is_integral<R>::value || std::is_enum<R>::value,
-                  "microloop: work must return an integer (or nothing); pass anything bigger through "
-                  "the state it captures a pointer to");
-    F f;
-    int64_t operator()() { return narrow<int64_t>(f()); } // narrow(): no -Wuseless-cast for int64_t
-};
-template <class F>
-struct work_adapter<F, void> {
-    F f;
-    int64_t operator()() {
-        f();
-        return 0;
-    }
-};
 
 constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
 
@@ -3620,6 +3614,139 @@ private:
     sigset_t old_;
 };
 
+// Makes threads that start with every signal blocked (the effect of
+// block_signals() in them, without a window: they inherit the mask, blocked
+// for the starter's lifetime in the thread that makes them), so signals go
+// to the loop's thread. stack_bytes: each thread's stack (0: the system's
+// default). pthread_create() is called directly: no exceptions, also with
+// -fno-exceptions.
+class thread_starter {
+public:
+    explicit thread_starter(size_t stack_bytes = 0) : attr_ok_(false) {
+        int rc = pthread_attr_init(&attr_);
+        if (rc != 0) {
+            error_ = error_code(errc::system, rc);
+            return;
+        }
+        attr_ok_ = true;
+        if (stack_bytes != 0 && (rc = pthread_attr_setstacksize(&attr_, stack_bytes)) != 0)
+            error_ = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
+    }
+    ~thread_starter() {
+        if (attr_ok_) pthread_attr_destroy(&attr_);
+    }
+    thread_starter(const thread_starter&) = delete;
+    thread_starter& operator=(const thread_starter&) = delete;
+
+    // A thread running main(arg). errc::system with the errno of
+    // pthread_create (or pthread_attr_init), errc::bad_argument for a stack
+    // size pthread refused.
+    error_code start(pthread_t& thread, void* (*main)(void*), void* arg) {
+        if (error_) return error_;
+        const int rc = pthread_create(&thread, &attr_, main, arg);
+        return rc == 0 ? error_code() : error_code(errc::system, rc);
+    }
+
+private:
+    pthread_attr_t attr_;
+    error_code error_;
+    bool attr_ok_;
+    all_signals_blocked blocked_; // the threads inherit the mask
+};
+
+// Threads threads running the same main(arg), which sleep on a POSIX
+// semaphore between jobs (sem_post is a futex wake only when one sleeps).
+// Used from the owner's thread; wait() from the crew's threads.
+template <size_t Threads>
+class thread_crew {
+public:
+    thread_crew() : started_(0), sem_ok_(false), stopping_(false) {}
+    ~thread_crew() {
+        if (sem_ok_) sem_destroy(&sem_);
+    }
+    thread_crew(const thread_crew&) = delete;
+    thread_crew& operator=(const thread_crew&) = delete;
+
+    // Starts every thread (a crew left by forget() starts afresh). On a
+    // failure the threads already started are stopped again: errc::system
+    // with the errno of sem_init or pthread_create, errc::bad_argument for a
+    // stack size pthread refused.
+    error_code start(void* (*main)(void*), void* arg, size_t stack_bytes) {
+        if (sem_ok_) sem_destroy(&sem_);
+        sem_ok_ = false;
+        stopping_.store(false, std::memory_order_relaxed);
+        if (sem_init(&sem_, 0, 0) != 0) return error_code(errc::system, errno);
+        sem_ok_ = true;
+        error_code err;
+        {
+            thread_starter starter(stack_bytes);
+            for (size_t t = 0; t < Threads && !err; ++t)
+                if (!(err = starter.start(threads_[t], main, arg))) ++started_;
+        }
+        if (err) stop();
+        return err;
+    }
+    // One job more for the threads: wakes one if any sleeps.
+    void post() { sem_post(&sem_); }
+    // In a crew thread: sleeps until there is a job (true) or the crew stops
+    // (false: the thread returns).
+    bool wait() {
+        while (sem_wait(&sem_) != 0) {
+        } // EINTR (every signal is blocked, but a debugger may stop us)
+        return !stopping_.load(std::memory_order_acquire);
+    }
+    // Each thread finishes its job, then returns; joins them all.
+    void stop() {
+        stopping_.store(true, std::memory_order_release);
+        for (size_t t = 0; t < started_; ++t) sem_post(&sem_);
+        for (size_t t = 0; t < started_; ++t) pthread_join(threads_[t], nullptr);
+        started_ = 0;
+    }
+    // In a forked child: the threads are the parent's, nothing to join.
+    void forget() { started_ = 0; }
+
+private:
+    size_t started_;
+    bool sem_ok_;
+    std::atomic<bool> stopping_;
+    sem_t sem_;
+    pthread_t threads_[Threads];
+};
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_DETAIL_THREADS_HPP
+// ---- end microloop/detail/threads.hpp ----------------------------------
+
+namespace microloop {
+
+// What a done callback is told.
+struct work_event {
+    int64_t result;    // what work() returned (0 for work returning void, or when canceled)
+    error_code status; // ok: work ran; errc::canceled: shut down before it started
+};
+
+namespace detail {
+
+// work() returning void counts as returning 0; an integer is widened.
+template <class F, class R = decltype(std::declval<F&>()())>
+struct work_adapter {
+    static_assert(std::is_integral<R>::value || std::is_enum<R>::value,
+                  "microloop: work must return an integer (or nothing); pass anything bigger through "
+                  "the state it captures a pointer to");
+    F f;
+    int64_t operator()() { return narrow<int64_t>(f()); } // narrow(): no -Wuseless-cast for int64_t
+};
+template <class F>
+struct work_adapter<F, void> {
+    F f;
+    int64_t operator()() {
+        f();
+        return 0;
+    }
+};
+
 } // namespace detail
 
 template <size_t Threads = 2, size_t Queue = 16, size_t Size = MICROLOOP_CALLBACK_SIZE>
@@ -3687,17 +3814,12 @@ private:
     void push_completed(uint32_t i) { completed_.push(i, link_of{slots_}); }
     void complete(size_t limit);
     void finish(uint32_t i);
-    void stop_threads();
 
     loop_base* loop_;
     error_code error_;
     bool shut_;
     bool forked_;
-    bool sem_ok_;
-    size_t nthreads_;
-    std::atomic<bool> stopping_;
-    sem_t sem_;
-    pthread_t threads_[Threads];
+    detail::thread_crew<Threads> crew_;
     slot slots_[Queue];
     detail::inplace_callback<void(work_event), Size> dones_[Queue + 1];
     uint32_t free_slots_[Queue];
@@ -3711,8 +3833,7 @@ private:
 
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
-    : loop_(&l), shut_(false), forked_(false), sem_ok_(false), nthreads_(0), stopping_(false), nfree_slots_(Queue),
-      nfree_dones_(Queue + 1) {
+    : loop_(&l), shut_(false), forked_(false), nfree_slots_(Queue), nfree_dones_(Queue + 1) {
     for (size_t i = 0; i < Queue; ++i) {
         slots_[i].result = 0;
         slots_[i].state.store(st_free, std::memory_order_relaxed);
@@ -3727,38 +3848,12 @@ worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
     next = nullptr;
     loop_->attach(this);
 
-    if (sem_init(&sem_, 0, 0) != 0) {
-        error_ = error_code(errc::system, errno);
-        return;
-    }
-    sem_ok_ = true;
-    pthread_attr_t attr;
-    int rc = pthread_attr_init(&attr);
-    if (rc != 0) {
-        error_ = error_code(errc::system, rc);
-        return;
-    }
-    if (stack_bytes != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes)) != 0)
-        error_ = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
-    if (!error_) {
-        detail::all_signals_blocked blocked; // the threads inherit the mask
-        for (size_t t = 0; t < Threads; ++t) {
-            rc = pthread_create(&threads_[t], &attr, &worker_pool::worker_main, this);
-            if (rc != 0) {
-                error_ = error_code(errc::system, rc);
-                break;
-            }
-            ++nthreads_;
-        }
-    }
-    pthread_attr_destroy(&attr);
-    if (error_) stop_threads();
+    error_ = crew_.start(&worker_pool::worker_main, this, stack_bytes);
 }
 
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::~worker_pool() {
     shutdown();
-    if (sem_ok_) sem_destroy(&sem_);
 }
 
 template <size_t Threads, size_t Queue, size_t Size>
@@ -3780,7 +3875,7 @@ error_code worker_pool<Threads, Queue, Size>::submit(W&& work, D&& done) {
     s.state.store(st_queued, std::memory_order_relaxed);
     ++active;
     push_pending(i); // publishes the slot (release)
-    sem_post(&sem_);
+    crew_.post();
     return error_code();
 }
 
@@ -3794,7 +3889,7 @@ void worker_pool<Threads, Queue, Size>::shutdown() {
             unsigned char queued = st_queued;
             slots_[i].state.compare_exchange_strong(queued, st_canceled, std::memory_order_acq_rel);
         }
-        stop_threads(); // waits for running work
+        crew_.stop(); // waits for running work
         // The workers are gone: what they left in the ring is canceled work.
         uint32_t i;
         while (pop_pending(i)) push_completed(i);
@@ -3815,9 +3910,7 @@ void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
 template <size_t Threads, size_t Queue, size_t Size>
 void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
     worker_pool* self = static_cast<worker_pool*>(arg);
-    for (;;) {
-        if (sem_wait(&self->sem_) != 0) continue; // EINTR (every signal is blocked, but a debugger may stop us)
-        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+    while (self->crew_.wait()) {
         uint32_t i;
         if (!self->pop_pending(i)) continue;
         slot& s = self->slots_[i];
@@ -3829,14 +3922,7 @@ void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
         self->push_completed(i);
         self->loop_->wake();
     }
-}
-
-template <size_t Threads, size_t Queue, size_t Size>
-void worker_pool<Threads, Queue, Size>::stop_threads() {
-    stopping_.store(true, std::memory_order_release);
-    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
-    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
-    nthreads_ = 0;
+    return nullptr;
 }
 
 // Runs up to `limit` done callbacks; if more are waiting, the loop comes back
@@ -3876,7 +3962,7 @@ template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
     worker_pool* self = static_cast<worker_pool*>(h);
     self->forked_ = true;
-    self->nthreads_ = 0; // the parent's; nothing to join here
+    self->crew_.forget(); // the parent's threads; nothing to join here
     for (size_t i = 0; i < Queue; ++i) self->slots_[i].work.reset();
     for (size_t i = 0; i <= Queue; ++i) self->dones_[i].reset();
     self->active = 0;
@@ -4036,13 +4122,12 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::start(size_t n, bool pin_
             return e;
         }
     }
-    detail::all_signals_blocked blocked; // the threads inherit the mask
+    detail::thread_starter starter; // every signal blocked in the threads
     for (size_t i = 0; i < n; ++i) {
-        int rc = pthread_create(&threads_[i], nullptr, &loop_group::thread_main, members_[i]);
-        if (rc != 0) {
+        if (error_code e = starter.start(threads_[i], &loop_group::thread_main, members_[i])) {
             for (size_t k = 0; k < i; ++k) members_[k]->loop.stop();
             destroy(n, i);
-            return error_code(errc::system, rc);
+            return e;
         }
         if (pin_cpus) pin(i);
     }
@@ -4136,73 +4221,51 @@ void loop_group<MaxLoops, Loop, MailboxN, Size>::pin(size_t i) {
 // Completions come back through a lock-free stack and one loop.wake(): no
 // signal, no lock, no scan of what is in flight. A read whose data is all
 // in the page cache is done in the loop's thread instead, without blocking
-// (MICROLOOP_AIO_NOWAIT), and called back at the next iteration. See the
-// implementation below for how cancel() and the ring work.
+// (MICROLOOP_AIO_NOWAIT), and called back at the next iteration. How
+// cancel() and the ring work: aio/thread_engine.hpp.
 //
 // posix_aio_engine: the libc's POSIX AIO, "the portable one the textbook
 // describes" (a read all in the page cache is done in the loop's thread here
-// too, as above). How completions wake the loop: each request asks for a signal
-// on completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
-// handler only calls wake() on the loops that have a POSIX AIO module; the
-// loop then asks aio_error() about every operation in flight and calls back
-// the finished ones. The signal says "look", not "which": that is why a
-// coalesced or lost signal costs nothing as long as a later one arrives, and
-// a standard (non-realtime) signal is never lost, only merged.
-// Why not SIGEV_THREAD, which needs no signal number: glibc starts a new
-// thread for every completion (a clone and a stack per I/O on a small board),
-// the notify function may run after the module is gone, and glibc makes that
-// thread from its own helper thread through an interposed malloc, which
-// ThreadSanitizer cannot follow (it crashes). With a signal, nothing but the
-// loop thread ever touches the module.
-// glibc runs AIO on up to 20 helper threads of its own, each with a small
-// stack, and requests on one descriptor one after another. aio_init() (GNU)
-// changes the thread count; under ThreadSanitizer set aio_threads = 1 and a
-// long aio_idle_time before the first request: TSan cannot follow threads
-// that glibc's helper thread starts itself.
+// too, as above), completions woken by a signal (MICROLOOP_AIO_SIGNAL,
+// SIGIO by default) that says "look", not "which": aio/posix_engine.hpp.
+//
+// The files: this one is the front, aio<N, Engine> and what it offers with
+// either engine; aio/thread_engine.hpp and aio/posix_engine.hpp are the
+// engines, each its own state and operations (submit, cancel, completion,
+// fork, shutdown) over aio/common.hpp (the public types, the page-cache
+// fast path, the table of operations in flight both keep alike).
 #ifndef MICROLOOP_AIO_HPP
 #define MICROLOOP_AIO_HPP
 
-#include <aio.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <utility>
+
+// ---- begin microloop/aio/common.hpp ------------------------------------
+// microloop/aio/common.hpp - internal to the AIO module (include
+// <microloop/aio.hpp>): what the front, aio<N, Engine>, and both engines
+// share. The public types (aio_handle, aio_event, aio_stats), the page-cache
+// fast path, and aio_core<N>: the bookkeeping every engine keeps the same
+// way, the table of operations in flight. Each operation holds a slot of
+// the table (its handle) and a callback, and sits in the in-flight list, in
+// submission order, from its submission until its callback runs; the
+// engines keep what they need to run it beside that, indexed alike.
+#ifndef MICROLOOP_AIO_COMMON_HPP
+#define MICROLOOP_AIO_COMMON_HPP
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
-#include <sched.h>
-#include <semaphore.h>
-#include <signal.h>
-#include <string.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/syscall.h> // SYS_preadv2
 #include <sys/types.h>
 #include <sys/uio.h> // struct iovec, RWF_NOWAIT
 #include <unistd.h>
 
-#include <atomic>
 #include <utility>
-
-// The signal AIO completions are reported with. A standard signal is never
-// lost (only merged, which is harmless here); a realtime one may be refused
-// when the queue is full (RLIMIT_SIGPENDING). Once an AIO module exists, the
-// signal belongs to AIO for the life of the process: on_signal() for it is
-// refused with errc::already_watched (and an AIO module cannot start while
-// the signal is watched).
-#ifndef MICROLOOP_AIO_SIGNAL
-#define MICROLOOP_AIO_SIGNAL SIGIO
-#endif
-
-// How many AIO modules may exist at once in the process (a few bytes each).
-#ifndef MICROLOOP_AIO_MAX_MODULES
-#define MICROLOOP_AIO_MAX_MODULES 8
-#endif
-
-// The threads of the default engine, thread_aio_engine<> (its parameter
-// overrides this), and their stack size in bytes (0: the system's default,
-// usually 8 MiB of address space of which a few KiB are touched).
-#ifndef MICROLOOP_AIO_THREADS
-#define MICROLOOP_AIO_THREADS 4
-#endif
-#ifndef MICROLOOP_AIO_STACK_SIZE
-#define MICROLOOP_AIO_STACK_SIZE 0
-#endif
 
 // 1 (the default): both engines first try each read in the loop's thread,
 // with preadv2(RWF_NOWAIT), which copies the data if all of it is in the
@@ -4247,6 +4310,297 @@ typedef detail::inplace_callback<void(aio_event)> aio_callback;
 struct aio_stats : table_stats {
     uint64_t inline_reads;
 };
+
+namespace detail {
+
+// What a module is asked to do, the same for both engines.
+struct aio_ops {
+    enum op_kind : unsigned char { op_read, op_write, op_fsync, op_fdatasync };
+};
+
+// The read, in the loop's thread, if it cannot block: true when all len
+// bytes came from the page cache. RWF_NOWAIT makes the kernel return EAGAIN
+// (or a short count) instead of waiting for the disk or a lock. A short
+// count may be the end of the file or a partly cached range: the engine's
+// usual path finds out. On an fd opened O_DIRECT the read would wait for the
+// device, RWF_NOWAIT or not: never tried there. `enabled` is the module's:
+// cleared for good only when the kernel has no preadv2 at all.
+inline bool aio_read_nowait(int fd, void* buf, size_t len, off_t offset, bool& enabled) {
+#if MICROLOOP_DETAIL_AIO_NOWAIT
+    if (!enabled) return false;
+#ifdef O_DIRECT
+    const int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || (flags & O_DIRECT) != 0) return false;
+#endif
+    struct iovec iov;
+    iov.iov_base = buf;
+    iov.iov_len = len;
+    // The raw system call, not the libc's preadv2(), which older glibc and
+    // musl lack. The offset goes in two longs, low half first, on 32- and
+    // 64-bit targets alike (a 64-bit kernel ignores the high one).
+    const uint64_t off = static_cast<uint64_t>(offset);
+    const long r = syscall(SYS_preadv2, static_cast<long>(fd), &iov, 1L, static_cast<long>(off & ULONG_MAX),
+                           static_cast<long>(off >> 32), static_cast<long>(RWF_NOWAIT));
+    if (r >= 0) return static_cast<size_t>(r) == len;
+    // EAGAIN: not all cached; ESPIPE: a pipe or socket; EOPNOTSUPP: a file
+    // (procfs, some filesystems) or a kernel that refuses RWF_NOWAIT; the
+    // rest is for the usual path to report. Each of these costs one system
+    // call next to a worker's hand-off, and says nothing of other files.
+    // Only a kernel without preadv2 (ENOSYS) is never asked again.
+    if (errno == ENOSYS) enabled = false;
+    return false;
+#else
+    (void)fd;
+    (void)buf;
+    (void)len;
+    (void)offset;
+    (void)enabled;
+    return false;
+#endif
+}
+
+// What an aio<N, Engine> runs on: each engine's header specializes it
+// (aio/thread_engine.hpp, aio/posix_engine.hpp). Each derives from
+// aio_core<N> and gives the front the same few things: its constructor and
+// destructor, submit(), cancel() and fd_of(slot).
+template <size_t N, class Engine>
+class aio_engine;
+
+// The table every engine keeps: in the loop's thread only.
+template <size_t N>
+class aio_core {
+public:
+    aio_core(const aio_core&) = delete;
+    aio_core& operator=(const aio_core&) = delete;
+
+protected:
+    typedef aio_ops::op_kind op_kind;
+    static const uint16_t none = 0xffff;
+    struct hook_type : loop_hook {
+        aio_core* owner;
+    };
+    struct link {
+        uint16_t next, prev; // the in-flight list, in submission order
+        uint16_t callback;   // which of callbacks_ is this operation's
+    };
+    // An operation taken out of the table, its callback not yet run.
+    struct retired {
+        uint64_t id;
+        uint16_t callback;
+    };
+
+    // Attached to the loop, which calls on_wake after every wake-up and
+    // on_fork in a forked child's after_fork().
+    aio_core(loop_base& owner, void (*on_wake)(loop_hook*), void (*on_fork)(loop_hook*));
+    ~aio_core() { loop_.detach(&hook_); }
+
+    template <class Engine>
+    static Engine& engine_of(loop_hook* h) {
+        return static_cast<Engine&>(*static_cast<hook_type*>(h)->owner);
+    }
+
+    // The checks every submission passes, then a slot holding cb: the new
+    // handle's id, or 0 with the reason in last_error_.
+    template <class F>
+    uint64_t admit(int fd, void* buf, size_t len, off_t offset, F&& cb);
+    // A slot from admit() whose operation could not start: free again.
+    void discard(uint16_t i) {
+        callbacks_[links_[i].callback].reset();
+        pool_.release(i);
+    }
+    // At the tail of the in-flight list: in flight until retire().
+    void link_last(uint16_t i);
+    // A read done at once from the page cache (MICROLOOP_AIO_NOWAIT).
+    bool read_cached(int fd, void* buf, size_t len, off_t offset) {
+        if (!aio_read_nowait(fd, buf, len, offset, nowait_)) return false;
+        ++inline_reads_;
+        return true;
+    }
+    // Out of the list and the table: the handle is stale and the slot free
+    // while the callback runs, which it does from the spare callback storage
+    // (a callback may submit again at capacity).
+    retired retire(uint16_t i);
+    // The callback of a retired operation: result, or err (an errno;
+    // ECANCELED: canceled).
+    void call_back(const retired& r, int fd, ssize_t result, int err);
+    // A forked child's: the operations in flight are the parent's. Drops
+    // them, their callbacks not called.
+    void forget_all();
+    aio_handle fail(errc why, int sys = 0) {
+        last_error_ = error_code(why, sys);
+        return aio_handle(last_error_);
+    }
+
+    loop_base& loop_;
+    pid_t pid_; // in a forked child, the operations in flight are the parent's
+    hook_type hook_;
+    error_code setup_error_;
+    error_code last_error_;
+    bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
+    uint64_t inline_reads_;
+    uint16_t head_, tail_; // operations in flight, oldest first
+    uint16_t spare_;       // the callbacks_ entry no slot holds
+    slot_pool<N> pool_;
+    link links_[N];
+    // One callback more than slots: a finished operation's slot is free
+    // again while its callback runs (so the callback can start the next
+    // operation in it), and the callback runs from the spare storage.
+    aio_callback callbacks_[N + 1];
+};
+
+template <size_t N>
+const uint16_t aio_core<N>::none;
+
+template <size_t N>
+aio_core<N>::aio_core(loop_base& owner, void (*on_wake)(loop_hook*), void (*on_fork)(loop_hook*))
+    : loop_(owner), pid_(getpid()), nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), inline_reads_(0), head_(none),
+      tail_(none), spare_(static_cast<uint16_t>(N)) {
+    hook_.on_wake = on_wake;
+    hook_.on_fork = on_fork;
+    hook_.active = 0;
+    hook_.next = nullptr;
+    hook_.owner = this;
+    for (size_t i = 0; i < N; ++i) {
+        links_[i].next = links_[i].prev = none;
+        links_[i].callback = static_cast<uint16_t>(i);
+    }
+    loop_.attach(&hook_);
+}
+
+template <size_t N>
+template <class F>
+uint64_t aio_core<N>::admit(int fd, void* buf, size_t len, off_t offset, F&& cb) {
+    if (setup_error_) last_error_ = setup_error_;
+    else if (fd < 0) last_error_ = errc::bad_fd;
+    else if (offset < 0 || len > static_cast<size_t>(SSIZE_MAX) || (buf == nullptr && len > 0))
+        last_error_ = errc::bad_argument;
+    else if (is_null_callable(cb)) last_error_ = errc::bad_argument;
+    else if (const uint64_t id = pool_.acquire()) {
+        callbacks_[links_[slot_of(id)].callback].emplace(std::forward<F>(cb));
+        return id;
+    } else {
+        last_error_ = errc::table_full;
+    }
+    return 0;
+}
+
+template <size_t N>
+void aio_core<N>::link_last(uint16_t i) {
+    links_[i].next = none;
+    links_[i].prev = tail_;
+    if (tail_ != none) links_[tail_].next = i;
+    else head_ = i;
+    tail_ = i;
+    ++hook_.active;
+}
+
+template <size_t N>
+typename aio_core<N>::retired aio_core<N>::retire(uint16_t i) {
+    link& l = links_[i];
+    if (l.prev != none) links_[l.prev].next = l.next;
+    else head_ = l.next;
+    if (l.next != none) links_[l.next].prev = l.prev;
+    else tail_ = l.prev;
+    l.next = l.prev = none;
+    --hook_.active;
+    const retired r = {pool_.id_of(i), l.callback};
+    l.callback = spare_;
+    spare_ = r.callback;
+    pool_.release(i);
+    return r;
+}
+
+template <size_t N>
+void aio_core<N>::call_back(const retired& r, int fd, ssize_t result, int err) {
+    aio_event ev;
+    ev.handle = aio_handle::from_id(r.id);
+    ev.result = err != 0 ? -1 : result;
+    if (err == 0) ev.error = error_code();
+    else if (err == ECANCELED) ev.error = error_code(errc::canceled, ECANCELED);
+    else ev.error = error_code(errc::system, err);
+    aio_callback& cb = callbacks_[r.callback];
+    auto done = on_scope_exit([&cb] { cb.reset(); }); // also if it throws
+    loop_.invoke(cb, source_kind::aio, r.id, fd, ev);
+}
+
+template <size_t N>
+void aio_core<N>::forget_all() {
+    for (uint16_t i = 0; i < N; ++i) {
+        if (!pool_.live(i)) continue;
+        links_[i].next = links_[i].prev = none;
+        callbacks_[links_[i].callback].reset();
+        pool_.release(i);
+    }
+    head_ = tail_ = none;
+    hook_.active = 0;
+    pid_ = getpid();
+}
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_AIO_COMMON_HPP
+// ---- end microloop/aio/common.hpp --------------------------------------
+
+// ---- begin microloop/aio/posix_engine.hpp ------------------------------
+// microloop/aio/posix_engine.hpp - internal to the AIO module (include
+// <microloop/aio.hpp>): aio<N, posix_aio_engine>'s engine.
+//
+// posix_aio_engine: the libc's POSIX AIO, "the portable one the textbook
+// describes" (a read all in the page cache is done in the loop's thread here
+// too: MICROLOOP_AIO_NOWAIT, aio/common.hpp). How completions wake the loop: each request asks for a signal
+// on completion (SIGEV_SIGNAL, MICROLOOP_AIO_SIGNAL, SIGIO by default). The
+// handler only calls wake() on the loops that have a POSIX AIO module; the
+// loop then asks aio_error() about every operation in flight and calls back
+// the finished ones. The signal says "look", not "which": that is why a
+// coalesced or lost signal costs nothing as long as a later one arrives, and
+// a standard (non-realtime) signal is never lost, only merged.
+// Why not SIGEV_THREAD, which needs no signal number: glibc starts a new
+// thread for every completion (a clone and a stack per I/O on a small board),
+// the notify function may run after the module is gone, and glibc makes that
+// thread from its own helper thread through an interposed malloc, which
+// ThreadSanitizer cannot follow (it crashes). With a signal, nothing but the
+// loop thread ever touches the module.
+// glibc runs AIO on up to 20 helper threads of its own, each with a small
+// stack, and requests on one descriptor one after another. aio_init() (GNU)
+// changes the thread count; under ThreadSanitizer set aio_threads = 1 and a
+// long aio_idle_time before the first request: TSan cannot follow threads
+// that glibc's helper thread starts itself.
+#ifndef MICROLOOP_AIO_POSIX_ENGINE_HPP
+#define MICROLOOP_AIO_POSIX_ENGINE_HPP
+
+#include <aio.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <utility>
+
+// The signal AIO completions are reported with. A standard signal is never
+// lost (only merged, which is harmless here); a realtime one may be refused
+// when the queue is full (RLIMIT_SIGPENDING). Once an AIO module exists, the
+// signal belongs to AIO for the life of the process: on_signal() for it is
+// refused with errc::already_watched (and an AIO module cannot start while
+// the signal is watched).
+#ifndef MICROLOOP_AIO_SIGNAL
+#define MICROLOOP_AIO_SIGNAL SIGIO
+#endif
+
+// How many AIO modules may exist at once in the process (a few bytes each).
+#ifndef MICROLOOP_AIO_MAX_MODULES
+#define MICROLOOP_AIO_MAX_MODULES 8
+#endif
+
+namespace microloop {
+
+// The libc's POSIX AIO (aio_read() and friends), completions by a signal.
+struct posix_aio_engine {};
 
 namespace detail {
 
@@ -4328,228 +4682,70 @@ template <class U> std::atomic<int> aio_signal<U>::running(0);
 template <class U> std::atomic<int> aio_signal<U>::state(0);
 template <class U> struct sigaction aio_signal<U>::previous;
 
-} // namespace detail
-
-// The engines an aio<N, Engine> runs on (see the top of this file).
-// Threads of its own, pread()/pwrite()/fsync() on them: the default.
-template <size_t Threads = MICROLOOP_AIO_THREADS>
-struct thread_aio_engine {
-    static_assert(Threads >= 1 && Threads <= 64, "thread_aio_engine: 1 to 64 threads");
-};
-// The libc's POSIX AIO (aio_read() and friends), completions by a signal.
-struct posix_aio_engine {};
-
-// Up to N disk operations in flight on one loop. Construct it after the loop
-// and destroy it before; use it from the loop's thread only. Each operation's
-// buffer must stay valid until its callback has run (or the module is gone).
-// Regular files and block devices are what it is for; on a pipe or socket a
-// thread (the libc's, or the module's) blocks in read() until data comes.
-template <size_t N, class Engine = thread_aio_engine<> >
-class aio;
-
-namespace detail {
-
-// What a module is asked to do, the same for both engines.
-struct aio_ops {
-    enum op_kind : unsigned char { op_read, op_write, op_fsync, op_fdatasync };
-};
-
-// The read, in the loop's thread, if it cannot block: true when all len
-// bytes came from the page cache. RWF_NOWAIT makes the kernel return EAGAIN
-// (or a short count) instead of waiting for the disk or a lock. A short
-// count may be the end of the file or a partly cached range: the engine's
-// usual path finds out. On an fd opened O_DIRECT the read would wait for the
-// device, RWF_NOWAIT or not: never tried there. `enabled` is the module's:
-// cleared for good only when the kernel has no preadv2 at all.
-inline bool aio_read_nowait(int fd, void* buf, size_t len, off_t offset, bool& enabled) {
-#if MICROLOOP_DETAIL_AIO_NOWAIT
-    if (!enabled) return false;
-#ifdef O_DIRECT
-    const int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || (flags & O_DIRECT) != 0) return false;
-#endif
-    struct iovec iov;
-    iov.iov_base = buf;
-    iov.iov_len = len;
-    // The raw system call, not the libc's preadv2(), which older glibc and
-    // musl lack. The offset goes in two longs, low half first, on 32- and
-    // 64-bit targets alike (a 64-bit kernel ignores the high one).
-    const uint64_t off = static_cast<uint64_t>(offset);
-    const long r = syscall(SYS_preadv2, static_cast<long>(fd), &iov, 1L, static_cast<long>(off & ULONG_MAX),
-                           static_cast<long>(off >> 32), static_cast<long>(RWF_NOWAIT));
-    if (r >= 0) return static_cast<size_t>(r) == len;
-    // EAGAIN: not all cached; ESPIPE: a pipe or socket; EOPNOTSUPP: a file
-    // (procfs, some filesystems) or a kernel that refuses RWF_NOWAIT; the
-    // rest is for the usual path to report. Each of these costs one system
-    // call next to a worker's hand-off, and says nothing of other files.
-    // Only a kernel without preadv2 (ENOSYS) is never asked again.
-    if (errno == ENOSYS) enabled = false;
-    return false;
-#else
-    (void)fd;
-    (void)buf;
-    (void)len;
-    (void)offset;
-    (void)enabled;
-    return false;
-#endif
-}
-
-// The submitting calls, written once for both engines: each hands its
-// operation to the module's submit(), which checks and queues it.
-template <class Module>
-class aio_calls {
-public:
-    // Read len bytes at offset into buf; cb(aio_event) when done, exactly
-    // once, in the loop's thread. A failed submission returns an invalid
-    // handle: errc::table_full, errc::bad_fd, errc::bad_argument, the
-    // module's error(), or errc::system with its errno (last_error() keeps
-    // it too).
-    template <class F>
-    aio_handle read(int fd, void* buf, size_t len, off_t offset, F&& cb) {
-        return module().submit(aio_ops::op_read, fd, buf, len, offset, std::forward<F>(cb));
-    }
-    template <class F>
-    aio_handle write(int fd, const void* buf, size_t len, off_t offset, F&& cb) {
-        return module().submit(aio_ops::op_write, fd, const_cast<void*>(buf), len, offset, std::forward<F>(cb));
-    }
-    // Runs after every operation submitted before it on fd has finished (its
-    // writes are on the disk), and is called back after them.
-    template <class F>
-    aio_handle fsync(int fd, F&& cb) {
-        return module().submit(aio_ops::op_fsync, fd, nullptr, 0, 0, std::forward<F>(cb));
-    }
-    template <class F>
-    aio_handle fdatasync(int fd, F&& cb) {
-        return module().submit(aio_ops::op_fdatasync, fd, nullptr, 0, 0, std::forward<F>(cb));
-    }
-
-private:
-    Module& module() { return static_cast<Module&>(*this); }
-};
-
-} // namespace detail
-
 template <size_t N>
-class aio<N, posix_aio_engine> : public detail::aio_calls<aio<N, posix_aio_engine> > {
-    friend class detail::aio_calls<aio>;
-    typedef detail::aio_ops::op_kind op_kind;
+class aio_engine<N, posix_aio_engine> : public aio_core<N> {
+    typedef aio_core<N> core;
 
 public:
-    explicit aio(loop_base& owner);
+    // Claims MICROLOOP_AIO_SIGNAL (errc::already_watched if it is watched)
+    // and a place in the handler's table (errc::table_full beyond
+    // MICROLOOP_AIO_MAX_MODULES): a failure is kept in error() and returned
+    // by every submission.
+    explicit aio_engine(loop_base& owner);
     // Cancels what is in flight and waits for it (an operation the libc has
     // already started cannot be canceled, so this may wait for the disk, or
     // for data on a pipe); their callbacks are not called. Not from inside
     // one of this module's callbacks.
-    ~aio();
-    aio(const aio&) = delete;
-    aio& operator=(const aio&) = delete;
-
-    // read(), write(), fsync(), fdatasync(): see detail::aio_calls.
+    ~aio_engine();
 
     // Ask for the operation to be canceled. Its callback still runs exactly
     // once: with errc::canceled if the cancel won, with the real result if
     // the operation had already started or finished. errc::stale_handle
-    // once the callback has run.
+    // once the callback has run; errc::system with aio_cancel()'s errno.
     error_code cancel(aio_handle h);
 
-    size_t in_flight() const { return hook_.active; }
-    // The error of the last failed submission, with its errno.
-    error_code last_error() const { return last_error_; }
-    // Why the module could not start (the signal is watched, too many
-    // modules), or ok; also returned by every submission.
-    error_code error() const { return setup_error_; }
-    // Operations in flight: now, at most N, and the most ever at once; the
-    // reads served from the page cache in the loop's thread.
-    aio_stats stats() const {
-        aio_stats s;
-        static_cast<table_stats&>(s) = pool_.stats();
-        s.inline_reads = inline_reads_;
-        return s;
-    }
-    // f(aio_handle, int fd) for every operation in flight, oldest first.
+protected:
     template <class F>
-    void for_each_in_flight(F&& f) const {
-        for (uint16_t i = head_; i != none; i = slots_[i].next) f(aio_handle::from_id(pool_.id_of(i)), cbs_[i].aio_fildes);
-    }
+    aio_handle submit(typename core::op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb);
+    int fd_of(uint16_t i) const { return cbs_[i].aio_fildes; }
 
 private:
-
-    // The control blocks live in their own array: glibc's struct aiocb ends
-    // in a zero-length array on 64-bit targets, which may not be a member of
+    // What the libc is not told, beside each control block. The control
+    // blocks live in their own array: glibc's struct aiocb ends in a
+    // zero-length array on 64-bit targets, which may not be a member of
     // another struct in ISO C++ (an array of them is fine).
     struct slot {
-        uint16_t next, prev; // the in-flight list, in submission order
-        uint16_t callback;   // which of callbacks_ is this operation's
         bool busy;
         bool sync;   // fsync or fdatasync: reported after what was submitted before it on its fd
         bool served; // a read done in the loop's thread (all of aio_nbytes), never given to the libc
     };
-    static const uint16_t none = 0xffff;
-    struct hook_type : loop_hook {
-        aio* owner;
-    };
 
-    template <class F>
-    aio_handle submit(op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb);
-    static void on_wake(loop_hook* h) { static_cast<hook_type*>(h)->owner->complete(); }
-    static void on_fork(loop_hook* h) { static_cast<hook_type*>(h)->owner->abandon(); }
+    static void on_wake(loop_hook* h) { core::template engine_of<aio_engine>(h).complete(); }
+    static void on_fork(loop_hook* h) { core::template engine_of<aio_engine>(h).abandon(); }
     void abandon();
     void complete();
-    void unlink(uint16_t i);
     bool libc_busy_on(int fd) const {
-        for (uint16_t i = head_; i != none; i = slots_[i].next)
+        for (uint16_t i = this->head_; i != core::none; i = this->links_[i].next)
             if (!slots_[i].served && cbs_[i].aio_fildes == fd) return true;
         return false;
     }
-    aio_handle fail(errc why, int sys = 0) {
-        last_error_ = error_code(why, sys);
-        return aio_handle(last_error_);
-    }
 
-    loop_base& loop_;
-    pid_t pid_; // in a forked child, the operations in flight are the parent's
-    hook_type hook_;
     int registered_; // index in the signal handler's table, or -1
-    bool nowait_;    // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
-    uint64_t inline_reads_;
-    error_code setup_error_;
-    error_code last_error_;
-    uint16_t head_, tail_; // operations in flight, oldest first
-    detail::slot_pool<N> pool_;
     struct aiocb cbs_[N];
     slot slots_[N];
-    // One callback more than slots: a finished operation's slot is free
-    // again while its callback runs (so the callback can start the next
-    // operation in it), and the callback runs from the spare storage.
-    aio_callback callbacks_[N + 1];
-    uint16_t spare_;
 };
 
-// ============================================================================
-// Implementation
-// ============================================================================
-
 template <size_t N>
-aio<N, posix_aio_engine>::aio(loop_base& owner)
-    : loop_(owner), pid_(getpid()), registered_(-1), nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), inline_reads_(0),
-      head_(none), tail_(none), spare_(static_cast<uint16_t>(N)) {
-    hook_.on_wake = &on_wake;
-    hook_.on_fork = &on_fork;
-    hook_.active = 0;
-    hook_.next = nullptr;
-    hook_.owner = this;
+aio_engine<N, posix_aio_engine>::aio_engine(loop_base& owner) : core(owner, &on_wake, &on_fork), registered_(-1) {
     for (size_t i = 0; i < N; ++i) {
         slots_[i].busy = false;
         slots_[i].sync = false;
         slots_[i].served = false;
-        slots_[i].next = slots_[i].prev = none;
-        slots_[i].callback = static_cast<uint16_t>(i);
     }
-    setup_error_ = detail::aio_signal<>::install();
-    if (!setup_error_) {
-        registered_ = detail::aio_signal<>::add(&loop_);
-        if (registered_ < 0) setup_error_ = errc::table_full;
+    this->setup_error_ = aio_signal<>::install();
+    if (!this->setup_error_) {
+        registered_ = aio_signal<>::add(&this->loop_);
+        if (registered_ < 0) this->setup_error_ = errc::table_full;
     }
     // A thread that blocks the signal would never be interrupted by it; if
     // every thread did, completions would wait for some other wake-up.
@@ -4557,15 +4753,14 @@ aio<N, posix_aio_engine>::aio(loop_base& owner)
     sigemptyset(&set);
     sigaddset(&set, MICROLOOP_AIO_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-    loop_.attach(&hook_);
 }
 
 template <size_t N>
-aio<N, posix_aio_engine>::~aio() {
+aio_engine<N, posix_aio_engine>::~aio_engine() {
     // In a forked child that never called after_fork() the operations in
     // flight are the parent's: this process's libc knows nothing of them and
     // would wait forever.
-    if (getpid() != pid_) abandon();
+    if (getpid() != this->pid_) abandon();
     // The libc writes into the aiocb and the buffer until aio_error() says
     // the operation is over: wait for that before the memory goes away.
     for (size_t i = 0; i < N; ++i)
@@ -4576,20 +4771,16 @@ aio<N, posix_aio_engine>::~aio() {
         while (aio_error(&cbs_[i]) == EINPROGRESS) aio_suspend(list, 1, nullptr); // EINTR: ask again
         aio_return(&cbs_[i]);
     }
-    if (registered_ >= 0) detail::aio_signal<>::remove(registered_);
-    loop_.detach(&hook_);
+    if (registered_ >= 0) aio_signal<>::remove(registered_);
 }
 
 template <size_t N>
 template <class F>
-aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_t len, off_t offset, F&& cb) {
-    if (setup_error_) return fail(setup_error_.code(), setup_error_.sys());
-    if (fd < 0) return fail(errc::bad_fd);
-    if (offset < 0 || len > static_cast<size_t>(SSIZE_MAX) || (buf == nullptr && len > 0))
-        return fail(errc::bad_argument);
-    uint64_t id = pool_.acquire();
-    if (id == 0) return fail(errc::table_full);
-    uint16_t index = static_cast<uint16_t>(id & 0xffffu);
+aio_handle aio_engine<N, posix_aio_engine>::submit(typename core::op_kind op, int fd, void* buf, size_t len,
+                                                   off_t offset, F&& cb) {
+    const uint64_t id = this->admit(fd, buf, len, offset, std::forward<F>(cb));
+    if (id == 0) return aio_handle(this->last_error_);
+    const uint16_t index = detail::slot_of(id);
     slot& s = slots_[index];
     struct aiocb& ctl = cbs_[index];
     memset(&ctl, 0, sizeof ctl);
@@ -4599,57 +4790,45 @@ aio_handle aio<N, posix_aio_engine>::submit(op_kind op, int fd, void* buf, size_
     ctl.aio_offset = offset;
     ctl.aio_sigevent.sigev_notify = SIGEV_SIGNAL;
     ctl.aio_sigevent.sigev_signo = MICROLOOP_AIO_SIGNAL;
-    aio_callback& done = callbacks_[s.callback];
-    done.emplace(std::forward<F>(cb));
     // A read all in the page cache is done here, and called back at the
     // next iteration (the loop is woken below) without the libc's thread
     // and signal. Not while the libc has an operation of ours on this fd:
     // glibc runs one fd's requests in order, and a read must not overtake
     // a write submitted before it.
-    const bool served = op == detail::aio_ops::op_read && !libc_busy_on(fd) &&
-                        detail::aio_read_nowait(fd, buf, len, offset, nowait_);
+    const bool served = op == aio_ops::op_read && !libc_busy_on(fd) && this->read_cached(fd, buf, len, offset);
     int r = 0;
     if (!served) {
         switch (op) {
-        case detail::aio_ops::op_read: r = aio_read(&ctl); break;
-        case detail::aio_ops::op_write: r = aio_write(&ctl); break;
-        case detail::aio_ops::op_fsync: r = aio_fsync(O_SYNC, &ctl); break;
+        case aio_ops::op_read: r = aio_read(&ctl); break;
+        case aio_ops::op_write: r = aio_write(&ctl); break;
+        case aio_ops::op_fsync: r = aio_fsync(O_SYNC, &ctl); break;
         default: r = aio_fsync(O_DSYNC, &ctl); break;
         }
     }
     if (r != 0) {
         int e = errno;
-        done.reset();
-        pool_.release(index);
-        return fail(errc::system, e);
+        this->discard(index);
+        return this->fail(errc::system, e);
     }
     s.busy = true;
-    s.sync = op == detail::aio_ops::op_fsync || op == detail::aio_ops::op_fdatasync;
+    s.sync = op == aio_ops::op_fsync || op == aio_ops::op_fdatasync;
     s.served = served;
-    s.next = none;
-    s.prev = tail_;
-    if (tail_ != none) slots_[tail_].next = index;
-    else head_ = index;
-    tail_ = index;
-    ++hook_.active;
-    if (served) {
-        ++inline_reads_;
-        loop_.wake();
-    }
+    this->link_last(index);
+    if (served) this->loop_.wake();
     return aio_handle::from_id(id);
 }
 
 template <size_t N>
-error_code aio<N, posix_aio_engine>::cancel(aio_handle h) {
-    uint16_t index = pool_.lookup(h.id());
-    if (index == pool_.none) return errc::stale_handle;
+error_code aio_engine<N, posix_aio_engine>::cancel(aio_handle h) {
+    uint16_t index = this->pool_.lookup(h.id());
+    if (index == this->pool_.none) return errc::stale_handle;
     if (slots_[index].served) return error_code(); // done already: called back with its result
     struct aiocb& ctl = cbs_[index];
     int r = aio_cancel(ctl.aio_fildes, &ctl);
     if (r == -1) return error_code(errc::system, errno);
     // The libc signals canceled requests too; waking here just does not
     // depend on it.
-    if (r == AIO_CANCELED) loop_.wake();
+    if (r == AIO_CANCELED) this->loop_.wake();
     return error_code();
 }
 
@@ -4664,84 +4843,52 @@ error_code aio<N, posix_aio_engine>::cancel(aio_handle h) {
 // so a cancelled read is not kept waiting behind a blocked one. Operations
 // submitted by the callbacks of this pass wait for the next one.
 template <size_t N>
-void aio<N, posix_aio_engine>::complete() {
-    const uint16_t last = tail_;
+void aio_engine<N, posix_aio_engine>::complete() {
+    const uint16_t last = this->tail_;
     int busy_fds[N] = {}; // fds with an operation still in progress, seen so far
     size_t nbusy = 0;
-    for (uint16_t i = head_, next; i != none; i = next) {
-        next = slots_[i].next; // read first: i leaves the list below
+    for (uint16_t i = this->head_, next; i != core::none; i = next) {
+        next = this->links_[i].next; // read first: i leaves the list below
         const bool at_end = i == last;
         struct aiocb& ctl = cbs_[i];
         const int fd = ctl.aio_fildes;
         bool seen = false;
         for (size_t k = 0; k < nbusy && !seen; ++k) seen = busy_fds[k] == fd;
-        const bool served = slots_[i].served; // done in the loop's thread: never in progress
-        int err = served ? 0 : (seen && slots_[i].sync ? EINPROGRESS : aio_error(&ctl));
+        slot& s = slots_[i];
+        const bool served = s.served; // done in the loop's thread: never in progress
+        int err = served ? 0 : (seen && s.sync ? EINPROGRESS : aio_error(&ctl));
         if (err == EINPROGRESS) {
             if (!seen && nbusy < N) busy_fds[nbusy++] = fd;
         } else {
             if (err < 0) err = errno;
-            ssize_t result = served ? static_cast<ssize_t>(ctl.aio_nbytes) : aio_return(&ctl);
-            slot& s = slots_[i];
+            const ssize_t result = served ? static_cast<ssize_t>(ctl.aio_nbytes) : aio_return(&ctl);
             s.busy = false;
             s.served = false;
-            unlink(i);
-            --hook_.active;
-            uint64_t id = pool_.id_of(i);
-            // The handle is stale inside the callback (no cancel, no second
-            // call) and the slot free, with the spare callback storage.
-            uint16_t running = s.callback;
-            s.callback = spare_;
-            spare_ = running;
-            pool_.release(i);
-            aio_event ev;
-            ev.handle = aio_handle::from_id(id);
-            ev.result = err ? -1 : result;
-            if (err == 0) ev.error = error_code();
-            else if (err == ECANCELED) ev.error = error_code(errc::canceled, ECANCELED);
-            else ev.error = error_code(errc::system, err);
-            aio_callback& cb = callbacks_[running];
-            auto done = detail::on_scope_exit([&cb] { cb.reset(); }); // also if it throws
-            loop_.invoke(cb, source_kind::aio, id, fd, ev);
+            this->call_back(this->retire(i), fd, result, err);
         }
         if (at_end) break;
     }
-}
-
-template <size_t N>
-const uint16_t aio<N, posix_aio_engine>::none;
-
-template <size_t N>
-void aio<N, posix_aio_engine>::unlink(uint16_t i) {
-    slot& s = slots_[i];
-    if (s.prev != none) slots_[s.prev].next = s.next;
-    else head_ = s.next;
-    if (s.next != none) slots_[s.next].prev = s.prev;
-    else tail_ = s.prev;
-    s.next = s.prev = none;
 }
 
 // after_fork() in a child (or the destructor of a module a child inherited):
 // the operations in flight are the parent's; the libc of this process knows
 // nothing of them. Forget them without calling their callbacks.
 template <size_t N>
-void aio<N, posix_aio_engine>::abandon() {
-    for (uint16_t i = 0; i < N; ++i) {
-        if (!slots_[i].busy) continue;
-        slots_[i].busy = false;
-        slots_[i].served = false;
-        slots_[i].next = slots_[i].prev = none;
-        callbacks_[slots_[i].callback].reset();
-        pool_.release(i);
-    }
-    head_ = tail_ = none;
-    hook_.active = 0;
-    pid_ = getpid();
+void aio_engine<N, posix_aio_engine>::abandon() {
+    for (size_t i = 0; i < N; ++i) slots_[i].busy = slots_[i].served = false;
+    this->forget_all();
 }
 
-// ============================================================================
-// The thread engine: aio<N, thread_aio_engine<Threads>>
-// ============================================================================
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_AIO_POSIX_ENGINE_HPP
+// ---- end microloop/aio/posix_engine.hpp --------------------------------
+
+// ---- begin microloop/aio/thread_engine.hpp -----------------------------
+// microloop/aio/thread_engine.hpp - internal to the AIO module (include
+// <microloop/aio.hpp>): aio<N, thread_aio_engine<Threads>>'s engine, the
+// default.
 //
 // Loop thread to workers: a bounded lock-free ring (Vyukov's MPMC queue, one
 // producer) of {slot, ticket} entries and a POSIX semaphore that idle workers
@@ -4766,61 +4913,76 @@ void aio<N, posix_aio_engine>::abandon() {
 // operation on its fd is in flight is held in the loop thread and queued
 // once those have been called back: it runs after them and its callback
 // comes after theirs.
+#ifndef MICROLOOP_AIO_THREAD_ENGINE_HPP
+#define MICROLOOP_AIO_THREAD_ENGINE_HPP
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <utility>
+
+// The threads of the default engine, thread_aio_engine<> (its parameter
+// overrides this), and their stack size in bytes (0: the system's default,
+// usually 8 MiB of address space of which a few KiB are touched).
+#ifndef MICROLOOP_AIO_THREADS
+#define MICROLOOP_AIO_THREADS 4
+#endif
+#ifndef MICROLOOP_AIO_STACK_SIZE
+#define MICROLOOP_AIO_STACK_SIZE 0
+#endif
+
+namespace microloop {
+
+// Threads of its own, pread()/pwrite()/fsync() on them: the default engine.
+template <size_t Threads = MICROLOOP_AIO_THREADS>
+struct thread_aio_engine {
+    static_assert(Threads >= 1 && Threads <= 64, "thread_aio_engine: 1 to 64 threads");
+};
+
+namespace detail {
+
 template <size_t N, size_t Threads>
-class aio<N, thread_aio_engine<Threads> > : public detail::aio_calls<aio<N, thread_aio_engine<Threads> > > {
-    friend class detail::aio_calls<aio>;
-    typedef detail::aio_ops::op_kind op_kind;
+class aio_engine<N, thread_aio_engine<Threads> > : public aio_core<N> {
+    typedef aio_core<N> core;
 
     static_assert(N >= 1 && N <= 16384, "aio: 1 to 16384 operations in flight");
 
 public:
     // Starts the threads, every signal blocked in them. stack_bytes: each
-    // thread's stack (0: the system's default). A failure is kept in error()
-    // and returned by every submission.
-    explicit aio(loop_base& owner, size_t stack_bytes = MICROLOOP_AIO_STACK_SIZE);
+    // thread's stack (0: the system's default). A failure (errc::system with
+    // pthread_create's or sem_init's error, errc::bad_argument for a stack
+    // size refused) is kept in error() and returned by every submission.
+    explicit aio_engine(loop_base& owner, size_t stack_bytes = MICROLOOP_AIO_STACK_SIZE);
     // Drops what is queued, waits for what runs (a read on a pipe waits for
     // data), stops the threads; the callbacks of what was in flight are not
     // called. Not from inside one of this module's callbacks.
-    ~aio();
-    aio(const aio&) = delete;
-    aio& operator=(const aio&) = delete;
-
-    // read(), write(), fsync(), fdatasync(): see detail::aio_calls.
+    ~aio_engine();
 
     // A queued operation is called back with errc::canceled (at the loop's
     // next iteration); a running or finished one with its real result.
     // errc::stale_handle once the callback has run.
     error_code cancel(aio_handle h);
 
-    size_t in_flight() const { return hook_.active; }
-    error_code last_error() const { return last_error_; }
-    // Why the threads could not start (errc::system with pthread_create's or
-    // sem_init's error, errc::bad_argument for a stack size refused), or ok.
-    error_code error() const { return setup_error_; }
-    // The table's, and the reads served from the page cache in the loop's
-    // thread (MICROLOOP_AIO_NOWAIT).
-    aio_stats stats() const {
-        aio_stats s;
-        static_cast<table_stats&>(s) = pool_.stats();
-        s.inline_reads = inline_reads_;
-        return s;
-    }
-    template <class F>
-    void for_each_in_flight(F&& f) const {
-        for (uint16_t i = head_; i != none; i = ops_[i].next) f(aio_handle::from_id(pool_.id_of(i)), ops_[i].fd);
-    }
     static constexpr size_t threads() { return Threads; }
+
+protected:
+    template <class F>
+    aio_handle submit(typename core::op_kind kind, int fd, void* buf, size_t len, off_t offset, F&& cb);
+    int fd_of(uint16_t i) const { return ops_[i].fd; }
 
 private:
     // The low byte of op::state; the ticket of the operation is above it.
     enum : uint32_t { st_free, st_held, st_queued, st_running, st_finished, st_canceled };
-    static const uint16_t none = 0xffff;
     static const uint32_t no_slot = 0xffffffffu;
-    static const size_t ring_size = detail::pow2_at_least(2 * N); // room for N live entries and stale ones
+    static const size_t ring_size = pow2_at_least(2 * N); // room for N live entries and stale ones
 
     struct op {
         int fd;
-        op_kind kind;
+        typename core::op_kind kind;
         void* buf;
         size_t len;
         off_t offset;
@@ -4828,23 +4990,15 @@ private:
         int err;
         std::atomic<uint32_t> state; // ticket << 8 | st_*
         uint16_t ticket;             // loop thread: this operation's
-        uint16_t next, prev;         // the in-flight list, in submission order (loop thread)
-        uint16_t callback;           // which callbacks_ entry is this operation's
         uint32_t done_next;          // link in the completion stack, or in the inline list
     };
-    struct hook_type : loop_hook {
-        aio* owner;
-    };
 
-    template <class F>
-    aio_handle submit(op_kind kind, int fd, void* buf, size_t len, off_t offset, F&& cb);
-    static void on_wake(loop_hook* h) { static_cast<hook_type*>(h)->owner->complete(); }
-    static void on_fork(loop_hook* h) { static_cast<hook_type*>(h)->owner->abandon(true); }
+    static void on_wake(loop_hook* h) { core::template engine_of<aio_engine>(h).complete(); }
+    static void on_fork(loop_hook* h) { core::template engine_of<aio_engine>(h).abandon(true); }
     static void* worker_main(void* arg);
     static void run(op& o);
     static uint32_t state_of(uint16_t ticket, uint32_t st) { return static_cast<uint32_t>(ticket) << 8 | st; }
-    error_code start();
-    void stop_threads();
+    error_code start() { return crew_.start(&worker_main, this, stack_bytes_); }
     void reset_queues();
     void abandon(bool restart);
     void enqueue(uint16_t i);
@@ -4861,57 +5015,29 @@ private:
     void finish(uint16_t i);
     bool earlier_on_fd(uint16_t i) const;
     void release_held(int fd);
-    void unlink(uint16_t i);
-    aio_handle fail(errc why, int sys = 0) {
-        last_error_ = error_code(why, sys);
-        return aio_handle(last_error_);
-    }
 
-    loop_base& loop_;
-    pid_t pid_;
-    hook_type hook_;
-    error_code setup_error_;
-    error_code last_error_;
     size_t stack_bytes_;
-    size_t nthreads_;
     size_t held_; // fsyncs waiting for an earlier operation on their fd
-    bool sem_ok_;
-    bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
-    std::atomic<bool> stopping_;
-    uint16_t head_, tail_; // operations in flight, oldest first
     uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
-    uint64_t inline_reads_;
-    detail::slot_pool<N> pool_;
     op ops_[N];
-    aio_callback callbacks_[N + 1]; // one spare: a callback may submit again at capacity
-    uint16_t spare_;
-    sem_t sem_;
-    pthread_t threads_[Threads];
-    detail::spmc_ring<ring_size> ring_; // entries (slot | ticket << 16) to run, to the workers
-    detail::completion_stack completed_; // finished operations, to the loop's thread
+    thread_crew<Threads> crew_;
+    spmc_ring<ring_size> ring_;   // entries (slot | ticket << 16) to run, to the workers
+    completion_stack completed_; // finished operations, to the loop's thread
 };
 
 template <size_t N, size_t T>
-const uint16_t aio<N, thread_aio_engine<T> >::none;
+const uint32_t aio_engine<N, thread_aio_engine<T> >::no_slot;
 template <size_t N, size_t T>
-const uint32_t aio<N, thread_aio_engine<T> >::no_slot;
-template <size_t N, size_t T>
-const size_t aio<N, thread_aio_engine<T> >::ring_size;
+const size_t aio_engine<N, thread_aio_engine<T> >::ring_size;
 
 template <size_t N, size_t T>
-aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
-    : loop_(owner), pid_(getpid()), stack_bytes_(stack_bytes), nthreads_(0), held_(0), sem_ok_(false),
-      nowait_(MICROLOOP_DETAIL_AIO_NOWAIT != 0), stopping_(false), head_(none), tail_(none),
-      inline_head_(no_slot), inline_tail_(no_slot), inline_reads_(0), spare_(static_cast<uint16_t>(N)) {
-    hook_.on_wake = &on_wake;
-    hook_.on_fork = &on_fork;
-    hook_.active = 0;
-    hook_.next = nullptr;
-    hook_.owner = this;
+aio_engine<N, thread_aio_engine<T> >::aio_engine(loop_base& owner, size_t stack_bytes)
+    : core(owner, &on_wake, &on_fork), stack_bytes_(stack_bytes), held_(0), inline_head_(no_slot),
+      inline_tail_(no_slot) {
     for (size_t i = 0; i < N; ++i) {
         op& o = ops_[i];
         o.fd = -1;
-        o.kind = detail::aio_ops::op_read;
+        o.kind = aio_ops::op_read;
         o.buf = nullptr;
         o.len = 0;
         o.offset = 0;
@@ -4919,60 +5045,22 @@ aio<N, thread_aio_engine<T> >::aio(loop_base& owner, size_t stack_bytes)
         o.err = 0;
         o.state.store(st_free, std::memory_order_relaxed);
         o.ticket = 0;
-        o.next = o.prev = none;
-        o.callback = static_cast<uint16_t>(i);
         o.done_next = no_slot;
     }
     reset_queues();
-    loop_.attach(&hook_);
-    setup_error_ = start();
+    this->setup_error_ = start();
 }
 
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::reset_queues() {
+void aio_engine<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
     completed_.reset();
     inline_head_ = inline_tail_ = no_slot;
-    stopping_.store(false, std::memory_order_relaxed);
 }
 
 template <size_t N, size_t T>
-error_code aio<N, thread_aio_engine<T> >::start() {
-    if (sem_init(&sem_, 0, 0) != 0) return error_code(errc::system, errno);
-    sem_ok_ = true;
-    pthread_attr_t attr;
-    int rc = pthread_attr_init(&attr);
-    if (rc != 0) return error_code(errc::system, rc);
-    error_code err;
-    if (stack_bytes_ != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes_)) != 0)
-        err = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
-    if (!err) {
-        detail::all_signals_blocked blocked; // the threads inherit the mask
-        for (size_t t = 0; t < T; ++t) {
-            rc = pthread_create(&threads_[t], &attr, &worker_main, this);
-            if (rc != 0) {
-                err = error_code(errc::system, rc);
-                break;
-            }
-            ++nthreads_;
-        }
-    }
-    pthread_attr_destroy(&attr);
-    if (err) stop_threads();
-    return err;
-}
-
-template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::stop_threads() {
-    stopping_.store(true, std::memory_order_release);
-    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
-    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
-    nthreads_ = 0;
-}
-
-template <size_t N, size_t T>
-aio<N, thread_aio_engine<T> >::~aio() {
-    if (getpid() != pid_) {
+aio_engine<N, thread_aio_engine<T> >::~aio_engine() {
+    if (getpid() != this->pid_) {
         abandon(false); // a forked child: the threads are the parent's
     } else {
         // Queued operations never start; running ones finish before the join.
@@ -4981,25 +5069,17 @@ aio<N, thread_aio_engine<T> >::~aio() {
             uint32_t queued = state_of(o.ticket, st_queued);
             o.state.compare_exchange_strong(queued, state_of(o.ticket, st_canceled), std::memory_order_acq_rel);
         }
-        stop_threads();
+        crew_.stop();
     }
-    for (size_t i = 0; i <= N; ++i) callbacks_[i].reset();
-    if (sem_ok_) sem_destroy(&sem_);
-    loop_.detach(&hook_);
 }
 
 template <size_t N, size_t T>
 template <class F>
-aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf, size_t len, off_t offset,
-                                                 F&& cb) {
-    if (setup_error_) return fail(setup_error_.code(), setup_error_.sys());
-    if (fd < 0) return fail(errc::bad_fd);
-    if (offset < 0 || len > static_cast<size_t>(SSIZE_MAX) || (buf == nullptr && len > 0))
-        return fail(errc::bad_argument);
-    if (detail::is_null_callable(cb)) return fail(errc::bad_argument);
-    uint64_t id = pool_.acquire();
-    if (id == 0) return fail(errc::table_full);
-    const uint16_t index = static_cast<uint16_t>(id & 0xffffu);
+aio_handle aio_engine<N, thread_aio_engine<T> >::submit(typename core::op_kind kind, int fd, void* buf, size_t len,
+                                                        off_t offset, F&& cb) {
+    const uint64_t id = this->admit(fd, buf, len, offset, std::forward<F>(cb));
+    if (id == 0) return aio_handle(this->last_error_);
+    const uint16_t index = detail::slot_of(id);
     op& o = ops_[index];
     o.fd = fd;
     o.kind = kind;
@@ -5008,14 +5088,8 @@ aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf
     o.offset = offset;
     o.result = 0;
     o.err = 0;
-    callbacks_[o.callback].emplace(std::forward<F>(cb));
-    o.next = none;
-    o.prev = tail_;
-    if (tail_ != none) ops_[tail_].next = index;
-    else head_ = index;
-    tail_ = index;
-    ++hook_.active;
-    if (kind == detail::aio_ops::op_read && detail::aio_read_nowait(fd, buf, len, offset, nowait_)) {
+    this->link_last(index);
+    if (kind == aio_ops::op_read && this->read_cached(fd, buf, len, offset)) {
         // Done, exactly as if a worker had run it: finished, with a ticket
         // no ring entry carries (cancel() leaves it alone), called back by
         // complete().
@@ -5023,8 +5097,7 @@ aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf
         o.ticket = static_cast<uint16_t>(o.ticket + 1);
         o.state.store(state_of(o.ticket, st_finished), std::memory_order_relaxed);
         push_inline(index);
-    } else if ((kind == detail::aio_ops::op_fsync || kind == detail::aio_ops::op_fdatasync) &&
-               earlier_on_fd(index)) {
+    } else if ((kind == aio_ops::op_fsync || kind == aio_ops::op_fdatasync) && earlier_on_fd(index)) {
         o.state.store(state_of(o.ticket, st_held), std::memory_order_relaxed);
         ++held_;
     } else {
@@ -5039,22 +5112,21 @@ aio_handle aio<N, thread_aio_engine<T> >::submit(op_kind kind, int fd, void* buf
 // iteration (see complete()), so a file read chunk by chunk from the page
 // cache does not hold the loop.
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::push_inline(uint16_t i) {
+void aio_engine<N, thread_aio_engine<T> >::push_inline(uint16_t i) {
     ops_[i].done_next = no_slot;
     if (inline_tail_ == no_slot) inline_head_ = i;
     else ops_[inline_tail_].done_next = i;
     inline_tail_ = i;
-    ++inline_reads_;
-    loop_.wake(); // only an atomic exchange when a wake-up is pending already
+    this->loop_.wake(); // only an atomic exchange when a wake-up is pending already
 }
 
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
+void aio_engine<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
     op& o = ops_[i];
     o.ticket = static_cast<uint16_t>(o.ticket + 1);
     o.state.store(state_of(o.ticket, st_queued), std::memory_order_relaxed);
     push_entry(static_cast<uint32_t>(i) | static_cast<uint32_t>(o.ticket) << 16); // publishes o (release)
-    sem_post(&sem_);
+    crew_.post();
 }
 
 // One producer (the loop thread). At most N entries are live (one per queued
@@ -5062,7 +5134,7 @@ void aio<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
 // the loop takes entries from its head itself: a stale one is dropped, a live
 // one goes back at the tail, and at least half of them are stale.
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
+void aio_engine<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
     while (!ring_.try_push(entry)) {
         uint32_t old;
         if (!ring_.pop(old)) continue; // a worker took one meanwhile: there is room now
@@ -5077,19 +5149,19 @@ void aio<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
 }
 
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::run(op& o) {
+void aio_engine<N, thread_aio_engine<T> >::run(op& o) {
     ssize_t r;
     do {
         switch (o.kind) {
-        case detail::aio_ops::op_read:
+        case aio_ops::op_read:
             r = pread(o.fd, o.buf, o.len, o.offset);
             if (r < 0 && errno == ESPIPE) r = ::read(o.fd, o.buf, o.len); // a pipe, a socket: no offset
             break;
-        case detail::aio_ops::op_write:
+        case aio_ops::op_write:
             r = pwrite(o.fd, o.buf, o.len, o.offset);
             if (r < 0 && errno == ESPIPE) r = ::write(o.fd, o.buf, o.len);
             break;
-        case detail::aio_ops::op_fsync: r = ::fsync(o.fd); break;
+        case aio_ops::op_fsync: r = ::fsync(o.fd); break;
         default: r = ::fdatasync(o.fd); break;
         }
     } while (r < 0 && errno == EINTR); // every signal is blocked, but a debugger may stop us
@@ -5098,11 +5170,9 @@ void aio<N, thread_aio_engine<T> >::run(op& o) {
 }
 
 template <size_t N, size_t T>
-void* aio<N, thread_aio_engine<T> >::worker_main(void* arg) {
-    aio* self = static_cast<aio*>(arg);
-    for (;;) {
-        if (sem_wait(&self->sem_) != 0) continue; // EINTR
-        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+void* aio_engine<N, thread_aio_engine<T> >::worker_main(void* arg) {
+    aio_engine* self = static_cast<aio_engine*>(arg);
+    while (self->crew_.wait()) {
         uint32_t entry;
         if (!self->pop_entry(entry)) continue;
         const uint16_t i = static_cast<uint16_t>(entry & 0xffffu);
@@ -5116,12 +5186,13 @@ void* aio<N, thread_aio_engine<T> >::worker_main(void* arg) {
         self->push_completed(i);
         self->loop_.wake();
     }
+    return nullptr;
 }
 
 template <size_t N, size_t T>
-error_code aio<N, thread_aio_engine<T> >::cancel(aio_handle h) {
-    const uint16_t i = pool_.lookup(h.id());
-    if (i == pool_.none) return errc::stale_handle;
+error_code aio_engine<N, thread_aio_engine<T> >::cancel(aio_handle h) {
+    const uint16_t i = this->pool_.lookup(h.id());
+    if (i == this->pool_.none) return errc::stale_handle;
     op& o = ops_[i];
     uint32_t queued = state_of(o.ticket, st_queued);
     bool won = o.state.compare_exchange_strong(queued, state_of(o.ticket, st_canceled), std::memory_order_acq_rel);
@@ -5132,7 +5203,7 @@ error_code aio<N, thread_aio_engine<T> >::cancel(aio_handle h) {
     }
     if (won) {
         push_completed(i);
-        loop_.wake();
+        this->loop_.wake();
     }
     return error_code();
 }
@@ -5143,7 +5214,7 @@ error_code aio<N, thread_aio_engine<T> >::cancel(aio_handle h) {
 // list are members, so a callback that throws leaves the rest for the next
 // wake-up (the loop wakes itself again when a hook throws).
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::complete() {
+void aio_engine<N, thread_aio_engine<T> >::complete() {
     if (inline_head_ != no_slot) {
         const uint32_t last = inline_tail_; // later ones were submitted by this pass's callbacks
         for (;;) {
@@ -5157,46 +5228,28 @@ void aio<N, thread_aio_engine<T> >::complete() {
     }
     for (;;) {
         const uint32_t i = completed_.pop(link_of{ops_});
-        if (i == detail::completion_stack::empty) return;
+        if (i == completion_stack::empty) return;
         finish(static_cast<uint16_t>(i));
     }
 }
 
-// The slot is free (and the handle stale) while its callback runs, which
-// runs from the spare callback storage.
+// Called back with its result, or errc::canceled; an fsync held behind it
+// on its fd may start now, before the callback runs.
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::finish(uint16_t i) {
+void aio_engine<N, thread_aio_engine<T> >::finish(uint16_t i) {
     op& o = ops_[i];
-    aio_event ev;
     const int fd = o.fd;
-    if ((o.state.load(std::memory_order_relaxed) & 0xffu) == st_canceled) {
-        ev.result = -1;
-        ev.error = error_code(errc::canceled, ECANCELED);
-    } else if (o.err != 0) {
-        ev.result = -1;
-        ev.error = error_code(errc::system, o.err);
-    } else {
-        ev.result = o.result;
-        ev.error = error_code();
-    }
+    const bool canceled = (o.state.load(std::memory_order_relaxed) & 0xffu) == st_canceled;
+    const int err = canceled ? ECANCELED : o.err;
     o.state.store(state_of(o.ticket, st_free), std::memory_order_relaxed);
-    unlink(i);
-    --hook_.active;
-    const uint64_t id = pool_.id_of(i);
-    ev.handle = aio_handle::from_id(id);
-    const uint16_t running = o.callback;
-    o.callback = spare_;
-    spare_ = running;
-    pool_.release(i);
+    const typename core::retired r = this->retire(i);
     if (held_ != 0) release_held(fd);
-    aio_callback& cb = callbacks_[running];
-    auto done = detail::on_scope_exit([&cb] { cb.reset(); }); // also if it throws
-    loop_.invoke(cb, source_kind::aio, id, fd, ev);
+    this->call_back(r, fd, o.result, err);
 }
 
 template <size_t N, size_t T>
-bool aio<N, thread_aio_engine<T> >::earlier_on_fd(uint16_t i) const {
-    for (uint16_t k = head_; k != i && k != none; k = ops_[k].next)
+bool aio_engine<N, thread_aio_engine<T> >::earlier_on_fd(uint16_t i) const {
+    for (uint16_t k = this->head_; k != i && k != core::none; k = this->links_[k].next)
         if (ops_[k].fd == ops_[i].fd) return true;
     return false;
 }
@@ -5204,8 +5257,8 @@ bool aio<N, thread_aio_engine<T> >::earlier_on_fd(uint16_t i) const {
 // An operation on fd was called back: the oldest one left on fd may be a
 // held fsync, which may start now.
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::release_held(int fd) {
-    for (uint16_t k = head_; k != none; k = ops_[k].next) {
+void aio_engine<N, thread_aio_engine<T> >::release_held(int fd) {
+    for (uint16_t k = this->head_; k != core::none; k = this->links_[k].next) {
         if (ops_[k].fd != fd) continue;
         if (ops_[k].state.load(std::memory_order_relaxed) == state_of(ops_[k].ticket, st_held)) {
             --held_;
@@ -5215,41 +5268,97 @@ void aio<N, thread_aio_engine<T> >::release_held(int fd) {
     }
 }
 
-template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::unlink(uint16_t i) {
-    op& o = ops_[i];
-    if (o.prev != none) ops_[o.prev].next = o.next;
-    else head_ = o.next;
-    if (o.next != none) ops_[o.next].prev = o.prev;
-    else tail_ = o.prev;
-    o.next = o.prev = none;
-}
-
 // In a forked child the threads are the parent's and the operations in
 // flight with them: forget those without calling back. after_fork()
 // (restart) then starts threads of the child's own.
 template <size_t N, size_t T>
-void aio<N, thread_aio_engine<T> >::abandon(bool restart) {
-    nthreads_ = 0; // nothing to join here
-    for (uint16_t i = 0; i < N; ++i) {
-        op& o = ops_[i];
-        if ((o.state.load(std::memory_order_relaxed) & 0xffu) == st_free) continue;
-        o.state.store(state_of(o.ticket, st_free), std::memory_order_relaxed);
-        o.next = o.prev = none;
-        callbacks_[o.callback].reset();
-        pool_.release(i);
-    }
-    head_ = tail_ = none;
+void aio_engine<N, thread_aio_engine<T> >::abandon(bool restart) {
+    crew_.forget(); // the parent's threads: nothing to join here
+    for (size_t i = 0; i < N; ++i) ops_[i].state.store(state_of(ops_[i].ticket, st_free), std::memory_order_relaxed);
+    this->forget_all();
     held_ = 0;
-    hook_.active = 0;
-    pid_ = getpid();
     reset_queues();
-    if (restart && !setup_error_) {
-        if (sem_ok_) sem_destroy(&sem_);
-        sem_ok_ = false;
-        setup_error_ = start();
-    }
+    if (restart && !this->setup_error_) this->setup_error_ = start();
 }
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_AIO_THREAD_ENGINE_HPP
+// ---- end microloop/aio/thread_engine.hpp -------------------------------
+
+namespace microloop {
+
+// Up to N disk operations in flight on one loop. Construct it after the loop
+// and destroy it before; use it from the loop's thread only. Each operation's
+// buffer must stay valid until its callback has run (or the module is gone).
+// Regular files and block devices are what it is for; on a pipe or socket a
+// thread (the libc's, or the module's) blocks in read() until data comes.
+//
+// Construction, destruction, cancel() and, for thread_aio_engine<T>,
+// threads() are the engine's (aio/thread_engine.hpp, aio/posix_engine.hpp):
+//     aio<N> disk(loop, stack_bytes = MICROLOOP_AIO_STACK_SIZE);  // thread_aio_engine<>
+//     aio<N, thread_aio_engine<T> > disk(loop, stack_bytes = ...); // T threads
+//     aio<N, posix_aio_engine> disk(loop);
+// A set-up failure is kept in error() and returned by every submission.
+template <size_t N, class Engine = thread_aio_engine<> >
+class aio : public detail::aio_engine<N, Engine> {
+    typedef detail::aio_engine<N, Engine> engine;
+
+public:
+    using detail::aio_engine<N, Engine>::aio_engine;
+
+    // Read len bytes at offset into buf; cb(aio_event) when done, exactly
+    // once, in the loop's thread. A failed submission returns an invalid
+    // handle: errc::table_full, errc::bad_fd, errc::bad_argument (also a
+    // null function pointer), the module's error(), or errc::system with its
+    // errno (last_error() keeps it too).
+    template <class F>
+    aio_handle read(int fd, void* buf, size_t len, off_t offset, F&& cb) {
+        return this->submit(detail::aio_ops::op_read, fd, buf, len, offset, std::forward<F>(cb));
+    }
+    template <class F>
+    aio_handle write(int fd, const void* buf, size_t len, off_t offset, F&& cb) {
+        return this->submit(detail::aio_ops::op_write, fd, const_cast<void*>(buf), len, offset, std::forward<F>(cb));
+    }
+    // Runs after every operation submitted before it on fd has finished (its
+    // writes are on the disk), and is called back after them.
+    template <class F>
+    aio_handle fsync(int fd, F&& cb) {
+        return this->submit(detail::aio_ops::op_fsync, fd, nullptr, 0, 0, std::forward<F>(cb));
+    }
+    template <class F>
+    aio_handle fdatasync(int fd, F&& cb) {
+        return this->submit(detail::aio_ops::op_fdatasync, fd, nullptr, 0, 0, std::forward<F>(cb));
+    }
+
+    // cancel(h): the engine's (see above).
+
+    // Operations in flight: submitted, callback not run yet.
+    size_t in_flight() const { return this->hook_.active; }
+    // The error of the last failed submission, with its errno.
+    error_code last_error() const { return this->last_error_; }
+    // Why the module could not start, or ok; also returned by every
+    // submission. Thread engine: errc::system with pthread_create's or
+    // sem_init's error, errc::bad_argument for a stack size refused. POSIX
+    // engine: errc::already_watched (the signal is watched), errc::table_full
+    // (more than MICROLOOP_AIO_MAX_MODULES modules).
+    error_code error() const { return this->setup_error_; }
+    // Operations in flight: now, at most N, and the most ever at once; the
+    // reads served from the page cache in the loop's thread.
+    aio_stats stats() const {
+        aio_stats s;
+        static_cast<table_stats&>(s) = this->pool_.stats();
+        s.inline_reads = this->inline_reads_;
+        return s;
+    }
+    // f(aio_handle, int fd) for every operation in flight, oldest first.
+    template <class F>
+    void for_each_in_flight(F&& f) const {
+        for (uint16_t i = this->head_; i != engine::none; i = this->links_[i].next)
+            f(aio_handle::from_id(this->pool_.id_of(i)), this->fd_of(i));
+    }
+};
 
 } // namespace microloop
 

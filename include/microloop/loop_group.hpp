@@ -50,10 +50,10 @@
 #include <new>
 #include <utility>
 
+#include "detail/threads.hpp"
 #include "error.hpp"
 #include "loop.hpp"
 #include "mailbox.hpp"
-#include "worker_pool.hpp" // detail::all_signals_blocked
 
 namespace microloop {
 
@@ -152,13 +152,12 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::start(size_t n, bool pin_
             return e;
         }
     }
-    detail::all_signals_blocked blocked; // the threads inherit the mask
+    detail::thread_starter starter; // every signal blocked in the threads
     for (size_t i = 0; i < n; ++i) {
-        int rc = pthread_create(&threads_[i], nullptr, &loop_group::thread_main, members_[i]);
-        if (rc != 0) {
+        if (error_code e = starter.start(threads_[i], &loop_group::thread_main, members_[i])) {
             for (size_t k = 0; k < i; ++k) members_[k]->loop.stop();
             destroy(n, i);
-            return error_code(errc::system, rc);
+            return e;
         }
         if (pin_cpus) pin(i);
     }

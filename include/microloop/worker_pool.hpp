@@ -60,19 +60,15 @@
 #ifndef MICROLOOP_WORKER_POOL_HPP
 #define MICROLOOP_WORKER_POOL_HPP
 
-#include <errno.h>
-#include <pthread.h>
-#include <semaphore.h>
-#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <type_traits>
 #include <utility>
 
 #include "callback.hpp"
+#include "detail/threads.hpp"
 #include "error.hpp"
 #include "loop_base.hpp"
 
@@ -102,138 +98,6 @@ struct work_adapter<F, void> {
         f();
         return 0;
     }
-};
-
-constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
-
-// A bounded ring of 32-bit values with one producer (a loop thread) and many
-// consumers (worker threads), after Dmitry Vyukov's bounded queue: each cell
-// carries a sequence number, so neither side takes a lock. Size is a power
-// of two. What the worker pool and the thread AIO engine hand their workers.
-template <size_t Size>
-class spmc_ring {
-    static_assert(Size >= 1 && (Size & (Size - 1)) == 0, "spmc_ring: a power of two");
-
-public:
-    spmc_ring() { reset(); }
-    spmc_ring(const spmc_ring&) = delete;
-    spmc_ring& operator=(const spmc_ring&) = delete;
-
-    // Empty again; only while no other thread uses the ring.
-    void reset() {
-        for (size_t i = 0; i < Size; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
-        enqueue_.store(0, std::memory_order_relaxed);
-        dequeue_.store(0, std::memory_order_relaxed);
-    }
-    // The producer only. Publishes v, and what was written before (release);
-    // false when the ring is full.
-    bool try_push(uint32_t v) {
-        size_t pos = enqueue_.load(std::memory_order_relaxed);
-        cell& c = cells_[pos & (Size - 1)];
-        if (c.seq.load(std::memory_order_acquire) != pos) return false;
-        c.value = v;
-        enqueue_.store(pos + 1, std::memory_order_relaxed);
-        c.seq.store(pos + 1, std::memory_order_release);
-        return true;
-    }
-    // Any thread. False when the ring is empty.
-    bool pop(uint32_t& v) {
-        size_t pos = dequeue_.load(std::memory_order_relaxed);
-        for (;;) {
-            cell& c = cells_[pos & (Size - 1)];
-            size_t seq = c.seq.load(std::memory_order_acquire);
-            intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
-            if (diff == 0) {
-                if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-                    v = c.value;
-                    c.seq.store(pos + Size, std::memory_order_release);
-                    return true;
-                }
-            } else if (diff < 0) {
-                return false; // empty
-            } else {
-                pos = dequeue_.load(std::memory_order_relaxed);
-            }
-        }
-    }
-
-private:
-    struct cell {
-        std::atomic<size_t> seq;
-        uint32_t value;
-    };
-    cell cells_[Size];
-    std::atomic<size_t> enqueue_, dequeue_;
-};
-
-// Completions handed from worker threads to the loop's thread: a Treiber
-// stack that workers push to and the loop thread takes whole (so no ABA
-// problem), then hands out oldest first. The entries and their links are the
-// caller's; `next(i)` gives entry i's link (a uint32_t&). pop() keeps what
-// it took in a member, so that a callback that throws between two pops
-// leaves the rest for the next call.
-class completion_stack {
-public:
-    static const uint32_t empty = 0xffffffffu;
-
-    completion_stack() : top_(empty), ready_(empty) {}
-    completion_stack(const completion_stack&) = delete;
-    completion_stack& operator=(const completion_stack&) = delete;
-
-    // Empty again; only while no worker uses it.
-    void reset() {
-        top_.store(empty, std::memory_order_relaxed);
-        ready_ = empty;
-    }
-    // Any thread. Publishes what was written to entry i before (release).
-    template <class Next>
-    void push(uint32_t i, Next next) {
-        uint32_t top = top_.load(std::memory_order_relaxed);
-        do next(i) = top;
-        while (!top_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
-    }
-    // The loop's thread: the oldest completion, or empty.
-    template <class Next>
-    uint32_t pop(Next next) {
-        if (ready_ == empty) {
-            uint32_t top = top_.exchange(empty, std::memory_order_acquire);
-            uint32_t order = empty; // the stack is newest first: reverse it
-            while (top != empty) {
-                uint32_t below = next(top);
-                next(top) = order;
-                order = top;
-                top = below;
-            }
-            ready_ = order;
-            if (ready_ == empty) return empty;
-        }
-        const uint32_t i = ready_;
-        ready_ = next(i);
-        return i;
-    }
-    // The loop's thread: whether pop() would find something.
-    bool pending() const { return ready_ != empty || top_.load(std::memory_order_relaxed) != empty; }
-
-private:
-    std::atomic<uint32_t> top_;
-    uint32_t ready_; // taken from the stack, oldest first, not yet popped
-};
-
-// Every signal blocked in the calling thread for its lifetime: threads made
-// meanwhile start with all of them blocked.
-class all_signals_blocked {
-public:
-    all_signals_blocked() {
-        sigset_t all;
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &old_);
-    }
-    ~all_signals_blocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
-    all_signals_blocked(const all_signals_blocked&) = delete;
-    all_signals_blocked& operator=(const all_signals_blocked&) = delete;
-
-private:
-    sigset_t old_;
 };
 
 } // namespace detail
@@ -303,17 +167,12 @@ private:
     void push_completed(uint32_t i) { completed_.push(i, link_of{slots_}); }
     void complete(size_t limit);
     void finish(uint32_t i);
-    void stop_threads();
 
     loop_base* loop_;
     error_code error_;
     bool shut_;
     bool forked_;
-    bool sem_ok_;
-    size_t nthreads_;
-    std::atomic<bool> stopping_;
-    sem_t sem_;
-    pthread_t threads_[Threads];
+    detail::thread_crew<Threads> crew_;
     slot slots_[Queue];
     detail::inplace_callback<void(work_event), Size> dones_[Queue + 1];
     uint32_t free_slots_[Queue];
@@ -327,8 +186,7 @@ private:
 
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
-    : loop_(&l), shut_(false), forked_(false), sem_ok_(false), nthreads_(0), stopping_(false), nfree_slots_(Queue),
-      nfree_dones_(Queue + 1) {
+    : loop_(&l), shut_(false), forked_(false), nfree_slots_(Queue), nfree_dones_(Queue + 1) {
     for (size_t i = 0; i < Queue; ++i) {
         slots_[i].result = 0;
         slots_[i].state.store(st_free, std::memory_order_relaxed);
@@ -343,38 +201,12 @@ worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
     next = nullptr;
     loop_->attach(this);
 
-    if (sem_init(&sem_, 0, 0) != 0) {
-        error_ = error_code(errc::system, errno);
-        return;
-    }
-    sem_ok_ = true;
-    pthread_attr_t attr;
-    int rc = pthread_attr_init(&attr);
-    if (rc != 0) {
-        error_ = error_code(errc::system, rc);
-        return;
-    }
-    if (stack_bytes != 0 && (rc = pthread_attr_setstacksize(&attr, stack_bytes)) != 0)
-        error_ = rc == EINVAL ? error_code(errc::bad_argument, rc) : error_code(errc::system, rc);
-    if (!error_) {
-        detail::all_signals_blocked blocked; // the threads inherit the mask
-        for (size_t t = 0; t < Threads; ++t) {
-            rc = pthread_create(&threads_[t], &attr, &worker_pool::worker_main, this);
-            if (rc != 0) {
-                error_ = error_code(errc::system, rc);
-                break;
-            }
-            ++nthreads_;
-        }
-    }
-    pthread_attr_destroy(&attr);
-    if (error_) stop_threads();
+    error_ = crew_.start(&worker_pool::worker_main, this, stack_bytes);
 }
 
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::~worker_pool() {
     shutdown();
-    if (sem_ok_) sem_destroy(&sem_);
 }
 
 template <size_t Threads, size_t Queue, size_t Size>
@@ -396,7 +228,7 @@ error_code worker_pool<Threads, Queue, Size>::submit(W&& work, D&& done) {
     s.state.store(st_queued, std::memory_order_relaxed);
     ++active;
     push_pending(i); // publishes the slot (release)
-    sem_post(&sem_);
+    crew_.post();
     return error_code();
 }
 
@@ -410,7 +242,7 @@ void worker_pool<Threads, Queue, Size>::shutdown() {
             unsigned char queued = st_queued;
             slots_[i].state.compare_exchange_strong(queued, st_canceled, std::memory_order_acq_rel);
         }
-        stop_threads(); // waits for running work
+        crew_.stop(); // waits for running work
         // The workers are gone: what they left in the ring is canceled work.
         uint32_t i;
         while (pop_pending(i)) push_completed(i);
@@ -431,9 +263,7 @@ void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
 template <size_t Threads, size_t Queue, size_t Size>
 void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
     worker_pool* self = static_cast<worker_pool*>(arg);
-    for (;;) {
-        if (sem_wait(&self->sem_) != 0) continue; // EINTR (every signal is blocked, but a debugger may stop us)
-        if (self->stopping_.load(std::memory_order_acquire)) return nullptr;
+    while (self->crew_.wait()) {
         uint32_t i;
         if (!self->pop_pending(i)) continue;
         slot& s = self->slots_[i];
@@ -445,14 +275,7 @@ void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
         self->push_completed(i);
         self->loop_->wake();
     }
-}
-
-template <size_t Threads, size_t Queue, size_t Size>
-void worker_pool<Threads, Queue, Size>::stop_threads() {
-    stopping_.store(true, std::memory_order_release);
-    for (size_t t = 0; t < nthreads_; ++t) sem_post(&sem_);
-    for (size_t t = 0; t < nthreads_; ++t) pthread_join(threads_[t], nullptr);
-    nthreads_ = 0;
+    return nullptr;
 }
 
 // Runs up to `limit` done callbacks; if more are waiting, the loop comes back
@@ -492,7 +315,7 @@ template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
     worker_pool* self = static_cast<worker_pool*>(h);
     self->forked_ = true;
-    self->nthreads_ = 0; // the parent's; nothing to join here
+    self->crew_.forget(); // the parent's threads; nothing to join here
     for (size_t i = 0; i < Queue; ++i) self->slots_[i].work.reset();
     for (size_t i = 0; i <= Queue; ++i) self->dones_[i].reset();
     self->active = 0;
