@@ -10,6 +10,8 @@
 #   make install PREFIX=/usr DESTDIR=/tmp/stage
 #   make CROSS_COMPILE=arm-linux-gnueabihf- test     cross-build, run under qemu-user
 #   make fuzz                      libFuzzer on API sequences (clang++), 30 s; see tests/fuzz/fuzz.mk
+#   make integrations              the adapters (libcurl, libmosquitto, GLib, c-ares, sd-bus) that
+#                                  pkg-config finds: their tests and examples; see tests/adapters/adapters.mk
 #
 # Variables (all optional): CXX CXXFLAGS CPPFLAGS LDFLAGS LDLIBS are appended
 # to what the build needs, never replace it. CROSS_COMPILE, BUILD, STD,
@@ -263,3 +265,6 @@ clean:
 
 # The example servers against real clients: make servers-check.
 include tests/servers/servers.mk
+
+# The adapters for other libraries: make integrations.
+include tests/adapters/adapters.mk
