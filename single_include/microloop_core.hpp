@@ -213,8 +213,9 @@ enum class errc : unsigned char {
     bad_argument,    // e.g. unknown event bits, a null callback, an invalid signal number
     system,          // a system call failed; error_code::sys() has errno
     canceled,        // the operation was canceled before it completed
-    forked           // a loop inherited across fork() was used in the child
+    forked,          // a loop inherited across fork() was used in the child
                      // before after_fork()
+    not_watched      // no watcher has that fd (loop.watcher(fd))
 };
 
 inline const char* message(errc e) {
@@ -230,6 +231,7 @@ inline const char* message(errc e) {
     case errc::system: return "system call failed";
     case errc::canceled: return "canceled";
     case errc::forked: return "loop used in a forked child without after_fork()";
+    case errc::not_watched: return "no watcher has that fd";
     }
     return "unknown error";
 }
@@ -456,6 +458,15 @@ inline void check_slot(bool slot_state_as_expected) {
     (void)slot_state_as_expected;
 }
 
+// Every slot free, generation 0, slot 0 handed out first. Not a template:
+// one copy serves the pools of every capacity.
+MICROLOOP_DETAIL_NOINLINE inline void init_slots(uint64_t* gen, uint16_t* free, size_t slots) {
+    for (size_t i = 0; i < slots; ++i) {
+        free[i] = static_cast<uint16_t>(slots - 1 - i);
+        gen[i] = 0;
+    }
+}
+
 // Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
 // N slots may be live at once. Spare extra slots let a table whose callback
 // removes its own source take a new one at once, in that callback: the
@@ -470,12 +481,7 @@ public:
     static const uint16_t none = 0xffff;
     static const uint64_t max_generation = (uint64_t(1) << 48) - 1;
 
-    slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) {
-        for (size_t i = 0; i < slots; ++i) {
-            free_[i] = static_cast<uint16_t>(slots - 1 - i); // hand out slot 0 first
-            gen_[i] = 0;
-        }
-    }
+    slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) { init_slots(gen_, free_, slots); }
 
     // A fresh handle id, or 0 when N are live.
     uint64_t acquire() {
@@ -642,10 +648,11 @@ private:
 namespace microloop {
 
 // What kind of callback a stall report names.
-enum class source_kind : unsigned char { io, timer, signal, aio, child, post, work };
+enum class source_kind : unsigned char { io, timer, signal, aio, child, post, work, hook };
 
-// "io", "timer", "signal", "aio", "child", "post" (a mailbox callback) or
-// "work" (a worker_pool's done callback).
+// "io", "timer", "signal", "aio", "child", "post" (a mailbox callback),
+// "work" (a worker_pool's done callback) or "hook" (on_prepare, on_check,
+// on_idle).
 inline const char* source_kind_name(source_kind k) {
     switch (k) {
     case source_kind::io: return "io";
@@ -655,6 +662,7 @@ inline const char* source_kind_name(source_kind k) {
     case source_kind::child: return "child";
     case source_kind::post: return "post";
     case source_kind::work: return "work";
+    case source_kind::hook: return "hook";
     }
     return "unknown";
 }
@@ -1013,6 +1021,8 @@ public:
     // anything touches an fd_set (FD_SET beyond FD_SETSIZE writes past the
     // end of the set), else errc::fd_out_of_range.
     static bool fits(int fd) { return fd < FD_SETSIZE; }
+    // The watcher slot of `fd` (which fits()), or 0xffff.
+    uint16_t slot(int fd) const { return fd_slot_[fd] == no_slot ? uint16_t(0xffff) : narrow<uint16_t>(fd_slot_[fd]); }
     // A watcher has `fd` (which fits()), or it is the wake-up fd.
     bool watched(int fd) const { return fd_slot_[fd] != no_slot || fd == wake_fd_; }
     void add(int fd, uint16_t slot) {
@@ -2229,7 +2239,15 @@ struct timer_event {
     uint32_t overruns; // repeating timers: whole periods skipped after a stall
 };
 
+typedef basic_handle<struct hook_tag> hook_handle;
+
+// What an iteration hook's callback is told.
+struct hook_event {
+    hook_handle handle;
+};
+
 typedef detail::inplace_callback<void(io_event)> io_callback;
+typedef detail::inplace_callback<void(hook_event)> hook_callback;
 typedef detail::inplace_callback<void(timer_event)> timer_callback;
 
 // The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
@@ -2263,11 +2281,12 @@ private:
     int64_t now_;
 };
 
-// Compile-time capacities: how many fd watchers, timers, signal watchers and
-// child watchers one loop can hold. Each slot costs memory (see README).
-template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>
+// Compile-time capacities: how many fd watchers, timers, signal watchers,
+// child watchers and iteration hooks (on_prepare, on_check, on_idle) one
+// loop can hold. Each slot costs memory (see README).
+template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
 struct capacity {
-    static const size_t io = Io, timers = Timers, signals = Signals, children = Children;
+    static const size_t io = Io, timers = Timers, signals = Signals, children = Children, hooks = Hooks;
 };
 
 // The loop. Every table lives inside the object, sized by Cap (a capacity<>);
@@ -2287,6 +2306,11 @@ public:
     // Change what is watched; 0 pauses the watcher without removing it.
     error_code modify(io_handle h, unsigned events);
     error_code unwatch(io_handle h);
+    // The watcher of `fd`, for glue that knows only fds (a hosted library's
+    // socket callbacks); an invalid handle if there is none (errc::not_watched,
+    // or bad_fd / fd_out_of_range for an fd no watcher can have). One
+    // watcher per fd: a second watch() of it is errc::already_watched.
+    io_handle watcher(int fd) const;
 
     // ---- timers -----------------------------------------------------------
     // Fire once after `timeout`.
@@ -2315,6 +2339,18 @@ public:
     template <class Rep, class Period>
     error_code rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout);
     error_code cancel(timer_handle h);
+    // Absolute deadlines, on clock()'s scale (the scale of now() and
+    // for_each_timer(); for monotonic_clock, CLOCK_MONOTONIC): fire once at
+    // `deadline`, or re-schedule to it. A deadline already past fires at the
+    // next timer pass; errc::bad_timeout if negative or beyond 100 years.
+    template <class Rep, class Period, class F>
+    timer_handle at(std::chrono::duration<Rep, Period> deadline, F&& cb);
+    template <class Rep, class Period>
+    error_code rearm_at(timer_handle h, std::chrono::duration<Rep, Period> deadline) {
+        int64_t ns = 0;
+        const bool valid = detail::to_ns(deadline, ns);
+        return rearm_to(h.id(), valid, ns, true);
+    }
     // Time left before the timer fires (zero if due).
     std::chrono::nanoseconds remaining(timer_handle h) const;
 
@@ -2338,6 +2374,30 @@ public:
     error_code poll() { return drive(0, true); }
     using loop_base::stop;
     using loop_base::wake;
+    // Whether the last run(), run_once() or poll() ended on a stop(), which
+    // it used up: for a driver that calls run_once() in a loop of its own.
+    bool stopped() const { return stopped_; }
+
+    // ---- iteration hooks ------------------------------------------------------
+    // For hosting a library that wants to be driven by the application's loop
+    // (GLib's prepare/check, sd-bus, a library's "sync the interest" call).
+    // Each iteration runs, in this order: the idle hooks, the prepare hooks,
+    // the wait, the fd, signal, child, AIO and mailbox callbacks, the timers,
+    // the check hooks. What a prepare hook changes (watchers, timers) counts
+    // for that very wait. While an idle hook exists the wait does not block.
+    // Idle hooks keep run() going, as a pending source does; prepare and
+    // check hooks do not (they add to iterations, they are not work).
+    // Hooks run only in the outermost iteration, not in one nested in a
+    // callback or a hook; a hook added during an iteration first runs in
+    // the next one. Removable from anywhere, their own callback included.
+    // cb(hook_event); errc::table_full beyond Cap::hooks.
+    template <class F>
+    hook_handle on_prepare(F&& cb) { return add_hook(hook_prepare, std::forward<F>(cb)); }
+    template <class F>
+    hook_handle on_check(F&& cb) { return add_hook(hook_check, std::forward<F>(cb)); }
+    template <class F>
+    hook_handle on_idle(F&& cb) { return add_hook(hook_idle, std::forward<F>(cb)); }
+    error_code unwatch(hook_handle h);
 
     // ---- signals and child processes (signal.hpp) ---------------------------
     // cb(signal_event) runs in the loop, never in signal context. One watcher
@@ -2393,13 +2453,14 @@ public:
     // ---- introspection ------------------------------------------------------
     // Watchers with a non-zero interest, armed timers, and what modules
     // (signals, AIO) keep pending.
-    size_t active() const { return active_io_ + timer_pool_.used() + hooks_active(); }
+    size_t active() const { return active_io_ + timer_pool_.used() + hooks_active() + idle_hooks_; }
     struct loop_stats {
-        table_stats io, timers, signals, children;
+        table_stats io, timers, signals, children, hooks;
     };
     // How full each table is and was at most: size capacities from a real run.
     loop_stats stats() const {
-        loop_stats s = {io_pool_.stats(), timer_pool_.stats(), signals_.signal_stats(), signals_.child_stats()};
+        loop_stats s = {io_pool_.stats(), timer_pool_.stats(), signals_.signal_stats(), signals_.child_stats(),
+                        hook_pool_.stats()};
         return s;
     }
     // f(io_handle, int fd, unsigned events) for every fd watcher.
@@ -2425,6 +2486,10 @@ private:
     // add a new one at once (see slot_pool).
     typedef detail::slot_pool<Cap::io, 1> io_pool;
     typedef detail::slot_pool<Cap::timers, 1> timer_pool;
+    typedef detail::slot_pool<Cap::hooks, 1> hook_pool;
+    enum hook_kind : unsigned char { hook_idle, hook_prepare, hook_check };
+    // Which hooks are running: none, those before the wait, the check hooks.
+    enum hook_phase : unsigned char { no_hooks, hooks_before_wait, hooks_after_dispatch };
     typedef detail::select_backend<io_pool::slots> backend;
     template <size_t>
     friend class detail::select_backend; // calls the core's io_ready() and friends, inlined
@@ -2440,6 +2505,11 @@ private:
     struct timer_slot {
         timer_callback cb;
         int64_t period; // 0: one-shot
+    };
+    struct hook_slot {
+        hook_callback cb;
+        uint64_t added_iter; // not run in the iteration it was added in
+        hook_kind kind;
     };
 
     int64_t now_ns() {
@@ -2461,7 +2531,21 @@ private:
     void release_io(uint16_t slot) { running_io_.release(io_pool_, io_[slot].cb, slot); }
     void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
-    error_code rearm_running(uint64_t id, bool valid, int64_t ns);
+    error_code rearm_running(uint64_t id, bool valid, int64_t deadline);
+    MICROLOOP_DETAIL_ALWAYS_INLINE error_code rearm_to(uint64_t id, bool valid, int64_t ns, bool absolute) {
+        const uint16_t slot = timer_pool_.lookup(id);
+        // checked after the handle: a stale one is named first
+        if (slot == timer_pool_.none) return rearm_running(id, valid, absolute ? ns : arm_time() + ns);
+        if (!valid) return errc::bad_timeout;
+        heap_.arm(slot, absolute ? ns : arm_time() + ns);
+        return error_code();
+    }
+    template <class F>
+    timer_handle start_timer(int64_t deadline, int64_t period, F&& cb);
+    template <class F>
+    hook_handle add_hook(hook_kind kind, F&& cb);
+    void run_hooks(hook_kind kind);
+    static bool hook_pass(basic_loop& self, bool before_wait);
 
     error_code iterate(int64_t max_wait_ns);
     // run() (once == false), run_once() and poll(): iterate() has this one
@@ -2501,6 +2585,14 @@ private:
     // The callback running now, so removing it defers freeing its storage.
     detail::running_slot running_io_, running_timer_;
 
+    hook_pool hook_pool_;
+    hook_slot hook_slots_[hook_pool::slots];
+    size_t idle_hooks_;
+    bool (*hook_pass_)(basic_loop&, bool); // null until the first hook: see hook_pass()
+    detail::running_slot running_hook_;
+    hook_phase hook_phase_;
+    bool stopped_; // the last drive() ended on a stop()
+
     int64_t now_;
     bool now_valid_;
     bool dispatching_; // inside an iteration, after the wait: callbacks use now_
@@ -2517,7 +2609,8 @@ private:
 
 template <class Cap, class Clock>
 basic_loop<Cap, Clock>::basic_loop()
-    : backend_(wake_fd_), active_io_(0), iteration_(0), now_(0), now_valid_(false), dispatching_(false),
+    : backend_(wake_fd_), active_io_(0), iteration_(0), idle_hooks_(0), hook_pass_(nullptr), hook_phase_(no_hooks), stopped_(false),
+      now_(0), now_valid_(false), dispatching_(false),
       io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
@@ -2542,7 +2635,8 @@ io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     io.cb.emplace(std::forward<F>(cb));
     io.fd = fd;
     io.interest = 0;
-    io.added_iter = iteration_;
+    // Added by a hook before the wait: dispatched after that very wait.
+    io.added_iter = iteration_ - (hook_phase_ == hooks_before_wait ? 1u : 0u);
     io.id = id;
     backend_.add(fd, slot);
     set_interest(io, events);
@@ -2567,6 +2661,15 @@ error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
     backend_.remove(io.fd);
     release_io(slot);
     return error_code();
+}
+
+template <class Cap, class Clock>
+io_handle basic_loop<Cap, Clock>::watcher(int fd) const {
+    if (fd < 0) return io_handle(errc::bad_fd);
+    if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range);
+    const uint16_t s = backend_.slot(fd);
+    if (s == io_pool_.none) return io_handle(errc::not_watched);
+    return io_handle::from_id(io_[s].id);
 }
 
 template <class Cap, class Clock>
@@ -2613,13 +2716,29 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     if (period_ns == 0 && repeat != std::chrono::duration<Rep2, Period2>::zero())
         return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
+    return start_timer(arm_time() + after_ns, period_ns, std::forward<F>(cb));
+}
+
+template <class Cap, class Clock>
+template <class Rep, class Period, class F>
+timer_handle basic_loop<Cap, Clock>::at(std::chrono::duration<Rep, Period> deadline, F&& cb) {
+    int64_t at_ns;
+    if (!detail::to_ns(deadline, at_ns)) return timer_handle(errc::bad_timeout);
+    if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
+    return start_timer(at_ns, 0, std::forward<F>(cb));
+}
+
+template <class Cap, class Clock>
+template <class F>
+MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(int64_t deadline, int64_t period,
+                                                                               F&& cb) {
     uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
     uint16_t slot = detail::slot_of(id);
     timer_slot& t = timers_[slot];
     t.cb.emplace(std::forward<F>(cb));
-    t.period = period_ns;
-    heap_.arm(slot, arm_time() + after_ns);
+    t.period = period;
+    heap_.arm(slot, deadline);
     return timer_handle::from_id(id);
 }
 
@@ -2627,25 +2746,21 @@ template <class Cap, class Clock>
 template <class Rep, class Period>
 error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
     int64_t ns = 0;
-    const bool valid = detail::to_ns(timeout, ns); // checked after the handle: a stale one is named first
-    const uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) return rearm_running(h.id(), valid, ns);
-    if (!valid) return errc::bad_timeout;
-    heap_.arm(slot, arm_time() + ns);
-    return error_code();
+    const bool valid = detail::to_ns(timeout, ns);
+    return rearm_to(h.id(), valid, ns, false);
 }
 
 // The one-shot whose callback is running, re-armed from it (not a repeating
 // timer its callback cancelled); any other handle rearm() found stale.
 template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns) {
+error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t deadline) {
     const uint16_t slot = timer_pool_.lookup_retired(id);
     if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
         return errc::stale_handle;
     if (!valid) return errc::bad_timeout;
     if (!timer_pool_.revive(slot)) return errc::table_full;
     running_timer_.keep();
-    heap_.arm(slot, arm_time() + ns);
+    heap_.arm(slot, deadline);
     return error_code();
 }
 
@@ -2666,6 +2781,72 @@ std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const
     return std::chrono::nanoseconds(left > 0 ? left : 0);
 }
 
+// ---- iteration hooks ----------------------------------------------------------
+
+template <class Cap, class Clock>
+template <class F>
+hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
+    if (detail::is_null_callable(cb)) return hook_handle(errc::bad_argument);
+    uint64_t id = hook_pool_.acquire();
+    if (id == 0) return hook_handle(errc::table_full);
+    hook_slot& h = hook_slots_[detail::slot_of(id)];
+    h.cb.emplace(std::forward<F>(cb));
+    h.added_iter = iteration_;
+    h.kind = kind;
+    if (kind == hook_idle) ++idle_hooks_;
+    hook_pass_ = &basic_loop::hook_pass;
+    return hook_handle::from_id(id);
+}
+
+template <class Cap, class Clock>
+error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
+    const uint16_t slot = hook_pool_.lookup(h.id());
+    if (slot == hook_pool_.none) return errc::stale_handle;
+    if (hook_slots_[slot].kind == hook_idle) --idle_hooks_;
+    running_hook_.release(hook_pool_, hook_slots_[slot].cb, slot);
+    return error_code();
+}
+
+// Runs the hooks of one kind, in slot order; a hook added meanwhile waits
+// for the next iteration. Out of line: an iteration without hooks pays one
+// test.
+template <class Cap, class Clock>
+void basic_loop<Cap, Clock>::run_hooks(hook_kind kind) {
+    const hook_phase was = hook_phase_;
+    hook_phase_ = kind == hook_check ? hooks_after_dispatch : hooks_before_wait;
+    auto restore = detail::on_scope_exit([this, was] { hook_phase_ = was; });
+    for (uint16_t s = 0; s < hook_pool::slots; ++s) {
+        if (!hook_pool_.live(s)) continue;
+        hook_slot& h = hook_slots_[s];
+        if (h.kind != kind || h.added_iter == iteration_) continue;
+        running_hook_.begin(s);
+        auto done = detail::on_scope_exit([this, &h] { running_hook_.end(hook_pool_, h.cb); });
+        hook_event ev = {hook_handle::from_id(hook_pool_.id_of(s))};
+        invoke(h.cb, source_kind::hook, ev.handle.id(), -1, ev);
+    }
+}
+
+// Before the wait: the idle and prepare hooks, in the outermost iteration
+// only (not in one nested in a callback or a hook); true if the wait must not
+// block: an idle hook was there, or the hooks removed the last active source
+// (run() then returns instead of waiting for nothing). After the dispatch:
+// the check hooks, unless this iteration is nested in a hook. Reached through
+// hook_pass_, set by the first on_prepare/on_check/on_idle: a program that
+// adds no hook links none of this.
+template <class Cap, class Clock>
+bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
+    if (self.hook_phase_ != no_hooks) return false;
+    if (!before_wait) {
+        self.run_hooks(hook_check);
+        return false;
+    }
+    if (self.dispatching_) return false;
+    const bool idle = self.idle_hooks_ != 0;
+    self.run_hooks(hook_idle);
+    self.run_hooks(hook_prepare);
+    return idle || self.idle_hooks_ != 0 || self.active() == 0;
+}
+
 // ---- the iteration ----------------------------------------------------------
 
 template <class Cap, class Clock>
@@ -2681,6 +2862,7 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
         result = iterate(max_wait_ns);
         if (once) break;
     }
+    stopped_ = stop_.load(std::memory_order_relaxed);
     stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
     return result;
 }
@@ -2704,6 +2886,9 @@ template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
     if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
     ++iteration_;
+    // Iteration hooks (none: one test): before the timer pass begins, so
+    // that timers a prepare hook arms count for this iteration.
+    if (hook_pass_ && hook_pass_(*this, true)) max_wait_ns = 0;
     heap_.begin_pass();
     // The clock is read only when something depends on it: with no timer and
     // no time limit (run() with fds only, or poll()'s zero wait) the loop pays
@@ -2751,6 +2936,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
         if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
     }
     if (!heap_.empty()) dispatch_timers();
+    // The check hooks, in the outermost iteration (one nested in a callback
+    // has outer set; one nested in a hook: hook_pass() sees it).
+    if (hook_pass_ && !outer) hook_pass_(*this, false);
     return error_code();
 }
 
@@ -2832,8 +3020,8 @@ error_code basic_loop<Cap, Clock>::after_fork() {
     return error_code();
 }
 
-template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>
-using loop = basic_loop<capacity<Io, Timers, Signals, Children> >;
+template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
+using loop = basic_loop<capacity<Io, Timers, Signals, Children, Hooks> >;
 
 } // namespace microloop
 

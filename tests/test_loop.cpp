@@ -694,3 +694,278 @@ TEST_CASE("stats() and the visitors describe what a loop holds", "[robust]") {
     CHECK(table.stats().high_water == 1);
     CHECK(microloop::source_kind_name(microloop::source_kind::timer) == std::string("timer"));
 }
+
+// ---- iteration hooks: on_prepare, on_check, on_idle ------------------------------------
+
+namespace {
+
+// What happened, in order, as one letter each (no heap).
+struct trace {
+    char s[64];
+    size_t n;
+    trace() : n(0) { s[0] = 0; }
+    void add(char c) {
+        if (n + 1 < sizeof s) {
+            s[n++] = c;
+            s[n] = 0;
+        }
+    }
+    std::string str() const { return std::string(s); }
+};
+
+typedef microloop::basic_loop<microloop::capacity<4, 4, 2, 2, 3> > hook_loop;
+
+} // namespace
+
+TEST_CASE("hooks: idle, prepare, the wait, fds, timers, check: that order, once per iteration", "[loop][hooks]") {
+    static hook_loop loop;
+    static trace t;
+    t = trace();
+    test::fd_pair p = test::make_pipe();
+    REQUIRE(p.ok());
+    REQUIRE(test::put_byte(p.b.get()));
+    auto io = loop.watch(p.a.get(), microloop::readable, [](io_event) { t.add('f'); });
+    auto tm = loop.after(milliseconds(0), [](timer_event) { t.add('t'); });
+    auto idle = loop.on_idle([](microloop::hook_event) { t.add('i'); });
+    auto prep = loop.on_prepare([](microloop::hook_event) { t.add('p'); });
+    auto check = loop.on_check([](microloop::hook_event) { t.add('c'); });
+    REQUIRE((io && tm && idle && prep && check));
+    test::sleep_ms(1);
+    REQUIRE_FALSE(loop.run_once());
+    CHECK(t.str() == "ipftc");
+    REQUIRE_FALSE(loop.poll());
+    CHECK(t.str() == "ipftcipfc"); // the fd is still readable; the one-shot is gone
+    CHECK(loop.stats().hooks.used == 3);
+    CHECK_FALSE(loop.unwatch(idle));
+    CHECK_FALSE(loop.unwatch(prep));
+    CHECK_FALSE(loop.unwatch(check));
+    CHECK(loop.unwatch(check) == errc::stale_handle);
+    CHECK_FALSE(loop.unwatch(io));
+}
+
+TEST_CASE("hooks: what a prepare hook changes counts for that very wait", "[loop][hooks]") {
+    static hook_loop loop;
+    static trace t;
+    static int rfd;
+    static microloop::io_handle paused;
+    t = trace();
+    test::fd_pair p = test::make_pipe(), q = test::make_pipe();
+    REQUIRE((p.ok() && q.ok()));
+    REQUIRE(test::put_byte(p.b.get()));
+    REQUIRE(test::put_byte(q.b.get()));
+    rfd = p.a.get();
+    paused = loop.watch(q.a.get(), 0, [](io_event) { t.add('q'); }); // paused: not in the sets
+    REQUIRE(paused);
+    // A watcher added, one resumed and a timer armed by the prepare hook are
+    // all dispatched after the wait that follows it, in the same iteration.
+    auto prep = loop.on_prepare([](microloop::hook_event ev) {
+        t.add('p');
+        loop.watch(rfd, microloop::readable, [](io_event e) {
+            t.add('f');
+            loop.unwatch(e.handle);
+        });
+        loop.modify(paused, microloop::readable);
+        loop.after(milliseconds(0), [](timer_event) { t.add('t'); });
+        loop.unwatch(ev.handle);
+    });
+    REQUIRE(prep);
+    // run_once() without a limit would block forever if the wait did not
+    // see them: nothing else is watched.
+    REQUIRE_FALSE(loop.run_once());
+    std::string s = t.str();
+    CHECK(s.size() == 4);
+    CHECK(s[0] == 'p');
+    CHECK(s.find('f') != std::string::npos);
+    CHECK(s.find('q') != std::string::npos);
+    CHECK(s.back() == 't');
+    CHECK_FALSE(loop.unwatch(paused));
+}
+
+TEST_CASE("hooks: an idle hook keeps the wait from blocking and keeps run() going; prepare and check do not", "[loop][hooks]") {
+    static hook_loop loop;
+    static int idles, prepares, checks;
+    idles = prepares = checks = 0;
+    // Only prepare and check hooks: nothing to wait for, run() returns at once.
+    auto prep = loop.on_prepare([](microloop::hook_event) { ++prepares; });
+    auto check = loop.on_check([](microloop::hook_event) { ++checks; });
+    REQUIRE((prep && check));
+    REQUIRE_FALSE(loop.run());
+    CHECK(prepares == 0);
+    CHECK(checks == 0);
+    // An idle hook is work: run() goes on until it removes itself, and no
+    // iteration blocks (nothing else would ever wake this loop).
+    auto idle = loop.on_idle([](microloop::hook_event ev) {
+        if (++idles == 100) loop.unwatch(ev.handle);
+    });
+    REQUIRE(idle);
+    REQUIRE_FALSE(loop.run());
+    CHECK(idles == 100);
+    CHECK(prepares == 100);
+    CHECK(checks == 100);
+    CHECK(loop.active() == 0);
+    loop.unwatch(prep);
+    loop.unwatch(check);
+}
+
+TEST_CASE("hooks: removed from inside their own callback, their place is free at once", "[loop][hooks][robust]") {
+    static microloop::basic_loop<microloop::capacity<2, 2, 1, 1, 1> > loop; // one hook
+    static int first, second;
+    first = second = 0;
+    auto h = loop.on_check([](microloop::hook_event ev) {
+        ++first;
+        CHECK_FALSE(loop.unwatch(ev.handle));
+        CHECK(loop.unwatch(ev.handle) == errc::stale_handle);
+        // A table of one holds one: the replacement fits at once, and first
+        // runs in the next iteration.
+        CHECK(loop.on_check([](microloop::hook_event) { ++second; }));
+    });
+    REQUIRE(h);
+    CHECK(loop.on_prepare([](microloop::hook_event) {}).error() == errc::table_full);
+    for (int i = 0; i < 3; ++i) REQUIRE_FALSE(loop.poll());
+    CHECK(first == 1);
+    CHECK(second == 2);
+    CHECK(loop.stats().hooks.used == 1);
+    CHECK(loop.stats().hooks.capacity == 1);
+}
+
+TEST_CASE("hooks: a hook added during an iteration first runs in the next; none run in a nested iteration", "[loop][hooks]") {
+    static hook_loop loop;
+    static int prepares, checks, calls;
+    prepares = checks = calls = 0;
+    test::fd_pair p = test::make_pipe();
+    REQUIRE(p.ok());
+    REQUIRE(test::put_byte(p.b.get()));
+    auto prep = loop.on_prepare([](microloop::hook_event) { ++prepares; });
+    // Iteration 1: the watcher adds a check hook, which waits for iteration 2.
+    auto io = loop.watch(p.a.get(), microloop::readable, [](io_event ev) {
+        CHECK(loop.on_check([](microloop::hook_event) { ++checks; }));
+        loop.unwatch(ev.handle);
+    });
+    REQUIRE((io && prep));
+    REQUIRE_FALSE(loop.poll());
+    CHECK(prepares == 1);
+    CHECK(checks == 0);
+    REQUIRE_FALSE(loop.poll());
+    CHECK(prepares == 2);
+    CHECK(checks == 1);
+    // A poll() nested in a callback runs no hooks; the outer iteration does.
+    auto again = loop.watch(p.a.get(), microloop::readable, [](io_event ev) {
+        if (calls++ == 0) CHECK_FALSE(loop.poll());
+        loop.unwatch(ev.handle);
+    });
+    REQUIRE(again);
+    REQUIRE_FALSE(loop.poll());
+    CHECK(calls == 2); // the nested poll() called it too
+    CHECK(prepares == 3);
+    CHECK(checks == 2);
+    loop.unwatch(prep);
+}
+
+TEST_CASE("hooks: bad arguments and stall reports name the hook", "[loop][hooks][error]") {
+    static hook_loop loop;
+    void (*null_fn)(microloop::hook_event) = nullptr;
+    CHECK(loop.on_prepare(null_fn).error() == errc::bad_argument);
+    CHECK(loop.unwatch(microloop::hook_handle()) == errc::stale_handle);
+    static microloop::source_kind kind;
+    static uint64_t id;
+    kind = microloop::source_kind::io;
+    id = 0;
+    REQUIRE_FALSE(loop.on_stall(milliseconds(1), [](const microloop::stall_report& r) {
+        kind = r.kind;
+        id = r.id;
+    }));
+    auto h = loop.on_idle([](microloop::hook_event ev) {
+        test::sleep_ms(3);
+        loop.unwatch(ev.handle);
+    });
+    REQUIRE(h);
+    REQUIRE_FALSE(loop.poll());
+    CHECK(kind == microloop::source_kind::hook);
+    CHECK(id == h.id());
+    CHECK(std::string(microloop::source_kind_name(kind)) == "hook");
+    REQUIRE_FALSE(loop.on_stall(milliseconds(0), [](const microloop::stall_report&) {}));
+}
+
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+TEST_CASE("hooks: a hook that throws leaves the loop usable, its hooks running again", "[loop][hooks][robust]") {
+    static hook_loop loop;
+    static int calls;
+    calls = 0;
+    auto h = loop.on_prepare([](microloop::hook_event) {
+        if (++calls == 1) throw test::boom();
+    });
+    auto keep = loop.every(milliseconds(1), noop_timer); // something to run for
+    REQUIRE((h && keep));
+    CHECK_THROWS_AS(loop.poll(), test::boom);
+    REQUIRE_FALSE(loop.poll());
+    CHECK(calls == 2);
+    loop.unwatch(h);
+    loop.cancel(keep);
+}
+#endif
+
+// ---- what a driver of its own needs: fd lookup, absolute deadlines, stopped() -----------
+
+TEST_CASE("watcher(fd) finds the watcher of an fd, or says why there is none", "[loop][io]") {
+    static hook_loop loop;
+    test::fd_pair p = test::make_pipe();
+    REQUIRE(p.ok());
+    auto h = loop.watch(p.a.get(), microloop::readable, noop_io);
+    REQUIRE(h);
+    CHECK(loop.watcher(p.a.get()) == h);
+    CHECK(loop.watcher(p.b.get()).error() == errc::not_watched);
+    CHECK(loop.watcher(-1).error() == errc::bad_fd);
+    REQUIRE_FALSE(loop.unwatch(h));
+    CHECK(loop.watcher(p.a.get()).error() == errc::not_watched);
+}
+
+TEST_CASE("at() and rearm_at(): absolute deadlines on the loop's clock", "[loop][timers]") {
+    static virtual_loop loop;
+    static int fired;
+    fired = 0;
+    loop.clock().set(1000000000); // 1 s
+    auto h = loop.at(seconds(5), [](timer_event) { ++fired; });
+    REQUIRE(h);
+    CHECK(loop.remaining(h) == seconds(4));
+    loop.clock().advance(milliseconds(3999));
+    REQUIRE_FALSE(loop.poll());
+    CHECK(fired == 0);
+    REQUIRE_FALSE(loop.rearm_at(h, seconds(10)));
+    loop.clock().advance(seconds(1)); // 5 s: the old deadline, no longer its own
+    REQUIRE_FALSE(loop.poll());
+    CHECK(fired == 0);
+    loop.clock().advance(seconds(5));
+    REQUIRE_FALSE(loop.poll());
+    CHECK(fired == 1);
+    // A deadline already past fires at the next pass; bad ones are refused.
+    auto past = loop.at(seconds(1), [](timer_event) { ++fired; });
+    REQUIRE(past);
+    REQUIRE_FALSE(loop.poll());
+    CHECK(fired == 2);
+    CHECK(loop.at(seconds(-1), noop_timer).error() == errc::bad_timeout);
+    auto live = loop.every(seconds(1), noop_timer);
+    REQUIRE(live);
+    CHECK(loop.rearm_at(live, seconds(-1)) == errc::bad_timeout);
+    CHECK(loop.rearm_at(h, seconds(20)) == errc::stale_handle); // fired and gone
+    loop.cancel(live);
+}
+
+TEST_CASE("stopped() tells a driver that run_once() ended on a stop(), which it used up", "[loop]") {
+    static hook_loop loop;
+    static int ticks;
+    ticks = 0;
+    auto t = loop.every(milliseconds(1), [](timer_event) {
+        if (++ticks == 2) loop.stop();
+    });
+    REQUIRE(t);
+    int rounds = 0;
+    while (rounds < 1000) { // a driver of its own
+        ++rounds;
+        REQUIRE_FALSE(loop.run_once());
+        if (loop.stopped()) break;
+    }
+    CHECK(ticks == 2);
+    REQUIRE_FALSE(loop.poll());
+    CHECK_FALSE(loop.stopped());
+    loop.cancel(t);
+}

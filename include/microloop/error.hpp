@@ -17,8 +17,9 @@ enum class errc : unsigned char {
     bad_argument,    // e.g. unknown event bits, a null callback, an invalid signal number
     system,          // a system call failed; error_code::sys() has errno
     canceled,        // the operation was canceled before it completed
-    forked           // a loop inherited across fork() was used in the child
+    forked,          // a loop inherited across fork() was used in the child
                      // before after_fork()
+    not_watched      // no watcher has that fd (loop.watcher(fd))
 };
 
 inline const char* message(errc e) {
@@ -34,6 +35,7 @@ inline const char* message(errc e) {
     case errc::system: return "system call failed";
     case errc::canceled: return "canceled";
     case errc::forked: return "loop used in a forked child without after_fork()";
+    case errc::not_watched: return "no watcher has that fd";
     }
     return "unknown error";
 }

@@ -89,6 +89,15 @@ inline void check_slot(bool slot_state_as_expected) {
     (void)slot_state_as_expected;
 }
 
+// Every slot free, generation 0, slot 0 handed out first. Not a template:
+// one copy serves the pools of every capacity.
+MICROLOOP_DETAIL_NOINLINE inline void init_slots(uint64_t* gen, uint16_t* free, size_t slots) {
+    for (size_t i = 0; i < slots; ++i) {
+        free[i] = static_cast<uint16_t>(slots - 1 - i);
+        gen[i] = 0;
+    }
+}
+
 // Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
 // N slots may be live at once. Spare extra slots let a table whose callback
 // removes its own source take a new one at once, in that callback: the
@@ -103,12 +112,7 @@ public:
     static const uint16_t none = 0xffff;
     static const uint64_t max_generation = (uint64_t(1) << 48) - 1;
 
-    slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) {
-        for (size_t i = 0; i < slots; ++i) {
-            free_[i] = static_cast<uint16_t>(slots - 1 - i); // hand out slot 0 first
-            gen_[i] = 0;
-        }
-    }
+    slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) { init_slots(gen_, free_, slots); }
 
     // A fresh handle id, or 0 when N are live.
     uint64_t acquire() {

@@ -24,10 +24,11 @@
 namespace microloop {
 
 // What kind of callback a stall report names.
-enum class source_kind : unsigned char { io, timer, signal, aio, child, post, work };
+enum class source_kind : unsigned char { io, timer, signal, aio, child, post, work, hook };
 
-// "io", "timer", "signal", "aio", "child", "post" (a mailbox callback) or
-// "work" (a worker_pool's done callback).
+// "io", "timer", "signal", "aio", "child", "post" (a mailbox callback),
+// "work" (a worker_pool's done callback) or "hook" (on_prepare, on_check,
+// on_idle).
 inline const char* source_kind_name(source_kind k) {
     switch (k) {
     case source_kind::io: return "io";
@@ -37,6 +38,7 @@ inline const char* source_kind_name(source_kind k) {
     case source_kind::child: return "child";
     case source_kind::post: return "post";
     case source_kind::work: return "work";
+    case source_kind::hook: return "hook";
     }
     return "unknown";
 }

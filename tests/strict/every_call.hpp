@@ -29,6 +29,7 @@ int counter;
 
 void on_io(microloop::io_event ev) { counter += ev.fd + static_cast<int>(ev.events); }
 void on_timer(microloop::timer_event ev) { counter += static_cast<int>(ev.overruns); }
+void on_hook(microloop::hook_event ev) { counter += static_cast<int>(ev.handle.id() & 1); }
 void on_stall(const microloop::stall_report& r) {
     counter += r.detail + static_cast<int>(r.id) + static_cast<int>(r.duration_ns) + static_cast<int>(r.kind);
 }
@@ -90,6 +91,8 @@ void loop_calls(Loop& lp) {
     if (lp.modify(io2, 0)) ++local;
     if (lp.unwatch(io)) ++local;
     if (lp.unwatch(io3)) ++local;
+    microloop::io_handle found = lp.watcher(1);
+    handle_ops(found);
     handle_ops(io2);
 
     // timers: integral and floating durations, lambdas and function pointers
@@ -108,6 +111,11 @@ void loop_calls(Loop& lp) {
     if (lp.rearm(t4, std::chrono::minutes(1))) ++local;
     if (lp.cancel(t5)) ++local;
     if (lp.cancel(t6)) ++local;
+    microloop::timer_handle t8 = lp.at(seconds(100), &on_timer);
+    microloop::timer_handle t9 = lp.at(duration<double>(7.5), [p](microloop::timer_event) { ++*p; });
+    if (lp.rearm_at(t8, milliseconds(200000))) ++local;
+    if (lp.rearm_at(t9, duration<float>(8.0f))) ++local;
+    handle_ops(t9);
     nanoseconds left = lp.remaining(t7) + lp.remaining(t1);
     local += static_cast<int>(left.count());
     handle_ops(t2);
@@ -136,7 +144,16 @@ void loop_calls(Loop& lp) {
     if (lp.wake()) ++local;
     lp.stop();
     if (lp.run()) ++local;
+    local += lp.stopped() ? 1 : 0;
     lp.update_now();
+
+    // iteration hooks
+    microloop::hook_handle h1 = lp.on_prepare([p](microloop::hook_event) { ++*p; });
+    microloop::hook_handle h2 = lp.on_check(&on_hook);
+    microloop::hook_handle h3 = lp.on_idle([&lp](microloop::hook_event ev) { lp.unwatch(ev.handle); });
+    if (lp.unwatch(h1)) ++local;
+    if (lp.unwatch(h2)) ++local;
+    handle_ops(h3);
     nanoseconds now = lp.now();
     local += static_cast<int>(now.count() & 1) + static_cast<int>(lp.active()) + lp.wake_fd();
 
@@ -153,7 +170,8 @@ void loop_calls(Loop& lp) {
     // fork, introspection, the clock
     if (lp.after_fork()) ++local;
     typename Loop::loop_stats st = lp.stats();
-    local += static_cast<int>(st.io.used + st.timers.capacity + st.signals.high_water + st.children.used);
+    local += static_cast<int>(st.io.used + st.timers.capacity + st.signals.high_water + st.children.used +
+                              st.hooks.capacity);
     lp.for_each_io([p](microloop::io_handle h, int fd, unsigned events) { *p += static_cast<int>(h.id() & 1) + fd + static_cast<int>(events); });
     lp.for_each_timer([p](microloop::timer_handle h, nanoseconds deadline, nanoseconds period) {
         *p += static_cast<int>((h.id() ^ static_cast<uint64_t>(deadline.count() + period.count())) & 1);

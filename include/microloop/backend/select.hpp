@@ -94,6 +94,8 @@ public:
     // anything touches an fd_set (FD_SET beyond FD_SETSIZE writes past the
     // end of the set), else errc::fd_out_of_range.
     static bool fits(int fd) { return fd < FD_SETSIZE; }
+    // The watcher slot of `fd` (which fits()), or 0xffff.
+    uint16_t slot(int fd) const { return fd_slot_[fd] == no_slot ? uint16_t(0xffff) : narrow<uint16_t>(fd_slot_[fd]); }
     // A watcher has `fd` (which fits()), or it is the wake-up fd.
     bool watched(int fd) const { return fd_slot_[fd] != no_slot || fd == wake_fd_; }
     void add(int fd, uint16_t slot) {
