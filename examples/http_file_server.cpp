@@ -77,7 +77,13 @@ const int open_files = 16;              // files kept open for the next requests
 const int64_t open_file_ttl_ms = 1000;  // ... for this long: a file replaced or removed is served that long still
 const int64_t head_timeout_ms = 5000;   // from the first byte of a request to its end (--head-timeout)
 const int64_t idle_timeout_ms = 10000;  // between keep-alive requests (--idle-timeout)
-const int64_t send_timeout_ms = 10000;  // without any progress writing (--send-timeout)
+// Without the client taking a byte (--send-timeout). Long: a client that
+// limits its rate (curl --limit-rate, a video player reading at its bitrate)
+// fills its receive buffer, then takes nothing until its average is back
+// down: at 100 KB/s with a 6 MB buffer, up to a minute. lighttpd allows 360 s,
+// nginx 60 s. A client that stops reading holds no buffer meanwhile, only
+// its connection.
+const int64_t send_timeout_ms = 120000;
 const int64_t linger_timeout_ms = 1000; // reading what a client still sends after our last answer
 const milliseconds sweep_period(250);
 const milliseconds accept_retry(100);
