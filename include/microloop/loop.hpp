@@ -505,7 +505,7 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
         result = iterate(max_wait_ns);
         if (once) break;
     }
-    stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
+    use_up_stop(); // and the wake-up stop() wrote for it
     return result;
 }
 
@@ -526,7 +526,7 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
 
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
-    if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
+    if (faulted()) return fault();
     ++iteration_;
     heap_.begin_pass();
     // The clock is read only when something depends on it: with no timer and
@@ -572,7 +572,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
     if (n > 0) {
         // The wake-up fd is drained after the watchers ran.
         if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
-        if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
+        if (faulted()) return fault();
     }
     if (!heap_.empty()) dispatch_timers();
     return error_code();
