@@ -37,7 +37,9 @@ enum : unsigned {
     writable = 2u,  // write set
     priority = 4u,  // except set: out-of-band data, tty packet mode, sysfs GPIO edges
     io_error = 8u   // only reported: the fd was closed while watched (EBADF); the
-                    // watcher is disabled, unwatch() it
+                    // watcher is disabled, unwatch() it. Unwatch before close():
+                    // a number reused before the next wait (socket(), dup2())
+                    // is the new file's, and its events reach the old watcher
 };
 
 struct io_event {
@@ -86,7 +88,8 @@ private:
 };
 
 // Compile-time capacities: how many fd watchers, timers, signal watchers and
-// child watchers one loop can hold. Each slot costs memory (see README).
+// child watchers one loop can hold. Each slot costs memory (see README). Each
+// is at most 65,533 (one slot per table is the spare; more is a static_assert).
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8>
 struct capacity {
     static const size_t io = Io, timers = Timers, signals = Signals, children = Children;
@@ -105,6 +108,7 @@ public:
 
     // ---- fd watchers ----------------------------------------------------
     // Watch fd for `events` (readable | writable | priority); cb(io_event).
+    // unwatch() before closing fd (see io_error).
     template <class F>
     io_handle watch(int fd, unsigned events, F&& cb);
     // Change what is watched; 0 pauses the watcher without removing it.
