@@ -91,7 +91,9 @@
 //   watch(fd, events, cb) / modify(h, events) / unwatch(h)
 //       events: readable | writable | priority (select's except set). cb gets
 //       io_event{handle, fd, events}; events == io_error if the fd was closed
-//       while watched (the watcher is then disabled: unwatch it).
+//       while watched (the watcher is then disabled: unwatch it). Unwatch
+//       before close(): if the fd's number is reused (socket(), dup2()...)
+//       before the next wait, the old watcher sees the new file's events.
 //   after(timeout, cb) / every(period, cb) / add_timer(timeout, repeat, cb)
 //   rearm(h, timeout) / cancel(h) / remaining(h)
 //       Monotonic clock; repeating timers do not drift and, after a stall,
@@ -100,6 +102,8 @@
 //       timer counts from the iteration's time; outside, from the clock's now.
 //       A one-shot is gone when its callback runs, unless it re-arms itself.
 //   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
+//       A stop() is used up by the run it ends: the next run_once(max_wait)
+//       waits.
 //   on_stall(threshold, cb): names any callback that blocked the loop.
 //   set_timer_slack(d): how late Linux may wake the loop for a timer (the
 //       thread's timer slack, 50 us by default; left alone unless called).
@@ -107,7 +111,9 @@
 //   stats() / for_each_io(f) / for_each_timer(f): what the loop holds, and
 //       the high-water mark of every table, to size capacities from a run.
 //   after_fork(): a forked child that keeps the loop calls it first; until
-//       then the child cannot disturb the parent (run() says errc::forked).
+//       then the child cannot disturb the parent (run(), run_once(), poll()
+//       and wake() say errc::forked, and none of the parent's watchers or
+//       timers run).
 //   basic_loop<capacity<...>, manual_clock>: timers in virtual time, for
 //       tests: loop.clock().advance(d); loop.poll();
 //   on_signal(signo, cb) / unwatch(h)
@@ -156,7 +162,8 @@
 //                            time); 0: FD_ISSET only
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
-//   microloop::basic_loop<microloop::capacity<...> >.
+//   microloop::basic_loop<microloop::capacity<...> >; each at most 65,533
+//   (a static_assert), one spare slot per table.
 //
 // ---- Licence -------------------------------------------------------------------
 //
@@ -526,12 +533,18 @@ MICROLOOP_DETAIL_NOINLINE inline void init_slots(uint64_t* gen, uint16_t* free, 
 // removes its own source take a new one at once, in that callback: the
 // removed source's slot stays out of use until its callback has returned
 // (its closure is still running), but no longer counts against N. A table of
-// N always holds N.
+// N always holds N. A slot retired and not yet recycled beyond the spares (a
+// continuation taken out and still alive) is in use: full() and stats() count
+// it, since acquire() cannot hand it out.
+//
+// N is at most 65,533 for every table: slot numbers are 16 bits, 0xffff
+// names no slot, and a loop's tables have one spare (a larger N is a
+// static_assert, whatever the table).
 template <size_t N, size_t Spare = 0>
 class slot_pool {
 public:
     static const size_t slots = N + Spare;
-    static_assert(slots > 0 && slots < 0xffff, "capacity must be at most 65533");
+    static_assert(N <= 65533 && slots > 0 && slots < 0xffff, "microloop: a capacity must be at most 65533");
     static const uint16_t none = 0xffff;
     static const uint64_t max_generation = (uint64_t(1) << 48) - 1;
 
@@ -544,7 +557,8 @@ public:
         uint64_t g = (gen_[slot] >> 1) + 1;
         if (g > max_generation) g = 1; // 0 never names a live source
         gen_[slot] = g << 1 | 1u;
-        if (++live_ > high_water_) high_water_ = live_;
+        ++live_;
+        note_high_water();
         return id_of(slot);
     }
     void release(uint16_t slot) {
@@ -569,7 +583,8 @@ public:
         check_slot(slot < slots && !(gen_[slot] & 1u));
         if (live_ == N) return false;
         gen_[slot] |= 1u;
-        if (++live_ > high_water_) high_water_ = live_;
+        ++live_;
+        note_high_water();
         return true;
     }
     // The slot a retired (not live) handle names, or `none`: for revive().
@@ -586,15 +601,28 @@ public:
     }
     uint64_t id_of(uint16_t slot) const { return (gen_[slot] >> 1) << 16 | slot; }
     bool live(uint16_t slot) const { return (gen_[slot] & 1u) != 0; }
+    // Live sources (handles that name a slot).
     size_t used() const { return live_; }
-    bool full() const { return live_ == N; }
+    // Of the N, those acquire() cannot hand out: the live ones, or more when
+    // retired slots wait to be recycled beyond the spares.
+    size_t in_use() const {
+        const size_t held = slots - nfree_; // live, or retired and not recycled
+        const size_t beyond = held > Spare ? held - Spare : 0;
+        return beyond > live_ ? beyond : live_;
+    }
+    bool full() const { return in_use() == N; }
     table_stats stats() const {
-        table_stats s = {live_, N, high_water_};
+        table_stats s = {in_use(), N, high_water_};
         return s;
     }
 
 private:
     friend struct test_access;
+
+    void note_high_water() {
+        const size_t n = in_use();
+        if (n > high_water_) high_water_ = static_cast<uint16_t>(n);
+    }
 
     uint64_t gen_[slots]; // generation << 1 | live
     uint16_t free_[slots];
@@ -690,6 +718,7 @@ private:
 #define MICROLOOP_LOOP_BASE_HPP
 
 #include <errno.h>
+#include <pthread.h> // pthread_atfork() (not on glibc: see register_atfork_child()), in the libc itself
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/select.h> // FD_SETSIZE: the wake-up fd must fit the select() sets
@@ -745,14 +774,89 @@ To narrow(From v) {
 }
 
 // Wakes a loop through its eventfd: async-signal-safe, never blocks, never
-// raises SIGPIPE. 0, or the errno (EBADF if the fd was closed).
-inline int wake_write(int fd) {
-    uint64_t one = 1;
+// raises SIGPIPE. 0, or the errno (EBADF if the fd was closed). Adds `n` to
+// the counter: 1, or stop_mark from stop().
+inline int wake_write(int fd, uint64_t n = 1) {
     ssize_t r;
-    do r = write(fd, &one, sizeof one);
+    do r = write(fd, &n, sizeof n);
     while (r < 0 && errno == EINTR);
     return r >= 0 || errno == EAGAIN ? 0 : errno; // EAGAIN: the counter is full, the loop is awake
 }
+
+// What stop() adds to the eventfd's counter: far above anything the other
+// writers (wake() and the signal handlers, one each per wake-up) can add up
+// to, so that the loop can take back the stop's share and keep theirs.
+static const uint64_t stop_mark = uint64_t(1) << 40;
+
+#if defined(__GLIBC__)
+} // namespace detail
+} // namespace microloop
+// glibc: the function behind pthread_atfork(), in its libc.so since 2.3.2
+// (pthread_atfork() itself is in libpthread_nonshared.a before 2.28), taken
+// as a weak reference: a static program that never calls fork() does not
+// link the fork handler machinery (2 KiB of armhf text) for nothing, and
+// one that does finds it there. __dso_handle unregisters the handler if the
+// code holding it is a shared library that is unloaded.
+extern "C" int __register_atfork(void (*)(void), void (*)(void), void (*)(void), void*) __attribute__((weak));
+extern "C" void* __dso_handle __attribute__((weak, visibility("hidden")));
+namespace microloop {
+namespace detail {
+// 0 (registered), an errno, or -1 (this program has no fork()).
+inline int register_atfork_child(void (*child)(void)) {
+    if (!&__register_atfork) return -1;
+    return __register_atfork(nullptr, nullptr, child, &__dso_handle);
+}
+#else
+inline int register_atfork_child(void (*child)(void)) { return pthread_atfork(nullptr, nullptr, child); }
+#endif
+
+// Fork detection for one load and compare: a pthread_atfork() child handler,
+// registered once per process (by the first loop made), counts the forks in
+// the child. The count changes only in a child, before any thread of its own
+// exists, so reading it is never a race. Constant-initialised, no heap; a
+// template so that a header defines it once per program.
+template <class = void>
+struct fork_count {
+    static unsigned forks;
+    // 0: not registered, 1: registering, 2: registered, 3: no fork() in this
+    // program (a static one that never calls it), so the count never moves.
+    static std::atomic<int> state;
+    static void child() { ++forks; }
+    // Registers the handler unless it is already (cheap after the first call).
+    static void watch() {
+        if (state.load(std::memory_order_acquire) != 0) return;
+        int expected = 0;
+        if (!state.compare_exchange_strong(expected, 1)) return; // another thread is at it
+        const int rc = register_atfork_child(&child);
+        state.store(rc == 0 ? 2 : rc < 0 ? 3 : 0); // ENOMEM: the next loop tries again
+    }
+};
+template <class T>
+unsigned fork_count<T>::forks = 0;
+template <class T>
+std::atomic<int> fork_count<T>::state(0);
+
+// Taken in a process, says later whether this is a forked child of it: the
+// fork count while the handler is registered (or there is no fork()),
+// getpid() (a system call) if registering failed.
+class fork_stamp {
+public:
+    fork_stamp() : forks_(0), pid_(0) {}
+    void take() {
+        fork_count<>::watch();
+        forks_ = fork_count<>::forks;
+        pid_ = getpid();
+    }
+    bool forked() const {
+        return fork_count<>::state.load(std::memory_order_relaxed) >= 2 ? forks_ != fork_count<>::forks
+                                                                        : getpid() != pid_;
+    }
+    unsigned forks() const { return forks_; }
+
+private:
+    unsigned forks_;
+    pid_t pid_;
+};
 
 inline int64_t monotonic_ns() {
     struct timespec ts;
@@ -794,12 +898,19 @@ struct loop_hook {
 class loop_base {
 public:
     // Interrupt a waiting select() from another thread or a signal handler
-    // (async-signal-safe; errno is preserved).
+    // (async-signal-safe; errno is preserved). errc::forked in a forked
+    // child that has not called after_fork(): the fd is the parent's.
     error_code wake();
-    // Make run() return after the current iteration. Thread-safe.
+    // Make run() return after the current iteration. Thread-safe. The
+    // wake-up it writes is taken back when the request is used up, so that
+    // it does not end the next run_once()'s wait too. In a forked child that
+    // has not called after_fork() it writes nothing (the fd is the parent's).
     void stop() {
         stop_.store(true, std::memory_order_relaxed);
-        wake();
+        if (wake_fd_ < 0 || forked()) return;
+        int saved = errno;
+        detail::wake_write(wake_fd_, detail::stop_mark); // not through wake_pending_: see use_up_stop()
+        errno = saved;
     }
 
     // Blocking-callback detection: call cb(stall_report) after any callback
@@ -855,6 +966,8 @@ public:
 
     // Which process made this loop, or called after_fork() last.
     pid_t owner_pid() const { return owner_pid_; }
+    // Whether this is a forked child that has not called after_fork().
+    bool forked() const { return forked_ || stamp_.forked(); }
 
 protected:
     loop_base();
@@ -864,6 +977,15 @@ protected:
 
     void drain_wake();
     error_code renew_wake_fd();
+    // Whether the loop cannot go on (forked, or the wake-up fd broken):
+    // checked every iteration, so it is one load and compare. fault() says why.
+    bool faulted() const { return fault_key_ != detail::fork_count<>::forks; }
+    error_code fault() const {
+        return broken_ && !forked() ? error_code(errc::system, wake_errno_) : error_code(errc::forked);
+    }
+    void set_fault() { fault_key_ = stamp_.forks() - 1; } // never equal again: the count only grows
+    // The end of a run(), run_once() or poll(): the stop request is used up.
+    bool use_up_stop(); // true if there was a stop() to use up
     size_t hooks_active() const {
         size_t n = 0;
         for (const loop_hook* h = hooks_; h; h = h->next) n += h->active;
@@ -877,7 +999,9 @@ protected:
     int wake_fd_;
     int wake_errno_; // why the wake-up fd could not be made or was found broken, or 0
     pid_t owner_pid_; // the wake-up fd is shared with forked children: only this process reads it
-    bool forked_;     // this is a forked child that has not called after_fork()
+    detail::fork_stamp stamp_; // taken with owner_pid_
+    unsigned fault_key_;       // stamp_.forks() while all is well (see faulted())
+    bool forked_;     // found to be a forked child on reading the wake-up fd (a fork the handler missed)
     bool broken_;     // the wake-up fd was closed or replaced behind our back
     std::atomic<bool> wake_pending_;
     std::atomic<bool> stop_;
@@ -889,7 +1013,8 @@ protected:
 // ---- loop_base: the wake-up fd ---------------------------------------------
 
 inline loop_base::loop_base()
-    : wake_fd_(-1), wake_errno_(0), owner_pid_(getpid()), forked_(false), broken_(false), wake_pending_(false),
+    : wake_fd_(-1), wake_errno_(0), owner_pid_(getpid()), fault_key_(0), forked_(false), broken_(false),
+      wake_pending_(false),
       stop_(false), hooks_(nullptr), stall_ns_(0) {
     renew_wake_fd();
 }
@@ -903,6 +1028,8 @@ inline error_code loop_base::renew_wake_fd() {
     wake_fd_ = -1;
     wake_errno_ = 0;
     owner_pid_ = getpid();
+    stamp_.take();
+    fault_key_ = stamp_.forks();
     forked_ = false;
     broken_ = false;
     wake_pending_.store(false);
@@ -926,6 +1053,7 @@ inline loop_base::~loop_base() {
 
 inline error_code loop_base::wake() {
     if (wake_fd_ < 0) return error_code(errc::system, wake_errno_);
+    if (forked()) return errc::forked;
     if (wake_pending_.exchange(true)) return error_code(); // a wake-up is on its way already
     int saved = errno;
     int e = detail::wake_write(wake_fd_);
@@ -942,9 +1070,12 @@ inline void loop_base::drain_wake() {
     // the child would take the parent's wake-ups while the parent's
     // wake_pending_ stays set, and every later wake() of the parent would be
     // skipped: the child leaves it alone (iterate() then returns
-    // errc::forked). One getpid() per wake-up, never per event.
+    // errc::forked). The fork handler catches a fork before any wake-up
+    // (faulted()); this getpid(), one per wake-up, never per event, catches
+    // what it cannot see (a raw clone(), a failed registration).
     if (getpid() != owner_pid_) {
         forked_ = true;
+        set_fault();
         return;
     }
     // Cleared after reading, before the hooks run: a wake() that saw the
@@ -964,6 +1095,7 @@ inline void loop_base::drain_wake() {
         // read it again; iterate() reports it.
         wake_errno_ = r < 0 ? errno : EBADF;
         broken_ = true;
+        set_fault();
         return;
     }
     wake_pending_.exchange(false);
@@ -976,6 +1108,30 @@ inline void loop_base::drain_wake() {
         h = next;
     }
     rewake.dismiss();
+}
+
+// stop() added stop_mark to the eventfd's counter rather than going through
+// wake_pending_, so that its share can be told from the others': the loop
+// reads the counter and puts back what is not the stop's (a post's, a
+// signal's wake-up), which the next iteration then sees. A stop() racing this
+// (its request arriving after the one used up here) keeps its own mark, and
+// at worst ends one wait early.
+inline bool loop_base::use_up_stop() {
+    if (!stop_.load(std::memory_order_relaxed)) return false;
+    stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
+    if (wake_fd_ < 0 || faulted() || forked()) return true;
+    uint64_t count;
+    ssize_t r;
+    do r = read(wake_fd_, &count, sizeof count);
+    while (r < 0 && errno == EINTR);
+    if (r == static_cast<ssize_t>(sizeof count)) {
+        if (count % detail::stop_mark != 0) detail::wake_write(wake_fd_, count % detail::stop_mark);
+    } else if (!(r < 0 && errno == EAGAIN)) { // not an eventfd any more: as in drain_wake()
+        wake_errno_ = r < 0 ? errno : EBADF;
+        broken_ = true;
+        set_fault();
+    }
+    return true;
 }
 
 } // namespace microloop
@@ -2279,7 +2435,9 @@ enum : unsigned {
     writable = 2u,  // write set
     priority = 4u,  // except set: out-of-band data, tty packet mode, sysfs GPIO edges
     io_error = 8u   // only reported: the fd was closed while watched (EBADF); the
-                    // watcher is disabled, unwatch() it
+                    // watcher is disabled, unwatch() it. Unwatch before close():
+                    // a number reused before the next wait (socket(), dup2())
+                    // is the new file's, and its events reach the old watcher
 };
 
 struct io_event {
@@ -2337,7 +2495,8 @@ private:
 
 // Compile-time capacities: how many fd watchers, timers, signal watchers,
 // child watchers and iteration hooks (on_prepare, on_check, on_idle) one
-// loop can hold. Each slot costs memory (see README).
+// loop can hold. Each slot costs memory (see README). Each is at most 65,533
+// (one slot per table is the spare; more is a static_assert).
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
 struct capacity {
     static const size_t io = Io, timers = Timers, signals = Signals, children = Children, hooks = Hooks;
@@ -2355,6 +2514,7 @@ public:
 
     // ---- fd watchers ----------------------------------------------------
     // Watch fd for `events` (readable | writable | priority); cb(io_event).
+    // unwatch() before closing fd (see io_error).
     template <class F>
     io_handle watch(int fd, unsigned events, F&& cb);
     // Change what is watched; 0 pauses the watcher without removing it.
@@ -2916,8 +3076,7 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
         result = iterate(max_wait_ns);
         if (once) break;
     }
-    stopped_ = stop_.load(std::memory_order_relaxed);
-    stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
+    stopped_ = use_up_stop(); // and the wake-up stop() wrote for it
     return result;
 }
 
@@ -2938,7 +3097,7 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
 
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
-    if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
+    if (faulted()) return fault();
     ++iteration_;
     // Iteration hooks (none: one test): before the timer pass begins, so
     // that timers a prepare hook arms count for this iteration.
@@ -2987,7 +3146,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
     if (n > 0) {
         // The wake-up fd is drained after the watchers ran.
         if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
-        if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
+        if (faulted()) return fault();
     }
     if (!heap_.empty()) dispatch_timers();
     // The check hooks, in the outermost iteration (one nested in a callback
@@ -3151,7 +3310,8 @@ struct slot_recycler {
 
 // The state taken out of a continuation table: its id is already stale (so
 // the request cannot be finished twice); the object is destroyed and its slot
-// reused when the taken<T> goes out of scope. Move-only; false if the take
+// reused when the taken<T> goes out of scope. Until then the slot is in use:
+// size(), full() and stats() count it, and emplace() cannot have it. Move-only; false if the take
 // failed, error() says why. Must not outlive its table.
 template <class T>
 class taken {
@@ -3305,9 +3465,11 @@ public:
         return taken<T>(reinterpret_cast<T*>(&slots_[slot]), back, slot);
     }
 
-    size_t size() const { return pool_.used(); }
+    // Slots in use: entries held, and taken<T>s still alive (their slots
+    // are not free yet). full(): emplace() would fail.
+    size_t size() const { return pool_.in_use(); }
     bool full() const { return pool_.full(); }
-    // Entries held now, N, and the most ever held at once.
+    // Slots in use now (as size()), N, and the most ever in use at once.
     table_stats stats() const { return pool_.stats(); }
     // f(continuation_id) for every entry held (not those taken out).
     template <class F>
@@ -4185,16 +4347,19 @@ void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
 // thread that owns the group (stop() also from a callback of a loop that is
 // not a member, such as the main loop's signal callback; never from a member
 // loop: a thread cannot join itself, errc::bad_argument). post() is for any
-// thread, while the group runs. The loops exist between start() and stop()
-// only; loop(i) belongs to loop i's thread: set it up from a callback posted
-// to it.
+// thread, while the group runs; in a forked child it is refused with
+// errc::forked (the member threads are the parent's: nothing would run it).
+// result(i) is for any thread, at any time. The loops exist between start()
+// and stop() only; loop(i) belongs to loop i's thread: set it up from a
+// callback posted to it.
 //
 // stop(): refuses later posts (errc::canceled), waits out posts in progress,
 // stops every loop (each finishes the callback it is running), joins every
 // thread, then destroys the loops: callbacks posted but not run are dropped
-// (the mailbox's close() rule). A loop whose run() ended early (select()
-// failed, or its own code called stop()) has its error in result(i) until
-// the next start().
+// (the mailbox's close() rule). In a forked child it only destroys its copy
+// of the loops: nothing to stop or join, and the parent's fds untouched.
+// A loop whose run() ended early (select() failed, or its own code called
+// stop()) has its error in result(i) until the next start().
 //
 // CPU pinning (start(n, pin_cpus=true)): member i is pinned to the i-th CPU
 // the process may run on (sched_getaffinity), modulo their count; best
@@ -4207,6 +4372,7 @@ void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -4228,7 +4394,9 @@ class loop_group {
 public:
     typedef Loop loop_type;
 
-    loop_group() : n_(0), owner_pid_(0), accepting_(false), posting_(0) {}
+    loop_group() : n_(0), accepting_(false), posting_(0) {
+        for (size_t i = 0; i < MaxLoops; ++i) result_[i].store(0, std::memory_order_relaxed);
+    }
     ~loop_group() { stop(); }
     loop_group(const loop_group&) = delete;
     loop_group& operator=(const loop_group&) = delete;
@@ -4241,12 +4409,14 @@ public:
 
     // Queue cb() for loop i's thread. Any thread. errc::bad_argument (no
     // loop i), errc::canceled (not running), errc::table_full (MailboxN
-    // queued for that loop).
+    // queued for that loop), errc::forked (a forked child: no member thread
+    // runs here).
     template <class F>
     error_code post(size_t i, F&& cb) {
         posting_.fetch_add(1); // see stop(): as post() and close() in mailbox.hpp
         auto out = detail::on_scope_exit([this] { posting_.fetch_sub(1, std::memory_order_release); });
         if (!accepting_.load()) return errc::canceled;
+        if (stamp_.forked()) return errc::forked; // one load and compare
         if (i >= n_ || i >= MaxLoops) return errc::bad_argument;
         return members_[i]->box.post(std::forward<F>(cb));
     }
@@ -4259,8 +4429,15 @@ public:
     size_t size() const { return n_; }
     // Loop i: use it from its own thread (inside a callback posted to it).
     Loop& loop(size_t i) { return members_[i]->loop; }
-    // What loop i's run() returned, if it has returned (else ok).
-    error_code result(size_t i) const { return i < MaxLoops ? result_[i] : error_code(errc::bad_argument); }
+    // What loop i's run() returned, once it has returned (ok until then, and
+    // for a run() that returned ok); kept after stop() until the next
+    // start(). Any thread, at any time: loop i's thread stores it atomically.
+    // errc::bad_argument for i >= MaxLoops.
+    error_code result(size_t i) const {
+        if (i >= MaxLoops) return errc::bad_argument;
+        const uint32_t v = result_[i].load(std::memory_order_acquire);
+        return error_code(static_cast<errc>(v & 0xffu), static_cast<int>(v >> 8));
+    }
     // Whether start(n, true) pinned loop i to a CPU.
     bool pinned(size_t i) const { return i < MaxLoops && pinned_[i]; }
 
@@ -4275,19 +4452,23 @@ private:
 
     static void* thread_main(void* arg) {
         member* m = static_cast<member*>(arg);
-        m->group->result_[m->index] = m->loop.run();
+        const error_code e = m->loop.run();
+        // The errc below an errno (errno values are far below 2^24).
+        m->group->result_[m->index].store(static_cast<uint32_t>(static_cast<unsigned char>(e.code())) |
+                                              static_cast<uint32_t>(e.sys()) << 8,
+                                          std::memory_order_release);
         return nullptr;
     }
     void pin(size_t i);
     void destroy(size_t count, size_t joined);
 
     size_t n_;
-    pid_t owner_pid_;
+    detail::fork_stamp stamp_; // taken by start(): is this a forked child of that process?
     std::atomic<bool> accepting_;
     std::atomic<size_t> posting_;
     member* members_[MaxLoops];
     pthread_t threads_[MaxLoops];
-    error_code result_[MaxLoops];
+    std::atomic<uint32_t> result_[MaxLoops]; // written by member threads: see result()
     bool pinned_[MaxLoops];
     alignas(member) unsigned char storage_[MaxLoops][sizeof(member)];
 };
@@ -4297,10 +4478,10 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::start(size_t n, bool pin_
     if (n_ != 0) return errc::bad_argument;
     if (n == 0) n = online_cpus() < MaxLoops ? online_cpus() : MaxLoops;
     if (n > MaxLoops) return errc::bad_argument;
-    owner_pid_ = getpid();
+    stamp_.take();
     for (size_t i = 0; i < MaxLoops; ++i) {
         members_[i] = nullptr;
-        result_[i] = error_code();
+        result_[i].store(0, std::memory_order_relaxed);
         pinned_[i] = false;
     }
     for (size_t i = 0; i < n; ++i) {
@@ -4330,12 +4511,18 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::stop() {
     for (size_t i = 0; i < n_; ++i)
         if (pthread_equal(pthread_self(), threads_[i])) return errc::bad_argument;
     accepting_.store(false);
-    while (posting_.load() != 0) sched_yield();
-    for (size_t i = 0; i < n_; ++i) members_[i]->loop.stop();
     size_t n = n_;
     n_ = 0;
-    // In a forked child the threads are the parent's: nothing to join.
-    destroy(n, getpid() == owner_pid_ ? n : 0);
+    // In a forked child the threads (and their posts in progress) are the
+    // parent's: nothing to wait for, stop or join; the loops' fds, shared
+    // with the parent, are left alone (only closed).
+    if (stamp_.forked()) {
+        destroy(n, 0);
+        return error_code();
+    }
+    while (posting_.load() != 0) sched_yield();
+    for (size_t i = 0; i < n; ++i) members_[i]->loop.stop();
+    destroy(n, n);
     return error_code();
 }
 

@@ -148,6 +148,34 @@ TEST_CASE("continuation table: a taken slot is reused only when the taken state 
     CHECK(table.size() == 0);
 }
 
+TEST_CASE("continuation table: a live taken<T> counts in size(), full() and stats(), and its slot stays unusable",
+          "[continuation][robust]") {
+    microloop::continuation_table<2, sizeof(request)> table;
+    request r = {7, 0, ""};
+    microloop::continuation_id a = table.emplace<request>(r);
+    REQUIRE(a);
+    {
+        microloop::taken<request> t = table.take<request>(a);
+        REQUIRE(t);
+        microloop::continuation_id b = table.emplace<request>(r);
+        REQUIRE(b);
+        // One entry held, one taken out and alive: both slots are in use.
+        CHECK(table.emplace<request>(r).error() == microloop::errc::table_full);
+        CHECK(table.full());              // before the fix: false
+        CHECK(table.size() == 2);         // before the fix: 1
+        CHECK(table.stats().used == 2);   // before the fix: 1
+        CHECK(table.stats().high_water == 2);
+        int held = 0;
+        table.for_each([&held](microloop::continuation_id) { ++held; });
+        CHECK(held == 1); // for_each visits what is held, not what is taken out
+    }
+    CHECK_FALSE(table.full());
+    CHECK(table.size() == 1);
+    CHECK(table.stats().used == 1);
+    CHECK(table.stats().high_water == 2);
+    CHECK(table.emplace<request>(r));
+}
+
 TEST_CASE("continuation table: trivial and non-trivial types mix", "[continuation]") {
     microloop::continuation_table<3> table;
     microloop::continuation_id a = table.emplace<int>(3);

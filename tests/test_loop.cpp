@@ -544,6 +544,98 @@ TEST_CASE("fork: after_fork() skips a module hook without on_fork", "[robust][fo
     loop.detach(&hook);
 }
 
+TEST_CASE("fork: a child that skips after_fork() gets errc::forked with no wake-up pending; nothing of the parent's runs",
+          "[loop][robust][fork]") {
+    microloop::loop<2, 2> loop;
+    test::fd_pair p = test::make_pipe();
+    REQUIRE(p.ok());
+    int reads = 0, fires = 0;
+    REQUIRE(loop.watch(p.a.get(), microloop::readable, [&reads](io_event) { ++reads; })); // reads nothing
+    REQUIRE(loop.after(milliseconds(0), [&fires](timer_event) { ++fires; }));
+    REQUIRE(test::put_byte(p.b.get())); // the watcher is ready and the timer due; no wake-up is pending
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int fail = 0;
+        if (loop.poll() != errc::forked) fail |= 1;
+        if (loop.run_once(milliseconds(10)) != errc::forked) fail |= 2;
+        if (!fail && loop.run_once() != errc::forked) fail |= 4; // (before the fix: not reached)
+        if (!fail && loop.run() != errc::forked) fail |= 8;       // (before the fix: it would never return)
+        if (reads != 0) fail |= 16;
+        if (fires != 0) fail |= 32;
+        _exit(fail);
+    }
+    CHECK(wait_exit(pid) == 0);
+    // The parent's watcher and timer are untouched.
+    REQUIRE(!loop.poll());
+    CHECK(reads == 1);
+    CHECK(fires == 1);
+}
+
+TEST_CASE("fork: a child forked from a callback gets errc::forked from the run() it returns into", "[loop][robust][fork]") {
+    typedef microloop::loop<2, 2> loop_t;
+    struct state {
+        loop_t loop;
+        int ticks, at_fork;
+        pid_t pid;
+        microloop::timer_handle tick;
+    };
+    static state st;
+    st.ticks = 0;
+    st.at_fork = -1;
+    st.pid = -1;
+    st.tick = st.loop.every(milliseconds(1), [](timer_event) {
+        ++st.ticks;
+        if (st.pid == 0 && st.ticks > st.at_fork + 20) _exit(99); // the child's run() went on with the parent's timers
+    });
+    REQUIRE(st.tick);
+    REQUIRE(st.loop.after(milliseconds(5), [](timer_event) {
+        st.at_fork = st.ticks;
+        st.pid = fork();
+        if (st.pid != 0) st.loop.cancel(st.tick); // run() ends with nothing active (a stop() would wake the child)
+    }));
+    microloop::error_code e = st.loop.run();
+    if (st.pid == 0) _exit(e == errc::forked ? 0 : 98);
+    REQUIRE(st.pid > 0);
+    CHECK(!e);
+    CHECK(wait_exit(st.pid) == 0);
+}
+
+TEST_CASE("stop() leaves no wake-up behind: the next run_once(max_wait) waits", "[loop][robust]") {
+    microloop::loop<1, 2> loop;
+    microloop::mailbox<4> box(loop);
+    // From a callback.
+    REQUIRE(loop.after(milliseconds(0), [&loop](timer_event) { loop.stop(); }));
+    REQUIRE(!loop.run());
+    steady_clock::time_point t0 = steady_clock::now();
+    REQUIRE(!loop.run_once(milliseconds(300)));
+    CHECK(steady_clock::now() - t0 >= milliseconds(250)); // before the fix: at once
+    // From outside, before the loop runs: the run_once() it stops returns at
+    // once, the one after waits.
+    loop.stop();
+    REQUIRE(!loop.run_once(seconds(5)));
+    t0 = steady_clock::now();
+    REQUIRE(!loop.run_once(milliseconds(300)));
+    CHECK(steady_clock::now() - t0 >= milliseconds(250));
+    // A wake-up that came with the stop for other work is kept: the post runs
+    // at the next iteration, it does not wait for another wake-up.
+    struct work {
+        microloop::loop<1, 2>* loop;
+        microloop::mailbox<4>* box;
+        int posted;
+    } w = {&loop, &box, 0};
+    int& posted = w.posted;
+    REQUIRE(loop.after(milliseconds(0), [&w](timer_event) {
+        REQUIRE(!w.box->post([&w] { ++w.posted; }));
+        w.loop->stop();
+    }));
+    REQUIRE(!loop.run());
+    CHECK(posted == 0);
+    for (int i = 0; i < 3 && posted == 0; ++i) REQUIRE(!loop.run_once(seconds(5)));
+    CHECK(posted == 1);
+    box.close();
+}
+
 // ---- a table of N holds N -----------------------------------------------------------
 
 TEST_CASE("capacity 1: a callback can replace its own source", "[robust]") {

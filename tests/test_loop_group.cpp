@@ -5,8 +5,11 @@
 #include <microloop.hpp>
 
 #include <poll.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -137,4 +140,53 @@ TEST_CASE("loop_group: default size, posts from many threads, stop() from the ma
     CHECK(group.size() == 0);
     main_loop.cancel(guard);
     main_loop.unwatch(sig);
+}
+
+namespace {
+// Waits for pid and returns its exit code, or -1.
+int exit_code_of(pid_t pid) {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+} // namespace
+
+TEST_CASE("loop_group: a forked child's post() is refused with errc::forked; the parent's group is untouched",
+          "[pool][thread][robust][fork]") {
+    static group4 group;
+    REQUIRE_FALSE(group.start(2));
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        // No member thread exists here: a post would never run.
+        int fail = 0;
+        if (group.post(0, [] {}) != microloop::errc::forked) fail |= 1; // before the fix: ok, and lost
+        if (group.post(1, [] {}) != microloop::errc::forked) fail |= 2;
+        if (group.stop()) fail |= 4; // nothing to join
+        if (group.size() != 0) fail |= 8;
+        _exit(fail);
+    }
+    CHECK(exit_code_of(pid) == 0);
+    std::atomic<int> ran(0);
+    REQUIRE_FALSE(group.post(0, [&ran] { ran.fetch_add(1); }));
+    REQUIRE_FALSE(group.post(1, [&ran] { ran.fetch_add(1); }));
+    for (int i = 0; i < 5000 && ran.load() < 2; ++i) test::sleep_ms(1);
+    CHECK(ran.load() == 2);
+    CHECK_FALSE(group.stop());
+}
+
+TEST_CASE("loop_group: result(i) may be read while the group runs", "[pool][thread][robust]") {
+    static group4 group;
+    REQUIRE_FALSE(group.start(2));
+    CHECK_FALSE(group.result(0));
+    // Loop 0's run() returns (its own code stopped it) while this thread reads
+    // result(0): before the fix, a data race.
+    REQUIRE_FALSE(group.post(0, [] { group.loop(0).stop(); }));
+    int reads = 0;
+    for (int i = 0; i < 2000; ++i) reads += group.result(0) ? 0 : 1;
+    CHECK(reads == 2000);
+    CHECK(group.result(7) == microloop::errc::bad_argument);
+    CHECK_FALSE(group.stop());
+    CHECK_FALSE(group.result(0));
 }

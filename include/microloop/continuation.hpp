@@ -71,7 +71,8 @@ struct slot_recycler {
 
 // The state taken out of a continuation table: its id is already stale (so
 // the request cannot be finished twice); the object is destroyed and its slot
-// reused when the taken<T> goes out of scope. Move-only; false if the take
+// reused when the taken<T> goes out of scope. Until then the slot is in use:
+// size(), full() and stats() count it, and emplace() cannot have it. Move-only; false if the take
 // failed, error() says why. Must not outlive its table.
 template <class T>
 class taken {
@@ -225,9 +226,11 @@ public:
         return taken<T>(reinterpret_cast<T*>(&slots_[slot]), back, slot);
     }
 
-    size_t size() const { return pool_.used(); }
+    // Slots in use: entries held, and taken<T>s still alive (their slots
+    // are not free yet). full(): emplace() would fail.
+    size_t size() const { return pool_.in_use(); }
     bool full() const { return pool_.full(); }
-    // Entries held now, N, and the most ever held at once.
+    // Slots in use now (as size()), N, and the most ever in use at once.
     table_stats stats() const { return pool_.stats(); }
     // f(continuation_id) for every entry held (not those taken out).
     template <class F>

@@ -34,7 +34,9 @@
 //   watch(fd, events, cb) / modify(h, events) / unwatch(h)
 //       events: readable | writable | priority (select's except set). cb gets
 //       io_event{handle, fd, events}; events == io_error if the fd was closed
-//       while watched (the watcher is then disabled: unwatch it).
+//       while watched (the watcher is then disabled: unwatch it). Unwatch
+//       before close(): if the fd's number is reused (socket(), dup2()...)
+//       before the next wait, the old watcher sees the new file's events.
 //   after(timeout, cb) / every(period, cb) / add_timer(timeout, repeat, cb)
 //   rearm(h, timeout) / cancel(h) / remaining(h)
 //       Monotonic clock; repeating timers do not drift and, after a stall,
@@ -43,6 +45,8 @@
 //       timer counts from the iteration's time; outside, from the clock's now.
 //       A one-shot is gone when its callback runs, unless it re-arms itself.
 //   run() / run_once() / run_once(max_wait) / poll() / stop() / wake()
+//       A stop() is used up by the run it ends: the next run_once(max_wait)
+//       waits.
 //   on_stall(threshold, cb): names any callback that blocked the loop.
 //   set_timer_slack(d): how late Linux may wake the loop for a timer (the
 //       thread's timer slack, 50 us by default; left alone unless called).
@@ -50,7 +54,9 @@
 //   stats() / for_each_io(f) / for_each_timer(f): what the loop holds, and
 //       the high-water mark of every table, to size capacities from a run.
 //   after_fork(): a forked child that keeps the loop calls it first; until
-//       then the child cannot disturb the parent (run() says errc::forked).
+//       then the child cannot disturb the parent (run(), run_once(), poll()
+//       and wake() say errc::forked, and none of the parent's watchers or
+//       timers run).
 //   basic_loop<capacity<...>, manual_clock>: timers in virtual time, for
 //       tests: loop.clock().advance(d); loop.poll();
 //   on_signal(signo, cb) / unwatch(h)
@@ -99,7 +105,8 @@
 //                            time); 0: FD_ISSET only
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
-//   microloop::basic_loop<microloop::capacity<...> >.
+//   microloop::basic_loop<microloop::capacity<...> >; each at most 65,533
+//   (a static_assert), one spare slot per table.
 //
 // ---- Licence -------------------------------------------------------------------
 //

@@ -103,12 +103,18 @@ MICROLOOP_DETAIL_NOINLINE inline void init_slots(uint64_t* gen, uint16_t* free, 
 // removes its own source take a new one at once, in that callback: the
 // removed source's slot stays out of use until its callback has returned
 // (its closure is still running), but no longer counts against N. A table of
-// N always holds N.
+// N always holds N. A slot retired and not yet recycled beyond the spares (a
+// continuation taken out and still alive) is in use: full() and stats() count
+// it, since acquire() cannot hand it out.
+//
+// N is at most 65,533 for every table: slot numbers are 16 bits, 0xffff
+// names no slot, and a loop's tables have one spare (a larger N is a
+// static_assert, whatever the table).
 template <size_t N, size_t Spare = 0>
 class slot_pool {
 public:
     static const size_t slots = N + Spare;
-    static_assert(slots > 0 && slots < 0xffff, "capacity must be at most 65533");
+    static_assert(N <= 65533 && slots > 0 && slots < 0xffff, "microloop: a capacity must be at most 65533");
     static const uint16_t none = 0xffff;
     static const uint64_t max_generation = (uint64_t(1) << 48) - 1;
 
@@ -121,7 +127,8 @@ public:
         uint64_t g = (gen_[slot] >> 1) + 1;
         if (g > max_generation) g = 1; // 0 never names a live source
         gen_[slot] = g << 1 | 1u;
-        if (++live_ > high_water_) high_water_ = live_;
+        ++live_;
+        note_high_water();
         return id_of(slot);
     }
     void release(uint16_t slot) {
@@ -146,7 +153,8 @@ public:
         check_slot(slot < slots && !(gen_[slot] & 1u));
         if (live_ == N) return false;
         gen_[slot] |= 1u;
-        if (++live_ > high_water_) high_water_ = live_;
+        ++live_;
+        note_high_water();
         return true;
     }
     // The slot a retired (not live) handle names, or `none`: for revive().
@@ -163,15 +171,28 @@ public:
     }
     uint64_t id_of(uint16_t slot) const { return (gen_[slot] >> 1) << 16 | slot; }
     bool live(uint16_t slot) const { return (gen_[slot] & 1u) != 0; }
+    // Live sources (handles that name a slot).
     size_t used() const { return live_; }
-    bool full() const { return live_ == N; }
+    // Of the N, those acquire() cannot hand out: the live ones, or more when
+    // retired slots wait to be recycled beyond the spares.
+    size_t in_use() const {
+        const size_t held = slots - nfree_; // live, or retired and not recycled
+        const size_t beyond = held > Spare ? held - Spare : 0;
+        return beyond > live_ ? beyond : live_;
+    }
+    bool full() const { return in_use() == N; }
     table_stats stats() const {
-        table_stats s = {live_, N, high_water_};
+        table_stats s = {in_use(), N, high_water_};
         return s;
     }
 
 private:
     friend struct test_access;
+
+    void note_high_water() {
+        const size_t n = in_use();
+        if (n > high_water_) high_water_ = static_cast<uint16_t>(n);
+    }
 
     uint64_t gen_[slots]; // generation << 1 | live
     uint16_t free_[slots];

@@ -37,7 +37,9 @@ enum : unsigned {
     writable = 2u,  // write set
     priority = 4u,  // except set: out-of-band data, tty packet mode, sysfs GPIO edges
     io_error = 8u   // only reported: the fd was closed while watched (EBADF); the
-                    // watcher is disabled, unwatch() it
+                    // watcher is disabled, unwatch() it. Unwatch before close():
+                    // a number reused before the next wait (socket(), dup2())
+                    // is the new file's, and its events reach the old watcher
 };
 
 struct io_event {
@@ -95,7 +97,8 @@ private:
 
 // Compile-time capacities: how many fd watchers, timers, signal watchers,
 // child watchers and iteration hooks (on_prepare, on_check, on_idle) one
-// loop can hold. Each slot costs memory (see README).
+// loop can hold. Each slot costs memory (see README). Each is at most 65,533
+// (one slot per table is the spare; more is a static_assert).
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
 struct capacity {
     static const size_t io = Io, timers = Timers, signals = Signals, children = Children, hooks = Hooks;
@@ -114,6 +117,7 @@ public:
 
     // ---- fd watchers ----------------------------------------------------
     // Watch fd for `events` (readable | writable | priority); cb(io_event).
+    // unwatch() before closing fd (see io_error).
     template <class F>
     io_handle watch(int fd, unsigned events, F&& cb);
     // Change what is watched; 0 pauses the watcher without removing it.
@@ -676,8 +680,7 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
         result = iterate(max_wait_ns);
         if (once) break;
     }
-    stopped_ = stop_.load(std::memory_order_relaxed);
-    stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
+    stopped_ = use_up_stop(); // and the wake-up stop() wrote for it
     return result;
 }
 
@@ -698,7 +701,7 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
 
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
-    if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
+    if (faulted()) return fault();
     ++iteration_;
     // Iteration hooks (none: one test): before the timer pass begins, so
     // that timers a prepare hook arms count for this iteration.
@@ -747,7 +750,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
     if (n > 0) {
         // The wake-up fd is drained after the watchers ran.
         if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
-        if (forked_ | broken_) return forked_ ? error_code(errc::forked) : error_code(errc::system, wake_errno_);
+        if (faulted()) return fault();
     }
     if (!heap_.empty()) dispatch_timers();
     // The check hooks, in the outermost iteration (one nested in a callback

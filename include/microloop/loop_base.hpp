@@ -8,6 +8,7 @@
 #define MICROLOOP_LOOP_BASE_HPP
 
 #include <errno.h>
+#include <pthread.h> // pthread_atfork() (not on glibc: see register_atfork_child()), in the libc itself
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/select.h> // FD_SETSIZE: the wake-up fd must fit the select() sets
@@ -67,14 +68,89 @@ To narrow(From v) {
 }
 
 // Wakes a loop through its eventfd: async-signal-safe, never blocks, never
-// raises SIGPIPE. 0, or the errno (EBADF if the fd was closed).
-inline int wake_write(int fd) {
-    uint64_t one = 1;
+// raises SIGPIPE. 0, or the errno (EBADF if the fd was closed). Adds `n` to
+// the counter: 1, or stop_mark from stop().
+inline int wake_write(int fd, uint64_t n = 1) {
     ssize_t r;
-    do r = write(fd, &one, sizeof one);
+    do r = write(fd, &n, sizeof n);
     while (r < 0 && errno == EINTR);
     return r >= 0 || errno == EAGAIN ? 0 : errno; // EAGAIN: the counter is full, the loop is awake
 }
+
+// What stop() adds to the eventfd's counter: far above anything the other
+// writers (wake() and the signal handlers, one each per wake-up) can add up
+// to, so that the loop can take back the stop's share and keep theirs.
+static const uint64_t stop_mark = uint64_t(1) << 40;
+
+#if defined(__GLIBC__)
+} // namespace detail
+} // namespace microloop
+// glibc: the function behind pthread_atfork(), in its libc.so since 2.3.2
+// (pthread_atfork() itself is in libpthread_nonshared.a before 2.28), taken
+// as a weak reference: a static program that never calls fork() does not
+// link the fork handler machinery (2 KiB of armhf text) for nothing, and
+// one that does finds it there. __dso_handle unregisters the handler if the
+// code holding it is a shared library that is unloaded.
+extern "C" int __register_atfork(void (*)(void), void (*)(void), void (*)(void), void*) __attribute__((weak));
+extern "C" void* __dso_handle __attribute__((weak, visibility("hidden")));
+namespace microloop {
+namespace detail {
+// 0 (registered), an errno, or -1 (this program has no fork()).
+inline int register_atfork_child(void (*child)(void)) {
+    if (!&__register_atfork) return -1;
+    return __register_atfork(nullptr, nullptr, child, &__dso_handle);
+}
+#else
+inline int register_atfork_child(void (*child)(void)) { return pthread_atfork(nullptr, nullptr, child); }
+#endif
+
+// Fork detection for one load and compare: a pthread_atfork() child handler,
+// registered once per process (by the first loop made), counts the forks in
+// the child. The count changes only in a child, before any thread of its own
+// exists, so reading it is never a race. Constant-initialised, no heap; a
+// template so that a header defines it once per program.
+template <class = void>
+struct fork_count {
+    static unsigned forks;
+    // 0: not registered, 1: registering, 2: registered, 3: no fork() in this
+    // program (a static one that never calls it), so the count never moves.
+    static std::atomic<int> state;
+    static void child() { ++forks; }
+    // Registers the handler unless it is already (cheap after the first call).
+    static void watch() {
+        if (state.load(std::memory_order_acquire) != 0) return;
+        int expected = 0;
+        if (!state.compare_exchange_strong(expected, 1)) return; // another thread is at it
+        const int rc = register_atfork_child(&child);
+        state.store(rc == 0 ? 2 : rc < 0 ? 3 : 0); // ENOMEM: the next loop tries again
+    }
+};
+template <class T>
+unsigned fork_count<T>::forks = 0;
+template <class T>
+std::atomic<int> fork_count<T>::state(0);
+
+// Taken in a process, says later whether this is a forked child of it: the
+// fork count while the handler is registered (or there is no fork()),
+// getpid() (a system call) if registering failed.
+class fork_stamp {
+public:
+    fork_stamp() : forks_(0), pid_(0) {}
+    void take() {
+        fork_count<>::watch();
+        forks_ = fork_count<>::forks;
+        pid_ = getpid();
+    }
+    bool forked() const {
+        return fork_count<>::state.load(std::memory_order_relaxed) >= 2 ? forks_ != fork_count<>::forks
+                                                                        : getpid() != pid_;
+    }
+    unsigned forks() const { return forks_; }
+
+private:
+    unsigned forks_;
+    pid_t pid_;
+};
 
 inline int64_t monotonic_ns() {
     struct timespec ts;
@@ -116,12 +192,19 @@ struct loop_hook {
 class loop_base {
 public:
     // Interrupt a waiting select() from another thread or a signal handler
-    // (async-signal-safe; errno is preserved).
+    // (async-signal-safe; errno is preserved). errc::forked in a forked
+    // child that has not called after_fork(): the fd is the parent's.
     error_code wake();
-    // Make run() return after the current iteration. Thread-safe.
+    // Make run() return after the current iteration. Thread-safe. The
+    // wake-up it writes is taken back when the request is used up, so that
+    // it does not end the next run_once()'s wait too. In a forked child that
+    // has not called after_fork() it writes nothing (the fd is the parent's).
     void stop() {
         stop_.store(true, std::memory_order_relaxed);
-        wake();
+        if (wake_fd_ < 0 || forked()) return;
+        int saved = errno;
+        detail::wake_write(wake_fd_, detail::stop_mark); // not through wake_pending_: see use_up_stop()
+        errno = saved;
     }
 
     // Blocking-callback detection: call cb(stall_report) after any callback
@@ -177,6 +260,8 @@ public:
 
     // Which process made this loop, or called after_fork() last.
     pid_t owner_pid() const { return owner_pid_; }
+    // Whether this is a forked child that has not called after_fork().
+    bool forked() const { return forked_ || stamp_.forked(); }
 
 protected:
     loop_base();
@@ -186,6 +271,15 @@ protected:
 
     void drain_wake();
     error_code renew_wake_fd();
+    // Whether the loop cannot go on (forked, or the wake-up fd broken):
+    // checked every iteration, so it is one load and compare. fault() says why.
+    bool faulted() const { return fault_key_ != detail::fork_count<>::forks; }
+    error_code fault() const {
+        return broken_ && !forked() ? error_code(errc::system, wake_errno_) : error_code(errc::forked);
+    }
+    void set_fault() { fault_key_ = stamp_.forks() - 1; } // never equal again: the count only grows
+    // The end of a run(), run_once() or poll(): the stop request is used up.
+    bool use_up_stop(); // true if there was a stop() to use up
     size_t hooks_active() const {
         size_t n = 0;
         for (const loop_hook* h = hooks_; h; h = h->next) n += h->active;
@@ -199,7 +293,9 @@ protected:
     int wake_fd_;
     int wake_errno_; // why the wake-up fd could not be made or was found broken, or 0
     pid_t owner_pid_; // the wake-up fd is shared with forked children: only this process reads it
-    bool forked_;     // this is a forked child that has not called after_fork()
+    detail::fork_stamp stamp_; // taken with owner_pid_
+    unsigned fault_key_;       // stamp_.forks() while all is well (see faulted())
+    bool forked_;     // found to be a forked child on reading the wake-up fd (a fork the handler missed)
     bool broken_;     // the wake-up fd was closed or replaced behind our back
     std::atomic<bool> wake_pending_;
     std::atomic<bool> stop_;
@@ -211,7 +307,8 @@ protected:
 // ---- loop_base: the wake-up fd ---------------------------------------------
 
 inline loop_base::loop_base()
-    : wake_fd_(-1), wake_errno_(0), owner_pid_(getpid()), forked_(false), broken_(false), wake_pending_(false),
+    : wake_fd_(-1), wake_errno_(0), owner_pid_(getpid()), fault_key_(0), forked_(false), broken_(false),
+      wake_pending_(false),
       stop_(false), hooks_(nullptr), stall_ns_(0) {
     renew_wake_fd();
 }
@@ -225,6 +322,8 @@ inline error_code loop_base::renew_wake_fd() {
     wake_fd_ = -1;
     wake_errno_ = 0;
     owner_pid_ = getpid();
+    stamp_.take();
+    fault_key_ = stamp_.forks();
     forked_ = false;
     broken_ = false;
     wake_pending_.store(false);
@@ -248,6 +347,7 @@ inline loop_base::~loop_base() {
 
 inline error_code loop_base::wake() {
     if (wake_fd_ < 0) return error_code(errc::system, wake_errno_);
+    if (forked()) return errc::forked;
     if (wake_pending_.exchange(true)) return error_code(); // a wake-up is on its way already
     int saved = errno;
     int e = detail::wake_write(wake_fd_);
@@ -264,9 +364,12 @@ inline void loop_base::drain_wake() {
     // the child would take the parent's wake-ups while the parent's
     // wake_pending_ stays set, and every later wake() of the parent would be
     // skipped: the child leaves it alone (iterate() then returns
-    // errc::forked). One getpid() per wake-up, never per event.
+    // errc::forked). The fork handler catches a fork before any wake-up
+    // (faulted()); this getpid(), one per wake-up, never per event, catches
+    // what it cannot see (a raw clone(), a failed registration).
     if (getpid() != owner_pid_) {
         forked_ = true;
+        set_fault();
         return;
     }
     // Cleared after reading, before the hooks run: a wake() that saw the
@@ -286,6 +389,7 @@ inline void loop_base::drain_wake() {
         // read it again; iterate() reports it.
         wake_errno_ = r < 0 ? errno : EBADF;
         broken_ = true;
+        set_fault();
         return;
     }
     wake_pending_.exchange(false);
@@ -298,6 +402,30 @@ inline void loop_base::drain_wake() {
         h = next;
     }
     rewake.dismiss();
+}
+
+// stop() added stop_mark to the eventfd's counter rather than going through
+// wake_pending_, so that its share can be told from the others': the loop
+// reads the counter and puts back what is not the stop's (a post's, a
+// signal's wake-up), which the next iteration then sees. A stop() racing this
+// (its request arriving after the one used up here) keeps its own mark, and
+// at worst ends one wait early.
+inline bool loop_base::use_up_stop() {
+    if (!stop_.load(std::memory_order_relaxed)) return false;
+    stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
+    if (wake_fd_ < 0 || faulted() || forked()) return true;
+    uint64_t count;
+    ssize_t r;
+    do r = read(wake_fd_, &count, sizeof count);
+    while (r < 0 && errno == EINTR);
+    if (r == static_cast<ssize_t>(sizeof count)) {
+        if (count % detail::stop_mark != 0) detail::wake_write(wake_fd_, count % detail::stop_mark);
+    } else if (!(r < 0 && errno == EAGAIN)) { // not an eventfd any more: as in drain_wake()
+        wake_errno_ = r < 0 ? errno : EBADF;
+        broken_ = true;
+        set_fault();
+    }
+    return true;
 }
 
 } // namespace microloop

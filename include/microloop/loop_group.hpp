@@ -22,16 +22,19 @@
 // thread that owns the group (stop() also from a callback of a loop that is
 // not a member, such as the main loop's signal callback; never from a member
 // loop: a thread cannot join itself, errc::bad_argument). post() is for any
-// thread, while the group runs. The loops exist between start() and stop()
-// only; loop(i) belongs to loop i's thread: set it up from a callback posted
-// to it.
+// thread, while the group runs; in a forked child it is refused with
+// errc::forked (the member threads are the parent's: nothing would run it).
+// result(i) is for any thread, at any time. The loops exist between start()
+// and stop() only; loop(i) belongs to loop i's thread: set it up from a
+// callback posted to it.
 //
 // stop(): refuses later posts (errc::canceled), waits out posts in progress,
 // stops every loop (each finishes the callback it is running), joins every
 // thread, then destroys the loops: callbacks posted but not run are dropped
-// (the mailbox's close() rule). A loop whose run() ended early (select()
-// failed, or its own code called stop()) has its error in result(i) until
-// the next start().
+// (the mailbox's close() rule). In a forked child it only destroys its copy
+// of the loops: nothing to stop or join, and the parent's fds untouched.
+// A loop whose run() ended early (select() failed, or its own code called
+// stop()) has its error in result(i) until the next start().
 //
 // CPU pinning (start(n, pin_cpus=true)): member i is pinned to the i-th CPU
 // the process may run on (sched_getaffinity), modulo their count; best
@@ -44,6 +47,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -70,7 +74,9 @@ class loop_group {
 public:
     typedef Loop loop_type;
 
-    loop_group() : n_(0), owner_pid_(0), accepting_(false), posting_(0) {}
+    loop_group() : n_(0), accepting_(false), posting_(0) {
+        for (size_t i = 0; i < MaxLoops; ++i) result_[i].store(0, std::memory_order_relaxed);
+    }
     ~loop_group() { stop(); }
     loop_group(const loop_group&) = delete;
     loop_group& operator=(const loop_group&) = delete;
@@ -83,12 +89,14 @@ public:
 
     // Queue cb() for loop i's thread. Any thread. errc::bad_argument (no
     // loop i), errc::canceled (not running), errc::table_full (MailboxN
-    // queued for that loop).
+    // queued for that loop), errc::forked (a forked child: no member thread
+    // runs here).
     template <class F>
     error_code post(size_t i, F&& cb) {
         posting_.fetch_add(1); // see stop(): as post() and close() in mailbox.hpp
         auto out = detail::on_scope_exit([this] { posting_.fetch_sub(1, std::memory_order_release); });
         if (!accepting_.load()) return errc::canceled;
+        if (stamp_.forked()) return errc::forked; // one load and compare
         if (i >= n_ || i >= MaxLoops) return errc::bad_argument;
         return members_[i]->box.post(std::forward<F>(cb));
     }
@@ -101,8 +109,15 @@ public:
     size_t size() const { return n_; }
     // Loop i: use it from its own thread (inside a callback posted to it).
     Loop& loop(size_t i) { return members_[i]->loop; }
-    // What loop i's run() returned, if it has returned (else ok).
-    error_code result(size_t i) const { return i < MaxLoops ? result_[i] : error_code(errc::bad_argument); }
+    // What loop i's run() returned, once it has returned (ok until then, and
+    // for a run() that returned ok); kept after stop() until the next
+    // start(). Any thread, at any time: loop i's thread stores it atomically.
+    // errc::bad_argument for i >= MaxLoops.
+    error_code result(size_t i) const {
+        if (i >= MaxLoops) return errc::bad_argument;
+        const uint32_t v = result_[i].load(std::memory_order_acquire);
+        return error_code(static_cast<errc>(v & 0xffu), static_cast<int>(v >> 8));
+    }
     // Whether start(n, true) pinned loop i to a CPU.
     bool pinned(size_t i) const { return i < MaxLoops && pinned_[i]; }
 
@@ -117,19 +132,23 @@ private:
 
     static void* thread_main(void* arg) {
         member* m = static_cast<member*>(arg);
-        m->group->result_[m->index] = m->loop.run();
+        const error_code e = m->loop.run();
+        // The errc below an errno (errno values are far below 2^24).
+        m->group->result_[m->index].store(static_cast<uint32_t>(static_cast<unsigned char>(e.code())) |
+                                              static_cast<uint32_t>(e.sys()) << 8,
+                                          std::memory_order_release);
         return nullptr;
     }
     void pin(size_t i);
     void destroy(size_t count, size_t joined);
 
     size_t n_;
-    pid_t owner_pid_;
+    detail::fork_stamp stamp_; // taken by start(): is this a forked child of that process?
     std::atomic<bool> accepting_;
     std::atomic<size_t> posting_;
     member* members_[MaxLoops];
     pthread_t threads_[MaxLoops];
-    error_code result_[MaxLoops];
+    std::atomic<uint32_t> result_[MaxLoops]; // written by member threads: see result()
     bool pinned_[MaxLoops];
     alignas(member) unsigned char storage_[MaxLoops][sizeof(member)];
 };
@@ -139,10 +158,10 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::start(size_t n, bool pin_
     if (n_ != 0) return errc::bad_argument;
     if (n == 0) n = online_cpus() < MaxLoops ? online_cpus() : MaxLoops;
     if (n > MaxLoops) return errc::bad_argument;
-    owner_pid_ = getpid();
+    stamp_.take();
     for (size_t i = 0; i < MaxLoops; ++i) {
         members_[i] = nullptr;
-        result_[i] = error_code();
+        result_[i].store(0, std::memory_order_relaxed);
         pinned_[i] = false;
     }
     for (size_t i = 0; i < n; ++i) {
@@ -172,12 +191,18 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::stop() {
     for (size_t i = 0; i < n_; ++i)
         if (pthread_equal(pthread_self(), threads_[i])) return errc::bad_argument;
     accepting_.store(false);
-    while (posting_.load() != 0) sched_yield();
-    for (size_t i = 0; i < n_; ++i) members_[i]->loop.stop();
     size_t n = n_;
     n_ = 0;
-    // In a forked child the threads are the parent's: nothing to join.
-    destroy(n, getpid() == owner_pid_ ? n : 0);
+    // In a forked child the threads (and their posts in progress) are the
+    // parent's: nothing to wait for, stop or join; the loops' fds, shared
+    // with the parent, are left alone (only closed).
+    if (stamp_.forked()) {
+        destroy(n, 0);
+        return error_code();
+    }
+    while (posting_.load() != 0) sched_yield();
+    for (size_t i = 0; i < n; ++i) members_[i]->loop.stop();
+    destroy(n, n);
     return error_code();
 }
 
