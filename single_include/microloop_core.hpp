@@ -349,6 +349,47 @@ private:
 // surrounds a callback is finished here, so the tables stay consistent and
 // the exception reaches the caller of run(). Works the same with
 // -fno-exceptions (then it is simply the end of the scope).
+// The same for a table whose construction and destruction must cost no code
+// (the iteration hooks: a loop that adds none links none of theirs): it is
+// trivially constructible and destructible, so it holds only callables that
+// are trivially destructible (function pointers, lambdas that capture
+// pointers, references and handles). Called only once emplaced.
+template <class Signature, size_t Size = MICROLOOP_CALLBACK_SIZE>
+class trivial_callback;
+
+template <class R, class... Args, size_t Size>
+class trivial_callback<R(Args...), Size> {
+public:
+    template <class F>
+    void emplace(F&& f) {
+        typedef typename std::decay<F>::type Fn;
+        static_assert(sizeof(Fn) <= Size,
+                      "microloop: callback captures too much; capture a pointer to your state "
+                      "or raise MICROLOOP_CALLBACK_SIZE");
+        static_assert(alignof(Fn) <= alignof(storage_t),
+                      "microloop: callback captures an over-aligned object; capture a pointer to it");
+        static_assert(std::is_trivially_destructible<Fn>::value,
+                      "microloop: a hook's callback must be trivially destructible; capture pointers or handles");
+        ::new (static_cast<void*>(&buf_)) Fn(std::forward<F>(f));
+        invoke_ = &invoke_fn<Fn>;
+    }
+    void reset() {} // nothing to destroy
+    R operator()(Args... args) { return invoke_(&buf_, static_cast<Args>(args)...); }
+
+private:
+    union storage_t {
+        unsigned char bytes[Size];
+        void* align_ptr;
+        long long align_ll;
+    };
+
+    template <class Fn>
+    static R invoke_fn(void* p, Args... args) { return (*static_cast<Fn*>(p))(static_cast<Args>(args)...); }
+
+    R (*invoke_)(void*, Args...);
+    storage_t buf_;
+};
+
 template <class F>
 class scope_exit {
 public:
@@ -474,6 +515,24 @@ MICROLOOP_DETAIL_NOINLINE inline void init_slots(uint64_t* gen, uint16_t* free, 
     }
 }
 
+// slot_pool::acquire() for every capacity: not a template, so a build that
+// optimises for size has one copy in a program; inlined otherwise.
+MICROLOOP_DETAIL_HOT_INLINE uint64_t acquire_slot(uint64_t* gen, const uint16_t* free, uint16_t& nfree, uint16_t& live,
+                                                  uint16_t& high_water, size_t n, size_t spare) {
+    if (live == n || nfree == 0) return 0;
+    const uint16_t slot = free[--nfree];
+    uint64_t g = (gen[slot] >> 1) + 1;
+    if (g > (uint64_t(1) << 48) - 1) g = 1; // 0 never names a live source
+    gen[slot] = g << 1 | 1u;
+    ++live;
+    // high_water: as in_use(), the live ones or more while retired slots
+    // wait to be recycled beyond the spares.
+    const size_t held = n + spare - nfree, beyond = held > spare ? held - spare : 0;
+    const size_t used = beyond > live ? beyond : live;
+    if (used > high_water) high_water = static_cast<uint16_t>(used);
+    return (g << 16) | slot;
+}
+
 // Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
 // N slots may be live at once. Spare extra slots let a table whose callback
 // removes its own source take a new one at once, in that callback: the
@@ -497,16 +556,7 @@ public:
     slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) { init_slots(gen_, free_, slots); }
 
     // A fresh handle id, or 0 when N are live.
-    uint64_t acquire() {
-        if (live_ == N || nfree_ == 0) return 0;
-        uint16_t slot = free_[--nfree_];
-        uint64_t g = (gen_[slot] >> 1) + 1;
-        if (g > max_generation) g = 1; // 0 never names a live source
-        gen_[slot] = g << 1 | 1u;
-        ++live_;
-        note_high_water();
-        return id_of(slot);
-    }
+    uint64_t acquire() { return acquire_slot(gen_, free_, nfree_, live_, high_water_, N, Spare); }
     void release(uint16_t slot) {
         retire(slot);
         recycle(slot);
@@ -788,10 +838,10 @@ std::atomic<int> fork_count<T>::state(0);
 class fork_stamp {
 public:
     fork_stamp() : forks_(0), pid_(0) {}
-    void take() {
+    void take(pid_t pid) { // pid: getpid()
         fork_count<>::watch();
         forks_ = fork_count<>::forks;
-        pid_ = getpid();
+        pid_ = pid;
     }
     bool forked() const {
         return fork_count<>::state.load(std::memory_order_relaxed) >= 2 ? forks_ != fork_count<>::forks
@@ -932,6 +982,7 @@ protected:
     void set_fault() { fault_key_ = stamp_.forks() - 1; } // never equal again: the count only grows
     // The end of a run(), run_once() or poll(): the stop request is used up.
     bool use_up_stop(); // true if there was a stop() to use up
+    int read_wake(uint64_t& count);
     size_t hooks_active() const {
         size_t n = 0;
         for (const loop_hook* h = hooks_; h; h = h->next) n += h->active;
@@ -959,7 +1010,7 @@ protected:
 // ---- loop_base: the wake-up fd ---------------------------------------------
 
 inline loop_base::loop_base()
-    : wake_fd_(-1), wake_errno_(0), owner_pid_(getpid()), fault_key_(0), forked_(false), broken_(false),
+    : wake_fd_(-1), wake_errno_(0), owner_pid_(0), fault_key_(0), forked_(false), broken_(false),
       wake_pending_(false),
       stop_(false), hooks_(nullptr), stall_ns_(0) {
     renew_wake_fd();
@@ -974,7 +1025,7 @@ inline error_code loop_base::renew_wake_fd() {
     wake_fd_ = -1;
     wake_errno_ = 0;
     owner_pid_ = getpid();
-    stamp_.take();
+    stamp_.take(owner_pid_);
     fault_key_ = stamp_.forks();
     forked_ = false;
     broken_ = false;
@@ -1011,6 +1062,21 @@ inline error_code loop_base::wake() {
     return error_code(errc::system, e);
 }
 
+// Reads (and so empties) the wake-up fd's counter: 1 with the count, 0 if
+// it was empty, -1 if it is not an eventfd any more (closed, and the number
+// reused): then it is never read again, and iterate() reports it.
+inline int loop_base::read_wake(uint64_t& count) {
+    ssize_t r;
+    do r = read(wake_fd_, &count, sizeof count);
+    while (r < 0 && errno == EINTR);
+    if (r == static_cast<ssize_t>(sizeof count)) return 1;
+    if (r < 0 && errno == EAGAIN) return 0;
+    wake_errno_ = r < 0 ? errno : EBADF;
+    broken_ = true;
+    set_fault();
+    return -1;
+}
+
 inline void loop_base::drain_wake() {
     // After fork() the child shares this fd with the parent. Reading it in
     // the child would take the parent's wake-ups while the parent's
@@ -1033,17 +1099,7 @@ inline void loop_base::drain_wake() {
     // before wake() is visible here. Modules keep their own pending flags;
     // the fd only wakes the loop.
     uint64_t count;
-    ssize_t r;
-    do r = read(wake_fd_, &count, sizeof count);
-    while (r < 0 && errno == EINTR);
-    if (r != static_cast<ssize_t>(sizeof count) && !(r < 0 && errno == EAGAIN)) {
-        // Not an eventfd any more (closed, and the number reused): never
-        // read it again; iterate() reports it.
-        wake_errno_ = r < 0 ? errno : EBADF;
-        broken_ = true;
-        set_fault();
-        return;
-    }
+    if (read_wake(count) < 0) return;
     wake_pending_.exchange(false);
     // If a hook's callback throws, the hooks after it (and the rest of its
     // own work) get their turn in the next iteration.
@@ -1067,16 +1123,7 @@ inline bool loop_base::use_up_stop() {
     stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
     if (wake_fd_ < 0 || faulted() || forked()) return true;
     uint64_t count;
-    ssize_t r;
-    do r = read(wake_fd_, &count, sizeof count);
-    while (r < 0 && errno == EINTR);
-    if (r == static_cast<ssize_t>(sizeof count)) {
-        if (count % detail::stop_mark != 0) detail::wake_write(wake_fd_, count % detail::stop_mark);
-    } else if (!(r < 0 && errno == EAGAIN)) { // not an eventfd any more: as in drain_wake()
-        wake_errno_ = r < 0 ? errno : EBADF;
-        broken_ = true;
-        set_fault();
-    }
+    if (read_wake(count) > 0 && count % detail::stop_mark != 0) detail::wake_write(wake_fd_, count % detail::stop_mark);
     return true;
 }
 
@@ -2405,7 +2452,9 @@ struct hook_event {
 };
 
 typedef detail::inplace_callback<void(io_event)> io_callback;
-typedef detail::inplace_callback<void(hook_event)> hook_callback;
+// Trivially destructible callables only (pointers, references, handles):
+// a loop's hook table costs no construction or destruction code.
+typedef detail::trivial_callback<void(hook_event)> hook_callback;
 typedef detail::inplace_callback<void(timer_event)> timer_callback;
 
 // The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
@@ -2704,7 +2753,7 @@ private:
     timer_handle start_timer(int64_t deadline, int64_t period, F&& cb);
     template <class F>
     hook_handle add_hook(hook_kind kind, F&& cb);
-    void run_hooks(hook_kind kind);
+    void run_hooks(hook_kind kind, uint64_t iteration);
     static bool hook_pass(basic_loop& self, bool before_wait);
 
     error_code iterate(int64_t max_wait_ns);
@@ -2795,8 +2844,7 @@ io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     io.cb.emplace(std::forward<F>(cb));
     io.fd = fd;
     io.interest = 0;
-    // Added by a hook before the wait: dispatched after that very wait.
-    io.added_iter = iteration_ - (hook_phase_ == hooks_before_wait ? 1u : 0u);
+    io.added_iter = iteration_;
     io.id = id;
     backend_.add(fd, slot);
     set_interest(io, events);
@@ -2951,7 +2999,9 @@ hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
     if (id == 0) return hook_handle(errc::table_full);
     hook_slot& h = hook_slots_[detail::slot_of(id)];
     h.cb.emplace(std::forward<F>(cb));
-    h.added_iter = iteration_;
+    // Added by a hook before the wait (see hook_pass()): first runs in the
+    // next iteration too.
+    h.added_iter = iteration_ + (hook_phase_ == hooks_before_wait ? 1u : 0u);
     h.kind = kind;
     if (kind == hook_idle) ++idle_hooks_;
     hook_pass_ = &basic_loop::hook_pass;
@@ -2971,14 +3021,14 @@ error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
 // for the next iteration. Out of line: an iteration without hooks pays one
 // test.
 template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::run_hooks(hook_kind kind) {
+void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
     const hook_phase was = hook_phase_;
     hook_phase_ = kind == hook_check ? hooks_after_dispatch : hooks_before_wait;
     auto restore = detail::on_scope_exit([this, was] { hook_phase_ = was; });
     for (uint16_t s = 0; s < hook_pool::slots; ++s) {
         if (!hook_pool_.live(s)) continue;
         hook_slot& h = hook_slots_[s];
-        if (h.kind != kind || h.added_iter == iteration_) continue;
+        if (h.kind != kind || h.added_iter == iteration) continue;
         running_hook_.begin(s);
         auto done = detail::on_scope_exit([this, &h] { running_hook_.end(hook_pool_, h.cb); });
         hook_event ev = {hook_handle::from_id(hook_pool_.id_of(s))};
@@ -2995,15 +3045,21 @@ void basic_loop<Cap, Clock>::run_hooks(hook_kind kind) {
 // adds no hook links none of this.
 template <class Cap, class Clock>
 bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
+    const uint64_t iteration = self.iteration_;
     if (self.hook_phase_ != no_hooks) return false;
     if (!before_wait) {
-        self.run_hooks(hook_check);
+        self.run_hooks(hook_check, iteration);
         return false;
     }
     if (self.dispatching_) return false;
     const bool idle = self.idle_hooks_ != 0;
-    self.run_hooks(hook_idle);
-    self.run_hooks(hook_prepare);
+    // What the hooks watch now counts for this iteration's wait: they run as
+    // if before it began (a watcher added in iteration n is dispatched from
+    // n + 1 on).
+    --self.iteration_;
+    auto restore = detail::on_scope_exit([&self, iteration] { self.iteration_ = iteration; });
+    self.run_hooks(hook_idle, iteration);
+    self.run_hooks(hook_prepare, iteration);
     return idle || self.idle_hooks_ != 0 || self.active() == 0;
 }
 

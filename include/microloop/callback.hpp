@@ -79,6 +79,47 @@ private:
 // surrounds a callback is finished here, so the tables stay consistent and
 // the exception reaches the caller of run(). Works the same with
 // -fno-exceptions (then it is simply the end of the scope).
+// The same for a table whose construction and destruction must cost no code
+// (the iteration hooks: a loop that adds none links none of theirs): it is
+// trivially constructible and destructible, so it holds only callables that
+// are trivially destructible (function pointers, lambdas that capture
+// pointers, references and handles). Called only once emplaced.
+template <class Signature, size_t Size = MICROLOOP_CALLBACK_SIZE>
+class trivial_callback;
+
+template <class R, class... Args, size_t Size>
+class trivial_callback<R(Args...), Size> {
+public:
+    template <class F>
+    void emplace(F&& f) {
+        typedef typename std::decay<F>::type Fn;
+        static_assert(sizeof(Fn) <= Size,
+                      "microloop: callback captures too much; capture a pointer to your state "
+                      "or raise MICROLOOP_CALLBACK_SIZE");
+        static_assert(alignof(Fn) <= alignof(storage_t),
+                      "microloop: callback captures an over-aligned object; capture a pointer to it");
+        static_assert(std::is_trivially_destructible<Fn>::value,
+                      "microloop: a hook's callback must be trivially destructible; capture pointers or handles");
+        ::new (static_cast<void*>(&buf_)) Fn(std::forward<F>(f));
+        invoke_ = &invoke_fn<Fn>;
+    }
+    void reset() {} // nothing to destroy
+    R operator()(Args... args) { return invoke_(&buf_, static_cast<Args>(args)...); }
+
+private:
+    union storage_t {
+        unsigned char bytes[Size];
+        void* align_ptr;
+        long long align_ll;
+    };
+
+    template <class Fn>
+    static R invoke_fn(void* p, Args... args) { return (*static_cast<Fn*>(p))(static_cast<Args>(args)...); }
+
+    R (*invoke_)(void*, Args...);
+    storage_t buf_;
+};
+
 template <class F>
 class scope_exit {
 public:

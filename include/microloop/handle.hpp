@@ -98,6 +98,24 @@ MICROLOOP_DETAIL_NOINLINE inline void init_slots(uint64_t* gen, uint16_t* free, 
     }
 }
 
+// slot_pool::acquire() for every capacity: not a template, so a build that
+// optimises for size has one copy in a program; inlined otherwise.
+MICROLOOP_DETAIL_HOT_INLINE uint64_t acquire_slot(uint64_t* gen, const uint16_t* free, uint16_t& nfree, uint16_t& live,
+                                                  uint16_t& high_water, size_t n, size_t spare) {
+    if (live == n || nfree == 0) return 0;
+    const uint16_t slot = free[--nfree];
+    uint64_t g = (gen[slot] >> 1) + 1;
+    if (g > (uint64_t(1) << 48) - 1) g = 1; // 0 never names a live source
+    gen[slot] = g << 1 | 1u;
+    ++live;
+    // high_water: as in_use(), the live ones or more while retired slots
+    // wait to be recycled beyond the spares.
+    const size_t held = n + spare - nfree, beyond = held > spare ? held - spare : 0;
+    const size_t used = beyond > live ? beyond : live;
+    if (used > high_water) high_water = static_cast<uint16_t>(used);
+    return (g << 16) | slot;
+}
+
 // Free-slot stack plus a generation per slot. O(1) acquire, release, lookup.
 // N slots may be live at once. Spare extra slots let a table whose callback
 // removes its own source take a new one at once, in that callback: the
@@ -121,16 +139,7 @@ public:
     slot_pool() : nfree_(static_cast<uint16_t>(slots)), live_(0), high_water_(0) { init_slots(gen_, free_, slots); }
 
     // A fresh handle id, or 0 when N are live.
-    uint64_t acquire() {
-        if (live_ == N || nfree_ == 0) return 0;
-        uint16_t slot = free_[--nfree_];
-        uint64_t g = (gen_[slot] >> 1) + 1;
-        if (g > max_generation) g = 1; // 0 never names a live source
-        gen_[slot] = g << 1 | 1u;
-        ++live_;
-        note_high_water();
-        return id_of(slot);
-    }
+    uint64_t acquire() { return acquire_slot(gen_, free_, nfree_, live_, high_water_, N, Spare); }
     void release(uint16_t slot) {
         retire(slot);
         recycle(slot);

@@ -61,7 +61,9 @@ struct hook_event {
 };
 
 typedef detail::inplace_callback<void(io_event)> io_callback;
-typedef detail::inplace_callback<void(hook_event)> hook_callback;
+// Trivially destructible callables only (pointers, references, handles):
+// a loop's hook table costs no construction or destruction code.
+typedef detail::trivial_callback<void(hook_event)> hook_callback;
 typedef detail::inplace_callback<void(timer_event)> timer_callback;
 
 // The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
@@ -361,7 +363,7 @@ private:
     timer_handle start_timer(int64_t deadline, int64_t period, F&& cb);
     template <class F>
     hook_handle add_hook(hook_kind kind, F&& cb);
-    void run_hooks(hook_kind kind);
+    void run_hooks(hook_kind kind, uint64_t iteration);
     static bool hook_pass(basic_loop& self, bool before_wait);
 
 
@@ -453,8 +455,7 @@ io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     io.cb.emplace(std::forward<F>(cb));
     io.fd = fd;
     io.interest = 0;
-    // Added by a hook before the wait: dispatched after that very wait.
-    io.added_iter = iteration_ - (hook_phase_ == hooks_before_wait ? 1u : 0u);
+    io.added_iter = iteration_;
     io.id = id;
     backend_.add(fd, slot);
     set_interest(io, events);
@@ -609,7 +610,9 @@ hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
     if (id == 0) return hook_handle(errc::table_full);
     hook_slot& h = hook_slots_[detail::slot_of(id)];
     h.cb.emplace(std::forward<F>(cb));
-    h.added_iter = iteration_;
+    // Added by a hook before the wait (see hook_pass()): first runs in the
+    // next iteration too.
+    h.added_iter = iteration_ + (hook_phase_ == hooks_before_wait ? 1u : 0u);
     h.kind = kind;
     if (kind == hook_idle) ++idle_hooks_;
     hook_pass_ = &basic_loop::hook_pass;
@@ -629,14 +632,14 @@ error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
 // for the next iteration. Out of line: an iteration without hooks pays one
 // test.
 template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::run_hooks(hook_kind kind) {
+void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
     const hook_phase was = hook_phase_;
     hook_phase_ = kind == hook_check ? hooks_after_dispatch : hooks_before_wait;
     auto restore = detail::on_scope_exit([this, was] { hook_phase_ = was; });
     for (uint16_t s = 0; s < hook_pool::slots; ++s) {
         if (!hook_pool_.live(s)) continue;
         hook_slot& h = hook_slots_[s];
-        if (h.kind != kind || h.added_iter == iteration_) continue;
+        if (h.kind != kind || h.added_iter == iteration) continue;
         running_hook_.begin(s);
         auto done = detail::on_scope_exit([this, &h] { running_hook_.end(hook_pool_, h.cb); });
         hook_event ev = {hook_handle::from_id(hook_pool_.id_of(s))};
@@ -653,15 +656,21 @@ void basic_loop<Cap, Clock>::run_hooks(hook_kind kind) {
 // adds no hook links none of this.
 template <class Cap, class Clock>
 bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
+    const uint64_t iteration = self.iteration_;
     if (self.hook_phase_ != no_hooks) return false;
     if (!before_wait) {
-        self.run_hooks(hook_check);
+        self.run_hooks(hook_check, iteration);
         return false;
     }
     if (self.dispatching_) return false;
     const bool idle = self.idle_hooks_ != 0;
-    self.run_hooks(hook_idle);
-    self.run_hooks(hook_prepare);
+    // What the hooks watch now counts for this iteration's wait: they run as
+    // if before it began (a watcher added in iteration n is dispatched from
+    // n + 1 on).
+    --self.iteration_;
+    auto restore = detail::on_scope_exit([&self, iteration] { self.iteration_ = iteration; });
+    self.run_hooks(hook_idle, iteration);
+    self.run_hooks(hook_prepare, iteration);
     return idle || self.idle_hooks_ != 0 || self.active() == 0;
 }
 

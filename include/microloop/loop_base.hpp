@@ -136,10 +136,10 @@ std::atomic<int> fork_count<T>::state(0);
 class fork_stamp {
 public:
     fork_stamp() : forks_(0), pid_(0) {}
-    void take() {
+    void take(pid_t pid) { // pid: getpid()
         fork_count<>::watch();
         forks_ = fork_count<>::forks;
-        pid_ = getpid();
+        pid_ = pid;
     }
     bool forked() const {
         return fork_count<>::state.load(std::memory_order_relaxed) >= 2 ? forks_ != fork_count<>::forks
@@ -280,6 +280,7 @@ protected:
     void set_fault() { fault_key_ = stamp_.forks() - 1; } // never equal again: the count only grows
     // The end of a run(), run_once() or poll(): the stop request is used up.
     bool use_up_stop(); // true if there was a stop() to use up
+    int read_wake(uint64_t& count);
     size_t hooks_active() const {
         size_t n = 0;
         for (const loop_hook* h = hooks_; h; h = h->next) n += h->active;
@@ -307,7 +308,7 @@ protected:
 // ---- loop_base: the wake-up fd ---------------------------------------------
 
 inline loop_base::loop_base()
-    : wake_fd_(-1), wake_errno_(0), owner_pid_(getpid()), fault_key_(0), forked_(false), broken_(false),
+    : wake_fd_(-1), wake_errno_(0), owner_pid_(0), fault_key_(0), forked_(false), broken_(false),
       wake_pending_(false),
       stop_(false), hooks_(nullptr), stall_ns_(0) {
     renew_wake_fd();
@@ -322,7 +323,7 @@ inline error_code loop_base::renew_wake_fd() {
     wake_fd_ = -1;
     wake_errno_ = 0;
     owner_pid_ = getpid();
-    stamp_.take();
+    stamp_.take(owner_pid_);
     fault_key_ = stamp_.forks();
     forked_ = false;
     broken_ = false;
@@ -359,6 +360,21 @@ inline error_code loop_base::wake() {
     return error_code(errc::system, e);
 }
 
+// Reads (and so empties) the wake-up fd's counter: 1 with the count, 0 if
+// it was empty, -1 if it is not an eventfd any more (closed, and the number
+// reused): then it is never read again, and iterate() reports it.
+inline int loop_base::read_wake(uint64_t& count) {
+    ssize_t r;
+    do r = read(wake_fd_, &count, sizeof count);
+    while (r < 0 && errno == EINTR);
+    if (r == static_cast<ssize_t>(sizeof count)) return 1;
+    if (r < 0 && errno == EAGAIN) return 0;
+    wake_errno_ = r < 0 ? errno : EBADF;
+    broken_ = true;
+    set_fault();
+    return -1;
+}
+
 inline void loop_base::drain_wake() {
     // After fork() the child shares this fd with the parent. Reading it in
     // the child would take the parent's wake-ups while the parent's
@@ -381,17 +397,7 @@ inline void loop_base::drain_wake() {
     // before wake() is visible here. Modules keep their own pending flags;
     // the fd only wakes the loop.
     uint64_t count;
-    ssize_t r;
-    do r = read(wake_fd_, &count, sizeof count);
-    while (r < 0 && errno == EINTR);
-    if (r != static_cast<ssize_t>(sizeof count) && !(r < 0 && errno == EAGAIN)) {
-        // Not an eventfd any more (closed, and the number reused): never
-        // read it again; iterate() reports it.
-        wake_errno_ = r < 0 ? errno : EBADF;
-        broken_ = true;
-        set_fault();
-        return;
-    }
+    if (read_wake(count) < 0) return;
     wake_pending_.exchange(false);
     // If a hook's callback throws, the hooks after it (and the rest of its
     // own work) get their turn in the next iteration.
@@ -415,16 +421,7 @@ inline bool loop_base::use_up_stop() {
     stop_.store(false, std::memory_order_relaxed); // left set, it would make every later wait zero
     if (wake_fd_ < 0 || faulted() || forked()) return true;
     uint64_t count;
-    ssize_t r;
-    do r = read(wake_fd_, &count, sizeof count);
-    while (r < 0 && errno == EINTR);
-    if (r == static_cast<ssize_t>(sizeof count)) {
-        if (count % detail::stop_mark != 0) detail::wake_write(wake_fd_, count % detail::stop_mark);
-    } else if (!(r < 0 && errno == EAGAIN)) { // not an eventfd any more: as in drain_wake()
-        wake_errno_ = r < 0 ? errno : EBADF;
-        broken_ = true;
-        set_fault();
-    }
+    if (read_wake(count) > 0 && count % detail::stop_mark != 0) detail::wake_write(wake_fd_, count % detail::stop_mark);
     return true;
 }
 

@@ -158,7 +158,7 @@ error_code loop_group<MaxLoops, Loop, MailboxN, Size>::start(size_t n, bool pin_
     if (n_ != 0) return errc::bad_argument;
     if (n == 0) n = online_cpus() < MaxLoops ? online_cpus() : MaxLoops;
     if (n > MaxLoops) return errc::bad_argument;
-    stamp_.take();
+    stamp_.take(getpid());
     for (size_t i = 0; i < MaxLoops; ++i) {
         members_[i] = nullptr;
         result_[i].store(0, std::memory_order_relaxed);

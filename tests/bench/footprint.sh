@@ -29,7 +29,9 @@ ARMHF=${ARMHF-arm-linux-gnueabihf-}
 FETCH_PEERS=${FETCH_PEERS:-1}
 CROSS_COMPILE=${CROSS_COMPILE:-}
 
-FLAGS="-Os -ffunction-sections -fdata-sections -Wl,--gc-sections -static -s"
+# -fmacro-prefix-map: assert()'s file names are relative, so the sizes do not
+# depend on where the checkout lies (CI's clone is elsewhere).
+FLAGS="-Os -ffunction-sections -fdata-sections -Wl,--gc-sections -static -s -fmacro-prefix-map=$ROOT/="
 CXXONLY="-std=c++11 -fno-exceptions -fno-rtti"
 
 note() { echo "footprint: $*" >&2; }
