@@ -17,7 +17,7 @@
 //         return loop.run() ? 1 : 0;           // until loop.stop(): GLib's wake-up fd
 //     }                                        // is always watched
 //
-//   glib_adapter<Loop, MaxPollFds = 16>(loop, context = nullptr)
+//   glib_adapter<Loop, MaxPollFds = 16, Api = glib_api>(loop, context = nullptr)
 //       Hosts `context` (nullptr: g_main_context_default()), which it refs,
 //       and acquires (g_main_context_acquire) for its whole life: construct
 //       it in the loop's thread. error(): errc::already_watched if another
@@ -36,7 +36,8 @@
 // Each iteration of the loop, in its prepare hook: g_main_context_prepare(),
 // then g_main_context_query() into a fixed array of MaxPollFds GPollFDs. The
 // GPollFDs are merged by fd (GLib may poll one fd twice: two watches on one
-// fd, a source with two GPollFDs on it); each distinct fd gets one loop
+// fd, a source with two GPollFDs on it: GLib 2.74 merges them itself in
+// g_main_context_query(), the adapter does not count on it); each distinct fd gets one loop
 // watcher for the union of the events, and only what changed since the
 // last iteration is watched, modified or unwatched. One loop timer is armed
 // to GLib's timeout (cancelled for -1; 0 when a source is ready already).
@@ -84,7 +85,20 @@ struct glib_stats {
     uint64_t dispatches;         // g_main_context_dispatch() calls
 };
 
-template <class Loop, size_t MaxPollFds = 16>
+// The four calls of GLib's iteration the adapter makes, as a parameter so
+// that a test can stand between it and GLib.
+struct glib_api {
+    static gboolean prepare(GMainContext* c, gint* max_priority) { return g_main_context_prepare(c, max_priority); }
+    static gint query(GMainContext* c, gint max_priority, gint* timeout, GPollFD* fds, gint n) {
+        return g_main_context_query(c, max_priority, timeout, fds, n);
+    }
+    static gboolean check(GMainContext* c, gint max_priority, GPollFD* fds, gint n) {
+        return g_main_context_check(c, max_priority, fds, n);
+    }
+    static void dispatch(GMainContext* c) { g_main_context_dispatch(c); }
+};
+
+template <class Loop, size_t MaxPollFds = 16, class Api = glib_api>
 class glib_adapter {
     static_assert(MaxPollFds > 0 && MaxPollFds < 0x7fff, "glib_adapter: MaxPollFds out of range");
 
@@ -156,8 +170,8 @@ private:
 // Implementation
 // ============================================================================
 
-template <class Loop, size_t MaxPollFds>
-glib_adapter<Loop, MaxPollFds>::glib_adapter(Loop& host, GMainContext* ctx)
+template <class Loop, size_t MaxPollFds, class Api>
+glib_adapter<Loop, MaxPollFds, Api>::glib_adapter(Loop& host, GMainContext* ctx)
     : loop_(host), ctx_(ctx ? ctx : g_main_context_default()), acquired_(false), prepared_(false),
       max_priority_(G_MAXINT), n_(0) {
     stats_ = glib_stats();
@@ -187,8 +201,8 @@ glib_adapter<Loop, MaxPollFds>::glib_adapter(Loop& host, GMainContext* ctx)
     prepared_ = false;
 }
 
-template <class Loop, size_t MaxPollFds>
-void glib_adapter<Loop, MaxPollFds>::detach() {
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::detach() {
     if (prepare_hook_) loop_.unwatch(prepare_hook_);
     if (check_hook_) loop_.unwatch(check_hook_);
     prepare_hook_ = check_hook_ = hook_handle();
@@ -205,12 +219,12 @@ void glib_adapter<Loop, MaxPollFds>::detach() {
 }
 
 // Before the wait: what GLib wants polled, and for how long.
-template <class Loop, size_t MaxPollFds>
-void glib_adapter<Loop, MaxPollFds>::prepare() {
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::prepare() {
     gint max_priority = G_MAXINT;
-    const bool ready = g_main_context_prepare(ctx_, &max_priority) != FALSE;
+    const bool ready = Api::prepare(ctx_, &max_priority) != FALSE;
     gint timeout = -1;
-    const gint wanted = g_main_context_query(ctx_, max_priority, &timeout, pollfds_, static_cast<gint>(MaxPollFds));
+    const gint wanted = Api::query(ctx_, max_priority, &timeout, pollfds_, static_cast<gint>(MaxPollFds));
     const unsigned w = wanted > 0 ? static_cast<unsigned>(wanted) : 0u;
     if (w > stats_.pollfds_high_water) stats_.pollfds_high_water = w;
     if (w > MaxPollFds) {
@@ -229,8 +243,8 @@ void glib_adapter<Loop, MaxPollFds>::prepare() {
 }
 
 // Merge the GPollFDs by fd and bring the watchers in line: only what changed.
-template <class Loop, size_t MaxPollFds>
-void glib_adapter<Loop, MaxPollFds>::sync_fds() {
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::sync_fds() {
     for (uint16_t i = 0; i < MaxPollFds; ++i) {
         entries_[i].seen = false;
         entries_[i].want = 0;
@@ -272,8 +286,8 @@ void glib_adapter<Loop, MaxPollFds>::sync_fds() {
     stats_.fds = fds;
 }
 
-template <class Loop, size_t MaxPollFds>
-void glib_adapter<Loop, MaxPollFds>::apply(uint16_t i) {
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::apply(uint16_t i) {
     fd_entry& e = entries_[i];
     if (e.want == 0) { // G_IO_HUP/G_IO_ERR alone, or nothing: select() cannot say
         if (e.h) loop_.unwatch(e.h);
@@ -308,8 +322,8 @@ void glib_adapter<Loop, MaxPollFds>::apply(uint16_t i) {
     e.interest = e.want;
 }
 
-template <class Loop, size_t MaxPollFds>
-void glib_adapter<Loop, MaxPollFds>::drop(uint16_t i) {
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::drop(uint16_t i) {
     fd_entry& e = entries_[i];
     if (e.h) loop_.unwatch(e.h);
     e.h = io_handle();
@@ -318,8 +332,8 @@ void glib_adapter<Loop, MaxPollFds>::drop(uint16_t i) {
     e.want = e.interest = e.ready = 0;
 }
 
-template <class Loop, size_t MaxPollFds>
-void glib_adapter<Loop, MaxPollFds>::sync_timer(gint timeout) {
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::sync_timer(gint timeout) {
     if (timeout < 0) {
         loop_.cancel(timer_); // stale if it fired already: harmless
         timer_ = timer_handle();
@@ -334,8 +348,8 @@ void glib_adapter<Loop, MaxPollFds>::sync_timer(gint timeout) {
 }
 
 // After the wait and the loop's callbacks: GLib's share of what happened.
-template <class Loop, size_t MaxPollFds>
-void glib_adapter<Loop, MaxPollFds>::check() {
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::check() {
     if (!prepared_) return; // no prepare since the last check (a hook added mid-iteration)
     prepared_ = false;
     for (unsigned k = 0; k < n_; ++k) {
@@ -353,9 +367,9 @@ void glib_adapter<Loop, MaxPollFds>::check() {
         }
         p.revents = static_cast<gushort>(rev);
     }
-    if (g_main_context_check(ctx_, max_priority_, pollfds_, static_cast<gint>(n_))) {
+    if (Api::check(ctx_, max_priority_, pollfds_, static_cast<gint>(n_))) {
         ++stats_.dispatches;
-        g_main_context_dispatch(ctx_);
+        Api::dispatch(ctx_);
     }
 }
 
