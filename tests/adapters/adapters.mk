@@ -24,16 +24,18 @@ ADAPTER_PKGS_sdbus := libsystemd
 ADAPTER_DEBS := libcurl4-openssl-dev libmosquitto-dev mosquitto libglib2.0-dev libc-ares-dev libsystemd-dev \
                 dbus-daemon pkg-config python3 curl
 PKG_CONFIG ?= pkg-config
+# A library's headers are not ours to keep warning-free: -isystem, not -I.
+adapter_cflags = $(patsubst -I%,-isystem %,$(shell $(PKG_CONFIG) --cflags $(1)))
 
 .PHONY: integrations integrations-deps
 
 # One adapter: build its test and examples, run its test. $(1): the name.
 define adapter_rules
 $(BUILD)/adapters/test_$(1): tests/adapters/test_$(1).cpp $(BUILD)/tests/main.o $(wildcard include/microloop/adapters/$(1).hpp) | $(BUILD)/adapters/
-	$$(COMPILE) -MMD -MP $$(shell $(PKG_CONFIG) --cflags $(ADAPTER_PKGS_$(1))) -o $$@ $$< $(BUILD)/tests/main.o \
+	$$(COMPILE) -MMD -MP $$(call adapter_cflags,$(ADAPTER_PKGS_$(1))) -o $$@ $$< $(BUILD)/tests/main.o \
 	    $$(ML_LDFLAGS) $$(LDFLAGS) $$(shell $(PKG_CONFIG) --libs $(ADAPTER_PKGS_$(1))) $$(LDLIBS) $$(CATCH2_LIBS) $$(ML_LDLIBS)
 $(BUILD)/adapters/$(1)_%: examples/adapters/$(1)_%.cpp $(wildcard include/microloop/adapters/$(1).hpp) | $(BUILD)/adapters/
-	$$(COMPILE) -MMD -MP $$(shell $(PKG_CONFIG) --cflags $(ADAPTER_PKGS_$(1))) -o $$@ $$< \
+	$$(COMPILE) -MMD -MP $$(call adapter_cflags,$(ADAPTER_PKGS_$(1))) -o $$@ $$< \
 	    $$(ML_LDFLAGS) $$(LDFLAGS) $$(shell $(PKG_CONFIG) --libs $(ADAPTER_PKGS_$(1))) $$(LDLIBS) $$(ML_LDLIBS)
 endef
 $(foreach a,$(ADAPTERS),$(eval $(call adapter_rules,$(a))))
