@@ -27,6 +27,12 @@
 //   one-shot that fired and was not re-armed in its callback is gone.
 //   Timers armed in callbacks count from the iteration's time, also when a
 //   callback advances the clock (the iteration's time is read at most once).
+// - nesting: a callback may call poll() (two levels at most): the nested
+//   iteration is predicted like any other, at the clock's time then; the
+//   outer one goes on with its own select() result, time and arming mark.
+//   A removed source whose callback still runs holds its slot until then
+//   (a table may be full below its capacity by what nested levels hold).
+//   A fired one-shot's handle acts for rearm() and cancel() in its callback.
 // - handles: every action on a stale or made-up handle returns
 //   errc::stale_handle and changes nothing; a new handle never equals a
 //   recent one; failures carry the right errc.

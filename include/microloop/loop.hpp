@@ -131,10 +131,13 @@ public:
     timer_handle add_timer(std::chrono::duration<Rep1, Period1> timeout, std::chrono::duration<Rep2, Period2> repeat,
                            F&& cb);
     // Re-schedule to fire `timeout` from now (a repeating timer keeps its
-    // period). A one-shot timer is gone when its callback runs (its handle
-    // is stale there, its place free for a new timer), unless that callback
-    // re-arms it: then it takes its place back (errc::table_full if the
-    // callback gave the place to another timer).
+    // period). A one-shot timer is gone when it fires (its place free for a
+    // new timer), but inside its own callback (also around a poll() nested
+    // in it) its handle acts for every call: rearm() brings it back into its
+    // place (errc::table_full if the callback gave the place to another
+    // timer), cancel() returns ok and makes sure it does not come back,
+    // remaining() is zero unless it was re-armed. Once that callback has
+    // returned without re-arming it, the handle is stale for everything.
     template <class Rep, class Period>
     error_code rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout);
     error_code cancel(timer_handle h);
