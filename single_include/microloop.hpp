@@ -684,51 +684,77 @@ template <size_t N, size_t S> const size_t slot_pool<N, S>::slots;
 template <size_t N, size_t S> const uint16_t slot_pool<N, S>::none;
 template <size_t N, size_t S> const uint64_t slot_pool<N, S>::max_generation;
 
-// Which slot's callback is running right now. Removing that source from
-// inside its own callback makes its handles stale at once but frees the
-// callback's storage only when it returns (the closure is still executing).
-// Every table whose callbacks may remove their own source keeps one, and
-// gives its pool a spare slot (see slot_pool).
+// One running callback: a record on the stack of the dispatch that calls it,
+// linked to the record of the callback it runs inside (a callback that
+// calls poll() nests an iteration, whose callbacks nest their records).
+struct running_frame {
+    running_frame* outer;
+    uint16_t slot;  // 0xffff: none yet
+    bool released;  // its source was removed meanwhile: freed when the frame ends
+};
+
+// Which slots' callbacks are running right now, innermost first. Removing a
+// source from inside its own callback (or from a callback nested in it)
+// makes its handles stale at once but frees the callback's storage, and lets
+// the slot be handed out again, only when the outermost frame running it
+// ends (the closure is still executing). Every table whose callbacks may
+// remove their own source keeps one, and gives its pool a spare slot (see
+// slot_pool).
 class running_slot {
 public:
-    running_slot() : slot_(none), released_(false) {}
+    running_slot() : top_(nullptr) {}
 
-    void begin(uint16_t slot) { slot_ = slot; }
-    // The slot whose callback is running, or 0xffff.
-    uint16_t current() const { return slot_; }
+    // A frame on the caller's stack begins; end() it (also if the callback
+    // throws) before it goes out of scope.
+    void begin(running_frame& f, uint16_t slot) {
+        f.outer = top_;
+        f.slot = slot;
+        f.released = false;
+        top_ = &f;
+    }
     // Release `slot` of `pool`, whose callback is `cb`: now, or deferred to
-    // end() if that callback is the one running.
+    // the end of the outermost frame running it.
     template <class Pool, class Callback>
     void release(Pool& pool, Callback& cb, uint16_t slot) {
-        if (slot == slot_) {
+        if (running_frame* f = find(slot)) {
             pool.retire(slot);
-            released_ = true;
+            f->released = true;
             return;
         }
         cb.reset();
         pool.release(slot);
     }
-    // Whether `slot` is the running one and has been released meanwhile (it
-    // is retired, not yet recycled), and to take that release back.
-    bool released(uint16_t slot) const { return released_ && slot == slot_; }
-    void keep() { released_ = false; }
-    // The callback returned (or threw); true if it had removed its own
-    // source, which is freed now.
+    // Whether `slot` is running and has been released meanwhile (it is
+    // retired, not yet recycled), and to take that release back.
+    bool released(uint16_t slot) const {
+        const running_frame* f = find(slot);
+        return f && f->released;
+    }
+    void keep(uint16_t slot) {
+        if (running_frame* f = find(slot)) f->released = false;
+    }
+    // Frame f, the innermost, ends: true if its slot was released while it
+    // ran, which is freed now.
     template <class Pool, class Callback>
-    bool end(Pool& pool, Callback& cb) {
-        uint16_t slot = slot_;
-        slot_ = none;
-        if (!released_) return false;
-        released_ = false;
+    bool end(running_frame& f, Pool& pool, Callback& cb) {
+        top_ = f.outer;
+        if (!f.released) return false;
         cb.reset();
-        pool.recycle(slot);
+        pool.recycle(f.slot);
         return true;
     }
 
 private:
-    enum { none = 0xffff }; // no slot: nothing is running
-    uint16_t slot_;
-    bool released_;
+    // The outermost frame running `slot`, or null. Frames nest a few deep at
+    // most; this runs on removals, never per event.
+    running_frame* find(uint16_t slot) const {
+        running_frame* found = nullptr;
+        for (running_frame* f = top_; f; f = f->outer)
+            if (f->slot == slot) found = f;
+        return found;
+    }
+
+    running_frame* top_;
 };
 
 } // namespace detail
@@ -1249,8 +1275,9 @@ inline bool fdset_is_words() {
 // calls back (a friend of the loop, so that these calls are inlined into
 // its iteration and cost nothing over a loop with select() written in):
 //     core.io_ready(slot, fd, events)           a ready fd, looked up now
-//     core.begin_readers() / end_readers()      the lean scan begins, ends
-//     core.reader_ready<Stall>(slot, fd, t0)    a ready reader, on the lean scan
+//     core.begin_readers(f) / end_readers(f)    the lean scan begins, ends (f: a
+//                                               Core::reader_frame on its stack)
+//     core.reader_ready<Stall>(f, slot, fd, t0) a ready reader, on the lean scan
 //     core.io_changed()                         the watchers changed meanwhile
 //     core.io_closed(slot, fd)                  after EBADF: report fd if closed
 //     core.stall_on()                           stall detection is on
@@ -1502,11 +1529,13 @@ template <bool Stall, class Core>
 MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& core, const unsigned long* r,
                                                                          int nwords, int& i, unsigned long& bits,
                                                                          int& nready) {
-    int64_t t0 = core.template begin_readers<Stall>();
-    // Ends the running callback's bookkeeping once, when the scan ends or a
-    // callback throws: while nothing changes, no callback has removed its
-    // own watcher and there is nothing to free.
-    auto done = on_scope_exit([&core] { core.end_readers(); });
+    // One record of the running callback for the whole scan, on this stack
+    // (a nested iteration's scan has its own), ended once, when the scan
+    // ends or a callback throws: while nothing changes, no callback has
+    // removed its own watcher and there is nothing to free.
+    typename Core::reader_frame frame;
+    int64_t t0 = core.template begin_readers<Stall>(frame);
+    auto done = on_scope_exit([&core, &frame] { core.end_readers(frame); });
     for (; i < nwords && nready > 0; ++i) {
         for (bits = r[i]; bits;) {
             const int fd = i * word_bits + __builtin_ctzl(bits);
@@ -1517,7 +1546,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& co
                 if (fd == wake_fd_) wake_seen_ = true;
                 continue;
             }
-            core.template reader_ready<Stall>(s, fd, t0);
+            core.template reader_ready<Stall>(frame, s, fd, t0);
             if (core.io_changed()) return false;
         }
     }
@@ -2080,8 +2109,9 @@ private:
             ev.signo = s.signo;
             ev.count = n;
             read_sender(g, ev);
-            running_.begin(slot);
-            auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
+            running_frame f;
+            running_.begin(f, slot);
+            auto done = on_scope_exit([this, &f, &s] { running_.end(f, sig_pool_, s.cb); });
             deliver call = {&s.cb, &ev};
             loop_->invoke(call, source_kind::signal, ev.handle.id(), ev.signo);
         }
@@ -2099,7 +2129,7 @@ private:
     unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
     bool chld_watched_;   // a signal watcher for SIGCHLD exists (at most one)
     bool kids_due_;       // a child was found already ended when watched
-    running_slot running_; // the signal slot whose callback runs now
+    running_slot running_; // the signal slots whose callbacks run now
 };
 
 } // namespace detail
@@ -2595,10 +2625,13 @@ public:
     timer_handle add_timer(std::chrono::duration<Rep1, Period1> timeout, std::chrono::duration<Rep2, Period2> repeat,
                            F&& cb);
     // Re-schedule to fire `timeout` from now (a repeating timer keeps its
-    // period). A one-shot timer is gone when its callback runs (its handle
-    // is stale there, its place free for a new timer), unless that callback
-    // re-arms it: then it takes its place back (errc::table_full if the
-    // callback gave the place to another timer).
+    // period). A one-shot timer is gone when it fires (its place free for a
+    // new timer), but inside its own callback (also around a poll() nested
+    // in it) its handle acts for every call: rearm() brings it back into its
+    // place (errc::table_full if the callback gave the place to another
+    // timer), cancel() returns ok and makes sure it does not come back,
+    // remaining() is zero unless it was re-armed. Once that callback has
+    // returned without re-arming it, the handle is stale for everything.
     template <class Rep, class Period>
     error_code rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout);
     error_code cancel(timer_handle h);
@@ -2795,6 +2828,7 @@ private:
     void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
     error_code rearm_running(uint64_t id, bool valid, int64_t deadline);
+    bool fired_running(uint64_t id, uint16_t& slot) const;
     MICROLOOP_DETAIL_ALWAYS_INLINE error_code rearm_to(uint64_t id, bool valid, int64_t ns, bool absolute) {
         const uint16_t slot = timer_pool_.lookup(id);
         // checked after the handle: a stale one is named first
@@ -2818,25 +2852,27 @@ private:
     // What the backend calls back with ready fds (see backend/select.hpp).
     bool stall_on() const { return stall_ns_ != 0; }
     bool io_changed() const { return io_changed_; }
+    typedef detail::running_frame reader_frame;
     template <bool Stall>
-    int64_t begin_readers() {
+    int64_t begin_readers(reader_frame& f) {
         io_changed_ = false;
+        running_io_.begin(f, io_pool_.none);
         return Stall ? detail::monotonic_ns() : 0;
     }
-    void end_readers() { end_io(); }
+    void end_readers(reader_frame& f) { end_io(f); }
     template <bool Stall>
-    void reader_ready(uint16_t s, int fd, int64_t& t0);
+    void reader_ready(reader_frame& f, uint16_t s, int fd, int64_t& t0);
     void io_ready(uint16_t s, int fd, unsigned ready);
     bool io_closed(uint16_t s, int fd);
-    void end_io() {
-        uint16_t s = running_io_.current();
-        if (s != io_pool_.none) running_io_.end(io_pool_, io_[s].cb);
-    }
+    // The frame's slot is a live or retired watcher's (0xffff: none ran).
+    void end_io(detail::running_frame& f) { running_io_.end(f, io_pool_, io_[f.slot < io_pool::slots ? f.slot : 0].cb); }
     void dispatch_timers();
 
     backend backend_; // the fd -> watcher table and the wait
     size_t active_io_;
-    uint64_t iteration_; // 64 bits: never wraps onto a watcher's added_iter
+    // The iteration whose callbacks run (back to the outer one when a nested
+    // iteration ends), and how many began: 64 bits, never wraps.
+    uint64_t iteration_, iterations_;
 
     io_pool io_pool_;
     io_slot io_[io_pool::slots];
@@ -2845,7 +2881,8 @@ private:
     timer_slot timers_[timer_pool::slots];
     detail::timer_heap<timer_pool::slots> heap_; // when each fires
 
-    // The callback running now, so removing it defers freeing its storage.
+    // The callbacks running now (nested in each other by poll() calls from
+    // callbacks), so removing one defers freeing its storage.
     detail::running_slot running_io_, running_timer_;
 
     hook_pool hook_pool_;
@@ -2872,8 +2909,8 @@ private:
 
 template <class Cap, class Clock>
 basic_loop<Cap, Clock>::basic_loop()
-    : backend_(wake_fd_), active_io_(0), iteration_(0), idle_hooks_(0), hook_pass_(nullptr), hook_phase_(no_hooks), stopped_(false),
-      now_(0), now_valid_(false), dispatching_(false),
+    : backend_(wake_fd_), active_io_(0), iteration_(0), iterations_(0), idle_hooks_(0), hook_pass_(nullptr),
+      hook_phase_(no_hooks), stopped_(false), now_(0), now_valid_(false), dispatching_(false),
       io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
@@ -2947,8 +2984,9 @@ void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
-    running_io_.begin(s);
-    auto done = detail::on_scope_exit([this] { end_io(); });
+    detail::running_frame f;
+    running_io_.begin(f, s);
+    auto done = detail::on_scope_exit([this, &f] { end_io(f); });
     io_event ev = {io_handle::from_id(io.id), fd, events};
     invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
@@ -3012,26 +3050,35 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
     return rearm_to(h.id(), valid, ns, false);
 }
 
-// The one-shot whose callback is running, re-armed from it (not a repeating
-// timer its callback cancelled); any other handle rearm() found stale.
+// A one-shot whose callback is running (in any frame, also around a nested
+// iteration) and that is not armed now: fired, or cancelled since. Its
+// handle still acts (see rearm()); not a repeating timer its callback
+// cancelled.
+template <class Cap, class Clock>
+bool basic_loop<Cap, Clock>::fired_running(uint64_t id, uint16_t& slot) const {
+    slot = timer_pool_.lookup_retired(id);
+    return slot != timer_pool_.none && running_timer_.released(slot) && timers_[slot].period == 0;
+}
+
+// rearm() of such a one-shot: it takes its place back; any other handle
+// rearm() found stale.
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t deadline) {
-    const uint16_t slot = timer_pool_.lookup_retired(id);
-    if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
-        return errc::stale_handle;
+    uint16_t slot;
+    if (!fired_running(id, slot)) return errc::stale_handle;
     if (!valid) return errc::bad_timeout;
     if (!timer_pool_.revive(slot)) return errc::table_full;
-    running_timer_.keep();
+    running_timer_.keep(slot);
     heap_.arm(slot, deadline);
     return error_code();
 }
 
+// cancel() of such a one-shot is ok: it is not armed, and stays so.
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) return errc::stale_handle;
+    if (slot == timer_pool_.none) return fired_running(h.id(), slot) ? error_code() : error_code(errc::stale_handle);
     release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
-
     return error_code();
 }
 
@@ -3082,9 +3129,10 @@ void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
     for (uint16_t s = 0; s < hook_pool::slots; ++s) {
         if (!hook_pool_.live(s)) continue;
         hook_slot& h = hook_slots_[s];
-        if (h.kind != kind || h.added_iter == iteration) continue;
-        running_hook_.begin(s);
-        auto done = detail::on_scope_exit([this, &h] { running_hook_.end(hook_pool_, h.cb); });
+        if (h.kind != kind || h.added_iter >= iteration) continue; // added in this iteration, or in one nested in it
+        detail::running_frame f;
+        running_hook_.begin(f, s);
+        auto done = detail::on_scope_exit([this, &f, &h] { running_hook_.end(f, hook_pool_, h.cb); });
         hook_event ev = {hook_handle::from_id(hook_pool_.id_of(s))};
         invoke(h.cb, source_kind::hook, ev.handle.id(), -1, ev);
     }
@@ -3154,7 +3202,23 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
     if (faulted()) return fault();
-    ++iteration_;
+    // A nested iteration (poll() from a callback) keeps the outer one's
+    // records on this stack and puts them back when it ends: its number (what
+    // watchers added meanwhile are compared with) and its time.
+    const bool outer = dispatching_;
+    const uint64_t outer_iter = iteration_;
+    const int64_t outer_now = now_;
+    const bool outer_now_valid = now_valid_;
+    auto done = detail::on_scope_exit([this, outer, outer_iter, outer_now, outer_now_valid] {
+        dispatching_ = outer;
+        if (outer) {
+            iteration_ = outer_iter;
+            now_ = outer_now;
+            now_valid_ = outer_now_valid;
+            io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
+        }
+    });
+    iteration_ = ++iterations_;
     // Iteration hooks (none: one test): before the timer pass begins, so
     // that timers a prepare hook arms count for this iteration.
     if (hook_pass_ && hook_pass_(*this, true)) max_wait_ns = 0;
@@ -3193,12 +3257,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
     }
 
     // From here on callbacks run: timers they arm count from now_.
-    const bool outer = dispatching_;
     dispatching_ = true;
-    auto done = detail::on_scope_exit([this, outer] {
-        dispatching_ = outer;
-        if (outer) io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
-    });
     if (n > 0) {
         // The wake-up fd is drained after the watchers ran.
         if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
@@ -3219,9 +3278,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
 // the loop's own few instructions between two callbacks to it.
 template <class Cap, class Clock>
 template <bool Stall>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(uint16_t s, int fd, int64_t& t0) {
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(detail::running_frame& f, uint16_t s, int fd, int64_t& t0) {
     io_slot& io = io_[s];
-    running_io_.begin(s);
+    f.slot = s;
     io_event ev = {io_handle::from_id(io.id), fd, readable};
     io.cb(ev);
     if (Stall) {
@@ -3237,7 +3296,7 @@ template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::io_ready(uint16_t s, int fd, unsigned ready) {
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
-    if (events == 0 || io.added_iter == iteration_) return;
+    if (events == 0 || io.added_iter >= iteration_) return; // added in this iteration or one nested in it
     call_io(s, fd, events);
 }
 
@@ -3260,12 +3319,13 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
         // Its entry, stale now (a one-shot's: dropped, its slot freed below),
         // stays at the top until the next settle(): a callback that
         // re-arms the timer reuses it.
-        running_timer_.begin(top.slot);
+        detail::running_frame f;
+        running_timer_.begin(f, top.slot);
         // A one-shot is gone as it fires: its place is free for a timer its
         // callback arms, and its slot is recycled after the callback (also if
         // it throws), unless the callback re-armed it.
+        auto done = detail::on_scope_exit([this, &f, &t] { running_timer_.end(f, timer_pool_, t.cb); });
         if (t.period == 0) release_timer(top.slot);
-        auto done = detail::on_scope_exit([this, &t] { running_timer_.end(timer_pool_, t.cb); });
         timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
         invoke(t.cb, source_kind::timer, ev.handle.id(), -1, ev);
     }
@@ -3664,7 +3724,7 @@ class mailbox : private loop_hook {
 
 public:
     explicit mailbox(loop_base& l)
-        : loop_(&l), closed_(false), posting_(0), enqueue_(0), dequeue_(0), running_(false), shut_(false) {
+        : loop_(&l), closed_(false), posting_(0), enqueue_(0), dequeue_(0), shut_(false) {
         for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
         on_wake = &mailbox::drain;
         on_fork = &mailbox::forked;
@@ -3717,7 +3777,7 @@ public:
         if (getpid() == loop_->owner_pid())
             while (posting_.load() != 0) sched_yield();
         loop_->detach(this);
-        return drop(running_ ? dequeue_ + 1 : dequeue_); // the running one is drain()'s to finish
+        return drop(dequeue_); // the running ones are claimed already: drain()'s to finish
     }
 
 private:
@@ -3731,19 +3791,23 @@ private:
     // A callback may close() the mailbox: the drain stops after it. (closed_
     // is also checked first: the loop may call a hook that a callback of the
     // hook before it detached.)
+    // A callback may call poll(), which drains again, nested: each post is
+    // claimed (dequeue_ moves past it) before it runs, so the nested drain
+    // starts with the next one, and its cell goes back to the posters only
+    // when it has returned (until then a post that wraps onto it is
+    // table_full, never a wait).
     static void drain(loop_hook* h) {
         mailbox* self = static_cast<mailbox*>(h);
         loop_base* const l = self->loop_;
         for (size_t n = 0; n < N; ++n) {
             if (self->shut_) return; // not closed_: posters write next to it
-            cell& c = self->cells_[self->dequeue_ & (N - 1)];
-            if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
-            self->running_ = true;
-            auto done = detail::on_scope_exit([self, &c] { // the cell is used up even if fn throws
-                self->running_ = false;
+            const size_t pos = self->dequeue_;
+            cell& c = self->cells_[pos & (N - 1)];
+            if (c.seq.load(std::memory_order_acquire) != pos + 1) return;
+            self->dequeue_ = pos + 1;
+            auto done = detail::on_scope_exit([&c, pos] { // the cell is used up even if fn throws
                 c.fn.reset();
-                c.seq.store(self->dequeue_ + N, std::memory_order_release);
-                ++self->dequeue_;
+                c.seq.store(pos + N, std::memory_order_release);
             });
             l->invoke(c.fn, source_kind::post, 0, -1);
         }
@@ -3773,7 +3837,6 @@ private:
         }
         self->enqueue_.store(0, std::memory_order_relaxed);
         self->dequeue_ = 0;
-        self->running_ = false;
         self->posting_.store(0, std::memory_order_relaxed); // posters of the parent, caught by fork()
     }
 
@@ -3782,8 +3845,7 @@ private:
     std::atomic<size_t> posting_; // post() calls between their closed_ check and their return
     cell cells_[N];
     std::atomic<size_t> enqueue_;
-    size_t dequeue_;
-    bool running_; // drain() is running the callback at dequeue_
+    size_t dequeue_; // the next post to run; those before it ran or are running
     bool shut_;    // closed_, as the loop thread sees it
 };
 
@@ -5799,3 +5861,380 @@ public:
 #endif
 
 #endif // MICROLOOP_HPP
+
+// ---- begin microloop/adapters/glib.hpp ---------------------------------
+// microloop/adapters/glib.hpp - a GLib main context hosted on a microloop
+// loop: loop.run() drives GLib's sources (GIO watches, timeouts, idles,
+// child watches, wake-ups from other threads) next to the loop's own.
+//
+// ---- Usage -------------------------------------------------------------------
+//
+//     #include <microloop.hpp>
+//     #include <microloop/adapters/glib.hpp>   // needs glib-2.0 (pkg-config)
+//
+//     static microloop::loop<> loop;
+//     int main() {
+//         microloop::glib_adapter<microloop::loop<> > glib(loop);  // the default context
+//         if (glib.error()) return 1;          // owned by another thread, or no hook slot
+//         g_timeout_add(100, on_timeout, nullptr);  // GLib's API as usual
+//         loop.every(std::chrono::seconds(1), tick);
+//         return loop.run() ? 1 : 0;           // until loop.stop(): GLib's wake-up fd
+//     }                                        // is always watched
+//
+//   glib_adapter<Loop, MaxPollFds = 16, Api = glib_api>(loop, context = nullptr)
+//       Hosts `context` (nullptr: g_main_context_default()), which it refs,
+//       and acquires (g_main_context_acquire) for its whole life: construct
+//       it in the loop's thread. error(): errc::already_watched if another
+//       thread owns the context, errc::table_full if the loop has no free
+//       hook slot (it takes one prepare and one check hook); then it does
+//       nothing. Costs one loop timer, and one fd watcher per distinct fd
+//       GLib polls.
+//   stats(): GPollFDs and fds now, the most GPollFDs GLib asked for at once,
+//       iterations in which GLib asked for more than MaxPollFds (overflows),
+//       watchers or timers the loop refused (refused), dispatches.
+//   last_error(): why the latest refusal or overflow happened
+//       (errc::table_full, already_watched, fd_out_of_range...).
+//
+// ---- How it works --------------------------------------------------------------
+//
+// Each iteration of the loop, in its prepare hook: g_main_context_prepare(),
+// then g_main_context_query() into a fixed array of MaxPollFds GPollFDs. The
+// GPollFDs are merged by fd (GLib may poll one fd twice: two watches on one
+// fd, a source with two GPollFDs on it: GLib 2.74 merges them itself in
+// g_main_context_query(), the adapter does not count on it); each distinct fd gets one loop
+// watcher for the union of the events, and only what changed since the
+// last iteration is watched, modified or unwatched. One loop timer is armed
+// to GLib's timeout (cancelled for -1; 0 when a source is ready already).
+// The fd callbacks record what the loop reported. In the check hook each
+// GPollFD gets its share of its fd's readiness, masked by what it asked for
+// (readable -> G_IO_IN, writable -> G_IO_OUT, priority -> G_IO_PRI; an fd
+// closed behind the loop's back -> G_IO_ERR | G_IO_NVAL), then
+// g_main_context_check() and, if it says so, g_main_context_dispatch():
+// GLib's callbacks run in the check hook.
+//
+// select() has no hang-up event: a peer's hang-up is G_IO_IN, and the
+// source's read finds the end of file. GLib's query masks G_IO_HUP and
+// G_IO_ERR out of the events it hands over, so a GPollFD that asked for
+// nothing else (events 0) is not watched: merge it with a reader, or read.
+//
+// More GPollFDs than MaxPollFds: the first MaxPollFds (GLib lists them by
+// priority, so its lowest-priority fds are the ones left out) are polled,
+// the rest are not; nothing is written past the array; stats().overflows
+// counts the iterations, last_error() is errc::table_full. Raise MaxPollFds.
+//
+// Not from the adapter's own callbacks: destroying it (GLib is dispatching).
+// Nothing of microloop's allocates; GLib allocates as it always does.
+#ifndef MICROLOOP_ADAPTERS_GLIB_HPP
+#define MICROLOOP_ADAPTERS_GLIB_HPP
+
+#include <glib.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <chrono>
+
+namespace microloop {
+
+struct glib_stats {
+    unsigned pollfds;            // GPollFDs handed to GLib at the last prepare (at most the capacity)
+    unsigned fds;                // distinct fds watched for them now
+    unsigned pollfds_high_water; // the most GPollFDs GLib asked for at once, also beyond the capacity
+    unsigned capacity;           // MaxPollFds
+    uint64_t overflows;          // iterations in which GLib asked for more than the capacity
+    uint64_t refused;            // watch(), modify() or timer calls the loop refused
+    uint64_t dispatches;         // g_main_context_dispatch() calls
+};
+
+// The four calls of GLib's iteration the adapter makes, as a parameter so
+// that a test can stand between it and GLib.
+struct glib_api {
+    static gboolean prepare(GMainContext* c, gint* max_priority) { return g_main_context_prepare(c, max_priority); }
+    static gint query(GMainContext* c, gint max_priority, gint* timeout, GPollFD* fds, gint n) {
+        return g_main_context_query(c, max_priority, timeout, fds, n);
+    }
+    static gboolean check(GMainContext* c, gint max_priority, GPollFD* fds, gint n) {
+        return g_main_context_check(c, max_priority, fds, n);
+    }
+    static void dispatch(GMainContext* c) { g_main_context_dispatch(c); }
+};
+
+template <class Loop, size_t MaxPollFds = 16, class Api = glib_api>
+class glib_adapter {
+    static_assert(MaxPollFds > 0 && MaxPollFds < 0x7fff, "glib_adapter: MaxPollFds out of range");
+
+public:
+    explicit glib_adapter(Loop& host, GMainContext* ctx = nullptr);
+    ~glib_adapter() { detach(); }
+    glib_adapter(const glib_adapter&) = delete;
+    glib_adapter& operator=(const glib_adapter&) = delete;
+
+    // Set-up: ok, errc::already_watched (another thread owns the context),
+    // errc::table_full (no hook slot in the loop).
+    error_code error() const { return error_; }
+    // The latest refusal or overflow while running.
+    error_code last_error() const { return last_error_; }
+    GMainContext* context() const { return ctx_; }
+    const glib_stats& stats() const { return stats_; }
+
+private:
+    static const uint16_t none = 0xffffu;
+    // One per distinct fd GLib polls; a slot keeps its index while its fd is
+    // wanted, so the watcher's callback can name it.
+    struct fd_entry {
+        io_handle h;       // valid while watched
+        int fd;
+        unsigned want;     // union of the events of its GPollFDs, this prepare
+        unsigned interest; // what its watcher asks the loop for
+        unsigned ready;    // what the loop reported since the last prepare
+        bool used;
+        bool seen;
+    };
+
+    void prepare();
+    void check();
+    void sync_fds();
+    void sync_timer(gint timeout);
+    void apply(uint16_t i);
+    void drop(uint16_t i);
+    void detach();
+    uint16_t find(int fd) const {
+        for (uint16_t i = 0; i < MaxPollFds; ++i)
+            if (entries_[i].used && entries_[i].fd == fd) return i;
+        return none;
+    }
+    void refuse(error_code e) {
+        ++stats_.refused;
+        last_error_ = e;
+    }
+    static unsigned to_events(gushort ev) {
+        return ((ev & G_IO_IN) ? readable : 0u) | ((ev & G_IO_OUT) ? writable : 0u) |
+               ((ev & G_IO_PRI) ? priority : 0u);
+    }
+
+    Loop& loop_;
+    GMainContext* ctx_;
+    bool acquired_;
+    bool prepared_; // the prepare hook ran this iteration: the check hook may check
+    gint max_priority_;
+    unsigned n_; // GPollFDs in pollfds_
+    error_code error_, last_error_;
+    hook_handle prepare_hook_, check_hook_;
+    timer_handle timer_;
+    glib_stats stats_;
+    GPollFD pollfds_[MaxPollFds];
+    uint16_t entry_of_[MaxPollFds]; // pollfds_[k]'s fd_entry, or none
+    fd_entry entries_[MaxPollFds];
+};
+
+// ============================================================================
+// Implementation
+// ============================================================================
+
+template <class Loop, size_t MaxPollFds, class Api>
+glib_adapter<Loop, MaxPollFds, Api>::glib_adapter(Loop& host, GMainContext* ctx)
+    : loop_(host), ctx_(ctx ? ctx : g_main_context_default()), acquired_(false), prepared_(false),
+      max_priority_(G_MAXINT), n_(0) {
+    stats_ = glib_stats();
+    stats_.capacity = static_cast<unsigned>(MaxPollFds);
+    for (size_t i = 0; i < MaxPollFds; ++i) {
+        entries_[i].fd = -1;
+        entries_[i].want = entries_[i].interest = entries_[i].ready = 0;
+        entries_[i].used = entries_[i].seen = false;
+        entry_of_[i] = none;
+    }
+    g_main_context_ref(ctx_);
+    if (!g_main_context_acquire(ctx_)) {
+        error_ = errc::already_watched;
+        return;
+    }
+    acquired_ = true;
+    prepare_hook_ = loop_.on_prepare([this](hook_event) { prepare(); });
+    check_hook_ = loop_.on_check([this](hook_event) { check(); });
+    if (!prepare_hook_ || !check_hook_) {
+        error_ = !prepare_hook_ ? prepare_hook_.error() : check_hook_.error();
+        detach();
+        return;
+    }
+    // Watch GLib's fds (its wake-up fd at least) and arm its timeout now:
+    // run() only runs while something is active, and hooks do not count.
+    prepare();
+    prepared_ = false;
+}
+
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::detach() {
+    if (prepare_hook_) loop_.unwatch(prepare_hook_);
+    if (check_hook_) loop_.unwatch(check_hook_);
+    prepare_hook_ = check_hook_ = hook_handle();
+    for (uint16_t i = 0; i < MaxPollFds; ++i)
+        if (entries_[i].used) drop(i);
+    loop_.cancel(timer_); // stale if it fired: refused, harmlessly
+    timer_ = timer_handle();
+    n_ = 0;
+    stats_.pollfds = stats_.fds = 0;
+    if (acquired_) g_main_context_release(ctx_);
+    acquired_ = false;
+    if (ctx_) g_main_context_unref(ctx_);
+    ctx_ = nullptr;
+}
+
+// Before the wait: what GLib wants polled, and for how long.
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::prepare() {
+    gint max_priority = G_MAXINT;
+    const bool ready = Api::prepare(ctx_, &max_priority) != FALSE;
+    gint timeout = -1;
+    const gint wanted = Api::query(ctx_, max_priority, &timeout, pollfds_, static_cast<gint>(MaxPollFds));
+    const unsigned w = wanted > 0 ? static_cast<unsigned>(wanted) : 0u;
+    if (w > stats_.pollfds_high_water) stats_.pollfds_high_water = w;
+    if (w > MaxPollFds) {
+        // GLib filled the first MaxPollFds and told us how many it has.
+        ++stats_.overflows;
+        last_error_ = errc::table_full;
+        n_ = static_cast<unsigned>(MaxPollFds);
+    } else {
+        n_ = w;
+    }
+    stats_.pollfds = n_;
+    max_priority_ = max_priority;
+    sync_fds();
+    sync_timer(ready ? 0 : timeout);
+    prepared_ = true;
+}
+
+// Merge the GPollFDs by fd and bring the watchers in line: only what changed.
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::sync_fds() {
+    for (uint16_t i = 0; i < MaxPollFds; ++i) {
+        entries_[i].seen = false;
+        entries_[i].want = 0;
+        entries_[i].ready = 0;
+    }
+    for (unsigned k = 0; k < n_; ++k) {
+        const uint16_t i = pollfds_[k].fd < 0 ? none : find(pollfds_[k].fd);
+        entry_of_[k] = i;
+        if (i == none) continue;
+        entries_[i].seen = true;
+        entries_[i].want |= to_events(pollfds_[k].events);
+    }
+    // First free the fds GLib no longer polls: then the new ones always
+    // find a slot (never more distinct fds than GPollFDs).
+    for (uint16_t i = 0; i < MaxPollFds; ++i)
+        if (entries_[i].used && !entries_[i].seen) drop(i);
+    for (unsigned k = 0; k < n_; ++k) {
+        if (entry_of_[k] != none || pollfds_[k].fd < 0) continue;
+        uint16_t i = find(pollfds_[k].fd); // added for an earlier GPollFD of this prepare?
+        if (i == none) {
+            for (i = 0; i < MaxPollFds && entries_[i].used; ++i) {
+            }
+            MICROLOOP_ASSERT(i < MaxPollFds);
+            fd_entry& e = entries_[i];
+            e.h = io_handle();
+            e.fd = pollfds_[k].fd;
+            e.want = e.interest = e.ready = 0;
+            e.used = e.seen = true;
+        }
+        entry_of_[k] = i;
+        entries_[i].want |= to_events(pollfds_[k].events);
+    }
+    unsigned fds = 0;
+    for (uint16_t i = 0; i < MaxPollFds; ++i) {
+        if (!entries_[i].used) continue;
+        apply(i);
+        if (entries_[i].h) ++fds;
+    }
+    stats_.fds = fds;
+}
+
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::apply(uint16_t i) {
+    fd_entry& e = entries_[i];
+    if (e.want == 0) { // G_IO_HUP/G_IO_ERR alone, or nothing: select() cannot say
+        if (e.h) loop_.unwatch(e.h);
+        e.h = io_handle();
+        e.interest = 0;
+        return;
+    }
+    if (e.h) {
+        if (e.want == e.interest) return;
+        if (error_code err = loop_.modify(e.h, e.want)) {
+            refuse(err);
+            return;
+        }
+        e.interest = e.want;
+        return;
+    }
+    // New, or refused before (retried every iteration while GLib wants it).
+    e.h = loop_.watch(e.fd, e.want, [this, i](io_event ev) {
+        fd_entry& en = entries_[i];
+        en.ready |= ev.events;
+        if (ev.events & io_error) { // closed behind the loop's back: the watcher is disabled
+            loop_.unwatch(en.h);
+            en.h = io_handle();
+            en.interest = 0;
+        }
+    });
+    if (!e.h) {
+        refuse(e.h.error());
+        e.interest = 0;
+        return;
+    }
+    e.interest = e.want;
+}
+
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::drop(uint16_t i) {
+    fd_entry& e = entries_[i];
+    if (e.h) loop_.unwatch(e.h);
+    e.h = io_handle();
+    e.used = e.seen = false;
+    e.fd = -1;
+    e.want = e.interest = e.ready = 0;
+}
+
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::sync_timer(gint timeout) {
+    if (timeout < 0) {
+        loop_.cancel(timer_); // stale if it fired already: harmless
+        timer_ = timer_handle();
+        return;
+    }
+    const std::chrono::milliseconds d(timeout);
+    if (timer_ && !loop_.rearm(timer_, d)) return;
+    // None yet, or the one-shot fired: a new one. It only ends the wait;
+    // GLib's check finds its sources due.
+    timer_ = loop_.after(d, [](timer_event) {});
+    if (!timer_) refuse(timer_.error());
+}
+
+// After the wait and the loop's callbacks: GLib's share of what happened.
+template <class Loop, size_t MaxPollFds, class Api>
+void glib_adapter<Loop, MaxPollFds, Api>::check() {
+    if (!prepared_) return; // no prepare since the last check (a hook added mid-iteration)
+    prepared_ = false;
+    for (unsigned k = 0; k < n_; ++k) {
+        GPollFD& p = pollfds_[k];
+        unsigned rev = 0;
+        if (entry_of_[k] != none) {
+            const unsigned r = entries_[entry_of_[k]].ready;
+            if (r & io_error) {
+                rev = G_IO_ERR | G_IO_NVAL;
+            } else {
+                if ((r & readable) && (p.events & G_IO_IN)) rev |= G_IO_IN;
+                if ((r & writable) && (p.events & G_IO_OUT)) rev |= G_IO_OUT;
+                if ((r & priority) && (p.events & G_IO_PRI)) rev |= G_IO_PRI;
+            }
+        }
+        p.revents = static_cast<gushort>(rev);
+    }
+    if (Api::check(ctx_, max_priority_, pollfds_, static_cast<gint>(n_))) {
+        ++stats_.dispatches;
+        Api::dispatch(ctx_);
+    }
+}
+
+} // namespace microloop
+
+#endif // MICROLOOP_ADAPTERS_GLIB_HPP
+// ---- end microloop/adapters/glib.hpp -----------------------------------
+

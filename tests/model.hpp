@@ -27,6 +27,12 @@
 //   one-shot that fired and was not re-armed in its callback is gone.
 //   Timers armed in callbacks count from the iteration's time, also when a
 //   callback advances the clock (the iteration's time is read at most once).
+// - nesting: a callback may call poll() (two levels at most): the nested
+//   iteration is predicted like any other, at the clock's time then; the
+//   outer one goes on with its own select() result, time and arming mark.
+//   A removed source whose callback still runs holds its slot until then
+//   (a table may be full below its capacity by what nested levels hold).
+//   A fired one-shot's handle acts for rearm() and cancel() in its callback.
 // - handles: every action on a stale or made-up handle returns
 //   errc::stale_handle and changes nothing; a new handle never equals a
 //   recent one; failures carry the right errc.
@@ -117,7 +123,7 @@ struct cont_b {
 
 // What happened, to show a run reached every path.
 struct counters {
-    uint64_t steps, polls, io_calls, timer_calls, overruns, stale_refused, table_full, bad_input, bytes_read,
+    uint64_t steps, polls, nested_polls, io_calls, timer_calls, overruns, stale_refused, table_full, bad_input, bytes_read,
         cont_taken;
 };
 
@@ -137,7 +143,8 @@ public:
     explicit world(chooser& c)
         : c_(c), b_live_(0), failed_(false), pipes_ok_(true), in_poll_(false), in_callback_(false), io_phase_(false),
           iter_now_known_(false), iter_now_(0), poll_no_(0), seq_(0), mark_(0), cursor_(-1),
-          self_io_(-1), self_timer_(-1), self_timer_id_(0), firing_(), firing_active_(false), max_io_(0), max_timers_(0), max_cont_(0), value_(1) {
+          self_io_(-1), self_timer_(-1), self_timer_id_(0), self_io_id_(0), firing_(), firing_active_(false), depth_(0),
+          polls_begun_(0), max_io_(0), max_timers_(0), max_cont_(0), value_(1) {
         msg_[0] = '\0';
         memset(&n_, 0, sizeof n_);
         for (int i = 0; i < nfds; ++i) fd_[i] = -1;
@@ -319,7 +326,9 @@ private:
         return false;
     }
     bool timer_live_id(uint64_t id) const {
-        if (firing_active_ && firing_.id() == id) return true; // revivable: not a plain dead handle
+        if (firing_active_ && firing_.id() == id) return true; // usable in its callback: not a plain dead handle
+        for (int d = 0; d < depth_; ++d)
+            if (outer_[d]->firing_active && outer_[d]->firing.id() == id) return true; // its callback runs too
         for (int i = 0; i < timer_cap; ++i)
             if (tm_[i].live && tm_[i].h.id() == id) return true;
         return false;
@@ -364,6 +373,48 @@ private:
         for (int i = 0; i < nfds; ++i) k += io_[i].live;
         return k;
     }
+    // The firing one-shot's entry if its callback re-armed it, else -1.
+    int firing_index() const {
+        for (int i = 0; i < timer_cap; ++i)
+            if (tm_[i].live && tm_[i].h == firing_) return i;
+        return -1;
+    }
+    // A table is full at its capacity, or when its spare slot and more are
+    // held by removed sources whose callbacks still run (one per nesting
+    // level at most): a table of N holds N, less what nested iterations hold
+    // beyond the one spare.
+    int held(bool timers) const {
+        uint64_t ids[max_depth + 1];
+        int n = 0;
+        for (int d = 0; d <= depth_; ++d) {
+            const bool cur = d == depth_;
+            uint64_t id = 0;
+            if (timers) {
+                bool fa = cur ? firing_active_ : outer_[d]->firing_active;
+                microloop::timer_handle fh = cur ? firing_ : outer_[d]->firing;
+                int st = cur ? self_timer_ : outer_[d]->self_timer;
+                uint64_t sid = cur ? self_timer_id_ : outer_[d]->self_timer_id;
+                if (fa) {
+                    bool live = false;
+                    for (int i = 0; i < timer_cap; ++i) live |= tm_[i].live && tm_[i].h == fh;
+                    if (!live) id = fh.id();
+                } else if (st >= 0 && !(tm_[st].live && tm_[st].h.id() == sid)) {
+                    id = sid;
+                }
+            } else {
+                int si = cur ? self_io_ : outer_[d]->self_io;
+                uint64_t sid = cur ? self_io_id_ : outer_[d]->self_io_id;
+                if (si >= 0 && !(io_[si].live && io_[si].h.id() == sid)) id = sid;
+            }
+            if (id == 0) continue;
+            bool dup = false;
+            for (int k = 0; k < n; ++k) dup |= ids[k] == id;
+            if (!dup) ids[n++] = id;
+        }
+        return n;
+    }
+    bool io_full() const { return live_io() == io_cap || live_io() + held(false) >= io_cap + 1; }
+    bool timers_full() const { return live_timers() == timer_cap || live_timers() + held(true) >= timer_cap + 1; }
     int live_timers() const {
         int k = 0;
         for (int i = 0; i < timer_cap; ++i) k += tm_[i].live;
@@ -480,7 +531,7 @@ private:
             want = errc::bad_argument;
         } else {
             h = loop_.watch(fd_[i], events, [this](microloop::io_event ev) { on_io(ev); });
-            want = io_[i].live ? errc::already_watched : live_io() == io_cap ? errc::table_full : errc::ok;
+            want = io_[i].live ? errc::already_watched : io_full() ? errc::table_full : errc::ok;
         }
         if (want != errc::ok) {
             check_failed(h, want, __LINE__, "watch");
@@ -543,7 +594,9 @@ private:
         retire_io(i);
         unsigned events = c_.pick(8);
         microloop::io_handle h = loop_.watch(fd_[i], events, [this](microloop::io_event ev) { on_io(ev); });
+        if (!h && h.error() == errc::table_full && io_full()) return;
         check_new(h, io_ring_, __LINE__);
+        if (!h && h.error() == errc::table_full && io_full()) return; // removed watchers still running hold the slots
         io_[i].live = true;
         io_[i].h = h;
         io_[i].interest = events;
@@ -592,7 +645,7 @@ private:
         int64_t period_ns = (1 + static_cast<int64_t>(c_.pick(10))) * 1000000;
         unsigned variant = c_.pick(32);
         microloop::timer_handle h;
-        errc want = live_timers() == timer_cap ? errc::table_full : errc::ok;
+        errc want = timers_full() ? errc::table_full : errc::ok;
         auto cb = [this](microloop::timer_event ev) { on_timer(ev); };
         if (variant == 0) {
             h = loop_.after(nanoseconds(-1 - static_cast<int64_t>(c_.pick(1000000))), cb);
@@ -651,6 +704,15 @@ private:
         bool bad = c_.one_in(16);
         if (bad) timeout_ns = -1 - static_cast<int64_t>(c_.pick(1000));
         if (firing_active_ && c_.one_in(3)) { // the firing one-shot re-arms itself: back in its place
+            int f = firing_index();
+            if (f >= 0) { // re-armed already: a plain re-arm
+                expect(loop_.rearm(firing_, nanoseconds(timeout_ns)), bad ? errc::bad_timeout : errc::ok, __LINE__,
+                       "rearm(re-armed firing one-shot)");
+                if (bad) return;
+                tm_[f].deadline_ns = arm_time() + timeout_ns;
+                tm_[f].seq = seq_++;
+                return;
+            }
             bool full = live_timers() == timer_cap;
             expect(loop_.rearm(firing_, nanoseconds(timeout_ns)),
                    bad ? errc::bad_timeout : full ? errc::table_full : errc::ok, __LINE__, "rearm(firing one-shot)");
@@ -664,7 +726,6 @@ private:
             t.deadline_ns = arm_time() + timeout_ns;
             t.period_ns = 0;
             t.seq = seq_++;
-            firing_active_ = false;
             int k = live_timers();
             if (k > max_timers_) max_timers_ = k;
             return;
@@ -683,8 +744,10 @@ private:
     }
 
     void cancel() {
-        if (firing_active_ && c_.one_in(3)) {
-            expect(loop_.cancel(firing_), errc::stale_handle, __LINE__, "cancel(firing one-shot)");
+        if (firing_active_ && c_.one_in(3)) { // in its callback, ok whether re-armed or not
+            expect(loop_.cancel(firing_), errc::ok, __LINE__, "cancel(firing one-shot)");
+            int f = firing_index();
+            if (f >= 0) retire_timer(f);
             return;
         }
         int i = target_timer();
@@ -845,12 +908,69 @@ private:
     // The events watcher i is to be called with now, in this poll.
     unsigned due(int i) const {
         const io_model& m = io_[i];
-        if (!m.live || m.added_poll == poll_no_) return 0;
+        if (!m.live || m.added_poll >= poll_no_) return 0; // added in this poll or one nested in it
         return snap_[i] & m.interest;
     }
 
+    // A poll() from inside a callback nests an iteration: the outer one's
+    // state is kept here and put back when it returns; the outer iteration
+    // then goes on with what its own select() saw, at its own time.
+    struct frame {
+        bool in_callback, io_phase, iter_now_known, firing_active;
+        int64_t iter_now;
+        uint64_t poll_no, mark;
+        int cursor, self_io, self_timer;
+        uint64_t self_io_id, self_timer_id;
+        microloop::timer_handle firing;
+        unsigned snap[nfds];
+    };
+    void save(frame& f) const {
+        f.in_callback = in_callback_;
+        f.io_phase = io_phase_;
+        f.iter_now_known = iter_now_known_;
+        f.firing_active = firing_active_;
+        f.iter_now = iter_now_;
+        f.poll_no = poll_no_;
+        f.mark = mark_;
+        f.cursor = cursor_;
+        f.self_io = self_io_;
+        f.self_timer = self_timer_;
+        f.self_timer_id = self_timer_id_;
+        f.self_io_id = self_io_id_;
+        f.firing = firing_;
+        memcpy(f.snap, snap_, sizeof snap_);
+    }
+    void restore(const frame& f) {
+        in_callback_ = f.in_callback;
+        io_phase_ = f.io_phase;
+        iter_now_known_ = f.iter_now_known;
+        firing_active_ = f.firing_active;
+        iter_now_ = f.iter_now;
+        poll_no_ = f.poll_no;
+        mark_ = f.mark;
+        cursor_ = f.cursor;
+        self_io_ = f.self_io;
+        self_timer_ = f.self_timer;
+        self_timer_id_ = f.self_timer_id;
+        self_io_id_ = f.self_io_id;
+        firing_ = f.firing;
+        memcpy(snap_, f.snap, sizeof snap_);
+    }
+    void nested_poll() {
+        frame f;
+        save(f);
+        outer_[depth_++] = &f;
+        ++n_.nested_polls;
+        in_callback_ = false;
+        firing_active_ = false;
+        do_poll();
+        --depth_;
+        restore(f);
+        in_poll_ = true; // the outer poll() goes on
+    }
+
     void do_poll() {
-        ++poll_no_;
+        poll_no_ = ++polls_begun_;
         ++n_.polls;
         for (int i = 0; i < nfds; ++i) snap_[i] = io_[i].live ? ready_now(i) & io_[i].interest : 0u;
         mark_ = seq_;
@@ -889,7 +1009,10 @@ private:
     // A few operations from inside a callback.
     void act() {
         unsigned k = c_.pick(4);
-        for (unsigned j = 0; j < k && !failed_; ++j) pick_op(true);
+        for (unsigned j = 0; j < k && !failed_; ++j) {
+            if (depth_ < max_depth && c_.one_in(8)) nested_poll(); // at most max_depth levels
+            else pick_op(true);
+        }
         if (c_.one_in(8)) check_tables();
     }
 
@@ -924,13 +1047,14 @@ private:
                static_cast<unsigned long long>(ev.handle.id()));
         verify(!m.live || m.h == ev.handle, __LINE__, "fd %d: callback with handle %llx, the watcher's is %llx", ev.fd,
                static_cast<unsigned long long>(ev.handle.id()), static_cast<unsigned long long>(m.h.id()));
-        verify(!m.live || m.added_poll != poll_no_, __LINE__, "fd %d: a watcher added in this iteration was called",
+        verify(!m.live || m.added_poll < poll_no_, __LINE__, "fd %d: a watcher added in this iteration was called",
                ev.fd);
         verify(ev.events == due(i) && ev.events != 0, __LINE__, "fd %d: events %u, expected %u", ev.fd, ev.events,
                due(i));
         if (failed_) return;
         in_callback_ = true;
         self_io_ = i;
+        self_io_id_ = ev.handle.id();
         if (c_.one_in(3) && i < npipes) drain(i); // what a reader does
         act();
         self_io_ = -1;
@@ -1087,11 +1211,15 @@ private:
     int cursor_;          // position in order_ of the last fd called in this iteration
     unsigned snap_[nfds]; // what select() saw ready, per watched fd
     int self_io_, self_timer_;
-    uint64_t self_timer_id_;
+    uint64_t self_timer_id_, self_io_id_;
     // The one-shot whose callback runs: gone (its handle stale, its place
     // free) unless the callback re-arms it through that handle.
     microloop::timer_handle firing_;
     bool firing_active_;
+    static const int max_depth = 2;
+    frame* outer_[max_depth]; // the iterations a nested one runs inside, outermost first
+    int depth_;
+    uint64_t polls_begun_; // poll_no_ is the running iteration's: back to the outer one's after a nested one
 
     int max_io_, max_timers_, max_cont_;
     uint64_t value_;

@@ -669,3 +669,43 @@ TEST_CASE("a watcher closing its own fd and another's", "[error]") {
     CHECK(errors == 1);
     CHECK(log.count_fd(a.a.get()) == 1);
 }
+
+TEST_CASE("a watcher that unwatches itself after a nested poll() keeps its closure and slot until it returns",
+          "[robust][io]") {
+    reentry r;
+    for (int i = 0; i < 3; ++i) REQUIRE(r.pair[i].ok());
+    REQUIRE(test::put_byte(r.pair[0].b.get()));
+    int alive = 0;
+    {
+        test::life l(&alive);
+        // The nested poll() runs pair[1]'s watcher; then pair[0]'s removes
+        // itself and watches pair[2]: the running closure must survive both.
+        r.h[0] = r.loop.watch(r.pair[0].a.get(), microloop::readable, [&r, l](io_event ev) {
+            ++r.calls[0];
+            test::drain(ev.fd);
+            REQUIRE(test::put_byte(r.pair[1].b.get()));
+            CHECK(!r.loop.poll());
+            CHECK(!r.loop.unwatch(ev.handle));
+            r.calls[2] = *l.alive;
+            r.h[2] = r.loop.watch(r.pair[2].a.get(), microloop::readable, noop_io);
+            CHECK(r.h[2]);
+            r.calls[3] = *l.alive;
+        });
+    }
+    r.h[1] = r.loop.watch(r.pair[1].a.get(), microloop::readable, [&r](io_event ev) {
+        ++r.calls[1];
+        test::drain(ev.fd);
+    });
+    REQUIRE(r.h[0]);
+    REQUIRE(r.h[1]);
+    REQUIRE(alive == 1);
+    r.loop.run_once(seconds(1));
+    CHECK(r.calls[0] == 1);
+    CHECK(r.calls[1] == 1);
+    CHECK(r.calls[2] == 1); // alive after unwatch()
+    CHECK(r.calls[3] == 1); // alive after a new watch()
+    CHECK(alive == 0);      // destroyed once it returned
+    CHECK(r.loop.stats().io.used == 2);
+    CHECK(!r.loop.unwatch(r.h[1]));
+    CHECK(!r.loop.unwatch(r.h[2]));
+}

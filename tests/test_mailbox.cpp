@@ -280,3 +280,57 @@ TEST_CASE("a closed mailbox refuses posts instead of touching a detached loop", 
     CHECK(box.post([&ran] { ++ran; }) == errc::canceled); // before: a null loop pointer
     CHECK(loop.active() == 0);
 }
+
+TEST_CASE("mailbox: a callback that posts and runs a nested poll() runs once; every later post runs or is counted",
+          "[robust][thread]") {
+    microloop::loop<2, 2> loop;
+    microloop::mailbox<4> box(loop);
+    struct state {
+        microloop::loop<2, 2>* loop;
+        microloop::mailbox<4>* box;
+        int first, second, later;
+    } st = {&loop, &box, 0, 0, 0};
+    REQUIRE(!box.post([&st] {
+        ++st.first;
+        REQUIRE(!st.box->post([&st] { ++st.second; }));
+        CHECK(!st.loop->poll()); // runs the second post, not this one again
+    }));
+    REQUIRE(!loop.poll());
+    REQUIRE(st.first == 1);
+    REQUIRE(st.second == 1);
+    // The ring is consistent: posts that wrap it all run, none spins.
+    for (int round = 0; round < 3; ++round) {
+        for (int i = 0; i < 4; ++i) REQUIRE(!box.post([&st] { ++st.later; }));
+        CHECK(box.post([&st] { ++st.later; }) == errc::table_full);
+        REQUIRE(!loop.poll());
+        CHECK(st.later == 4 * (round + 1));
+    }
+    REQUIRE(!box.post([&st] { ++st.later; }));
+    CHECK(box.close() == 1); // counted, not lost
+    CHECK(st.later == 12);
+}
+
+TEST_CASE("mailbox: close() from a callback inside a nested poll() drops the rest and counts each once",
+          "[robust][thread]") {
+    microloop::loop<2, 2> loop;
+    microloop::mailbox<8> box(loop);
+    struct state {
+        microloop::loop<2, 2>* loop;
+        microloop::mailbox<8>* box;
+        int runs;
+        size_t dropped;
+    } st = {&loop, &box, 0, 0};
+    REQUIRE(!box.post([&st] {
+        ++st.runs;
+        CHECK(!st.loop->poll()); // runs the next post, which closes
+    }));
+    REQUIRE(!box.post([&st] {
+        ++st.runs;
+        st.dropped = st.box->close();
+    }));
+    for (int i = 0; i < 3; ++i) REQUIRE(!box.post([&st] { ++st.runs; }));
+    REQUIRE(!loop.poll());
+    CHECK(st.runs == 2);
+    CHECK(st.dropped == 3);
+    CHECK(box.close() == 0);
+}

@@ -897,3 +897,31 @@ TEST_CASE("unblock_signals() gives an exec'd child a clean mask", "[robust][sign
     CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
     sigprocmask(SIG_SETMASK, &saved, nullptr);
 }
+
+TEST_CASE("a signal watcher that unwatches itself after a nested poll() keeps its closure until it returns",
+          "[robust][signal]") {
+    test_loop loop;
+    int alive = 0, usr2 = 0;
+    static int alive_after_unwatch; // read by the callback without a capture
+    alive_after_unwatch = -1;
+    microloop::signal_handle h2 = loop.on_signal(SIGUSR2, [&usr2](microloop::signal_event) { ++usr2; });
+    REQUIRE(h2);
+    microloop::signal_handle h1;
+    {
+        test::life l(&alive);
+        h1 = loop.on_signal(SIGUSR1, [&loop, l](microloop::signal_event ev) {
+            REQUIRE(raise(SIGUSR2) == 0);
+            loop.poll(); // runs the SIGUSR2 watcher
+            CHECK(!loop.unwatch(ev.handle));
+            alive_after_unwatch = *l.alive;
+        });
+    }
+    REQUIRE(h1);
+    REQUIRE(alive == 1);
+    REQUIRE(raise(SIGUSR1) == 0);
+    REQUIRE(run_until(loop, [&alive, &usr2] { return usr2 == 1 && alive != 1; }));
+    CHECK(alive_after_unwatch == 1); // still there while it ran
+    CHECK(alive == 0);               // destroyed once it returned
+    CHECK(loop.stats().signals.used == 1);
+    CHECK(!loop.unwatch(h2));
+}

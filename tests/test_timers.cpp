@@ -894,3 +894,97 @@ TEST_CASE("bad timeouts are refused", "[error]") {
     CHECK(loop.remaining(pico) < days(107));
     CHECK(c.alive(loop));
 }
+
+// ---- nested iterations ------------------------------------------------------------
+
+TEST_CASE("a one-shot re-arms itself from its own callback after a nested poll() ran another timer",
+          "[robust][timer]") {
+    virtual_loop loop;
+    struct state {
+        virtual_loop* loop;
+        int outer, inner;
+        errc rearmed;
+    } st = {&loop, 0, 0, errc::system};
+    microloop::timer_handle h = loop.after(milliseconds(1), [&st](timer_event ev) {
+        if (++st.outer > 1) return;
+        REQUIRE(st.loop->after(milliseconds(0), [&st](timer_event) { ++st.inner; }));
+        CHECK(!st.loop->poll()); // fires the new timer
+        st.rearmed = st.loop->rearm(ev.handle, milliseconds(5)).code();
+    });
+    REQUIRE(h);
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    CHECK(st.inner == 1);
+    CHECK(st.rearmed == errc::ok);
+    CHECK(loop.remaining(h) == milliseconds(5));
+    loop.clock().advance(milliseconds(5));
+    REQUIRE(!loop.poll());
+    CHECK(st.outer == 2);
+    CHECK(loop.stats().timers.used == 0);
+}
+
+TEST_CASE("a table of 2 timers holds 2 after one-shots ran nested poll()s from their callbacks", "[robust][timer]") {
+    typedef microloop::basic_loop<microloop::capacity<1, 2, 0, 0>, microloop::manual_clock> two_timers;
+    two_timers loop;
+    for (int round = 0; round < 4; ++round) {
+        INFO("round " << round);
+        int inner = 0;
+        REQUIRE(loop.after(milliseconds(1), [&loop, &inner](timer_event) {
+            REQUIRE(loop.after(milliseconds(0), [&inner](timer_event) { ++inner; }));
+            CHECK(!loop.poll());
+        }));
+        loop.clock().advance(milliseconds(1));
+        REQUIRE(!loop.poll());
+        CHECK(inner == 1);
+        CHECK(loop.stats().timers.used == 0);
+    }
+    microloop::timer_handle a = loop.after(milliseconds(1), noop_timer);
+    microloop::timer_handle b = loop.after(milliseconds(1), noop_timer);
+    CHECK(a);
+    CHECK(b);
+}
+
+TEST_CASE("inside its own callback a one-shot's handle acts for every call: cancel() is ok and it stays gone",
+          "[robust][timer]") {
+    virtual_loop loop;
+    struct state {
+        virtual_loop* loop;
+        int calls;
+        errc first, second;
+        bool zero;
+    } st = {&loop, 0, errc::system, errc::system, false};
+    microloop::timer_handle h = loop.after(milliseconds(1), [&st](timer_event ev) {
+        ++st.calls;
+        st.first = st.loop->cancel(ev.handle).code();
+        st.second = st.loop->cancel(ev.handle).code();
+        st.zero = st.loop->remaining(ev.handle) == nanoseconds::zero();
+    });
+    REQUIRE(h);
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    CHECK(st.calls == 1);
+    CHECK(st.first == errc::ok);
+    CHECK(st.second == errc::ok);
+    CHECK(st.zero);
+    // Once its callback returned without re-arming it: stale for everything.
+    CHECK(loop.cancel(h) == errc::stale_handle);
+    CHECK(loop.rearm(h, milliseconds(1)) == errc::stale_handle);
+    CHECK(loop.remaining(h) == nanoseconds::zero());
+    // Re-armed, then cancelled, in its callback: it does not come back.
+    int fired = 0;
+    microloop::timer_handle g = loop.after(milliseconds(1), [&loop, &fired](timer_event ev) {
+        ++fired;
+        CHECK(!loop.rearm(ev.handle, milliseconds(1)));
+        CHECK(!loop.cancel(ev.handle));
+        CHECK(!loop.cancel(ev.handle));
+        CHECK(loop.remaining(ev.handle) == nanoseconds::zero());
+    });
+    REQUIRE(g);
+    loop.clock().advance(milliseconds(1));
+    REQUIRE(!loop.poll());
+    loop.clock().advance(milliseconds(5));
+    REQUIRE(!loop.poll());
+    CHECK(fired == 1);
+    CHECK(loop.active() == 0);
+    CHECK(loop.stats().timers.used == 0);
+}

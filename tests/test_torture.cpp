@@ -119,6 +119,7 @@ TEST_CASE("torture: fds, timers and continuations against the model, in virtual 
         const model::counters& n = w.count();
         total.steps += n.steps;
         total.polls += n.polls;
+        total.nested_polls += n.nested_polls;
         total.io_calls += n.io_calls;
         total.timer_calls += n.timer_calls;
         total.overruns += n.overruns;
@@ -129,12 +130,12 @@ TEST_CASE("torture: fds, timers and continuations against the model, in virtual 
         total.cont_taken += n.cont_taken;
         done += step;
     }
-    printf("torture (virtual time): %llu steps in %.2f s%s: %llu polls, %llu fd calls, %llu timer calls, "
+    printf("torture (virtual time): %llu steps in %.2f s%s: %llu polls (%llu nested), %llu fd calls, %llu timer calls, "
            "%llu overruns, %llu stale handles refused, %llu table_full, %llu bad inputs, %llu bytes read, "
            "%llu continuations taken\n",
            static_cast<unsigned long long>(total.steps), static_cast<double>(mono_ns() - start) / 1e9,
            out_of_time ? " (time budget reached)" : "", static_cast<unsigned long long>(total.polls),
-           static_cast<unsigned long long>(total.io_calls), static_cast<unsigned long long>(total.timer_calls),
+           static_cast<unsigned long long>(total.nested_polls), static_cast<unsigned long long>(total.io_calls), static_cast<unsigned long long>(total.timer_calls),
            static_cast<unsigned long long>(total.overruns), static_cast<unsigned long long>(total.stale_refused),
            static_cast<unsigned long long>(total.table_full), static_cast<unsigned long long>(total.bad_input),
            static_cast<unsigned long long>(total.bytes_read), static_cast<unsigned long long>(total.cont_taken));

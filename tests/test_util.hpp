@@ -175,6 +175,16 @@ inline void noop_timer(microloop::timer_event) {}
 // What the callbacks of the exception tests throw.
 struct boom {};
 
+// Counts its live copies: captured by a callback, it tells whether the loop
+// still holds that callback's closure (1) or has destroyed it (0).
+struct life {
+    int* alive;
+    explicit life(int* a) : alive(a) { ++*alive; }
+    life(const life& o) : alive(o.alive) { ++*alive; }
+    ~life() { --*alive; }
+    life& operator=(const life&) = delete;
+};
+
 // Four of each kind: the loop of the error-path and cross-thread tests.
 typedef microloop::loop<4, 4> small_loop;
 

@@ -213,51 +213,77 @@ template <size_t N, size_t S> const size_t slot_pool<N, S>::slots;
 template <size_t N, size_t S> const uint16_t slot_pool<N, S>::none;
 template <size_t N, size_t S> const uint64_t slot_pool<N, S>::max_generation;
 
-// Which slot's callback is running right now. Removing that source from
-// inside its own callback makes its handles stale at once but frees the
-// callback's storage only when it returns (the closure is still executing).
-// Every table whose callbacks may remove their own source keeps one, and
-// gives its pool a spare slot (see slot_pool).
+// One running callback: a record on the stack of the dispatch that calls it,
+// linked to the record of the callback it runs inside (a callback that
+// calls poll() nests an iteration, whose callbacks nest their records).
+struct running_frame {
+    running_frame* outer;
+    uint16_t slot;  // 0xffff: none yet
+    bool released;  // its source was removed meanwhile: freed when the frame ends
+};
+
+// Which slots' callbacks are running right now, innermost first. Removing a
+// source from inside its own callback (or from a callback nested in it)
+// makes its handles stale at once but frees the callback's storage, and lets
+// the slot be handed out again, only when the outermost frame running it
+// ends (the closure is still executing). Every table whose callbacks may
+// remove their own source keeps one, and gives its pool a spare slot (see
+// slot_pool).
 class running_slot {
 public:
-    running_slot() : slot_(none), released_(false) {}
+    running_slot() : top_(nullptr) {}
 
-    void begin(uint16_t slot) { slot_ = slot; }
-    // The slot whose callback is running, or 0xffff.
-    uint16_t current() const { return slot_; }
+    // A frame on the caller's stack begins; end() it (also if the callback
+    // throws) before it goes out of scope.
+    void begin(running_frame& f, uint16_t slot) {
+        f.outer = top_;
+        f.slot = slot;
+        f.released = false;
+        top_ = &f;
+    }
     // Release `slot` of `pool`, whose callback is `cb`: now, or deferred to
-    // end() if that callback is the one running.
+    // the end of the outermost frame running it.
     template <class Pool, class Callback>
     void release(Pool& pool, Callback& cb, uint16_t slot) {
-        if (slot == slot_) {
+        if (running_frame* f = find(slot)) {
             pool.retire(slot);
-            released_ = true;
+            f->released = true;
             return;
         }
         cb.reset();
         pool.release(slot);
     }
-    // Whether `slot` is the running one and has been released meanwhile (it
-    // is retired, not yet recycled), and to take that release back.
-    bool released(uint16_t slot) const { return released_ && slot == slot_; }
-    void keep() { released_ = false; }
-    // The callback returned (or threw); true if it had removed its own
-    // source, which is freed now.
+    // Whether `slot` is running and has been released meanwhile (it is
+    // retired, not yet recycled), and to take that release back.
+    bool released(uint16_t slot) const {
+        const running_frame* f = find(slot);
+        return f && f->released;
+    }
+    void keep(uint16_t slot) {
+        if (running_frame* f = find(slot)) f->released = false;
+    }
+    // Frame f, the innermost, ends: true if its slot was released while it
+    // ran, which is freed now.
     template <class Pool, class Callback>
-    bool end(Pool& pool, Callback& cb) {
-        uint16_t slot = slot_;
-        slot_ = none;
-        if (!released_) return false;
-        released_ = false;
+    bool end(running_frame& f, Pool& pool, Callback& cb) {
+        top_ = f.outer;
+        if (!f.released) return false;
         cb.reset();
-        pool.recycle(slot);
+        pool.recycle(f.slot);
         return true;
     }
 
 private:
-    enum { none = 0xffff }; // no slot: nothing is running
-    uint16_t slot_;
-    bool released_;
+    // The outermost frame running `slot`, or null. Frames nest a few deep at
+    // most; this runs on removals, never per event.
+    running_frame* find(uint16_t slot) const {
+        running_frame* found = nullptr;
+        for (running_frame* f = top_; f; f = f->outer)
+            if (f->slot == slot) found = f;
+        return found;
+    }
+
+    running_frame* top_;
 };
 
 } // namespace detail

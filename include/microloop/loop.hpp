@@ -151,10 +151,13 @@ public:
     timer_handle add_timer(std::chrono::duration<Rep1, Period1> timeout, std::chrono::duration<Rep2, Period2> repeat,
                            F&& cb);
     // Re-schedule to fire `timeout` from now (a repeating timer keeps its
-    // period). A one-shot timer is gone when its callback runs (its handle
-    // is stale there, its place free for a new timer), unless that callback
-    // re-arms it: then it takes its place back (errc::table_full if the
-    // callback gave the place to another timer).
+    // period). A one-shot timer is gone when it fires (its place free for a
+    // new timer), but inside its own callback (also around a poll() nested
+    // in it) its handle acts for every call: rearm() brings it back into its
+    // place (errc::table_full if the callback gave the place to another
+    // timer), cancel() returns ok and makes sure it does not come back,
+    // remaining() is zero unless it was re-armed. Once that callback has
+    // returned without re-arming it, the handle is stale for everything.
     template <class Rep, class Period>
     error_code rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout);
     error_code cancel(timer_handle h);
@@ -351,6 +354,7 @@ private:
     void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
     error_code rearm_running(uint64_t id, bool valid, int64_t deadline);
+    bool fired_running(uint64_t id, uint16_t& slot) const;
     MICROLOOP_DETAIL_ALWAYS_INLINE error_code rearm_to(uint64_t id, bool valid, int64_t ns, bool absolute) {
         const uint16_t slot = timer_pool_.lookup(id);
         // checked after the handle: a stale one is named first
@@ -375,25 +379,27 @@ private:
     // What the backend calls back with ready fds (see backend/select.hpp).
     bool stall_on() const { return stall_ns_ != 0; }
     bool io_changed() const { return io_changed_; }
+    typedef detail::running_frame reader_frame;
     template <bool Stall>
-    int64_t begin_readers() {
+    int64_t begin_readers(reader_frame& f) {
         io_changed_ = false;
+        running_io_.begin(f, io_pool_.none);
         return Stall ? detail::monotonic_ns() : 0;
     }
-    void end_readers() { end_io(); }
+    void end_readers(reader_frame& f) { end_io(f); }
     template <bool Stall>
-    void reader_ready(uint16_t s, int fd, int64_t& t0);
+    void reader_ready(reader_frame& f, uint16_t s, int fd, int64_t& t0);
     void io_ready(uint16_t s, int fd, unsigned ready);
     bool io_closed(uint16_t s, int fd);
-    void end_io() {
-        uint16_t s = running_io_.current();
-        if (s != io_pool_.none) running_io_.end(io_pool_, io_[s].cb);
-    }
+    // The frame's slot is a live or retired watcher's (0xffff: none ran).
+    void end_io(detail::running_frame& f) { running_io_.end(f, io_pool_, io_[f.slot < io_pool::slots ? f.slot : 0].cb); }
     void dispatch_timers();
 
     backend backend_; // the fd -> watcher table and the wait
     size_t active_io_;
-    uint64_t iteration_; // 64 bits: never wraps onto a watcher's added_iter
+    // The iteration whose callbacks run (back to the outer one when a nested
+    // iteration ends), and how many began: 64 bits, never wraps.
+    uint64_t iteration_, iterations_;
 
     io_pool io_pool_;
     io_slot io_[io_pool::slots];
@@ -402,7 +408,8 @@ private:
     timer_slot timers_[timer_pool::slots];
     detail::timer_heap<timer_pool::slots> heap_; // when each fires
 
-    // The callback running now, so removing it defers freeing its storage.
+    // The callbacks running now (nested in each other by poll() calls from
+    // callbacks), so removing one defers freeing its storage.
     detail::running_slot running_io_, running_timer_;
 
     hook_pool hook_pool_;
@@ -429,8 +436,8 @@ private:
 
 template <class Cap, class Clock>
 basic_loop<Cap, Clock>::basic_loop()
-    : backend_(wake_fd_), active_io_(0), iteration_(0), idle_hooks_(0), hook_pass_(nullptr), hook_phase_(no_hooks), stopped_(false),
-      now_(0), now_valid_(false), dispatching_(false),
+    : backend_(wake_fd_), active_io_(0), iteration_(0), iterations_(0), idle_hooks_(0), hook_pass_(nullptr),
+      hook_phase_(no_hooks), stopped_(false), now_(0), now_valid_(false), dispatching_(false),
       io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
@@ -504,8 +511,9 @@ void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
-    running_io_.begin(s);
-    auto done = detail::on_scope_exit([this] { end_io(); });
+    detail::running_frame f;
+    running_io_.begin(f, s);
+    auto done = detail::on_scope_exit([this, &f] { end_io(f); });
     io_event ev = {io_handle::from_id(io.id), fd, events};
     invoke(io.cb, source_kind::io, io.id, fd, ev);
 }
@@ -569,26 +577,35 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
     return rearm_to(h.id(), valid, ns, false);
 }
 
-// The one-shot whose callback is running, re-armed from it (not a repeating
-// timer its callback cancelled); any other handle rearm() found stale.
+// A one-shot whose callback is running (in any frame, also around a nested
+// iteration) and that is not armed now: fired, or cancelled since. Its
+// handle still acts (see rearm()); not a repeating timer its callback
+// cancelled.
+template <class Cap, class Clock>
+bool basic_loop<Cap, Clock>::fired_running(uint64_t id, uint16_t& slot) const {
+    slot = timer_pool_.lookup_retired(id);
+    return slot != timer_pool_.none && running_timer_.released(slot) && timers_[slot].period == 0;
+}
+
+// rearm() of such a one-shot: it takes its place back; any other handle
+// rearm() found stale.
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t deadline) {
-    const uint16_t slot = timer_pool_.lookup_retired(id);
-    if (slot == timer_pool_.none || !running_timer_.released(slot) || timers_[slot].period != 0)
-        return errc::stale_handle;
+    uint16_t slot;
+    if (!fired_running(id, slot)) return errc::stale_handle;
     if (!valid) return errc::bad_timeout;
     if (!timer_pool_.revive(slot)) return errc::table_full;
-    running_timer_.keep();
+    running_timer_.keep(slot);
     heap_.arm(slot, deadline);
     return error_code();
 }
 
+// cancel() of such a one-shot is ok: it is not armed, and stays so.
 template <class Cap, class Clock>
 error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) return errc::stale_handle;
+    if (slot == timer_pool_.none) return fired_running(h.id(), slot) ? error_code() : error_code(errc::stale_handle);
     release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
-
     return error_code();
 }
 
@@ -639,9 +656,10 @@ void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
     for (uint16_t s = 0; s < hook_pool::slots; ++s) {
         if (!hook_pool_.live(s)) continue;
         hook_slot& h = hook_slots_[s];
-        if (h.kind != kind || h.added_iter == iteration) continue;
-        running_hook_.begin(s);
-        auto done = detail::on_scope_exit([this, &h] { running_hook_.end(hook_pool_, h.cb); });
+        if (h.kind != kind || h.added_iter >= iteration) continue; // added in this iteration, or in one nested in it
+        detail::running_frame f;
+        running_hook_.begin(f, s);
+        auto done = detail::on_scope_exit([this, &f, &h] { running_hook_.end(f, hook_pool_, h.cb); });
         hook_event ev = {hook_handle::from_id(hook_pool_.id_of(s))};
         invoke(h.cb, source_kind::hook, ev.handle.id(), -1, ev);
     }
@@ -711,7 +729,23 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
 template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
     if (faulted()) return fault();
-    ++iteration_;
+    // A nested iteration (poll() from a callback) keeps the outer one's
+    // records on this stack and puts them back when it ends: its number (what
+    // watchers added meanwhile are compared with) and its time.
+    const bool outer = dispatching_;
+    const uint64_t outer_iter = iteration_;
+    const int64_t outer_now = now_;
+    const bool outer_now_valid = now_valid_;
+    auto done = detail::on_scope_exit([this, outer, outer_iter, outer_now, outer_now_valid] {
+        dispatching_ = outer;
+        if (outer) {
+            iteration_ = outer_iter;
+            now_ = outer_now;
+            now_valid_ = outer_now_valid;
+            io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
+        }
+    });
+    iteration_ = ++iterations_;
     // Iteration hooks (none: one test): before the timer pass begins, so
     // that timers a prepare hook arms count for this iteration.
     if (hook_pass_ && hook_pass_(*this, true)) max_wait_ns = 0;
@@ -750,12 +784,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
     }
 
     // From here on callbacks run: timers they arm count from now_.
-    const bool outer = dispatching_;
     dispatching_ = true;
-    auto done = detail::on_scope_exit([this, outer] {
-        dispatching_ = outer;
-        if (outer) io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
-    });
     if (n > 0) {
         // The wake-up fd is drained after the watchers ran.
         if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
@@ -776,9 +805,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
 // the loop's own few instructions between two callbacks to it.
 template <class Cap, class Clock>
 template <bool Stall>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(uint16_t s, int fd, int64_t& t0) {
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(detail::running_frame& f, uint16_t s, int fd, int64_t& t0) {
     io_slot& io = io_[s];
-    running_io_.begin(s);
+    f.slot = s;
     io_event ev = {io_handle::from_id(io.id), fd, readable};
     io.cb(ev);
     if (Stall) {
@@ -794,7 +823,7 @@ template <class Cap, class Clock>
 MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::io_ready(uint16_t s, int fd, unsigned ready) {
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
-    if (events == 0 || io.added_iter == iteration_) return;
+    if (events == 0 || io.added_iter >= iteration_) return; // added in this iteration or one nested in it
     call_io(s, fd, events);
 }
 
@@ -817,12 +846,13 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
         // Its entry, stale now (a one-shot's: dropped, its slot freed below),
         // stays at the top until the next settle(): a callback that
         // re-arms the timer reuses it.
-        running_timer_.begin(top.slot);
+        detail::running_frame f;
+        running_timer_.begin(f, top.slot);
         // A one-shot is gone as it fires: its place is free for a timer its
         // callback arms, and its slot is recycled after the callback (also if
         // it throws), unless the callback re-armed it.
+        auto done = detail::on_scope_exit([this, &f, &t] { running_timer_.end(f, timer_pool_, t.cb); });
         if (t.period == 0) release_timer(top.slot);
-        auto done = detail::on_scope_exit([this, &t] { running_timer_.end(timer_pool_, t.cb); });
         timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
         invoke(t.cb, source_kind::timer, ev.handle.id(), -1, ev);
     }

@@ -48,7 +48,7 @@ class mailbox : private loop_hook {
 
 public:
     explicit mailbox(loop_base& l)
-        : loop_(&l), closed_(false), posting_(0), enqueue_(0), dequeue_(0), running_(false), shut_(false) {
+        : loop_(&l), closed_(false), posting_(0), enqueue_(0), dequeue_(0), shut_(false) {
         for (size_t i = 0; i < N; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
         on_wake = &mailbox::drain;
         on_fork = &mailbox::forked;
@@ -101,7 +101,7 @@ public:
         if (getpid() == loop_->owner_pid())
             while (posting_.load() != 0) sched_yield();
         loop_->detach(this);
-        return drop(running_ ? dequeue_ + 1 : dequeue_); // the running one is drain()'s to finish
+        return drop(dequeue_); // the running ones are claimed already: drain()'s to finish
     }
 
 private:
@@ -115,19 +115,23 @@ private:
     // A callback may close() the mailbox: the drain stops after it. (closed_
     // is also checked first: the loop may call a hook that a callback of the
     // hook before it detached.)
+    // A callback may call poll(), which drains again, nested: each post is
+    // claimed (dequeue_ moves past it) before it runs, so the nested drain
+    // starts with the next one, and its cell goes back to the posters only
+    // when it has returned (until then a post that wraps onto it is
+    // table_full, never a wait).
     static void drain(loop_hook* h) {
         mailbox* self = static_cast<mailbox*>(h);
         loop_base* const l = self->loop_;
         for (size_t n = 0; n < N; ++n) {
             if (self->shut_) return; // not closed_: posters write next to it
-            cell& c = self->cells_[self->dequeue_ & (N - 1)];
-            if (c.seq.load(std::memory_order_acquire) != self->dequeue_ + 1) return;
-            self->running_ = true;
-            auto done = detail::on_scope_exit([self, &c] { // the cell is used up even if fn throws
-                self->running_ = false;
+            const size_t pos = self->dequeue_;
+            cell& c = self->cells_[pos & (N - 1)];
+            if (c.seq.load(std::memory_order_acquire) != pos + 1) return;
+            self->dequeue_ = pos + 1;
+            auto done = detail::on_scope_exit([&c, pos] { // the cell is used up even if fn throws
                 c.fn.reset();
-                c.seq.store(self->dequeue_ + N, std::memory_order_release);
-                ++self->dequeue_;
+                c.seq.store(pos + N, std::memory_order_release);
             });
             l->invoke(c.fn, source_kind::post, 0, -1);
         }
@@ -157,7 +161,6 @@ private:
         }
         self->enqueue_.store(0, std::memory_order_relaxed);
         self->dequeue_ = 0;
-        self->running_ = false;
         self->posting_.store(0, std::memory_order_relaxed); // posters of the parent, caught by fork()
     }
 
@@ -166,8 +169,7 @@ private:
     std::atomic<size_t> posting_; // post() calls between their closed_ check and their return
     cell cells_[N];
     std::atomic<size_t> enqueue_;
-    size_t dequeue_;
-    bool running_; // drain() is running the callback at dequeue_
+    size_t dequeue_; // the next post to run; those before it ran or are running
     bool shut_;    // closed_, as the loop thread sees it
 };
 

@@ -553,8 +553,9 @@ private:
             ev.signo = s.signo;
             ev.count = n;
             read_sender(g, ev);
-            running_.begin(slot);
-            auto done = on_scope_exit([this, &s] { running_.end(sig_pool_, s.cb); });
+            running_frame f;
+            running_.begin(f, slot);
+            auto done = on_scope_exit([this, &f, &s] { running_.end(f, sig_pool_, s.cb); });
             deliver call = {&s.cb, &ev};
             loop_->invoke(call, source_kind::signal, ev.handle.id(), ev.signo);
         }
@@ -572,7 +573,7 @@ private:
     unsigned chld_count_; // SIGCHLD arrivals taken, for a SIGCHLD watcher
     bool chld_watched_;   // a signal watcher for SIGCHLD exists (at most one)
     bool kids_due_;       // a child was found already ended when watched
-    running_slot running_; // the signal slot whose callback runs now
+    running_slot running_; // the signal slots whose callbacks run now
 };
 
 } // namespace detail

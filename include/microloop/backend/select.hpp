@@ -65,8 +65,9 @@ inline bool fdset_is_words() {
 // calls back (a friend of the loop, so that these calls are inlined into
 // its iteration and cost nothing over a loop with select() written in):
 //     core.io_ready(slot, fd, events)           a ready fd, looked up now
-//     core.begin_readers() / end_readers()      the lean scan begins, ends
-//     core.reader_ready<Stall>(slot, fd, t0)    a ready reader, on the lean scan
+//     core.begin_readers(f) / end_readers(f)    the lean scan begins, ends (f: a
+//                                               Core::reader_frame on its stack)
+//     core.reader_ready<Stall>(f, slot, fd, t0) a ready reader, on the lean scan
 //     core.io_changed()                         the watchers changed meanwhile
 //     core.io_closed(slot, fd)                  after EBADF: report fd if closed
 //     core.stall_on()                           stall detection is on
@@ -318,11 +319,13 @@ template <bool Stall, class Core>
 MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& core, const unsigned long* r,
                                                                          int nwords, int& i, unsigned long& bits,
                                                                          int& nready) {
-    int64_t t0 = core.template begin_readers<Stall>();
-    // Ends the running callback's bookkeeping once, when the scan ends or a
-    // callback throws: while nothing changes, no callback has removed its
-    // own watcher and there is nothing to free.
-    auto done = on_scope_exit([&core] { core.end_readers(); });
+    // One record of the running callback for the whole scan, on this stack
+    // (a nested iteration's scan has its own), ended once, when the scan
+    // ends or a callback throws: while nothing changes, no callback has
+    // removed its own watcher and there is nothing to free.
+    typename Core::reader_frame frame;
+    int64_t t0 = core.template begin_readers<Stall>(frame);
+    auto done = on_scope_exit([&core, &frame] { core.end_readers(frame); });
     for (; i < nwords && nready > 0; ++i) {
         for (bits = r[i]; bits;) {
             const int fd = i * word_bits + __builtin_ctzl(bits);
@@ -333,7 +336,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& co
                 if (fd == wake_fd_) wake_seen_ = true;
                 continue;
             }
-            core.template reader_ready<Stall>(s, fd, t0);
+            core.template reader_ready<Stall>(frame, s, fd, t0);
             if (core.io_changed()) return false;
         }
     }
