@@ -2773,18 +2773,18 @@ private:
     void release_io(uint16_t slot) { running_io_.release(io_pool_, io_[slot].cb, slot); }
     void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
-    error_code rearm_running(uint64_t id, bool valid, int64_t deadline);
+    error_code rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute);
     bool fired_running(uint64_t id, uint16_t& slot) const;
     MICROLOOP_DETAIL_ALWAYS_INLINE error_code rearm_to(uint64_t id, bool valid, int64_t ns, bool absolute) {
         const uint16_t slot = timer_pool_.lookup(id);
         // checked after the handle: a stale one is named first
-        if (slot == timer_pool_.none) return rearm_running(id, valid, absolute ? ns : arm_time() + ns);
+        if (slot == timer_pool_.none) return rearm_running(id, valid, ns, absolute);
         if (!valid) return errc::bad_timeout;
         heap_.arm(slot, absolute ? ns : arm_time() + ns);
         return error_code();
     }
     template <class F>
-    timer_handle start_timer(int64_t deadline, int64_t period, F&& cb);
+    timer_handle start_timer(int64_t ns, bool absolute, int64_t period, F&& cb);
     template <class F>
     hook_handle add_hook(hook_kind kind, F&& cb);
     void run_hooks(hook_kind kind, uint64_t iteration);
@@ -2962,7 +2962,7 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     if (period_ns == 0 && repeat != std::chrono::duration<Rep2, Period2>::zero())
         return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
-    return start_timer(arm_time() + after_ns, period_ns, std::forward<F>(cb));
+    return start_timer(after_ns, false, period_ns, std::forward<F>(cb));
 }
 
 template <class Cap, class Clock>
@@ -2971,20 +2971,20 @@ timer_handle basic_loop<Cap, Clock>::at(std::chrono::duration<Rep, Period> deadl
     int64_t at_ns;
     if (!detail::to_ns(deadline, at_ns)) return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
-    return start_timer(at_ns, 0, std::forward<F>(cb));
+    return start_timer(at_ns, true, 0, std::forward<F>(cb));
 }
 
 template <class Cap, class Clock>
 template <class F>
-MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(int64_t deadline, int64_t period,
-                                                                               F&& cb) {
+MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(int64_t ns, bool absolute,
+                                                                               int64_t period, F&& cb) {
     uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
     uint16_t slot = detail::slot_of(id);
     timer_slot& t = timers_[slot];
     t.cb.emplace(std::forward<F>(cb));
     t.period = period;
-    heap_.arm(slot, deadline);
+    heap_.arm(slot, absolute ? ns : arm_time() + ns); // the clock read only for a timer that is made
     return timer_handle::from_id(id);
 }
 
@@ -3009,13 +3009,15 @@ bool basic_loop<Cap, Clock>::fired_running(uint64_t id, uint16_t& slot) const {
 // rearm() of such a one-shot: it takes its place back; any other handle
 // rearm() found stale.
 template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t deadline) {
+error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute) {
     uint16_t slot;
     if (!fired_running(id, slot)) return errc::stale_handle;
     if (!valid) return errc::bad_timeout;
     if (!timer_pool_.revive(slot)) return errc::table_full;
     running_timer_.keep(slot);
-    heap_.arm(slot, deadline);
+    // The time is read only now: a refused call must not fix the loop's
+    // "now" for the callbacks after it (in an iteration that read no clock).
+    heap_.arm(slot, absolute ? ns : arm_time() + ns);
     return error_code();
 }
 

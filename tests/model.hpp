@@ -413,6 +413,12 @@ private:
         }
         return n;
     }
+    // What stats().used says: the live sources, and the held slots beyond
+    // the one spare (they are as unusable as live ones).
+    int in_use(bool timers) const {
+        const int h = held(timers);
+        return (timers ? live_timers() : live_io()) + (h > 1 ? h - 1 : 0);
+    }
     bool io_full() const { return live_io() == io_cap || live_io() + held(false) >= io_cap + 1; }
     bool timers_full() const { return live_timers() == timer_cap || live_timers() + held(true) >= timer_cap + 1; }
     int live_timers() const {
@@ -544,7 +550,7 @@ private:
         m.h = h;
         m.interest = events;
         m.added_poll = poll_no_;
-        int k = live_io();
+        int k = in_use(false);
         if (k > max_io_) max_io_ = k;
     }
 
@@ -694,7 +700,7 @@ private:
         t.deadline_ns = arm_time() + timeout_ns;
         t.period_ns = period_ns;
         t.seq = seq_++;
-        int k = live_timers();
+        int k = in_use(true);
         if (k > max_timers_) max_timers_ = k;
     }
 
@@ -726,7 +732,7 @@ private:
             t.deadline_ns = arm_time() + timeout_ns;
             t.period_ns = 0;
             t.seq = seq_++;
-            int k = live_timers();
+            int k = in_use(true);
             if (k > max_timers_) max_timers_ = k;
             return;
         }
@@ -1125,7 +1131,7 @@ private:
     void check_tables() {
         if (failed_) return;
         loop_type::loop_stats s = loop_.stats();
-        int io = live_io(), timers = live_timers(), armed = armed_timers(), cont = live_cont();
+        int io = in_use(false), timers = in_use(true), armed = armed_timers(), cont = live_cont();
         verify(s.io.used == static_cast<size_t>(io) && s.io.capacity == static_cast<size_t>(io_cap) &&
                    s.io.high_water == static_cast<size_t>(max_io_),
                __LINE__, "io stats used %zu cap %zu high %zu; model %d %d %d", s.io.used, s.io.capacity,
@@ -1148,7 +1154,8 @@ private:
             while (i < nfds && fd_[i] != fd) ++i;
             if (i == nfds || !io_[i].live || io_[i].h != h || io_[i].interest != events) io_ok = false;
         });
-        verify(io_ok && seen == io, __LINE__, "for_each_io: %d watchers listed, %d expected, or one differs", seen, io);
+        verify(io_ok && seen == live_io(), __LINE__, "for_each_io: %d watchers listed, %d expected, or one differs", seen,
+               live_io());
 
         seen = 0;
         bool timers_ok = true;
