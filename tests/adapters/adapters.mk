@@ -68,3 +68,9 @@ integrations-deps:
 	if [ -z "$$missing" ]; then echo "integrations-deps: all present"; \
 	else $$sudo apt-get install -y --no-install-recommends $(ADAPTER_DEBS) || \
 	    { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $(ADAPTER_DEBS); }; fi
+
+# QoS-0 messages/s through a local broker: the mosquitto adapter against
+# mosquitto_loop_forever() (tests/bench/mqtt.sh).
+.PHONY: bench-mqtt
+bench-mqtt:
+	$(BENCH_ENV) sh tests/bench/mqtt.sh
