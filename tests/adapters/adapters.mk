@@ -25,7 +25,7 @@ ADAPTER_DEBS := libcurl4-openssl-dev libmosquitto-dev mosquitto libglib2.0-dev l
                 dbus-daemon pkg-config python3 curl
 PKG_CONFIG ?= pkg-config
 
-.PHONY: integrations integrations-deps
+.PHONY: integrations integrations-deps bench-curl
 
 # One adapter: build its test and examples, run its test. $(1): the name.
 define adapter_rules
@@ -64,3 +64,11 @@ integrations-deps:
 	if [ -z "$$missing" ]; then echo "integrations-deps: all present"; \
 	else $$sudo apt-get install -y --no-install-recommends $(ADAPTER_DEBS) || \
 	    { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $(ADAPTER_DEBS); }; fi
+
+# The curl adapter against curl's own curl_multi_poll() loop, 200 downloads
+# from the local http_file_server (tests/bench/curl.sh; not part of make bench).
+$(BUILD)/bench/curl_bench: tests/bench/curl_bench.cpp $(wildcard include/microloop/adapters/curl.hpp)
+	mkdir -p $(dir $@)
+	$(COMPILE) -o $@ $< $(ML_LDFLAGS) $(LDFLAGS) $(shell $(PKG_CONFIG) --libs $(ADAPTER_PKGS_curl)) $(LDLIBS) $(ML_LDLIBS)
+bench-curl: $(BUILD)/bench/curl_bench $(BUILD)/examples/http_file_server
+	BUILD="$(BUILD)" sh tests/bench/curl.sh

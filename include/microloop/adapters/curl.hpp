@@ -86,7 +86,7 @@ typedef detail::inplace_callback<void(curl_done)> curl_done_callback;
 template <class Loop, size_t Transfers = 32>
 class curl_driver {
 public:
-    explicit curl_driver(Loop& loop) : loop_(loop), multi_(curl_multi_init()), mcode_(CURLM_OK) {
+    explicit curl_driver(Loop& loop) : loop_(loop), multi_(curl_multi_init()), mcode_(CURLM_OK), failed_(0) {
         for (size_t i = 0; i < Transfers; ++i) {
             slots_[i].owner = this;
             slots_[i].easy = nullptr;
@@ -139,6 +139,8 @@ public:
     error_code remove(CURL* easy) {
         slot* s = easy ? find(easy) : nullptr;
         if (!s) return errc::stale_handle;
+        if (s->failed) --failed_;
+        s->failed = false;
         s->easy = nullptr;
         curl_multi_remove_handle(multi_, easy);
         return error_code();
@@ -209,6 +211,7 @@ private:
         // Not -1: that would abort every transfer. End this one instead, once
         // curl has returned (no remove_handle from inside its callback).
         if (slot* s = d.find(easy)) {
+            if (!s->failed) ++d.failed_;
             s->failed = true;
             s->refused = h.error();
         }
@@ -255,7 +258,7 @@ private:
             const CURLcode result = m->data.result;
             complete(easy, result);
         }
-        for (size_t i = 0; i < Transfers; ++i)
+        for (size_t i = 0; failed_ != 0 && i < Transfers; ++i)
             if (slots_[i].easy && slots_[i].failed) complete(slots_[i].easy, CURLE_ABORTED_BY_CALLBACK);
     }
 
@@ -263,6 +266,7 @@ private:
         slot* s = find(easy);
         if (!s) return; // removed meanwhile
         curl_done ev = {easy, result, s->refused};
+        if (s->failed) --failed_;
         s->easy = nullptr;
         s->failed = false;
         curl_multi_remove_handle(multi_, easy);
@@ -275,6 +279,7 @@ private:
     curl_done_callback done_;
     error_code error_;
     CURLMcode mcode_;
+    size_t failed_; // slots with failed set
     slot slots_[Transfers];
 };
 
