@@ -27,7 +27,7 @@ PKG_CONFIG ?= pkg-config
 # A library's headers are not ours to keep warning-free: -isystem, not -I.
 adapter_cflags = $(patsubst -I%,-isystem %,$(shell $(PKG_CONFIG) --cflags $(1)))
 
-.PHONY: integrations integrations-deps
+.PHONY: integrations integrations-deps bench-curl
 
 # One adapter: build its test and examples, run its test. $(1): the name.
 define adapter_rules
@@ -48,7 +48,8 @@ $(BUILD)/adapters/:
 # test. The status is non-zero if any adapter failed, or, with
 # INTEGRATIONS_REQUIRE=1 (CI), if any was skipped.
 INTEGRATIONS_REQUIRE ?= 0
-integrations: $(BUILD)/tests/main.o
+# The curl test downloads from the project's own http_file_server.
+integrations: $(BUILD)/tests/main.o $(BUILD)/examples/http_file_server
 	@set -u; failed=; ran=; skipped=; \
 	one() { a=$$1; pkgs=$$2; \
 	    if [ ! -f tests/adapters/test_$$a.cpp ]; then skipped="$$skipped $$a(no test yet)"; return; fi; \
@@ -74,3 +75,11 @@ integrations-deps:
 .PHONY: bench-mqtt
 bench-mqtt:
 	$(BENCH_ENV) sh tests/bench/mqtt.sh
+
+# The curl adapter against curl's own curl_multi_poll() loop, 200 downloads
+# from the local http_file_server (tests/bench/curl.sh; not part of make bench).
+$(BUILD)/bench/curl_bench: tests/bench/curl_bench.cpp $(wildcard include/microloop/adapters/curl.hpp)
+	mkdir -p $(dir $@)
+	$(COMPILE) -o $@ $< $(ML_LDFLAGS) $(LDFLAGS) $(shell $(PKG_CONFIG) --libs $(ADAPTER_PKGS_curl)) $(LDLIBS) $(ML_LDLIBS)
+bench-curl: $(BUILD)/bench/curl_bench $(BUILD)/examples/http_file_server
+	BUILD="$(BUILD)" sh tests/bench/curl.sh
