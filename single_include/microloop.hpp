@@ -160,6 +160,13 @@
 //   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
 //                            the libc's fd_set layout allows (checked at run
 //                            time); 0: FD_ISSET only
+//   MICROLOOP_BACKEND        select (the default) or epoll: what loop<> and
+//                            basic_loop<> wait with (the same in every TU);
+//                            one loop: epoll_loop<...>, or basic_loop<Cap,
+//                            Clock, use_epoll / use_select>. epoll takes any
+//                            fd (no FD_SETSIZE), dispatches in the kernel's
+//                            order, finds fds closed behind its back later
+//                            (README: Choosing a backend)
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >; each at most 65,533
@@ -231,6 +238,16 @@
 #define MICROLOOP_FDSET_WORDS 1
 #endif
 
+// What loop<> and basic_loop<> wait for fds with unless a loop names its
+// own: select (the default) or epoll. Define it for a whole program, as
+// -DMICROLOOP_BACKEND=epoll, and in every translation unit alike (it is
+// the default of a template parameter: loops of the two backends are
+// different types). One loop can choose by itself either way:
+// basic_loop<Cap, Clock, use_epoll> / epoll_loop<...>, or use_select.
+#ifndef MICROLOOP_BACKEND
+#define MICROLOOP_BACKEND select
+#endif
+
 // ---- internal: not for users to define -------------------------------------------
 // Where the compiler is told what to inline: the hot path always
 // (MICROLOOP_DETAIL_ALWAYS_INLINE), speed-only code unless the build
@@ -246,6 +263,15 @@
 #define MICROLOOP_DETAIL_NOINLINE
 #define MICROLOOP_DETAIL_COLD
 #endif
+#if defined(__GNUC__)
+#define MICROLOOP_DETAIL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MICROLOOP_DETAIL_UNLIKELY(x) (x)
+#endif
+#define MICROLOOP_DETAIL_CAT2(a, b) a##b
+#define MICROLOOP_DETAIL_CAT(a, b) MICROLOOP_DETAIL_CAT2(a, b)
+// The tag MICROLOOP_BACKEND names: use_select or use_epoll.
+#define MICROLOOP_DETAIL_BACKEND ::microloop::MICROLOOP_DETAIL_CAT(use_, MICROLOOP_BACKEND)
 #if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
 #define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
 #else
@@ -1212,6 +1238,504 @@ inline bool loop_base::use_up_stop() {
 #endif // MICROLOOP_LOOP_BASE_HPP
 // ---- end microloop/loop_base.hpp ---------------------------------------
 
+// ---- begin microloop/backend/epoll.hpp ---------------------------------
+// microloop/backend/epoll.hpp - how a loop waits for its fds with epoll:
+// level-triggered, no fd ceiling (any fd the process may open), no heap. The
+// same calls as backend/select.hpp (see there), over one epoll instance per
+// loop and a fixed-size fd -> watcher map sized by the loop's fd capacity.
+//
+// What epoll does not tell, and how it is found out:
+// - It drops a registration silently when the last fd of its file is
+//   closed, so "closed behind the loop's back" never shows up as an error of
+//   the wait (select()'s EBADF). It is found at the next epoll_ctl() on the
+//   fd (EBADF, or ENOENT when the number names another file now), and, when
+//   a wait returns nothing (a timeout, or poll() with nothing ready), by a
+//   sweep that re-checks a couple of registrations (EPOLL_CTL_MOD) in turn
+//   per idle wake-up, and one every 64 waits however busy the loop is. The watcher then gets io_error once and is disabled,
+//   as with select(). The wake-up fd is checked so before a wait that may
+//   sleep after one that found nothing (or the first): an idle loop never
+//   goes to sleep on a wake-up fd that can no longer wake it (the wait
+//   fails with EBADF, as select()'s does).
+// - It keeps the registration while another fd (a dup(), a forked child's
+//   copy) holds the file: the file's events keep arriving with the data it
+//   was registered with. Every registration carries its watcher's slot and
+//   a generation (bumped by each add and remove), so such an event never
+//   reaches a newer watcher of the same fd number; once one arrives after an
+//   EPOLL_CTL_DEL that failed (the fd was closed first), the instance is
+//   made again from the table (as libev does), which is the only way to
+//   drop a registration whose fd is gone.
+// - An instance is shared with forked children. A child's epoll_ctl() would
+//   edit the parent's registrations, so a forked child (counted by a
+//   pthread_atfork() handler, one load per check) makes its own instance
+//   before it touches the kernel, and after_fork() makes another with the
+//   new wake-up fd. The parent never sees what a child does.
+// - Regular files (and fds without poll support) are refused with EPERM;
+//   select() calls them always ready, and so does this backend: such a
+//   watcher is called in every iteration with its readable/writable
+//   interest, and the wait does not sleep while one is active.
+#ifndef MICROLOOP_BACKEND_EPOLL_HPP
+#define MICROLOOP_BACKEND_EPOLL_HPP
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <type_traits>
+
+namespace microloop {
+namespace detail {
+
+// The smallest power of two >= n (n >= 1).
+constexpr size_t epoll_map_size(size_t n, size_t p = 1) { return p >= n ? p : epoll_map_size(n, p * 2); }
+
+template <size_t Slots>
+class epoll_backend {
+public:
+    typedef typename std::conditional<(Slots < 255), uint8_t, uint16_t>::type slot_t;
+    static const slot_t no_slot = static_cast<slot_t>(~0u);
+
+    explicit epoll_backend(int wake_fd)
+        : epfd_(-1), wake_fd_(wake_fd), errno_(0), epoch_(0), nlost_(0), nalways_(0), cursor_(0), tick_(0), orphans_(false),
+          remake_(false), wake_lost_(false), wake_seen_(false), idle_(true), pwait2_(true) {
+        for (size_t i = 0; i < map_size; ++i) map_[i] = no_slot;
+        for (size_t i = 0; i < Slots; ++i) {
+            st_[i].fd = -1;
+            st_[i].gen = 0;
+            st_[i].want = st_[i].kernel = st_[i].flags = 0;
+        }
+        fork_count<>::watch(); // the fork count of loop_base.hpp: a child makes its own instance
+        remake();
+    }
+    ~epoll_backend() {
+        if (epfd_ >= 0) close(epfd_);
+    }
+
+    // ---- registration -------------------------------------------------------
+    // Any fd >= 0 the process can open.
+    static bool fits(int) { return true; }
+    bool watched(int fd) const { return find(fd) != no_slot || fd == wake_fd_; }
+    void add(int fd, uint16_t slot) {
+        state& s = st_[slot];
+        s.fd = fd;
+        ++s.gen;
+        s.want = s.kernel = s.flags = 0;
+        size_t i = bucket(fd);
+        while (map_[i] != no_slot) i = (i + 1) & (map_size - 1);
+        map_[i] = static_cast<slot_t>(slot);
+    }
+    // After set(fd, interest, 0).
+    void remove(int fd) {
+        size_t i = bucket(fd);
+        while (map_[i] != no_slot && st_[map_[i]].fd != fd) i = (i + 1) & (map_size - 1);
+        if (map_[i] == no_slot) return;
+        state& s = st_[map_[i]];
+        if (s.flags & lost) --nlost_;
+        s.fd = -1;
+        ++s.gen; // its events still in this iteration's batch are dropped
+        s.flags = 0;
+        // Backward-shift deletion: the entries after it that probed past
+        // this bucket move up, so no tombstones are needed.
+        for (size_t j = (i + 1) & (map_size - 1); map_[j] != no_slot; j = (j + 1) & (map_size - 1)) {
+            const size_t home = bucket(st_[map_[j]].fd);
+            if (((j - home) & (map_size - 1)) >= ((j - i) & (map_size - 1))) {
+                map_[i] = map_[j];
+                i = j;
+            }
+        }
+        map_[i] = no_slot;
+    }
+    void set(int fd, unsigned, unsigned is_events) {
+        const slot_t s = find(fd);
+        if (s != no_slot) apply(s, is_events);
+    }
+    // after_fork()'s new wake-up fd: a new instance for this process, every
+    // watcher registered again.
+    void replace_wake_fd(int, int now) {
+        wake_fd_ = now;
+        wake_lost_ = false;
+        remake();
+    }
+
+    // ---- waiting ----------------------------------------------------------------
+    // Ready events land in an array on the iteration's stack, one per
+    // possible registration (the watchers and the wake-up fd), at most 256:
+    // more are returned by the next wait (level-triggered, nothing is lost).
+    enum { max_events = Slots + 1 < 256 ? Slots + 1 : 256 };
+    typedef struct epoll_event fd_sets[max_events];
+    struct ready_sets {
+        struct epoll_event* ev;
+        int n; // what epoll returned
+    };
+
+    template <class Timeout>
+    MICROLOOP_DETAIL_ALWAYS_INLINE int wait(fd_sets& set, ready_sets& r, Timeout timeout) {
+        r.ev = set;
+        r.n = 0;
+        if (MICROLOOP_DETAIL_UNLIKELY(epoch_ != fork_count<>::forks || remake_))
+            remake();
+        if (MICROLOOP_DETAIL_UNLIKELY(epfd_ < 0 || wake_lost_)) {
+            errno = epfd_ < 0 ? errno_ : EBADF;
+            return -1;
+        }
+        // Watchers to report without the kernel: do not sleep.
+        const bool now = (nlost_ | nalways_) != 0;
+        const int64_t ns = now ? 0 : timeout();
+        // About to sleep, and idle before (or the first wait): never on a
+        // wake-up fd epoll has dropped (closed behind our back), which
+        // nothing could wake. One epoll_ctl() per such wait, none while
+        // fds keep being ready.
+        if (ns != 0 && idle_ && wake_fd_ >= 0 && !wake_alive()) {
+            errno = EBADF;
+            return -1;
+        }
+        int n = pwait(set, ns);
+        if (n < 0) {
+            if (errno == EBADF || errno == EINVAL) { // the instance's fd closed or replaced behind our back
+                remake_ = true;
+                errno = EBADF;
+            }
+            return -1;
+        }
+        r.n = n;
+        idle_ = n == 0;
+        if (MICROLOOP_DETAIL_UNLIKELY((n == 0 && !now) || (++tick_ & 63u) == 0)) sweep(n == 0 ? 2 : 1);
+        return n + ((nlost_ | nalways_) != 0 ? 1 : 0);
+    }
+
+    // The wait failed with EBADF: report the watchers whose registration was
+    // lost; true if any was, or if the instance could be made again.
+    template <class Core>
+    MICROLOOP_DETAIL_NOINLINE bool report_closed(Core& core) {
+        bool found = false;
+        if (remake_) found = remake() && !wake_lost_;
+        if (nlost_ && report_lost(core)) found = true;
+        return found;
+    }
+
+    template <class Core>
+    bool dispatch(Core& core, ready_sets& r, int n);
+
+private:
+    enum : uint8_t { lost = 1, always = 2 }; // state::flags
+    enum : uint32_t { wake_data = 0xffffffffu };
+    enum { map_size = epoll_map_size(2 * Slots < 8 ? 8 : 2 * Slots) };
+    struct state {
+        int fd;        // -1: free
+        uint32_t gen;  // in every registration's data, with the slot
+        uint8_t want;  // readable | writable | priority
+        uint8_t kernel; // what the instance has (epoll bits >> 0, see to_epoll), 0: not registered
+        uint8_t flags;
+    };
+
+    static size_t bucket(int fd) {
+        return static_cast<size_t>((static_cast<uint32_t>(fd) * 2654435769u) >> 8) & (map_size - 1);
+    }
+    slot_t find(int fd) const {
+        for (size_t i = bucket(fd);; i = (i + 1) & (map_size - 1)) {
+            const slot_t s = map_[i];
+            if (s == no_slot || st_[s].fd == fd) return s;
+        }
+    }
+    static uint32_t to_epoll(unsigned ev) {
+        return ((ev & 1u) ? static_cast<uint32_t>(EPOLLIN) : 0u) | ((ev & 2u) ? static_cast<uint32_t>(EPOLLOUT) : 0u) |
+               ((ev & 4u) ? static_cast<uint32_t>(EPOLLPRI) : 0u);
+    }
+    // What EPOLL_CTL_MOD of a registered fd says when its file is gone:
+    // EBADF, closed; ENOENT, the number names another file now; EPERM, one
+    // that epoll cannot watch (a regular file, /dev/null).
+    static bool gone(int e) { return e == EBADF || e == ENOENT || e == EPERM; }
+    static uint64_t data_of(size_t slot, uint32_t gen) { return static_cast<uint64_t>(gen) << 32 | slot; }
+
+    int ctl(int op, int fd, uint32_t events, uint64_t data) {
+        struct epoll_event e;
+        e.events = events;
+        e.data.u64 = data;
+        return epoll_ctl(epfd_, op, fd, &e);
+    }
+    void set_flag(state& s, uint8_t f, bool on) {
+        if (((s.flags & f) != 0) == on) return;
+        s.flags = static_cast<uint8_t>(on ? s.flags | f : s.flags & ~f);
+        if (f == lost) nlost_ += on ? 1u : ~0u;
+    }
+    // Always-ready watchers (EPERM) that want readable or writable.
+    void count_always() {
+        nalways_ = 0;
+        for (size_t i = 0; i < Slots; ++i)
+            if ((st_[i].flags & always) && (st_[i].want & 3u)) ++nalways_;
+    }
+    MICROLOOP_DETAIL_NOINLINE void apply(size_t slot, unsigned events);
+    MICROLOOP_DETAIL_NOINLINE bool remake();
+    MICROLOOP_DETAIL_NOINLINE void sweep(size_t budget);
+    MICROLOOP_DETAIL_NOINLINE bool wake_alive();
+    MICROLOOP_DETAIL_NOINLINE void lose(state& s);
+    template <class Core>
+    MICROLOOP_DETAIL_NOINLINE bool report_lost(Core& core);
+    template <class Core>
+    MICROLOOP_DETAIL_NOINLINE void report_always(Core& core);
+    template <class Core>
+    void ready(Core& core, const struct epoll_event& e);
+    MICROLOOP_DETAIL_NOINLINE void stale() {
+        if (orphans_) remake_ = true; // an fd closed before its EPOLL_CTL_DEL: its registration lives on
+    }
+
+    // epoll_pwait2() (nanoseconds, Linux 5.11) where the kernel has it, else
+    // epoll_wait() with the timeout rounded up to a millisecond.
+    int pwait(struct epoll_event* ev, int64_t ns) {
+#ifdef __NR_epoll_pwait2
+        if (pwait2_) {
+            struct {
+                long long sec, nsec; // struct __kernel_timespec: 64-bit on every target
+            } ts, *tsp = nullptr;
+            if (ns >= 0) {
+                ts.sec = ns / 1000000000;
+                ts.nsec = ns % 1000000000;
+                tsp = &ts;
+            }
+            const long n = syscall(__NR_epoll_pwait2, epfd_, ev, static_cast<int>(max_events), tsp, nullptr, 0);
+            if (n >= 0 || errno != ENOSYS) return static_cast<int>(n);
+            pwait2_ = false;
+        }
+#endif
+        int ms = -1;
+        if (ns >= 0) {
+            const int64_t m = (ns + 999999) / 1000000;
+            ms = m > 0x7fffffff ? 0x7fffffff : static_cast<int>(m);
+        }
+        return epoll_wait(epfd_, ev, static_cast<int>(max_events), ms);
+    }
+
+    int epfd_;
+    int wake_fd_;
+    int errno_;        // why the instance could not be made
+    unsigned epoch_;   // fork_count when it was made
+    unsigned nlost_;   // watchers with `lost`: reported by the next dispatch
+    unsigned nalways_; // see count_always()
+    size_t cursor_;    // the sweep's next slot
+    unsigned tick_;    // waits: every 64th re-checks one registration, busy or not
+    bool orphans_;     // an EPOLL_CTL_DEL failed since the instance was made
+    bool remake_;      // make the instance again before the next wait
+    bool wake_lost_;   // the wake-up fd's registration is gone
+    bool wake_seen_;
+    bool idle_;        // the last wait returned nothing (or there was none)
+    bool pwait2_;
+    state st_[Slots];
+    slot_t map_[map_size]; // open addressing on the fd, linear probing; keys in st_
+};
+
+template <size_t Slots> const typename epoll_backend<Slots>::slot_t epoll_backend<Slots>::no_slot;
+
+// The watcher in `slot` wants `events`: the instance is told (paused
+// watchers are removed from it: epoll reports hang-ups and errors even for
+// an empty interest, which level-triggered would repeat forever).
+template <size_t Slots>
+void epoll_backend<Slots>::apply(size_t slot, unsigned events) {
+    if (epoch_ != fork_count<>::forks) remake(); // a forked child: its own instance first
+    state& s = st_[slot];
+    s.want = static_cast<uint8_t>(events);
+    if (s.flags & always) {
+        count_always();
+        return;
+    }
+    const uint8_t kev = static_cast<uint8_t>(events & 7u);
+    if (kev == s.kernel || epfd_ < 0) return;
+    const int op = kev == 0 ? EPOLL_CTL_DEL : s.kernel == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    const uint64_t data = data_of(slot, s.gen);
+    int r = ctl(op, s.fd, to_epoll(kev), data);
+    if (r != 0 && op == EPOLL_CTL_ADD && errno == EEXIST) // a registration left by a closed fd of this file: ours now
+        r = ctl(EPOLL_CTL_MOD, s.fd, to_epoll(kev), data);
+    if (r == 0) {
+        s.kernel = kev;
+        set_flag(s, lost, false);
+        return;
+    }
+    const int e = errno;
+    s.kernel = 0;
+    if (op == EPOLL_CTL_DEL) {
+        if (e == EBADF) orphans_ = true; // closed first: if a dup holds the file, its registration lives on
+        return;
+    }
+    if (op == EPOLL_CTL_ADD && e == EPERM) { // a regular file: always ready, as select() says
+        s.flags |= always;
+        count_always();
+        return;
+    }
+    // EBADF: closed; ENOENT: closed, the number reused; ENOMEM/ENOSPC: the
+    // kernel's limit on watches. Reported as io_error by the next dispatch.
+    lose(s);
+}
+
+// The watcher's registration is gone, or lives on under a closed fd (a dup
+// holds its file): its events from now on are stale, and the first one
+// makes the instance again, which drops it.
+template <size_t Slots>
+void epoll_backend<Slots>::lose(state& s) {
+    s.kernel = 0;
+    ++s.gen;
+    orphans_ = true;
+    set_flag(s, lost, true);
+}
+
+// A new instance with every registration: at construction, in a forked
+// child, after_fork(), and when an orphaned registration or a lost instance
+// fd showed up. False if epoll_create1() failed (the waits fail with its
+// errno).
+template <size_t Slots>
+bool epoll_backend<Slots>::remake() {
+    epoch_ = fork_count<>::forks;
+    remake_ = false;
+    orphans_ = false;
+    const int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ >= 0) close(epfd_); // a forked child's copy: the parent keeps its own
+    epfd_ = ep;
+    if (ep < 0) {
+        errno_ = errno;
+        return false;
+    }
+    if (wake_fd_ >= 0 && ctl(EPOLL_CTL_ADD, wake_fd_, EPOLLIN, data_of(wake_data, 0)) != 0) wake_lost_ = true;
+    for (size_t i = 0; i < Slots; ++i) {
+        state& s = st_[i];
+        if (s.fd < 0) continue;
+        s.kernel = 0;
+        s.flags = static_cast<uint8_t>(s.flags & ~always);
+        ++s.gen; // what the old instance had returned is stale
+        apply(i, s.want);
+    }
+    count_always();
+    return true;
+}
+
+// Nothing was ready: check two registrations, in turn, that epoll has not
+// dropped them (a closed fd); the next dispatch reports those it has.
+template <size_t Slots>
+void epoll_backend<Slots>::sweep(size_t budget) {
+    for (size_t checked = 0, tries = 0; checked < budget && tries < Slots; ++tries) {
+        const size_t i = cursor_;
+        cursor_ = cursor_ + 1 >= Slots ? 0 : cursor_ + 1;
+        state& s = st_[i];
+        if (s.fd < 0 || s.kernel == 0) continue;
+        ++checked;
+        if (ctl(EPOLL_CTL_MOD, s.fd, to_epoll(s.kernel), data_of(i, s.gen)) != 0 && gone(errno)) lose(s);
+    }
+}
+
+// Whether the wake-up fd is still registered.
+template <size_t Slots>
+bool epoll_backend<Slots>::wake_alive() {
+    if (ctl(EPOLL_CTL_MOD, wake_fd_, EPOLLIN, data_of(wake_data, 0)) == 0 || !gone(errno)) return true;
+    wake_lost_ = true;
+    return false;
+}
+
+// io_error for each lost registration, through core.io_lost() (false: the
+// watcher was added in this iteration, it waits for the next).
+template <size_t Slots>
+template <class Core>
+bool epoll_backend<Slots>::report_lost(Core& core) {
+    bool any = false;
+    for (size_t i = 0; i < Slots && nlost_; ++i) {
+        state& s = st_[i];
+        if (!(s.flags & lost)) continue;
+        set_flag(s, lost, false);
+        const uint32_t gen = s.gen;
+        const bool paused = s.want == 0;
+        if (!core.io_lost(static_cast<uint16_t>(i), s.fd)) {
+            if (s.gen == gen) set_flag(s, lost, true);
+        } else if (!paused) {
+            any = true;
+        }
+    }
+    return any;
+}
+
+template <size_t Slots>
+template <class Core>
+void epoll_backend<Slots>::report_always(Core& core) {
+    for (size_t i = 0; i < Slots; ++i) {
+        const state& s = st_[i];
+        if ((s.flags & always) && (s.want & 3u)) core.io_ready(static_cast<uint16_t>(i), s.fd, s.want & 3u);
+    }
+}
+
+// One ready event, its watcher looked up now: dropped if the watcher was
+// removed (or replaced) since the wait.
+template <size_t Slots>
+template <class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE void epoll_backend<Slots>::ready(Core& core, const struct epoll_event& e) {
+    const uint32_t slot = static_cast<uint32_t>(e.data.u64);
+    if (slot == wake_data) {
+        wake_seen_ = true; // drained after the watchers
+        return;
+    }
+    if (slot >= Slots || st_[slot].gen != static_cast<uint32_t>(e.data.u64 >> 32) || st_[slot].fd < 0) {
+        stale();
+        return;
+    }
+    const uint32_t ev = e.events;
+    unsigned ready = ((ev & EPOLLIN) ? 1u : 0u) | ((ev & EPOLLOUT) ? 2u : 0u) | ((ev & EPOLLPRI) ? 4u : 0u);
+    // A hang-up or an error: select() calls the fd readable and writable.
+    // A watcher of priority alone hears it too, or the wait would spin.
+    if (ev & (EPOLLERR | EPOLLHUP)) ready |= st_[slot].want;
+    core.io_ready(static_cast<uint16_t>(slot), st_[slot].fd, ready);
+}
+
+// As select's: a lean path for plain readers while no callback changes the
+// watchers (each event a watcher that had its read interest at the wait),
+// then the careful path, which looks each event's watcher up.
+template <size_t Slots>
+template <class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE bool epoll_backend<Slots>::dispatch(Core& core, ready_sets& r, int) {
+    int i = 0;
+    const int n = r.n;
+    if (n > 0) {
+        const bool stall = core.stall_on();
+        typename Core::reader_frame frame;
+        int64_t t0 = stall ? core.template begin_readers<true>(frame) : core.template begin_readers<false>(frame);
+        auto done = on_scope_exit([&core, &frame] { core.end_readers(frame); });
+        for (; i < n; ++i) {
+            const struct epoll_event& e = r.ev[i];
+            const uint32_t slot = static_cast<uint32_t>(e.data.u64);
+            if (e.events != EPOLLIN || slot >= Slots) break;
+            const state& s = st_[slot];
+            if (s.gen != static_cast<uint32_t>(e.data.u64 >> 32) || s.fd < 0) break;
+            if (stall)
+                core.template reader_ready<true>(frame, static_cast<uint16_t>(slot), s.fd, t0);
+            else
+                core.template reader_ready<false>(frame, static_cast<uint16_t>(slot), s.fd, t0);
+            if (core.io_changed()) {
+                ++i;
+                break;
+            }
+        }
+    }
+    for (; i < n; ++i) ready(core, r.ev[i]);
+    if (MICROLOOP_DETAIL_UNLIKELY((nlost_ | nalways_) != 0)) {
+        if (nlost_) report_lost(core);
+        if (nalways_) report_always(core);
+    }
+    const bool wake = wake_seen_;
+    wake_seen_ = false;
+    return wake;
+}
+
+} // namespace detail
+
+// basic_loop's Backend argument for epoll: any fd (see epoll_loop<>).
+struct use_epoll {
+    template <size_t Slots>
+    struct of {
+        typedef detail::epoll_backend<Slots> type;
+    };
+};
+
+} // namespace microloop
+
+#endif // MICROLOOP_BACKEND_EPOLL_HPP
+// ---- end microloop/backend/epoll.hpp -----------------------------------
+
 // ---- begin microloop/backend/select.hpp --------------------------------
 // microloop/backend/select.hpp - how a loop waits for its fds: select(), on
 // three master fd_sets that watch(), modify() and unwatch() edit and each
@@ -1554,6 +2078,15 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& co
 }
 
 } // namespace detail
+
+// basic_loop's Backend argument for select(): fds below FD_SETSIZE.
+struct use_select {
+    template <size_t Slots>
+    struct of {
+        typedef detail::select_backend<Slots> type;
+    };
+};
+
 } // namespace microloop
 
 #endif // MICROLOOP_BACKEND_SELECT_HPP
@@ -2585,9 +3118,12 @@ struct capacity {
 // nothing is allocated after construction. One loop per thread: only wake()
 // and stop() may be called from other threads (and wake() from a signal
 // handler). Timers run on Clock (monotonic_clock, or manual_clock in tests).
-template <class Cap, class Clock = monotonic_clock>
+// Fds are waited for by Backend: use_select, or use_epoll (no fd ceiling);
+// the default is MICROLOOP_BACKEND's (config.hpp).
+template <class Cap, class Clock = monotonic_clock, class Backend = MICROLOOP_DETAIL_BACKEND>
 class basic_loop : public loop_base {
 public:
+    typedef Backend backend_type;
     basic_loop();
     ~basic_loop();
 
@@ -2786,9 +3322,11 @@ private:
     enum hook_kind : unsigned char { hook_idle, hook_prepare, hook_check };
     // Which hooks are running: none, those before the wait, the check hooks.
     enum hook_phase : unsigned char { no_hooks, hooks_before_wait, hooks_after_dispatch };
-    typedef detail::select_backend<io_pool::slots> backend;
+    typedef typename Backend::template of<io_pool::slots>::type backend;
     template <size_t>
     friend class detail::select_backend; // calls the core's io_ready() and friends, inlined
+    template <size_t>
+    friend class detail::epoll_backend;
 
     struct io_slot {
         io_callback cb;
@@ -2864,6 +3402,7 @@ private:
     void reader_ready(reader_frame& f, uint16_t s, int fd, int64_t& t0);
     void io_ready(uint16_t s, int fd, unsigned ready);
     bool io_closed(uint16_t s, int fd);
+    bool io_lost(uint16_t s, int fd);
     // The frame's slot is a live or retired watcher's (0xffff: none ran).
     void end_io(detail::running_frame& f) { running_io_.end(f, io_pool_, io_[f.slot < io_pool::slots ? f.slot : 0].cb); }
     void dispatch_timers();
@@ -2907,21 +3446,21 @@ private:
 // Implementation
 // ============================================================================
 
-template <class Cap, class Clock>
-basic_loop<Cap, Clock>::basic_loop()
+template <class Cap, class Clock, class Backend>
+basic_loop<Cap, Clock, Backend>::basic_loop()
     : backend_(wake_fd_), active_io_(0), iteration_(0), iterations_(0), idle_hooks_(0), hook_pass_(nullptr),
       hook_phase_(no_hooks), stopped_(false), now_(0), now_valid_(false), dispatching_(false),
       io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
-template <class Cap, class Clock>
-basic_loop<Cap, Clock>::~basic_loop() {}
+template <class Cap, class Clock, class Backend>
+basic_loop<Cap, Clock, Backend>::~basic_loop() {}
 
 // ---- fd watchers ------------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
+io_handle basic_loop<Cap, Clock, Backend>::watch(int fd, unsigned events, F&& cb) {
     if (fd < 0) return io_handle(errc::bad_fd);
     if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range); // before anything touches the backend
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
@@ -2942,8 +3481,8 @@ io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     return io_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::modify(io_handle h, unsigned events) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     if (events & ~(readable | writable | priority)) return errc::bad_argument;
@@ -2951,8 +3490,8 @@ error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
     return error_code();
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::unwatch(io_handle h) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     io_slot& io = io_[slot];
@@ -2962,8 +3501,8 @@ error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
     return error_code();
 }
 
-template <class Cap, class Clock>
-io_handle basic_loop<Cap, Clock>::watcher(int fd) const {
+template <class Cap, class Clock, class Backend>
+io_handle basic_loop<Cap, Clock, Backend>::watcher(int fd) const {
     if (fd < 0) return io_handle(errc::bad_fd);
     if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range);
     const uint16_t s = backend_.slot(fd);
@@ -2971,8 +3510,8 @@ io_handle basic_loop<Cap, Clock>::watcher(int fd) const {
     return io_handle::from_id(io_[s].id);
 }
 
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::set_interest(io_slot& io, unsigned events) {
     io_changed_ = true; // every watch(), modify() and unwatch() passes here
     if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
     backend_.set(io.fd, io.interest, events);
@@ -2981,8 +3520,8 @@ void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
 
 // Runs watcher s's callback, which may remove the watcher or anything else,
 // or throw.
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     detail::running_frame f;
     running_io_.begin(f, s);
@@ -2994,8 +3533,8 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, 
 // The backend found some watched fd closed behind our back (select()'s
 // EBADF): if `fd` is one, report it to its watcher once and disable the
 // watcher. True if it was.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::io_closed(uint16_t s, int fd) {
     io_slot& io = io_[s];
     if (io.interest == 0) return false;
     if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) return false;
@@ -3004,11 +3543,25 @@ bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
     return true;
 }
 
+// The backend lost `fd`'s registration (epoll: closed behind our back):
+// report it to its watcher once and disable the watcher, as io_closed()
+// does. False if the watcher was added in this iteration: it is reported in
+// the next one.
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::io_lost(uint16_t s, int fd) {
+    io_slot& io = io_[s];
+    if (io.interest == 0) return true;
+    if (io.added_iter == iteration_) return false;
+    set_interest(io, 0);
+    call_io(s, fd, io_error);
+    return true;
+}
+
 // ---- timers -----------------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep1, class Period1, class Rep2, class Period2, class F>
-timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
+timer_handle basic_loop<Cap, Clock, Backend>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
                                                std::chrono::duration<Rep2, Period2> repeat, F&& cb) {
     int64_t after_ns, period_ns;
     if (!detail::to_ns(timeout, after_ns) || !detail::to_ns(repeat, period_ns)) return timer_handle(errc::bad_timeout);
@@ -3019,18 +3572,18 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     return start_timer(after_ns, false, period_ns, std::forward<F>(cb));
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep, class Period, class F>
-timer_handle basic_loop<Cap, Clock>::at(std::chrono::duration<Rep, Period> deadline, F&& cb) {
+timer_handle basic_loop<Cap, Clock, Backend>::at(std::chrono::duration<Rep, Period> deadline, F&& cb) {
     int64_t at_ns;
     if (!detail::to_ns(deadline, at_ns)) return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
     return start_timer(at_ns, true, 0, std::forward<F>(cb));
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(int64_t ns, bool absolute,
+MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock, Backend>::start_timer(int64_t ns, bool absolute,
                                                                                int64_t period, F&& cb) {
     uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
@@ -3042,9 +3595,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(
     return timer_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep, class Period>
-error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
+error_code basic_loop<Cap, Clock, Backend>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
     int64_t ns = 0;
     const bool valid = detail::to_ns(timeout, ns);
     return rearm_to(h.id(), valid, ns, false);
@@ -3054,16 +3607,16 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
 // iteration) and that is not armed now: fired, or cancelled since. Its
 // handle still acts (see rearm()); not a repeating timer its callback
 // cancelled.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::fired_running(uint64_t id, uint16_t& slot) const {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::fired_running(uint64_t id, uint16_t& slot) const {
     slot = timer_pool_.lookup_retired(id);
     return slot != timer_pool_.none && running_timer_.released(slot) && timers_[slot].period == 0;
 }
 
 // rearm() of such a one-shot: it takes its place back; any other handle
 // rearm() found stale.
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute) {
     uint16_t slot;
     if (!fired_running(id, slot)) return errc::stale_handle;
     if (!valid) return errc::bad_timeout;
@@ -3076,16 +3629,16 @@ error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_
 }
 
 // cancel() of such a one-shot is ok: it is not armed, and stays so.
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return fired_running(h.id(), slot) ? error_code() : error_code(errc::stale_handle);
     release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
     return error_code();
 }
 
-template <class Cap, class Clock>
-std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
+template <class Cap, class Clock, class Backend>
+std::chrono::nanoseconds basic_loop<Cap, Clock, Backend>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
     int64_t left = heap_.deadline(slot) - clock_.now_ns();
@@ -3094,9 +3647,9 @@ std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const
 
 // ---- iteration hooks ----------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
+hook_handle basic_loop<Cap, Clock, Backend>::add_hook(hook_kind kind, F&& cb) {
     if (detail::is_null_callable(cb)) return hook_handle(errc::bad_argument);
     uint64_t id = hook_pool_.acquire();
     if (id == 0) return hook_handle(errc::table_full);
@@ -3111,8 +3664,8 @@ hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
     return hook_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::unwatch(hook_handle h) {
     const uint16_t slot = hook_pool_.lookup(h.id());
     if (slot == hook_pool_.none) return errc::stale_handle;
     if (hook_slots_[slot].kind == hook_idle) --idle_hooks_;
@@ -3123,8 +3676,8 @@ error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
 // Runs the hooks of one kind, in slot order; a hook added meanwhile waits
 // for the next iteration. Out of line: an iteration without hooks pays one
 // test.
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::run_hooks(hook_kind kind, uint64_t iteration) {
     const hook_phase was = hook_phase_;
     hook_phase_ = kind == hook_check ? hooks_after_dispatch : hooks_before_wait;
     auto restore = detail::on_scope_exit([this, was] { hook_phase_ = was; });
@@ -3147,8 +3700,8 @@ void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
 // the check hooks, unless this iteration is nested in a hook. Reached through
 // hook_pass_, set by the first on_prepare/on_check/on_idle: a program that
 // adds no hook links none of this.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::hook_pass(basic_loop& self, bool before_wait) {
     const uint64_t iteration = self.iteration_;
     if (self.hook_phase_ != no_hooks) return false;
     if (!before_wait) {
@@ -3169,13 +3722,13 @@ bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
 
 // ---- the iteration ----------------------------------------------------------
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::run() {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::run() {
     return drive(-1, false);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::drive(int64_t max_wait_ns, bool once) {
     error_code result = slack_.apply();
     // run(): until stop() or nothing is left; run_once(), poll(): one iteration.
     while (!result && (once || (!stop_.load(std::memory_order_relaxed) && active() > 0))) {
@@ -3188,8 +3741,8 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
 
 // Nanoseconds select() may sleep: until the first timer or `until`, -1 for
 // no limit.
-template <class Cap, class Clock>
-int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
+template <class Cap, class Clock, class Backend>
+int64_t basic_loop<Cap, Clock, Backend>::select_timeout(int64_t until) {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
@@ -3201,8 +3754,8 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
     return wait;
 }
 
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock, Backend>::iterate(int64_t max_wait_ns) {
     if (faulted()) return fault();
     // A nested iteration (poll() from a callback) keeps the outer one's
     // records on this stack and puts them back when it ends: its number (what
@@ -3278,9 +3831,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
 // callback, after it: a callback's time runs from the previous reading (the
 // end of the previous callback, or the start of the scan), which adds only
 // the loop's own few instructions between two callbacks to it.
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <bool Stall>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(detail::running_frame& f, uint16_t s, int fd, int64_t& t0) {
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::reader_ready(detail::running_frame& f, uint16_t s, int fd, int64_t& t0) {
     io_slot& io = io_[s];
     f.slot = s;
     io_event ev = {io_handle::from_id(io.id), fd, readable};
@@ -3294,16 +3847,16 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(detail:
 // A ready fd and its watcher, slot s, as the backend looked it up at the
 // moment it is dispatched, so a watcher removed by an earlier callback of
 // this iteration is never called.
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::io_ready(uint16_t s, int fd, unsigned ready) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::io_ready(uint16_t s, int fd, unsigned ready) {
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
     if (events == 0 || io.added_iter >= iteration_) return; // added in this iteration or one nested in it
     call_io(s, fd, events);
 }
 
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::dispatch_timers() {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::dispatch_timers() {
     for (;;) {
         heap_.settle(timer_pool_);
         // Timers armed during this pass wait for the next.
@@ -3335,8 +3888,8 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
 
 // ---- fork ---------------------------------------------------------------------
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::after_fork() {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::after_fork() {
     if (getpid() == owner_pid_) return errc::bad_argument;
     const int old = wake_fd_;
     error_code e = renew_wake_fd();
@@ -3353,6 +3906,11 @@ error_code basic_loop<Cap, Clock>::after_fork() {
 
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
 using loop = basic_loop<capacity<Io, Timers, Signals, Children, Hooks> >;
+
+// A loop on epoll whatever MICROLOOP_BACKEND says: the same API, no fd
+// ceiling (see README, Choosing a backend).
+template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
+using epoll_loop = basic_loop<capacity<Io, Timers, Signals, Children, Hooks>, monotonic_clock, use_epoll>;
 
 } // namespace microloop
 
@@ -5864,6 +6422,483 @@ public:
 
 #endif // MICROLOOP_HPP
 
+// ---- begin microloop/adapters/cares.hpp --------------------------------
+// microloop/adapters/cares.hpp - a c-ares channel driven by a microloop loop:
+// the channel's sockets become fd watchers, its next timeout one loop timer.
+// Not part of <microloop.hpp>; link with c-ares (pkg-config libcares).
+//
+// ---- Usage -------------------------------------------------------------------
+//
+//     #include <microloop/adapters/cares.hpp>
+//     static microloop::loop<> loop;
+//     static microloop::ares_driver<microloop::loop<> > dns(loop);   // after the loop
+//
+//     int main() {
+//         ares_library_init(ARES_LIB_INIT_ALL);
+//         if (microloop::error_code e = dns.error()) return puts(e.message()), 1;
+//         ares_gethostbyname(dns.channel(), "example.com", AF_INET,
+//                            [](void*, int status, int, hostent* h) { ... }, nullptr);
+//         loop.run();                        // returns when no query is left
+//     }
+//
+//   With options: ares_driver<L> dns(loop, &opts, ARES_OPT_TIMEOUTMS | ...);
+//   they are passed to ares_init_options() with ARES_OPT_SOCK_STATE_CB added.
+//   Servers: ares_set_servers_ports_csv(dns.channel(), "127.0.0.1:5353").
+//   Queries are made with c-ares' own calls on channel(); their callbacks are
+//   c-ares' callbacks, run from inside the loop's callbacks.
+//
+// ---- What it owns --------------------------------------------------------------
+//
+//   - The channel: ares_init_options() in the constructor, ares_destroy() in
+//     the destructor (pending queries get ARES_EDESTRUCTION then).
+//   - ARES_OPT_SOCK_STATE_CB and ares_set_socket_callback() (do not set them).
+//   - One fd watcher per socket of the channel (found again with
+//     loop.watcher(fd)), one loop timer, one prepare hook (of the loop's
+//     Hooks). The loop must outlive the driver; loop thread only.
+//
+// ---- Flow ----------------------------------------------------------------------
+//
+//   sock_state_cb      -> watch()/modify()/unwatch() of that fd;
+//   fd ready           -> ares_process_fd(readable fd, writable fd);
+//   the prepare hook   -> before every wait, ares_timeout() re-read and the
+//                         one timer re-armed to it (cancelled if no query is
+//                         pending): this covers every call into c-ares made
+//                         since the last wait, from anywhere;
+//   timer fired        -> ares_process_fd(ARES_SOCKET_BAD, ARES_SOCKET_BAD):
+//                         c-ares retries or fails what timed out.
+//
+// ---- Errors --------------------------------------------------------------------
+//
+//   error(): errc::system if ares_init_options() failed (status() has the
+//   ARES_ status), or the prepare hook's error (table_full).
+//   A socket the loop cannot watch (an fd >= FD_SETSIZE: fd_out_of_range; the
+//   loop's fd table full: table_full) is refused where c-ares allows it: the
+//   socket-create callback returns -1, c-ares closes the socket, skips the
+//   server, and a query with no server left ends at once with
+//   ARES_ECONNREFUSED. last_refused() keeps the reason. If a watch() still
+//   fails in sock_state_cb (which cannot refuse), every pending query is
+//   cancelled (ares_cancel(): ARES_ECANCELLED) from the next prepare hook,
+//   rather than left to hang.
+#ifndef MICROLOOP_ADAPTERS_CARES_HPP
+#define MICROLOOP_ADAPTERS_CARES_HPP
+
+#include <ares.h>
+#include <microloop/core.hpp>
+
+namespace microloop {
+
+template <class Loop>
+class ares_driver {
+public:
+    explicit ares_driver(Loop& loop, const ares_options* opts = nullptr, int optmask = 0)
+        : loop_(loop), channel_(nullptr), status_(ARES_SUCCESS), timeouts_(0), cancel_(false) {
+        ares_options o = ares_options();
+        if (opts) o = *opts;
+        o.sock_state_cb = &ares_driver::state_cb;
+        o.sock_state_cb_data = this;
+        status_ = ares_init_options(&channel_, &o, optmask | ARES_OPT_SOCK_STATE_CB);
+        if (status_ != ARES_SUCCESS) {
+            channel_ = nullptr;
+            error_ = errc::system;
+            return;
+        }
+        ares_set_socket_callback(channel_, &ares_driver::create_cb, this);
+        ares_driver* self = this;
+        hook_ = loop_.on_prepare([self](hook_event) { self->prepare(); });
+        if (!hook_) error_ = hook_.error();
+    }
+    ~ares_driver() {
+        if (channel_) ares_destroy(channel_); // closes its sockets: state_cb unwatches
+        loop_.unwatch(hook_);
+        loop_.cancel(timer_);
+    }
+    ares_driver(const ares_driver&) = delete;
+    ares_driver& operator=(const ares_driver&) = delete;
+
+    ares_channel channel() const { return channel_; }
+    error_code error() const { return error_; }
+    int status() const { return status_; }
+    // Why the last socket was refused (fd_out_of_range, table_full), or ok.
+    error_code last_refused() const { return refused_; }
+    // How many times the timer called c-ares (its retries and timeouts).
+    unsigned long timeouts() const { return timeouts_; }
+
+private:
+    error_code can_watch(int fd) const {
+        io_handle h = loop_.watcher(fd);
+        if (!h && h.error() != errc::not_watched) return h.error();
+        if (h) return errc::already_watched;
+        const table_stats io = loop_.stats().io;
+        if (io.used >= io.capacity) return errc::table_full;
+        return error_code();
+    }
+
+    // Called by c-ares for each new socket, before it is used: < 0 refuses it.
+    static int create_cb(ares_socket_t fd, int, void* data) {
+        ares_driver& d = *static_cast<ares_driver*>(data);
+        if (error_code e = d.can_watch(fd)) {
+            d.refused_ = e;
+            return -1;
+        }
+        return 0;
+    }
+
+    static void state_cb(void* data, ares_socket_t fd, int rd, int wr) {
+        ares_driver& d = *static_cast<ares_driver*>(data);
+        io_handle h = d.loop_.watcher(fd);
+        const unsigned ev = (rd ? readable : 0u) | (wr ? writable : 0u);
+        if (ev == 0) {
+            if (h) d.loop_.unwatch(h);
+            return;
+        }
+        if (h) {
+            d.loop_.modify(h, ev);
+            return;
+        }
+        ares_driver* self = &d;
+        h = d.loop_.watch(fd, ev, [self](io_event e) { self->on_io(e); });
+        if (!h) {
+            d.refused_ = h.error();
+            d.cancel_ = true; // not from inside c-ares: the next prepare hook
+        }
+    }
+
+    void on_io(io_event e) {
+        if (e.events & io_error) loop_.unwatch(e.handle);
+        const ares_socket_t r = e.events & (readable | priority | io_error) ? e.fd : ARES_SOCKET_BAD;
+        const ares_socket_t w = e.events & writable ? e.fd : ARES_SOCKET_BAD;
+        ares_process_fd(channel_, r, w);
+    }
+
+    void on_timer() {
+        ++timeouts_;
+        ares_process_fd(channel_, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+    }
+
+    // Before each wait: the timer follows ares_timeout().
+    void prepare() {
+        if (cancel_) {
+            cancel_ = false;
+            ares_cancel(channel_);
+        }
+        timeval tv;
+        if (!ares_timeout(channel_, nullptr, &tv)) {
+            loop_.cancel(timer_);
+            return;
+        }
+        const std::chrono::microseconds t =
+            std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
+        if (!loop_.rearm(timer_, t)) return;
+        ares_driver* self = this;
+        timer_ = loop_.after(t, [self](timer_event) { self->on_timer(); });
+    }
+
+    Loop& loop_;
+    ares_channel channel_;
+    int status_;
+    unsigned long timeouts_;
+    bool cancel_;
+    error_code error_;
+    error_code refused_;
+    hook_handle hook_;
+    timer_handle timer_;
+};
+
+} // namespace microloop
+
+#endif // MICROLOOP_ADAPTERS_CARES_HPP
+// ---- end microloop/adapters/cares.hpp ----------------------------------
+
+// ---- begin microloop/adapters/curl.hpp ---------------------------------
+// microloop/adapters/curl.hpp - libcurl's multi interface driven by a
+// microloop loop: curl's sockets become fd watchers, its one timeout one loop
+// timer, and finished transfers a callback. Not part of <microloop.hpp>;
+// link with libcurl (pkg-config libcurl).
+//
+// ---- Usage -------------------------------------------------------------------
+//
+//     #include <microloop/adapters/curl.hpp>
+//     static microloop::loop<> loop;
+//     static microloop::curl_driver<microloop::loop<> > web(loop);   // after the loop
+//
+//     web.on_done([](microloop::curl_done d) {          // once per transfer
+//         if (d.result != CURLE_OK) printf("failed: %s (%s)\n", curl_easy_strerror(d.result),
+//                                          d.refused ? d.refused.message() : "curl");
+//         curl_easy_cleanup(d.easy);                     // or re-use it, add() it again
+//     });
+//     CURL* e = curl_easy_init();
+//     curl_easy_setopt(e, CURLOPT_URL, "http://example.com/");
+//     if (microloop::error_code err = web.add(e)) puts(err.message());
+//     loop.run();                                        // returns when every transfer is done
+//
+// ---- What it owns --------------------------------------------------------------
+//
+//   - The CURLM handle (curl_multi_init() in the constructor, cleaned up in the
+//     destructor after removing what is still added); multi() gives it for
+//     curl_multi_setopt() of anything but the socket and timer options.
+//   - CURLMOPT_SOCKETFUNCTION/SOCKETDATA and TIMERFUNCTION/TIMERDATA.
+//   - On each easy handle add() takes: CURLOPT_SOCKOPTFUNCTION/SOCKOPTDATA
+//     (where it refuses a socket the loop cannot watch, see below). Do not set
+//     them yourself after add().
+//   - One fd watcher per socket curl uses (found again with loop.watcher(fd);
+//     curl_multi_assign() only marks a socket as ours: a 64-bit handle does
+//     not fit a void* on 32-bit targets), one loop timer, and a table of
+//     Transfers slots (an easy handle between add() and its on_done).
+//   The loop must outlive the driver. Loop thread only, like the loop.
+//
+// ---- Flow ----------------------------------------------------------------------
+//
+//   socket callback -> watch()/modify()/unwatch() of that fd;
+//   timer callback  -> rearm() of the one timer (-1 cancels it). A timeout of
+//                      0 is a timer due now: it fires in the next timer pass,
+//                      never from inside the callback that asked for it;
+//   fd ready        -> curl_multi_socket_action(fd, CURL_CSELECT_IN/OUT, or
+//                      ERR for a watcher the loop found closed);
+//   timer fired     -> curl_multi_socket_action(CURL_SOCKET_TIMEOUT);
+//   after each call -> curl_multi_info_read(): every finished transfer is
+//                      removed from the multi handle, its slot freed, then
+//                      on_done(curl_done{easy, result, refused}) runs; the easy
+//                      handle is the callback's again (clean it up, or add()
+//                      it anew, from inside the callback too).
+//
+// ---- Errors --------------------------------------------------------------------
+//
+//   add(): errc::table_full (Transfers slots in use), bad_argument (null easy,
+//   or curl_multi_add_handle failed, e.g. the handle is already added).
+//   A socket the loop cannot watch (an fd >= FD_SETSIZE: fd_out_of_range; the
+//   loop's fd table full: table_full) fails its own transfer at once: the
+//   SOCKOPTFUNCTION refuses it (CURL_SOCKOPT_ERROR), curl closes it and ends
+//   the transfer with CURLE_ABORTED_BY_CALLBACK, and on_done gets the reason
+//   in curl_done::refused. The other transfers go on. If a watch() still fails
+//   later in the socket callback, the transfer is ended by the driver the
+//   same way (removed, CURLE_ABORTED_BY_CALLBACK, refused set). The socket
+//   callback never returns -1: curl (7.88) then aborts every transfer of the
+//   multi handle (CURLM_ABORTED_BY_CALLBACK) and the handle is unusable.
+//   A timer the loop cannot arm (its timer table full) or a CURLMcode from
+//   curl_multi_socket_action() is kept in last_error() / last_mcode().
+#ifndef MICROLOOP_ADAPTERS_CURL_HPP
+#define MICROLOOP_ADAPTERS_CURL_HPP
+
+#include <curl/curl.h>
+#include <microloop/core.hpp>
+
+namespace microloop {
+
+// One finished transfer. refused: why the loop could not watch one of its
+// sockets (fd_out_of_range, table_full), or ok.
+struct curl_done {
+    CURL* easy;
+    CURLcode result;
+    error_code refused;
+};
+
+typedef detail::inplace_callback<void(curl_done)> curl_done_callback;
+
+template <class Loop, size_t Transfers = 32>
+class curl_driver {
+public:
+    explicit curl_driver(Loop& loop) : loop_(loop), multi_(curl_multi_init()), mcode_(CURLM_OK), failed_(0) {
+        for (size_t i = 0; i < Transfers; ++i) {
+            slots_[i].owner = this;
+            slots_[i].easy = nullptr;
+            slots_[i].failed = false;
+        }
+        if (!multi_) {
+            error_ = errc::system;
+            return;
+        }
+        curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &curl_driver::socket_cb);
+        curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+        curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &curl_driver::timer_cb);
+        curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
+    }
+    ~curl_driver() {
+        if (!multi_) return;
+        for (size_t i = 0; i < Transfers; ++i)
+            if (slots_[i].easy) curl_multi_remove_handle(multi_, slots_[i].easy);
+        curl_multi_cleanup(multi_); // calls socket_cb with REMOVE for what is open
+        loop_.cancel(timer_);
+    }
+    curl_driver(const curl_driver&) = delete;
+    curl_driver& operator=(const curl_driver&) = delete;
+
+    CURLM* multi() const { return multi_; }
+
+    // cb(curl_done) once per finished transfer, in the loop's thread.
+    template <class F>
+    void on_done(F&& cb) { done_.emplace(std::forward<F>(cb)); }
+
+    // Start a transfer. The easy handle is the driver's until on_done.
+    error_code add(CURL* easy) {
+        if (!multi_) return error_;
+        if (!easy) return errc::bad_argument;
+        slot* s = find(nullptr);
+        if (!s) return errc::table_full;
+        curl_easy_setopt(easy, CURLOPT_SOCKOPTFUNCTION, &curl_driver::sockopt_cb);
+        curl_easy_setopt(easy, CURLOPT_SOCKOPTDATA, s);
+        s->easy = easy;
+        s->failed = false;
+        s->refused = error_code();
+        if (curl_multi_add_handle(multi_, easy) != CURLM_OK) {
+            s->easy = nullptr;
+            return errc::bad_argument;
+        }
+        return error_code();
+    }
+    // Stop a transfer before it is done: no on_done for it. stale_handle if
+    // it is not added.
+    error_code remove(CURL* easy) {
+        slot* s = easy ? find(easy) : nullptr;
+        if (!s) return errc::stale_handle;
+        if (s->failed) --failed_;
+        s->failed = false;
+        s->easy = nullptr;
+        curl_multi_remove_handle(multi_, easy);
+        return error_code();
+    }
+
+    size_t in_flight() const {
+        size_t n = 0;
+        for (size_t i = 0; i < Transfers; ++i) n += slots_[i].easy ? 1u : 0u;
+        return n;
+    }
+    error_code last_error() const { return error_; }
+    CURLMcode last_mcode() const { return mcode_; }
+
+private:
+    struct slot {
+        curl_driver* owner;
+        CURL* easy;
+        bool failed;        // a watch() failed in the socket callback: end it
+        error_code refused; // why
+    };
+
+    slot* find(CURL* easy) {
+        for (size_t i = 0; i < Transfers; ++i)
+            if (slots_[i].easy == easy) return &slots_[i];
+        return nullptr;
+    }
+
+    // Whether the loop can take one more watcher for fd; the reason if not.
+    error_code can_watch(int fd) const {
+        io_handle h = loop_.watcher(fd);
+        if (!h && h.error() != errc::not_watched) return h.error(); // fd_out_of_range, bad_fd
+        if (h) return errc::already_watched;
+        const table_stats io = loop_.stats().io;
+        if (io.used >= io.capacity) return errc::table_full;
+        return error_code();
+    }
+
+    static int sockopt_cb(void* clientp, curl_socket_t fd, curlsocktype) {
+        slot* s = static_cast<slot*>(clientp);
+        if (error_code e = s->owner->can_watch(fd)) {
+            s->refused = e;
+            return CURL_SOCKOPT_ERROR; // curl closes fd, the transfer ends: CURLE_ABORTED_BY_CALLBACK
+        }
+        return CURL_SOCKOPT_OK;
+    }
+
+    static unsigned interest(int what) {
+        return (what & CURL_POLL_IN ? readable : 0u) | (what & CURL_POLL_OUT ? writable : 0u);
+    }
+
+    static int socket_cb(CURL* easy, curl_socket_t fd, int what, void* userp, void* socketp) {
+        curl_driver& d = *static_cast<curl_driver*>(userp);
+        io_handle h = socketp ? d.loop_.watcher(fd) : io_handle(errc::not_watched);
+        if (what == CURL_POLL_REMOVE) {
+            if (h) d.loop_.unwatch(h);
+            return 0;
+        }
+        if (h) {
+            d.loop_.modify(h, interest(what));
+            return 0;
+        }
+        curl_driver* self = &d;
+        h = d.loop_.watch(fd, interest(what), [self](io_event ev) { self->on_io(ev); });
+        if (h) {
+            curl_multi_assign(d.multi_, fd, self); // a mark: this socket has our watcher
+            return 0;
+        }
+        // Not -1: that would abort every transfer. End this one instead, once
+        // curl has returned (no remove_handle from inside its callback).
+        if (slot* s = d.find(easy)) {
+            if (!s->failed) ++d.failed_;
+            s->failed = true;
+            s->refused = h.error();
+        }
+        d.error_ = h.error();
+        return 0;
+    }
+
+    static int timer_cb(CURLM*, long timeout_ms, void* userp) {
+        curl_driver& d = *static_cast<curl_driver*>(userp);
+        if (timeout_ms < 0) {
+            d.loop_.cancel(d.timer_);
+            return 0;
+        }
+        const std::chrono::milliseconds t(timeout_ms);
+        if (!d.loop_.rearm(d.timer_, t)) return 0;
+        curl_driver* self = &d;
+        d.timer_ = d.loop_.after(t, [self](timer_event) { self->action(CURL_SOCKET_TIMEOUT, 0); });
+        if (!d.timer_) d.error_ = d.timer_.error();
+        return 0;
+    }
+
+    void on_io(io_event ev) {
+        int mask = 0;
+        if (ev.events & readable) mask |= CURL_CSELECT_IN;
+        if (ev.events & writable) mask |= CURL_CSELECT_OUT;
+        if (ev.events & (priority | io_error)) mask |= CURL_CSELECT_ERR;
+        if (ev.events & io_error) loop_.unwatch(ev.handle); // disabled by the loop; curl will close it
+        action(ev.fd, mask);
+    }
+
+    void action(curl_socket_t fd, int mask) {
+        int running = 0;
+        CURLMcode rc = curl_multi_socket_action(multi_, fd, mask, &running);
+        if (rc != CURLM_OK) mcode_ = rc;
+        finish();
+    }
+
+    // Hands every finished transfer to on_done, after taking it out of curl.
+    void finish() {
+        int left = 0;
+        while (CURLMsg* m = curl_multi_info_read(multi_, &left)) {
+            if (m->msg != CURLMSG_DONE) continue;
+            CURL* easy = m->easy_handle;
+            const CURLcode result = m->data.result;
+            complete(easy, result);
+        }
+        for (size_t i = 0; failed_ != 0 && i < Transfers; ++i)
+            if (slots_[i].easy && slots_[i].failed) complete(slots_[i].easy, CURLE_ABORTED_BY_CALLBACK);
+    }
+
+    void complete(CURL* easy, CURLcode result) {
+        slot* s = find(easy);
+        if (!s) return; // removed meanwhile
+        curl_done ev = {easy, result, s->refused};
+        if (s->failed) --failed_;
+        s->easy = nullptr;
+        s->failed = false;
+        curl_multi_remove_handle(multi_, easy);
+        if (done_) done_(ev);
+    }
+
+    Loop& loop_;
+    CURLM* multi_;
+    timer_handle timer_;
+    curl_done_callback done_;
+    error_code error_;
+    CURLMcode mcode_;
+    size_t failed_; // slots with failed set
+    slot slots_[Transfers];
+};
+
+} // namespace microloop
+
+#endif // MICROLOOP_ADAPTERS_CURL_HPP
+// ---- end microloop/adapters/curl.hpp -----------------------------------
+
 // ---- begin microloop/adapters/glib.hpp ---------------------------------
 // microloop/adapters/glib.hpp - a GLib main context hosted on a microloop
 // loop: loop.run() drives GLib's sources (GIO watches, timeouts, idles,
@@ -6239,4 +7274,604 @@ void glib_adapter<Loop, MaxPollFds, Api>::check() {
 
 #endif // MICROLOOP_ADAPTERS_GLIB_HPP
 // ---- end microloop/adapters/glib.hpp -----------------------------------
+
+// ---- begin microloop/adapters/mosquitto.hpp ----------------------------
+// microloop/adapters/mosquitto.hpp - drives a libmosquitto client from a
+// microloop loop: the socket, the keepalive, reconnects. Not part of the
+// single header; link with -lmosquitto (pkg-config libmosquitto).
+//
+// ---- Usage -------------------------------------------------------------------
+//
+//     #include <microloop/adapters/mosquitto.hpp>
+//
+//     microloop::loop<> loop;
+//     struct mosquitto* m = mosquitto_new("sensor", true, &app);  // yours
+//     mosquitto_connect_callback_set(m, on_connect);   // subscribe here: a
+//     mosquitto_message_callback_set(m, on_message);   // reconnect needs it again
+//     mosquitto_disconnect_callback_set(m, on_disconnect);
+//     microloop::adapters::mosquitto_adapter<microloop::loop<> > mqtt(loop, m);
+//     mqtt.on_status([](const microloop::adapters::mosquitto_event& ev) { ... });
+//     mqtt.connect("127.0.0.1", 1883, 30);             // mosquitto_connect_async
+//     loop.run();
+//
+// The application creates the struct mosquitto, sets every libmosquitto
+// callback and calls mosquitto_publish/subscribe as usual (from the loop's
+// thread); the callbacks run inside the loop's iterations. Do not call
+// mosquitto_loop_start(), mosquitto_loop*() or mosquitto_threaded_set(): the
+// adapter is the loop. The adapter must outlive its use by the loop and not
+// move (its callbacks hold `this`); destroy it before mosquitto_destroy().
+//
+// ---- What the adapter owns ---------------------------------------------------
+//
+//   - a prepare hook: before every wait it re-reads mosquitto_socket() (a
+//     connect or reconnect gives a new fd; -1 when disconnected) and sets the
+//     write interest from mosquitto_want_write(), so what a callback or the
+//     application queued is written in the very next wait, never at the next
+//     keepalive tick;
+//   - a watcher of the socket: readable -> mosquitto_loop_read() (up to
+//     options::read_batch packets a wake-up), writable -> mosquitto_loop_write();
+//   - while a socket exists, a timer every options::misc_period (1 s) ->
+//     mosquitto_loop_misc() (keepalive pings, their time-out);
+//   - while disconnected, one reconnect timer -> mosquitto_reconnect_async().
+//
+// Host names are resolved by libmosquitto with a blocking getaddrinfo() in
+// connect() and in each reconnect: give a numeric address on a loop that must
+// not block. Nothing here allocates; libmosquitto allocates what it needs.
+//
+// ---- Status, errors, reconnect -------------------------------------------------
+//
+// libmosquitto reports a lost connection to its own on_disconnect callback
+// (rc != 0). The adapter reports to on_status(cb), cb(const mosquitto_event&):
+//   attached  a socket is watched (connecting; on_connect says when the
+//             broker accepted it)
+//   lost      the connection failed or was lost (rc: the libmosquitto error,
+//             MOSQ_ERR_KEEPALIVE when found by the keepalive check); the next
+//             reconnect attempt is in retry_in (attempt counts them), with an
+//             exponential backoff from options::reconnect_min to
+//             reconnect_max, reset when the new connection reads its first
+//             packet. With options::reconnect false, retry_in is 0 and nothing
+//             more happens.
+//   closed    closed on request (disconnect(), or mosquitto_disconnect());
+//             no reconnect
+//   failed    the loop could not watch the socket (loop_error: table_full,
+//             fd_out_of_range, or a timer that could not be armed): the
+//             connection is dropped at once through libmosquitto's own error
+//             path (its on_disconnect runs with MOSQ_ERR_CONN_LOST) and not
+//             retried, since the cause is the application's (its capacities,
+//             its fds)
+// Subscriptions of a clean session are gone after a reconnect: subscribe in
+// on_connect. state() is the latest status; last_error() the latest loop error.
+#ifndef MICROLOOP_ADAPTERS_MOSQUITTO_HPP
+#define MICROLOOP_ADAPTERS_MOSQUITTO_HPP
+
+#include <mosquitto.h>
+
+#include <microloop.hpp>
+
+namespace microloop {
+namespace adapters {
+
+enum class mosquitto_status { idle, attached, lost, closed, failed };
+
+struct mosquitto_event {
+    mosquitto_status status;
+    int rc;                             // libmosquitto's error (MOSQ_ERR_*), 0 if none
+    error_code loop_error;              // failed: why the loop could not host the socket
+    unsigned attempt;                   // lost: reconnect attempts since the last good connection
+    std::chrono::milliseconds retry_in; // lost: when the next attempt is made (0: none)
+};
+
+template <class Loop>
+class mosquitto_adapter {
+public:
+    struct options {
+        std::chrono::milliseconds misc_period;   // mosquitto_loop_misc() period
+        std::chrono::milliseconds reconnect_min; // first reconnect delay
+        std::chrono::milliseconds reconnect_max; // backoff ceiling
+        bool reconnect;                          // reconnect after a loss
+        unsigned read_batch;                     // packets read per readable wake-up
+        options()
+            : misc_period(1000), reconnect_min(500), reconnect_max(30000), reconnect(true), read_batch(64) {}
+    };
+
+    mosquitto_adapter(Loop& loop, struct mosquitto* mosq, const options& opt = options())
+        : loop_(loop), m_(mosq), opt_(opt), fd_(-1), interest_(0), state_(mosquitto_status::idle),
+          delay_(opt.reconnect_min), attempt_(0), closing_(false), misc_calls_(0) {}
+    ~mosquitto_adapter() { stop(); }
+    mosquitto_adapter(const mosquitto_adapter&) = delete;
+    mosquitto_adapter& operator=(const mosquitto_adapter&) = delete;
+
+    // cb(const mosquitto_event&), from the loop's iterations (and from the
+    // adapter's calls: connect(), start(), disconnect()).
+    template <class F>
+    void on_status(F&& cb) { status_cb_.emplace(std::forward<F>(cb)); }
+
+    // Starts driving: the prepare hook, and the socket if the client already
+    // has one (after mosquitto_connect()). A loop error (hooks table full)
+    // is returned; one on the socket is also reported as `failed`.
+    error_code start() {
+        if (!hook_) {
+            hook_ = loop_.on_prepare([this](hook_event) { settle(MOSQ_ERR_SUCCESS, from_outside); });
+            if (!hook_) return last_error_ = hook_.error();
+        }
+        settle(MOSQ_ERR_SUCCESS, from_outside);
+        return state_ == mosquitto_status::failed ? last_error_ : error_code();
+    }
+
+    // mosquitto_connect_async() and start(). Returns libmosquitto's result;
+    // a failure other than MOSQ_ERR_INVAL is also reported as `lost` and
+    // retried (with options::reconnect). MOSQ_ERR_UNKNOWN if the loop could
+    // not take the hook (last_error()).
+    int connect(const char* host, int port, int keepalive) {
+        if (start()) {
+            if (!hook_) return MOSQ_ERR_UNKNOWN;
+        }
+        closing_ = false;
+        cancel_retry();
+        if (state_ == mosquitto_status::failed) state_ = mosquitto_status::idle;
+        const int rc = mosquitto_connect_async(m_, host, port, keepalive);
+        if (rc == MOSQ_ERR_SUCCESS || rc == MOSQ_ERR_INVAL)
+            settle(MOSQ_ERR_SUCCESS, from_outside);
+        else
+            settle(rc, from_call);
+        return rc;
+    }
+
+    // mosquitto_disconnect(), and no reconnect until the next connect().
+    int disconnect() {
+        closing_ = true;
+        cancel_retry();
+        const int rc = mosquitto_disconnect(m_);
+        settle(MOSQ_ERR_SUCCESS, from_outside);
+        if (fd_ < 0 && state_ != mosquitto_status::closed && state_ != mosquitto_status::failed)
+            report(mosquitto_status::closed, rc, error_code());
+        return rc;
+    }
+
+    // Leaves the loop: the hook, the watcher and the timers go; the client
+    // and its connection are left as they are.
+    void stop() {
+        if (hook_) loop_.unwatch(hook_);
+        hook_ = hook_handle();
+        drop_socket();
+        cancel_retry();
+    }
+
+    mosquitto_status state() const { return state_; }
+    error_code last_error() const { return last_error_; }
+    int fd() const { return fd_; }
+    // How often mosquitto_loop_misc() ran: the keepalive tick.
+    unsigned long misc_calls() const { return misc_calls_; }
+
+private:
+    enum origin { from_outside, from_call, from_read, from_write, from_misc };
+
+    // After every libmosquitto call (and before every wait): follow the
+    // socket, sync the write interest.
+    void settle(int rc, origin o) {
+        const int fd = mosquitto_socket(m_);
+        if (fd == fd_ && rc == MOSQ_ERR_SUCCESS) {
+            if (fd_ >= 0) sync_interest();
+            return;
+        }
+        if (fd != fd_ && fd_ >= 0) drop_socket();
+        if (fd >= 0) {
+            if (fd != fd_) attach(fd);
+            else sync_interest();
+            return;
+        }
+        // No socket. Closed on request: disconnect(), mosquitto_disconnect()
+        // by the application (the socket vanished outside the adapter's calls),
+        // or a read/write that ended in the DISCONNECT the application queued
+        // (rc 0). A keepalive time-out closes with rc 0 too: lost.
+        if (state_ == mosquitto_status::failed) return;
+        const bool wanted = closing_ || (rc == MOSQ_ERR_SUCCESS && o != from_misc && o != from_call);
+        if (wanted) {
+            if (state_ == mosquitto_status::attached) report(mosquitto_status::closed, rc, error_code());
+            return;
+        }
+        if (state_ == mosquitto_status::lost && retry_) return; // already waiting
+        lost(o == from_misc && rc == MOSQ_ERR_SUCCESS ? MOSQ_ERR_KEEPALIVE : rc);
+    }
+
+    void attach(int fd) {
+        cancel_retry();
+        const unsigned want = readable | (mosquitto_want_write(m_) ? writable : 0u);
+        io_handle h = loop_.watch(fd, want, [this](io_event ev) { on_io(ev); });
+        if (!h) return fail(fd, h.error());
+        io_ = h;
+        fd_ = fd;
+        interest_ = want;
+        misc_ = loop_.every(opt_.misc_period, [this](timer_event) {
+            ++misc_calls_;
+            const int rc = mosquitto_loop_misc(m_);
+            settle(rc == MOSQ_ERR_NO_CONN ? MOSQ_ERR_SUCCESS : rc, from_misc);
+        });
+        if (!misc_) {
+            const error_code e = misc_.error();
+            drop_socket();
+            return fail(fd, e);
+        }
+        report(mosquitto_status::attached, MOSQ_ERR_SUCCESS, error_code());
+    }
+
+    void sync_interest() {
+        const unsigned want = readable | (mosquitto_want_write(m_) ? writable : 0u);
+        if (want != interest_ && !loop_.modify(io_, want)) interest_ = want;
+    }
+
+    void on_io(io_event ev) {
+        if (ev.events & (readable | io_error)) {
+            int rc = MOSQ_ERR_SUCCESS;
+            for (unsigned i = 0; i < opt_.read_batch; ++i) {
+                errno = 0;
+                rc = mosquitto_loop_read(m_, 1);
+                const int e = errno;
+                if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m_) != fd_) break;
+                if (attempt_ != 0 || delay_ != opt_.reconnect_min) { // the new connection works
+                    attempt_ = 0;
+                    delay_ = opt_.reconnect_min;
+                }
+                if (e == EAGAIN || e == EWOULDBLOCK) break;
+            }
+            settle(rc, from_read);
+            if (fd_ != ev.fd || io_ != ev.handle) return;
+        }
+        if (ev.events & writable) settle(mosquitto_loop_write(m_, 1), from_write);
+    }
+
+    // The loop cannot host the socket: drop the connection through
+    // libmosquitto's error path. The socket is replaced (dup2) by a pipe at
+    // end of file, so the library's next read sees the peer gone, closes its
+    // socket and runs its on_disconnect; no fd is closed twice.
+    void fail(int fd, error_code why) {
+        last_error_ = why;
+        cancel_retry();
+        int p[2];
+        int rc = MOSQ_ERR_CONN_LOST;
+        if (pipe(p) == 0) {
+            close(p[1]);
+            const bool swapped = dup2(p[0], fd) == fd;
+            close(p[0]);
+            if (swapped) rc = mosquitto_loop_read(m_, 1);
+        }
+        if (mosquitto_socket(m_) >= 0) { // no fd left for a pipe: ask politely
+            closing_ = true;
+            mosquitto_disconnect(m_);
+        }
+        report(mosquitto_status::failed, rc, why);
+    }
+
+    void lost(int rc) {
+        if (!opt_.reconnect || closing_) {
+            report(mosquitto_status::lost, rc, error_code());
+            return;
+        }
+        const std::chrono::milliseconds wait = delay_;
+        retry_ = loop_.after(wait, [this](timer_event) { retry(); });
+        if (!retry_) {
+            last_error_ = retry_.error();
+            report(mosquitto_status::failed, rc, retry_.error());
+            return;
+        }
+        delay_ = delay_ * 2 > opt_.reconnect_max ? opt_.reconnect_max : delay_ * 2;
+        mosquitto_event ev = {mosquitto_status::lost, rc, error_code(), attempt_, wait};
+        state_ = mosquitto_status::lost;
+        if (status_cb_) status_cb_(ev);
+    }
+
+    void retry() {
+        retry_ = timer_handle();
+        ++attempt_;
+        const int rc = mosquitto_reconnect_async(m_);
+        settle(rc, from_call);
+    }
+
+    void drop_socket() {
+        if (io_) loop_.unwatch(io_);
+        if (misc_) loop_.cancel(misc_);
+        io_ = io_handle();
+        misc_ = timer_handle();
+        fd_ = -1;
+        interest_ = 0;
+    }
+    void cancel_retry() {
+        if (retry_) loop_.cancel(retry_);
+        retry_ = timer_handle();
+    }
+
+    void report(mosquitto_status s, int rc, error_code e) {
+        state_ = s;
+        mosquitto_event ev = {s, rc, e, attempt_, std::chrono::milliseconds(0)};
+        if (status_cb_) status_cb_(ev);
+    }
+
+    Loop& loop_;
+    struct mosquitto* m_;
+    options opt_;
+    hook_handle hook_;
+    io_handle io_;
+    timer_handle misc_, retry_;
+    int fd_;
+    unsigned interest_;
+    mosquitto_status state_;
+    std::chrono::milliseconds delay_;
+    unsigned attempt_;
+    bool closing_;
+    unsigned long misc_calls_;
+    error_code last_error_;
+    detail::inplace_callback<void(const mosquitto_event&)> status_cb_;
+};
+
+} // namespace adapters
+} // namespace microloop
+
+#endif // MICROLOOP_ADAPTERS_MOSQUITTO_HPP
+// ---- end microloop/adapters/mosquitto.hpp ------------------------------
+
+// ---- begin microloop/adapters/sdbus.hpp --------------------------------
+// microloop/adapters/sdbus.hpp - drives an sd-bus connection (libsystemd)
+// from a microloop loop, as sd_bus_attach_event() does for sd-event. Not
+// part of the single header; link with -lsystemd (pkg-config libsystemd).
+//
+// ---- Usage -------------------------------------------------------------------
+//
+//     #include <microloop/adapters/sdbus.hpp>
+//
+//     microloop::loop<> loop;
+//     sd_bus* bus = nullptr;
+//     sd_bus_open_user(&bus);                          // or _system, or
+//                                                      // sd_bus_new + set_address + start
+//     sd_bus_add_object_vtable(bus, ...);              // yours, as usual
+//     microloop::adapters::sdbus_adapter<microloop::loop<> > dbus(loop, bus);
+//     dbus.on_status([](const microloop::adapters::sdbus_event& ev) { ... });
+//     if (microloop::error_code e = dbus.start()) ...
+//     sd_bus_call_method_async(bus, ...);              // replies arrive in loop.run()
+//     loop.run();
+//
+// The application opens the bus, adds its objects and matches, makes its
+// calls and unrefs the bus; all of it from the loop's thread. The bus's
+// callbacks (method handlers, replies, signals) run inside the loop's
+// iterations. The adapter must outlive its use by the loop and not move
+// (its callbacks hold `this`); destroy or stop() it before the last
+// sd_bus_unref(). Do not also attach the bus to an sd-event loop.
+//
+// ---- What the adapter owns ---------------------------------------------------
+//
+//   - a prepare hook: before every wait it reads sd_bus_get_fd(),
+//     sd_bus_get_events() (POLLIN / POLLOUT -> readable / writable) and
+//     sd_bus_get_timeout() (an absolute CLOCK_MONOTONIC time in us,
+//     UINT64_MAX for none), so what the application queued since counts for
+//     that very wait;
+//   - a watcher of the bus's fd, and a one-shot timer at the bus's deadline
+//     (loop.at(): on the default clock directly; on another clock, converted
+//     through the time left);
+//   - either one firing -> sd_bus_process() until it returns 0 (at most
+//     options::process_batch calls a wake-up: a bus with more work says so
+//     with a timeout of 0, and the next iteration goes on).
+// Nothing here allocates; sd-bus allocates what it needs.
+//
+// ---- Status, errors, reconnect -------------------------------------------------
+//
+// on_status(cb), cb(const sdbus_event&):
+//   attached  the fd is watched
+//   lost      the connection is gone (the bus daemon died or closed it):
+//             sd_bus_process() or sd_bus_get_events() failed (err: the
+//             negative errno, -ECONNRESET, -ENOTCONN), or the bus is no
+//             longer open. sd-bus has already failed the calls in flight
+//             (their callbacks got an error reply) and sent its local
+//             Disconnected signal. The adapter stops watching and holds
+//             nothing more in the loop.
+//   failed    the loop could not host the bus (loop_error: table_full,
+//             fd_out_of_range, a timer that could not be armed); the adapter
+//             stops watching; the bus is the application's to close.
+// Reconnecting is the application's business, as with sd-event: open a new
+// bus (and add the objects again), then start() an adapter on it (this one
+// after reset(new_bus)).
+#ifndef MICROLOOP_ADAPTERS_SDBUS_HPP
+#define MICROLOOP_ADAPTERS_SDBUS_HPP
+
+#include <systemd/sd-bus.h>
+
+#include <microloop.hpp>
+
+namespace microloop {
+namespace adapters {
+
+enum class sdbus_status { idle, attached, lost, failed };
+
+struct sdbus_event {
+    sdbus_status status;
+    int err;              // lost: the negative errno sd-bus gave
+    error_code loop_error; // failed: why the loop could not host the bus
+};
+
+template <class Loop>
+class sdbus_adapter {
+public:
+    struct options {
+        unsigned process_batch; // sd_bus_process() calls per wake-up at most
+        options() : process_batch(1024) {}
+    };
+
+    sdbus_adapter(Loop& loop, sd_bus* bus, const options& opt = options())
+        : loop_(loop), bus_(bus), opt_(opt), fd_(-1), interest_(0), deadline_(-1), state_(sdbus_status::idle),
+          err_(0), process_calls_(0) {}
+    ~sdbus_adapter() { stop(); }
+    sdbus_adapter(const sdbus_adapter&) = delete;
+    sdbus_adapter& operator=(const sdbus_adapter&) = delete;
+
+    template <class F>
+    void on_status(F&& cb) { status_cb_.emplace(std::forward<F>(cb)); }
+
+    // Starts driving the bus. A loop error is returned and, for the fd or the
+    // timer, also reported as `failed`; a bus that is not open is `lost`.
+    error_code start() {
+        if (!hook_) {
+            hook_ = loop_.on_prepare([this](hook_event) { sync(); });
+            if (!hook_) return last_error_ = hook_.error();
+        }
+        sync();
+        return state_ == sdbus_status::failed ? last_error_ : error_code();
+    }
+
+    // Leaves the loop: the hook, the watcher, the timer. The bus is untouched.
+    void stop() {
+        if (hook_) loop_.unwatch(hook_);
+        hook_ = hook_handle();
+        drop();
+    }
+
+    // Another bus (after a reconnect): stop(), then drive `bus` from start().
+    void reset(sd_bus* bus) {
+        stop();
+        bus_ = bus;
+        state_ = sdbus_status::idle;
+        err_ = 0;
+    }
+
+    sdbus_status state() const { return state_; }
+    int last_errno() const { return err_; }
+    error_code last_error() const { return last_error_; }
+    // How often sd_bus_process() ran: a bus that spins shows here.
+    unsigned long process_calls() const { return process_calls_; }
+
+private:
+    // What the bus wants for the next wait.
+    void sync() {
+        if (state_ == sdbus_status::lost || state_ == sdbus_status::failed) return;
+        if (sd_bus_is_open(bus_) <= 0) return closing(-ENOTCONN);
+        const int fd = sd_bus_get_fd(bus_);
+        if (fd < 0) return lost(fd);
+        const int ev = sd_bus_get_events(bus_);
+        if (ev < 0) return lost(ev);
+        // sd-bus speaks poll(): POLLIN and POLLOUT, the same bits as EPOLLIN
+        // and EPOLLOUT on Linux.
+        const unsigned want = ((static_cast<unsigned>(ev) & EPOLLIN) ? readable : 0u) |
+                              ((static_cast<unsigned>(ev) & EPOLLOUT) ? writable : 0u);
+        if (fd != fd_) {
+            if (io_) loop_.unwatch(io_);
+            io_ = loop_.watch(fd, want, [this](io_event) { process(); });
+            if (!io_) return fail(io_.error());
+            fd_ = fd;
+            interest_ = want;
+            state_ = sdbus_status::attached;
+            report(0, error_code());
+            if (state_ != sdbus_status::attached) return;
+        } else if (want != interest_) {
+            if (error_code e = loop_.modify(io_, want)) return fail(e);
+            interest_ = want;
+        }
+        uint64_t usec = UINT64_MAX;
+        if (sd_bus_get_timeout(bus_, &usec) < 0) usec = UINT64_MAX;
+        if (usec == UINT64_MAX) {
+            if (timer_) loop_.cancel(timer_);
+            timer_ = timer_handle();
+            deadline_ = -1;
+            return;
+        }
+        const int64_t ns = deadline_ns(usec);
+        if (timer_ && ns == deadline_) return;
+        deadline_ = ns;
+        if (timer_) {
+            if (error_code e = loop_.rearm_at(timer_, std::chrono::nanoseconds(ns))) return fail(e);
+        } else {
+            timer_ = loop_.at(std::chrono::nanoseconds(ns), [this](timer_event) {
+                timer_ = timer_handle(); // a one-shot is gone when it runs
+                deadline_ = -1;
+                process();
+            });
+            if (!timer_) return fail(timer_.error());
+        }
+    }
+
+    // CLOCK_MONOTONIC us -> the loop's clock in ns.
+    int64_t deadline_ns(uint64_t usec) {
+        const uint64_t max_us = static_cast<uint64_t>(INT64_MAX / 4000); // far beyond any deadline
+        const int64_t mono = static_cast<int64_t>(usec > max_us ? max_us : usec) * 1000;
+        typedef typename std::decay<decltype(loop_.clock())>::type clock_type;
+        if (std::is_same<clock_type, monotonic_clock>::value) return mono;
+        const int64_t left = mono - detail::monotonic_ns();
+        return loop_.clock().now_ns() + (left > 0 ? left : 0);
+    }
+
+    void process() {
+        for (unsigned i = 0; i < opt_.process_batch; ++i) {
+            ++process_calls_;
+            const int r = sd_bus_process(bus_, nullptr);
+            if (r < 0) {
+                // A callback's own error comes back here too: ignored, as
+                // sd-event does, while the bus is open (the batch ends).
+                if (sd_bus_is_open(bus_) > 0) break;
+                return closing(r);
+            }
+            if (r == 0) break;
+            if (!io_) return; // stop(), reset() or a loss, from a callback
+        }
+        if (sd_bus_is_open(bus_) <= 0) closing(-ENOTCONN);
+    }
+
+    // The connection failed: sd-bus is closing it. Each further
+    // sd_bus_process() fails one call in flight (its callback gets a
+    // NoReply error), then sends the local Disconnected signal; its value
+    // is then the callback's, so the end is told by sd_bus_get_timeout(),
+    // which fails (-ENOTCONN) once the bus is closed. Bounded: every call
+    // consumes one step.
+    void closing(int err) {
+        drop();
+        uint64_t usec = 0;
+        for (unsigned long i = 0; i < (1ul << 24) && sd_bus_get_timeout(bus_, &usec) >= 0; ++i) {
+            ++process_calls_;
+            sd_bus_process(bus_, nullptr);
+        }
+        lost(err);
+    }
+
+    void lost(int err) {
+        drop();
+        err_ = err;
+        state_ = sdbus_status::lost;
+        report(err, error_code());
+    }
+    void fail(error_code e) {
+        drop();
+        last_error_ = e;
+        state_ = sdbus_status::failed;
+        report(0, e);
+    }
+    void drop() {
+        if (io_) loop_.unwatch(io_);
+        if (timer_) loop_.cancel(timer_);
+        io_ = io_handle();
+        timer_ = timer_handle();
+        fd_ = -1;
+        interest_ = 0;
+        deadline_ = -1;
+    }
+    void report(int err, error_code e) {
+        sdbus_event ev = {state_, err, e};
+        if (status_cb_) status_cb_(ev);
+    }
+
+    Loop& loop_;
+    sd_bus* bus_;
+    options opt_;
+    hook_handle hook_;
+    io_handle io_;
+    timer_handle timer_;
+    int fd_;
+    unsigned interest_;
+    int64_t deadline_;
+    sdbus_status state_;
+    int err_;
+    unsigned long process_calls_;
+    error_code last_error_;
+    detail::inplace_callback<void(const sdbus_event&)> status_cb_;
+};
+
+} // namespace adapters
+} // namespace microloop
+
+#endif // MICROLOOP_ADAPTERS_SDBUS_HPP
+// ---- end microloop/adapters/sdbus.hpp ----------------------------------
 

@@ -106,6 +106,13 @@
 //   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
 //                            the libc's fd_set layout allows (checked at run
 //                            time); 0: FD_ISSET only
+//   MICROLOOP_BACKEND        select (the default) or epoll: what loop<> and
+//                            basic_loop<> wait with (the same in every TU);
+//                            one loop: epoll_loop<...>, or basic_loop<Cap,
+//                            Clock, use_epoll / use_select>. epoll takes any
+//                            fd (no FD_SETSIZE), dispatches in the kernel's
+//                            order, finds fds closed behind its back later
+//                            (README: Choosing a backend)
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >; each at most 65,533
@@ -177,6 +184,16 @@
 #define MICROLOOP_FDSET_WORDS 1
 #endif
 
+// What loop<> and basic_loop<> wait for fds with unless a loop names its
+// own: select (the default) or epoll. Define it for a whole program, as
+// -DMICROLOOP_BACKEND=epoll, and in every translation unit alike (it is
+// the default of a template parameter: loops of the two backends are
+// different types). One loop can choose by itself either way:
+// basic_loop<Cap, Clock, use_epoll> / epoll_loop<...>, or use_select.
+#ifndef MICROLOOP_BACKEND
+#define MICROLOOP_BACKEND select
+#endif
+
 // ---- internal: not for users to define -------------------------------------------
 // Where the compiler is told what to inline: the hot path always
 // (MICROLOOP_DETAIL_ALWAYS_INLINE), speed-only code unless the build
@@ -192,6 +209,15 @@
 #define MICROLOOP_DETAIL_NOINLINE
 #define MICROLOOP_DETAIL_COLD
 #endif
+#if defined(__GNUC__)
+#define MICROLOOP_DETAIL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MICROLOOP_DETAIL_UNLIKELY(x) (x)
+#endif
+#define MICROLOOP_DETAIL_CAT2(a, b) a##b
+#define MICROLOOP_DETAIL_CAT(a, b) MICROLOOP_DETAIL_CAT2(a, b)
+// The tag MICROLOOP_BACKEND names: use_select or use_epoll.
+#define MICROLOOP_DETAIL_BACKEND ::microloop::MICROLOOP_DETAIL_CAT(use_, MICROLOOP_BACKEND)
 #if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
 #define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
 #else
@@ -1158,6 +1184,504 @@ inline bool loop_base::use_up_stop() {
 #endif // MICROLOOP_LOOP_BASE_HPP
 // ---- end microloop/loop_base.hpp ---------------------------------------
 
+// ---- begin microloop/backend/epoll.hpp ---------------------------------
+// microloop/backend/epoll.hpp - how a loop waits for its fds with epoll:
+// level-triggered, no fd ceiling (any fd the process may open), no heap. The
+// same calls as backend/select.hpp (see there), over one epoll instance per
+// loop and a fixed-size fd -> watcher map sized by the loop's fd capacity.
+//
+// What epoll does not tell, and how it is found out:
+// - It drops a registration silently when the last fd of its file is
+//   closed, so "closed behind the loop's back" never shows up as an error of
+//   the wait (select()'s EBADF). It is found at the next epoll_ctl() on the
+//   fd (EBADF, or ENOENT when the number names another file now), and, when
+//   a wait returns nothing (a timeout, or poll() with nothing ready), by a
+//   sweep that re-checks a couple of registrations (EPOLL_CTL_MOD) in turn
+//   per idle wake-up, and one every 64 waits however busy the loop is. The watcher then gets io_error once and is disabled,
+//   as with select(). The wake-up fd is checked so before a wait that may
+//   sleep after one that found nothing (or the first): an idle loop never
+//   goes to sleep on a wake-up fd that can no longer wake it (the wait
+//   fails with EBADF, as select()'s does).
+// - It keeps the registration while another fd (a dup(), a forked child's
+//   copy) holds the file: the file's events keep arriving with the data it
+//   was registered with. Every registration carries its watcher's slot and
+//   a generation (bumped by each add and remove), so such an event never
+//   reaches a newer watcher of the same fd number; once one arrives after an
+//   EPOLL_CTL_DEL that failed (the fd was closed first), the instance is
+//   made again from the table (as libev does), which is the only way to
+//   drop a registration whose fd is gone.
+// - An instance is shared with forked children. A child's epoll_ctl() would
+//   edit the parent's registrations, so a forked child (counted by a
+//   pthread_atfork() handler, one load per check) makes its own instance
+//   before it touches the kernel, and after_fork() makes another with the
+//   new wake-up fd. The parent never sees what a child does.
+// - Regular files (and fds without poll support) are refused with EPERM;
+//   select() calls them always ready, and so does this backend: such a
+//   watcher is called in every iteration with its readable/writable
+//   interest, and the wait does not sleep while one is active.
+#ifndef MICROLOOP_BACKEND_EPOLL_HPP
+#define MICROLOOP_BACKEND_EPOLL_HPP
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <type_traits>
+
+namespace microloop {
+namespace detail {
+
+// The smallest power of two >= n (n >= 1).
+constexpr size_t epoll_map_size(size_t n, size_t p = 1) { return p >= n ? p : epoll_map_size(n, p * 2); }
+
+template <size_t Slots>
+class epoll_backend {
+public:
+    typedef typename std::conditional<(Slots < 255), uint8_t, uint16_t>::type slot_t;
+    static const slot_t no_slot = static_cast<slot_t>(~0u);
+
+    explicit epoll_backend(int wake_fd)
+        : epfd_(-1), wake_fd_(wake_fd), errno_(0), epoch_(0), nlost_(0), nalways_(0), cursor_(0), tick_(0), orphans_(false),
+          remake_(false), wake_lost_(false), wake_seen_(false), idle_(true), pwait2_(true) {
+        for (size_t i = 0; i < map_size; ++i) map_[i] = no_slot;
+        for (size_t i = 0; i < Slots; ++i) {
+            st_[i].fd = -1;
+            st_[i].gen = 0;
+            st_[i].want = st_[i].kernel = st_[i].flags = 0;
+        }
+        fork_count<>::watch(); // the fork count of loop_base.hpp: a child makes its own instance
+        remake();
+    }
+    ~epoll_backend() {
+        if (epfd_ >= 0) close(epfd_);
+    }
+
+    // ---- registration -------------------------------------------------------
+    // Any fd >= 0 the process can open.
+    static bool fits(int) { return true; }
+    bool watched(int fd) const { return find(fd) != no_slot || fd == wake_fd_; }
+    void add(int fd, uint16_t slot) {
+        state& s = st_[slot];
+        s.fd = fd;
+        ++s.gen;
+        s.want = s.kernel = s.flags = 0;
+        size_t i = bucket(fd);
+        while (map_[i] != no_slot) i = (i + 1) & (map_size - 1);
+        map_[i] = static_cast<slot_t>(slot);
+    }
+    // After set(fd, interest, 0).
+    void remove(int fd) {
+        size_t i = bucket(fd);
+        while (map_[i] != no_slot && st_[map_[i]].fd != fd) i = (i + 1) & (map_size - 1);
+        if (map_[i] == no_slot) return;
+        state& s = st_[map_[i]];
+        if (s.flags & lost) --nlost_;
+        s.fd = -1;
+        ++s.gen; // its events still in this iteration's batch are dropped
+        s.flags = 0;
+        // Backward-shift deletion: the entries after it that probed past
+        // this bucket move up, so no tombstones are needed.
+        for (size_t j = (i + 1) & (map_size - 1); map_[j] != no_slot; j = (j + 1) & (map_size - 1)) {
+            const size_t home = bucket(st_[map_[j]].fd);
+            if (((j - home) & (map_size - 1)) >= ((j - i) & (map_size - 1))) {
+                map_[i] = map_[j];
+                i = j;
+            }
+        }
+        map_[i] = no_slot;
+    }
+    void set(int fd, unsigned, unsigned is_events) {
+        const slot_t s = find(fd);
+        if (s != no_slot) apply(s, is_events);
+    }
+    // after_fork()'s new wake-up fd: a new instance for this process, every
+    // watcher registered again.
+    void replace_wake_fd(int, int now) {
+        wake_fd_ = now;
+        wake_lost_ = false;
+        remake();
+    }
+
+    // ---- waiting ----------------------------------------------------------------
+    // Ready events land in an array on the iteration's stack, one per
+    // possible registration (the watchers and the wake-up fd), at most 256:
+    // more are returned by the next wait (level-triggered, nothing is lost).
+    enum { max_events = Slots + 1 < 256 ? Slots + 1 : 256 };
+    typedef struct epoll_event fd_sets[max_events];
+    struct ready_sets {
+        struct epoll_event* ev;
+        int n; // what epoll returned
+    };
+
+    template <class Timeout>
+    MICROLOOP_DETAIL_ALWAYS_INLINE int wait(fd_sets& set, ready_sets& r, Timeout timeout) {
+        r.ev = set;
+        r.n = 0;
+        if (MICROLOOP_DETAIL_UNLIKELY(epoch_ != fork_count<>::forks || remake_))
+            remake();
+        if (MICROLOOP_DETAIL_UNLIKELY(epfd_ < 0 || wake_lost_)) {
+            errno = epfd_ < 0 ? errno_ : EBADF;
+            return -1;
+        }
+        // Watchers to report without the kernel: do not sleep.
+        const bool now = (nlost_ | nalways_) != 0;
+        const int64_t ns = now ? 0 : timeout();
+        // About to sleep, and idle before (or the first wait): never on a
+        // wake-up fd epoll has dropped (closed behind our back), which
+        // nothing could wake. One epoll_ctl() per such wait, none while
+        // fds keep being ready.
+        if (ns != 0 && idle_ && wake_fd_ >= 0 && !wake_alive()) {
+            errno = EBADF;
+            return -1;
+        }
+        int n = pwait(set, ns);
+        if (n < 0) {
+            if (errno == EBADF || errno == EINVAL) { // the instance's fd closed or replaced behind our back
+                remake_ = true;
+                errno = EBADF;
+            }
+            return -1;
+        }
+        r.n = n;
+        idle_ = n == 0;
+        if (MICROLOOP_DETAIL_UNLIKELY((n == 0 && !now) || (++tick_ & 63u) == 0)) sweep(n == 0 ? 2 : 1);
+        return n + ((nlost_ | nalways_) != 0 ? 1 : 0);
+    }
+
+    // The wait failed with EBADF: report the watchers whose registration was
+    // lost; true if any was, or if the instance could be made again.
+    template <class Core>
+    MICROLOOP_DETAIL_NOINLINE bool report_closed(Core& core) {
+        bool found = false;
+        if (remake_) found = remake() && !wake_lost_;
+        if (nlost_ && report_lost(core)) found = true;
+        return found;
+    }
+
+    template <class Core>
+    bool dispatch(Core& core, ready_sets& r, int n);
+
+private:
+    enum : uint8_t { lost = 1, always = 2 }; // state::flags
+    enum : uint32_t { wake_data = 0xffffffffu };
+    enum { map_size = epoll_map_size(2 * Slots < 8 ? 8 : 2 * Slots) };
+    struct state {
+        int fd;        // -1: free
+        uint32_t gen;  // in every registration's data, with the slot
+        uint8_t want;  // readable | writable | priority
+        uint8_t kernel; // what the instance has (epoll bits >> 0, see to_epoll), 0: not registered
+        uint8_t flags;
+    };
+
+    static size_t bucket(int fd) {
+        return static_cast<size_t>((static_cast<uint32_t>(fd) * 2654435769u) >> 8) & (map_size - 1);
+    }
+    slot_t find(int fd) const {
+        for (size_t i = bucket(fd);; i = (i + 1) & (map_size - 1)) {
+            const slot_t s = map_[i];
+            if (s == no_slot || st_[s].fd == fd) return s;
+        }
+    }
+    static uint32_t to_epoll(unsigned ev) {
+        return ((ev & 1u) ? static_cast<uint32_t>(EPOLLIN) : 0u) | ((ev & 2u) ? static_cast<uint32_t>(EPOLLOUT) : 0u) |
+               ((ev & 4u) ? static_cast<uint32_t>(EPOLLPRI) : 0u);
+    }
+    // What EPOLL_CTL_MOD of a registered fd says when its file is gone:
+    // EBADF, closed; ENOENT, the number names another file now; EPERM, one
+    // that epoll cannot watch (a regular file, /dev/null).
+    static bool gone(int e) { return e == EBADF || e == ENOENT || e == EPERM; }
+    static uint64_t data_of(size_t slot, uint32_t gen) { return static_cast<uint64_t>(gen) << 32 | slot; }
+
+    int ctl(int op, int fd, uint32_t events, uint64_t data) {
+        struct epoll_event e;
+        e.events = events;
+        e.data.u64 = data;
+        return epoll_ctl(epfd_, op, fd, &e);
+    }
+    void set_flag(state& s, uint8_t f, bool on) {
+        if (((s.flags & f) != 0) == on) return;
+        s.flags = static_cast<uint8_t>(on ? s.flags | f : s.flags & ~f);
+        if (f == lost) nlost_ += on ? 1u : ~0u;
+    }
+    // Always-ready watchers (EPERM) that want readable or writable.
+    void count_always() {
+        nalways_ = 0;
+        for (size_t i = 0; i < Slots; ++i)
+            if ((st_[i].flags & always) && (st_[i].want & 3u)) ++nalways_;
+    }
+    MICROLOOP_DETAIL_NOINLINE void apply(size_t slot, unsigned events);
+    MICROLOOP_DETAIL_NOINLINE bool remake();
+    MICROLOOP_DETAIL_NOINLINE void sweep(size_t budget);
+    MICROLOOP_DETAIL_NOINLINE bool wake_alive();
+    MICROLOOP_DETAIL_NOINLINE void lose(state& s);
+    template <class Core>
+    MICROLOOP_DETAIL_NOINLINE bool report_lost(Core& core);
+    template <class Core>
+    MICROLOOP_DETAIL_NOINLINE void report_always(Core& core);
+    template <class Core>
+    void ready(Core& core, const struct epoll_event& e);
+    MICROLOOP_DETAIL_NOINLINE void stale() {
+        if (orphans_) remake_ = true; // an fd closed before its EPOLL_CTL_DEL: its registration lives on
+    }
+
+    // epoll_pwait2() (nanoseconds, Linux 5.11) where the kernel has it, else
+    // epoll_wait() with the timeout rounded up to a millisecond.
+    int pwait(struct epoll_event* ev, int64_t ns) {
+#ifdef __NR_epoll_pwait2
+        if (pwait2_) {
+            struct {
+                long long sec, nsec; // struct __kernel_timespec: 64-bit on every target
+            } ts, *tsp = nullptr;
+            if (ns >= 0) {
+                ts.sec = ns / 1000000000;
+                ts.nsec = ns % 1000000000;
+                tsp = &ts;
+            }
+            const long n = syscall(__NR_epoll_pwait2, epfd_, ev, static_cast<int>(max_events), tsp, nullptr, 0);
+            if (n >= 0 || errno != ENOSYS) return static_cast<int>(n);
+            pwait2_ = false;
+        }
+#endif
+        int ms = -1;
+        if (ns >= 0) {
+            const int64_t m = (ns + 999999) / 1000000;
+            ms = m > 0x7fffffff ? 0x7fffffff : static_cast<int>(m);
+        }
+        return epoll_wait(epfd_, ev, static_cast<int>(max_events), ms);
+    }
+
+    int epfd_;
+    int wake_fd_;
+    int errno_;        // why the instance could not be made
+    unsigned epoch_;   // fork_count when it was made
+    unsigned nlost_;   // watchers with `lost`: reported by the next dispatch
+    unsigned nalways_; // see count_always()
+    size_t cursor_;    // the sweep's next slot
+    unsigned tick_;    // waits: every 64th re-checks one registration, busy or not
+    bool orphans_;     // an EPOLL_CTL_DEL failed since the instance was made
+    bool remake_;      // make the instance again before the next wait
+    bool wake_lost_;   // the wake-up fd's registration is gone
+    bool wake_seen_;
+    bool idle_;        // the last wait returned nothing (or there was none)
+    bool pwait2_;
+    state st_[Slots];
+    slot_t map_[map_size]; // open addressing on the fd, linear probing; keys in st_
+};
+
+template <size_t Slots> const typename epoll_backend<Slots>::slot_t epoll_backend<Slots>::no_slot;
+
+// The watcher in `slot` wants `events`: the instance is told (paused
+// watchers are removed from it: epoll reports hang-ups and errors even for
+// an empty interest, which level-triggered would repeat forever).
+template <size_t Slots>
+void epoll_backend<Slots>::apply(size_t slot, unsigned events) {
+    if (epoch_ != fork_count<>::forks) remake(); // a forked child: its own instance first
+    state& s = st_[slot];
+    s.want = static_cast<uint8_t>(events);
+    if (s.flags & always) {
+        count_always();
+        return;
+    }
+    const uint8_t kev = static_cast<uint8_t>(events & 7u);
+    if (kev == s.kernel || epfd_ < 0) return;
+    const int op = kev == 0 ? EPOLL_CTL_DEL : s.kernel == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    const uint64_t data = data_of(slot, s.gen);
+    int r = ctl(op, s.fd, to_epoll(kev), data);
+    if (r != 0 && op == EPOLL_CTL_ADD && errno == EEXIST) // a registration left by a closed fd of this file: ours now
+        r = ctl(EPOLL_CTL_MOD, s.fd, to_epoll(kev), data);
+    if (r == 0) {
+        s.kernel = kev;
+        set_flag(s, lost, false);
+        return;
+    }
+    const int e = errno;
+    s.kernel = 0;
+    if (op == EPOLL_CTL_DEL) {
+        if (e == EBADF) orphans_ = true; // closed first: if a dup holds the file, its registration lives on
+        return;
+    }
+    if (op == EPOLL_CTL_ADD && e == EPERM) { // a regular file: always ready, as select() says
+        s.flags |= always;
+        count_always();
+        return;
+    }
+    // EBADF: closed; ENOENT: closed, the number reused; ENOMEM/ENOSPC: the
+    // kernel's limit on watches. Reported as io_error by the next dispatch.
+    lose(s);
+}
+
+// The watcher's registration is gone, or lives on under a closed fd (a dup
+// holds its file): its events from now on are stale, and the first one
+// makes the instance again, which drops it.
+template <size_t Slots>
+void epoll_backend<Slots>::lose(state& s) {
+    s.kernel = 0;
+    ++s.gen;
+    orphans_ = true;
+    set_flag(s, lost, true);
+}
+
+// A new instance with every registration: at construction, in a forked
+// child, after_fork(), and when an orphaned registration or a lost instance
+// fd showed up. False if epoll_create1() failed (the waits fail with its
+// errno).
+template <size_t Slots>
+bool epoll_backend<Slots>::remake() {
+    epoch_ = fork_count<>::forks;
+    remake_ = false;
+    orphans_ = false;
+    const int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ >= 0) close(epfd_); // a forked child's copy: the parent keeps its own
+    epfd_ = ep;
+    if (ep < 0) {
+        errno_ = errno;
+        return false;
+    }
+    if (wake_fd_ >= 0 && ctl(EPOLL_CTL_ADD, wake_fd_, EPOLLIN, data_of(wake_data, 0)) != 0) wake_lost_ = true;
+    for (size_t i = 0; i < Slots; ++i) {
+        state& s = st_[i];
+        if (s.fd < 0) continue;
+        s.kernel = 0;
+        s.flags = static_cast<uint8_t>(s.flags & ~always);
+        ++s.gen; // what the old instance had returned is stale
+        apply(i, s.want);
+    }
+    count_always();
+    return true;
+}
+
+// Nothing was ready: check two registrations, in turn, that epoll has not
+// dropped them (a closed fd); the next dispatch reports those it has.
+template <size_t Slots>
+void epoll_backend<Slots>::sweep(size_t budget) {
+    for (size_t checked = 0, tries = 0; checked < budget && tries < Slots; ++tries) {
+        const size_t i = cursor_;
+        cursor_ = cursor_ + 1 >= Slots ? 0 : cursor_ + 1;
+        state& s = st_[i];
+        if (s.fd < 0 || s.kernel == 0) continue;
+        ++checked;
+        if (ctl(EPOLL_CTL_MOD, s.fd, to_epoll(s.kernel), data_of(i, s.gen)) != 0 && gone(errno)) lose(s);
+    }
+}
+
+// Whether the wake-up fd is still registered.
+template <size_t Slots>
+bool epoll_backend<Slots>::wake_alive() {
+    if (ctl(EPOLL_CTL_MOD, wake_fd_, EPOLLIN, data_of(wake_data, 0)) == 0 || !gone(errno)) return true;
+    wake_lost_ = true;
+    return false;
+}
+
+// io_error for each lost registration, through core.io_lost() (false: the
+// watcher was added in this iteration, it waits for the next).
+template <size_t Slots>
+template <class Core>
+bool epoll_backend<Slots>::report_lost(Core& core) {
+    bool any = false;
+    for (size_t i = 0; i < Slots && nlost_; ++i) {
+        state& s = st_[i];
+        if (!(s.flags & lost)) continue;
+        set_flag(s, lost, false);
+        const uint32_t gen = s.gen;
+        const bool paused = s.want == 0;
+        if (!core.io_lost(static_cast<uint16_t>(i), s.fd)) {
+            if (s.gen == gen) set_flag(s, lost, true);
+        } else if (!paused) {
+            any = true;
+        }
+    }
+    return any;
+}
+
+template <size_t Slots>
+template <class Core>
+void epoll_backend<Slots>::report_always(Core& core) {
+    for (size_t i = 0; i < Slots; ++i) {
+        const state& s = st_[i];
+        if ((s.flags & always) && (s.want & 3u)) core.io_ready(static_cast<uint16_t>(i), s.fd, s.want & 3u);
+    }
+}
+
+// One ready event, its watcher looked up now: dropped if the watcher was
+// removed (or replaced) since the wait.
+template <size_t Slots>
+template <class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE void epoll_backend<Slots>::ready(Core& core, const struct epoll_event& e) {
+    const uint32_t slot = static_cast<uint32_t>(e.data.u64);
+    if (slot == wake_data) {
+        wake_seen_ = true; // drained after the watchers
+        return;
+    }
+    if (slot >= Slots || st_[slot].gen != static_cast<uint32_t>(e.data.u64 >> 32) || st_[slot].fd < 0) {
+        stale();
+        return;
+    }
+    const uint32_t ev = e.events;
+    unsigned ready = ((ev & EPOLLIN) ? 1u : 0u) | ((ev & EPOLLOUT) ? 2u : 0u) | ((ev & EPOLLPRI) ? 4u : 0u);
+    // A hang-up or an error: select() calls the fd readable and writable.
+    // A watcher of priority alone hears it too, or the wait would spin.
+    if (ev & (EPOLLERR | EPOLLHUP)) ready |= st_[slot].want;
+    core.io_ready(static_cast<uint16_t>(slot), st_[slot].fd, ready);
+}
+
+// As select's: a lean path for plain readers while no callback changes the
+// watchers (each event a watcher that had its read interest at the wait),
+// then the careful path, which looks each event's watcher up.
+template <size_t Slots>
+template <class Core>
+MICROLOOP_DETAIL_ALWAYS_INLINE bool epoll_backend<Slots>::dispatch(Core& core, ready_sets& r, int) {
+    int i = 0;
+    const int n = r.n;
+    if (n > 0) {
+        const bool stall = core.stall_on();
+        typename Core::reader_frame frame;
+        int64_t t0 = stall ? core.template begin_readers<true>(frame) : core.template begin_readers<false>(frame);
+        auto done = on_scope_exit([&core, &frame] { core.end_readers(frame); });
+        for (; i < n; ++i) {
+            const struct epoll_event& e = r.ev[i];
+            const uint32_t slot = static_cast<uint32_t>(e.data.u64);
+            if (e.events != EPOLLIN || slot >= Slots) break;
+            const state& s = st_[slot];
+            if (s.gen != static_cast<uint32_t>(e.data.u64 >> 32) || s.fd < 0) break;
+            if (stall)
+                core.template reader_ready<true>(frame, static_cast<uint16_t>(slot), s.fd, t0);
+            else
+                core.template reader_ready<false>(frame, static_cast<uint16_t>(slot), s.fd, t0);
+            if (core.io_changed()) {
+                ++i;
+                break;
+            }
+        }
+    }
+    for (; i < n; ++i) ready(core, r.ev[i]);
+    if (MICROLOOP_DETAIL_UNLIKELY((nlost_ | nalways_) != 0)) {
+        if (nlost_) report_lost(core);
+        if (nalways_) report_always(core);
+    }
+    const bool wake = wake_seen_;
+    wake_seen_ = false;
+    return wake;
+}
+
+} // namespace detail
+
+// basic_loop's Backend argument for epoll: any fd (see epoll_loop<>).
+struct use_epoll {
+    template <size_t Slots>
+    struct of {
+        typedef detail::epoll_backend<Slots> type;
+    };
+};
+
+} // namespace microloop
+
+#endif // MICROLOOP_BACKEND_EPOLL_HPP
+// ---- end microloop/backend/epoll.hpp -----------------------------------
+
 // ---- begin microloop/backend/select.hpp --------------------------------
 // microloop/backend/select.hpp - how a loop waits for its fds: select(), on
 // three master fd_sets that watch(), modify() and unwatch() edit and each
@@ -1500,6 +2024,15 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& co
 }
 
 } // namespace detail
+
+// basic_loop's Backend argument for select(): fds below FD_SETSIZE.
+struct use_select {
+    template <size_t Slots>
+    struct of {
+        typedef detail::select_backend<Slots> type;
+    };
+};
+
 } // namespace microloop
 
 #endif // MICROLOOP_BACKEND_SELECT_HPP
@@ -2531,9 +3064,12 @@ struct capacity {
 // nothing is allocated after construction. One loop per thread: only wake()
 // and stop() may be called from other threads (and wake() from a signal
 // handler). Timers run on Clock (monotonic_clock, or manual_clock in tests).
-template <class Cap, class Clock = monotonic_clock>
+// Fds are waited for by Backend: use_select, or use_epoll (no fd ceiling);
+// the default is MICROLOOP_BACKEND's (config.hpp).
+template <class Cap, class Clock = monotonic_clock, class Backend = MICROLOOP_DETAIL_BACKEND>
 class basic_loop : public loop_base {
 public:
+    typedef Backend backend_type;
     basic_loop();
     ~basic_loop();
 
@@ -2732,9 +3268,11 @@ private:
     enum hook_kind : unsigned char { hook_idle, hook_prepare, hook_check };
     // Which hooks are running: none, those before the wait, the check hooks.
     enum hook_phase : unsigned char { no_hooks, hooks_before_wait, hooks_after_dispatch };
-    typedef detail::select_backend<io_pool::slots> backend;
+    typedef typename Backend::template of<io_pool::slots>::type backend;
     template <size_t>
     friend class detail::select_backend; // calls the core's io_ready() and friends, inlined
+    template <size_t>
+    friend class detail::epoll_backend;
 
     struct io_slot {
         io_callback cb;
@@ -2810,6 +3348,7 @@ private:
     void reader_ready(reader_frame& f, uint16_t s, int fd, int64_t& t0);
     void io_ready(uint16_t s, int fd, unsigned ready);
     bool io_closed(uint16_t s, int fd);
+    bool io_lost(uint16_t s, int fd);
     // The frame's slot is a live or retired watcher's (0xffff: none ran).
     void end_io(detail::running_frame& f) { running_io_.end(f, io_pool_, io_[f.slot < io_pool::slots ? f.slot : 0].cb); }
     void dispatch_timers();
@@ -2853,21 +3392,21 @@ private:
 // Implementation
 // ============================================================================
 
-template <class Cap, class Clock>
-basic_loop<Cap, Clock>::basic_loop()
+template <class Cap, class Clock, class Backend>
+basic_loop<Cap, Clock, Backend>::basic_loop()
     : backend_(wake_fd_), active_io_(0), iteration_(0), iterations_(0), idle_hooks_(0), hook_pass_(nullptr),
       hook_phase_(no_hooks), stopped_(false), now_(0), now_valid_(false), dispatching_(false),
       io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
-template <class Cap, class Clock>
-basic_loop<Cap, Clock>::~basic_loop() {}
+template <class Cap, class Clock, class Backend>
+basic_loop<Cap, Clock, Backend>::~basic_loop() {}
 
 // ---- fd watchers ------------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
+io_handle basic_loop<Cap, Clock, Backend>::watch(int fd, unsigned events, F&& cb) {
     if (fd < 0) return io_handle(errc::bad_fd);
     if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range); // before anything touches the backend
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
@@ -2888,8 +3427,8 @@ io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     return io_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::modify(io_handle h, unsigned events) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     if (events & ~(readable | writable | priority)) return errc::bad_argument;
@@ -2897,8 +3436,8 @@ error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
     return error_code();
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::unwatch(io_handle h) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     io_slot& io = io_[slot];
@@ -2908,8 +3447,8 @@ error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
     return error_code();
 }
 
-template <class Cap, class Clock>
-io_handle basic_loop<Cap, Clock>::watcher(int fd) const {
+template <class Cap, class Clock, class Backend>
+io_handle basic_loop<Cap, Clock, Backend>::watcher(int fd) const {
     if (fd < 0) return io_handle(errc::bad_fd);
     if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range);
     const uint16_t s = backend_.slot(fd);
@@ -2917,8 +3456,8 @@ io_handle basic_loop<Cap, Clock>::watcher(int fd) const {
     return io_handle::from_id(io_[s].id);
 }
 
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::set_interest(io_slot& io, unsigned events) {
     io_changed_ = true; // every watch(), modify() and unwatch() passes here
     if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
     backend_.set(io.fd, io.interest, events);
@@ -2927,8 +3466,8 @@ void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
 
 // Runs watcher s's callback, which may remove the watcher or anything else,
 // or throw.
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     detail::running_frame f;
     running_io_.begin(f, s);
@@ -2940,8 +3479,8 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, 
 // The backend found some watched fd closed behind our back (select()'s
 // EBADF): if `fd` is one, report it to its watcher once and disable the
 // watcher. True if it was.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::io_closed(uint16_t s, int fd) {
     io_slot& io = io_[s];
     if (io.interest == 0) return false;
     if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) return false;
@@ -2950,11 +3489,25 @@ bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
     return true;
 }
 
+// The backend lost `fd`'s registration (epoll: closed behind our back):
+// report it to its watcher once and disable the watcher, as io_closed()
+// does. False if the watcher was added in this iteration: it is reported in
+// the next one.
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::io_lost(uint16_t s, int fd) {
+    io_slot& io = io_[s];
+    if (io.interest == 0) return true;
+    if (io.added_iter == iteration_) return false;
+    set_interest(io, 0);
+    call_io(s, fd, io_error);
+    return true;
+}
+
 // ---- timers -----------------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep1, class Period1, class Rep2, class Period2, class F>
-timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
+timer_handle basic_loop<Cap, Clock, Backend>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
                                                std::chrono::duration<Rep2, Period2> repeat, F&& cb) {
     int64_t after_ns, period_ns;
     if (!detail::to_ns(timeout, after_ns) || !detail::to_ns(repeat, period_ns)) return timer_handle(errc::bad_timeout);
@@ -2965,18 +3518,18 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     return start_timer(after_ns, false, period_ns, std::forward<F>(cb));
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep, class Period, class F>
-timer_handle basic_loop<Cap, Clock>::at(std::chrono::duration<Rep, Period> deadline, F&& cb) {
+timer_handle basic_loop<Cap, Clock, Backend>::at(std::chrono::duration<Rep, Period> deadline, F&& cb) {
     int64_t at_ns;
     if (!detail::to_ns(deadline, at_ns)) return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
     return start_timer(at_ns, true, 0, std::forward<F>(cb));
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(int64_t ns, bool absolute,
+MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock, Backend>::start_timer(int64_t ns, bool absolute,
                                                                                int64_t period, F&& cb) {
     uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
@@ -2988,9 +3541,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(
     return timer_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep, class Period>
-error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
+error_code basic_loop<Cap, Clock, Backend>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
     int64_t ns = 0;
     const bool valid = detail::to_ns(timeout, ns);
     return rearm_to(h.id(), valid, ns, false);
@@ -3000,16 +3553,16 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
 // iteration) and that is not armed now: fired, or cancelled since. Its
 // handle still acts (see rearm()); not a repeating timer its callback
 // cancelled.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::fired_running(uint64_t id, uint16_t& slot) const {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::fired_running(uint64_t id, uint16_t& slot) const {
     slot = timer_pool_.lookup_retired(id);
     return slot != timer_pool_.none && running_timer_.released(slot) && timers_[slot].period == 0;
 }
 
 // rearm() of such a one-shot: it takes its place back; any other handle
 // rearm() found stale.
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute) {
     uint16_t slot;
     if (!fired_running(id, slot)) return errc::stale_handle;
     if (!valid) return errc::bad_timeout;
@@ -3022,16 +3575,16 @@ error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_
 }
 
 // cancel() of such a one-shot is ok: it is not armed, and stays so.
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return fired_running(h.id(), slot) ? error_code() : error_code(errc::stale_handle);
     release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
     return error_code();
 }
 
-template <class Cap, class Clock>
-std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
+template <class Cap, class Clock, class Backend>
+std::chrono::nanoseconds basic_loop<Cap, Clock, Backend>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
     int64_t left = heap_.deadline(slot) - clock_.now_ns();
@@ -3040,9 +3593,9 @@ std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const
 
 // ---- iteration hooks ----------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
+hook_handle basic_loop<Cap, Clock, Backend>::add_hook(hook_kind kind, F&& cb) {
     if (detail::is_null_callable(cb)) return hook_handle(errc::bad_argument);
     uint64_t id = hook_pool_.acquire();
     if (id == 0) return hook_handle(errc::table_full);
@@ -3057,8 +3610,8 @@ hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
     return hook_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::unwatch(hook_handle h) {
     const uint16_t slot = hook_pool_.lookup(h.id());
     if (slot == hook_pool_.none) return errc::stale_handle;
     if (hook_slots_[slot].kind == hook_idle) --idle_hooks_;
@@ -3069,8 +3622,8 @@ error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
 // Runs the hooks of one kind, in slot order; a hook added meanwhile waits
 // for the next iteration. Out of line: an iteration without hooks pays one
 // test.
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::run_hooks(hook_kind kind, uint64_t iteration) {
     const hook_phase was = hook_phase_;
     hook_phase_ = kind == hook_check ? hooks_after_dispatch : hooks_before_wait;
     auto restore = detail::on_scope_exit([this, was] { hook_phase_ = was; });
@@ -3093,8 +3646,8 @@ void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
 // the check hooks, unless this iteration is nested in a hook. Reached through
 // hook_pass_, set by the first on_prepare/on_check/on_idle: a program that
 // adds no hook links none of this.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::hook_pass(basic_loop& self, bool before_wait) {
     const uint64_t iteration = self.iteration_;
     if (self.hook_phase_ != no_hooks) return false;
     if (!before_wait) {
@@ -3115,13 +3668,13 @@ bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
 
 // ---- the iteration ----------------------------------------------------------
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::run() {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::run() {
     return drive(-1, false);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::drive(int64_t max_wait_ns, bool once) {
     error_code result = slack_.apply();
     // run(): until stop() or nothing is left; run_once(), poll(): one iteration.
     while (!result && (once || (!stop_.load(std::memory_order_relaxed) && active() > 0))) {
@@ -3134,8 +3687,8 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
 
 // Nanoseconds select() may sleep: until the first timer or `until`, -1 for
 // no limit.
-template <class Cap, class Clock>
-int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
+template <class Cap, class Clock, class Backend>
+int64_t basic_loop<Cap, Clock, Backend>::select_timeout(int64_t until) {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
@@ -3147,8 +3700,8 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
     return wait;
 }
 
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock, Backend>::iterate(int64_t max_wait_ns) {
     if (faulted()) return fault();
     // A nested iteration (poll() from a callback) keeps the outer one's
     // records on this stack and puts them back when it ends: its number (what
@@ -3224,9 +3777,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
 // callback, after it: a callback's time runs from the previous reading (the
 // end of the previous callback, or the start of the scan), which adds only
 // the loop's own few instructions between two callbacks to it.
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <bool Stall>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(detail::running_frame& f, uint16_t s, int fd, int64_t& t0) {
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::reader_ready(detail::running_frame& f, uint16_t s, int fd, int64_t& t0) {
     io_slot& io = io_[s];
     f.slot = s;
     io_event ev = {io_handle::from_id(io.id), fd, readable};
@@ -3240,16 +3793,16 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(detail:
 // A ready fd and its watcher, slot s, as the backend looked it up at the
 // moment it is dispatched, so a watcher removed by an earlier callback of
 // this iteration is never called.
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::io_ready(uint16_t s, int fd, unsigned ready) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::io_ready(uint16_t s, int fd, unsigned ready) {
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
     if (events == 0 || io.added_iter >= iteration_) return; // added in this iteration or one nested in it
     call_io(s, fd, events);
 }
 
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::dispatch_timers() {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::dispatch_timers() {
     for (;;) {
         heap_.settle(timer_pool_);
         // Timers armed during this pass wait for the next.
@@ -3281,8 +3834,8 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
 
 // ---- fork ---------------------------------------------------------------------
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::after_fork() {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::after_fork() {
     if (getpid() == owner_pid_) return errc::bad_argument;
     const int old = wake_fd_;
     error_code e = renew_wake_fd();
@@ -3299,6 +3852,11 @@ error_code basic_loop<Cap, Clock>::after_fork() {
 
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
 using loop = basic_loop<capacity<Io, Timers, Signals, Children, Hooks> >;
+
+// A loop on epoll whatever MICROLOOP_BACKEND says: the same API, no fd
+// ceiling (see README, Choosing a backend).
+template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
+using epoll_loop = basic_loop<capacity<Io, Timers, Signals, Children, Hooks>, monotonic_clock, use_epoll>;
 
 } // namespace microloop
 

@@ -38,6 +38,16 @@
 #define MICROLOOP_FDSET_WORDS 1
 #endif
 
+// What loop<> and basic_loop<> wait for fds with unless a loop names its
+// own: select (the default) or epoll. Define it for a whole program, as
+// -DMICROLOOP_BACKEND=epoll, and in every translation unit alike (it is
+// the default of a template parameter: loops of the two backends are
+// different types). One loop can choose by itself either way:
+// basic_loop<Cap, Clock, use_epoll> / epoll_loop<...>, or use_select.
+#ifndef MICROLOOP_BACKEND
+#define MICROLOOP_BACKEND select
+#endif
+
 // ---- internal: not for users to define -------------------------------------------
 // Where the compiler is told what to inline: the hot path always
 // (MICROLOOP_DETAIL_ALWAYS_INLINE), speed-only code unless the build
@@ -53,6 +63,15 @@
 #define MICROLOOP_DETAIL_NOINLINE
 #define MICROLOOP_DETAIL_COLD
 #endif
+#if defined(__GNUC__)
+#define MICROLOOP_DETAIL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MICROLOOP_DETAIL_UNLIKELY(x) (x)
+#endif
+#define MICROLOOP_DETAIL_CAT2(a, b) a##b
+#define MICROLOOP_DETAIL_CAT(a, b) MICROLOOP_DETAIL_CAT2(a, b)
+// The tag MICROLOOP_BACKEND names: use_select or use_epoll.
+#define MICROLOOP_DETAIL_BACKEND ::microloop::MICROLOOP_DETAIL_CAT(use_, MICROLOOP_BACKEND)
 #if defined(__GNUC__) && !defined(__OPTIMIZE_SIZE__)
 #define MICROLOOP_DETAIL_HOT_INLINE __attribute__((always_inline)) inline
 #else

@@ -103,6 +103,13 @@
 //   MICROLOOP_FDSET_WORDS    1: scan select() results a word at a time when
 //                            the libc's fd_set layout allows (checked at run
 //                            time); 0: FD_ISSET only
+//   MICROLOOP_BACKEND        select (the default) or epoll: what loop<> and
+//                            basic_loop<> wait with (the same in every TU);
+//                            one loop: epoll_loop<...>, or basic_loop<Cap,
+//                            Clock, use_epoll / use_select>. epoll takes any
+//                            fd (no FD_SETSIZE), dispatches in the kernel's
+//                            order, finds fds closed behind its back later
+//                            (README: Choosing a backend)
 //   MICROLOOP_CONTINUATION_SIZE  bytes per continuation_table slot (8 pointers)
 //   Capacities: microloop::loop<Io, Timers, Signals, Children>, or
 //   microloop::basic_loop<microloop::capacity<...> >; each at most 65,533

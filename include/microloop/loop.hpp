@@ -24,6 +24,7 @@
 #include "error.hpp"
 #include "handle.hpp"
 #include "loop_base.hpp"
+#include "backend/epoll.hpp"
 #include "backend/select.hpp"
 #include "signal.hpp"
 #include "slack.hpp"
@@ -111,9 +112,12 @@ struct capacity {
 // nothing is allocated after construction. One loop per thread: only wake()
 // and stop() may be called from other threads (and wake() from a signal
 // handler). Timers run on Clock (monotonic_clock, or manual_clock in tests).
-template <class Cap, class Clock = monotonic_clock>
+// Fds are waited for by Backend: use_select, or use_epoll (no fd ceiling);
+// the default is MICROLOOP_BACKEND's (config.hpp).
+template <class Cap, class Clock = monotonic_clock, class Backend = MICROLOOP_DETAIL_BACKEND>
 class basic_loop : public loop_base {
 public:
+    typedef Backend backend_type;
     basic_loop();
     ~basic_loop();
 
@@ -312,9 +316,11 @@ private:
     enum hook_kind : unsigned char { hook_idle, hook_prepare, hook_check };
     // Which hooks are running: none, those before the wait, the check hooks.
     enum hook_phase : unsigned char { no_hooks, hooks_before_wait, hooks_after_dispatch };
-    typedef detail::select_backend<io_pool::slots> backend;
+    typedef typename Backend::template of<io_pool::slots>::type backend;
     template <size_t>
     friend class detail::select_backend; // calls the core's io_ready() and friends, inlined
+    template <size_t>
+    friend class detail::epoll_backend;
 
     struct io_slot {
         io_callback cb;
@@ -391,6 +397,7 @@ private:
     void reader_ready(reader_frame& f, uint16_t s, int fd, int64_t& t0);
     void io_ready(uint16_t s, int fd, unsigned ready);
     bool io_closed(uint16_t s, int fd);
+    bool io_lost(uint16_t s, int fd);
     // The frame's slot is a live or retired watcher's (0xffff: none ran).
     void end_io(detail::running_frame& f) { running_io_.end(f, io_pool_, io_[f.slot < io_pool::slots ? f.slot : 0].cb); }
     void dispatch_timers();
@@ -434,21 +441,21 @@ private:
 // Implementation
 // ============================================================================
 
-template <class Cap, class Clock>
-basic_loop<Cap, Clock>::basic_loop()
+template <class Cap, class Clock, class Backend>
+basic_loop<Cap, Clock, Backend>::basic_loop()
     : backend_(wake_fd_), active_io_(0), iteration_(0), iterations_(0), idle_hooks_(0), hook_pass_(nullptr),
       hook_phase_(no_hooks), stopped_(false), now_(0), now_valid_(false), dispatching_(false),
       io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
-template <class Cap, class Clock>
-basic_loop<Cap, Clock>::~basic_loop() {}
+template <class Cap, class Clock, class Backend>
+basic_loop<Cap, Clock, Backend>::~basic_loop() {}
 
 // ---- fd watchers ------------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
+io_handle basic_loop<Cap, Clock, Backend>::watch(int fd, unsigned events, F&& cb) {
     if (fd < 0) return io_handle(errc::bad_fd);
     if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range); // before anything touches the backend
     if (events & ~(readable | writable | priority)) return io_handle(errc::bad_argument);
@@ -469,8 +476,8 @@ io_handle basic_loop<Cap, Clock>::watch(int fd, unsigned events, F&& cb) {
     return io_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::modify(io_handle h, unsigned events) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     if (events & ~(readable | writable | priority)) return errc::bad_argument;
@@ -478,8 +485,8 @@ error_code basic_loop<Cap, Clock>::modify(io_handle h, unsigned events) {
     return error_code();
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::unwatch(io_handle h) {
     uint16_t slot = io_pool_.lookup(h.id());
     if (slot == io_pool_.none) return errc::stale_handle;
     io_slot& io = io_[slot];
@@ -489,8 +496,8 @@ error_code basic_loop<Cap, Clock>::unwatch(io_handle h) {
     return error_code();
 }
 
-template <class Cap, class Clock>
-io_handle basic_loop<Cap, Clock>::watcher(int fd) const {
+template <class Cap, class Clock, class Backend>
+io_handle basic_loop<Cap, Clock, Backend>::watcher(int fd) const {
     if (fd < 0) return io_handle(errc::bad_fd);
     if (!backend::fits(fd)) return io_handle(errc::fd_out_of_range);
     const uint16_t s = backend_.slot(fd);
@@ -498,8 +505,8 @@ io_handle basic_loop<Cap, Clock>::watcher(int fd) const {
     return io_handle::from_id(io_[s].id);
 }
 
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::set_interest(io_slot& io, unsigned events) {
     io_changed_ = true; // every watch(), modify() and unwatch() passes here
     if ((io.interest != 0) != (events != 0)) active_io_ += events ? 1 : static_cast<size_t>(-1);
     backend_.set(io.fd, io.interest, events);
@@ -508,8 +515,8 @@ void basic_loop<Cap, Clock>::set_interest(io_slot& io, unsigned events) {
 
 // Runs watcher s's callback, which may remove the watcher or anything else,
 // or throw.
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, int fd, unsigned events) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::call_io(uint16_t s, int fd, unsigned events) {
     io_slot& io = io_[s];
     detail::running_frame f;
     running_io_.begin(f, s);
@@ -521,8 +528,8 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::call_io(uint16_t s, 
 // The backend found some watched fd closed behind our back (select()'s
 // EBADF): if `fd` is one, report it to its watcher once and disable the
 // watcher. True if it was.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::io_closed(uint16_t s, int fd) {
     io_slot& io = io_[s];
     if (io.interest == 0) return false;
     if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) return false;
@@ -531,11 +538,25 @@ bool basic_loop<Cap, Clock>::io_closed(uint16_t s, int fd) {
     return true;
 }
 
+// The backend lost `fd`'s registration (epoll: closed behind our back):
+// report it to its watcher once and disable the watcher, as io_closed()
+// does. False if the watcher was added in this iteration: it is reported in
+// the next one.
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::io_lost(uint16_t s, int fd) {
+    io_slot& io = io_[s];
+    if (io.interest == 0) return true;
+    if (io.added_iter == iteration_) return false;
+    set_interest(io, 0);
+    call_io(s, fd, io_error);
+    return true;
+}
+
 // ---- timers -----------------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep1, class Period1, class Rep2, class Period2, class F>
-timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
+timer_handle basic_loop<Cap, Clock, Backend>::add_timer(std::chrono::duration<Rep1, Period1> timeout,
                                                std::chrono::duration<Rep2, Period2> repeat, F&& cb) {
     int64_t after_ns, period_ns;
     if (!detail::to_ns(timeout, after_ns) || !detail::to_ns(repeat, period_ns)) return timer_handle(errc::bad_timeout);
@@ -546,18 +567,18 @@ timer_handle basic_loop<Cap, Clock>::add_timer(std::chrono::duration<Rep1, Perio
     return start_timer(after_ns, false, period_ns, std::forward<F>(cb));
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep, class Period, class F>
-timer_handle basic_loop<Cap, Clock>::at(std::chrono::duration<Rep, Period> deadline, F&& cb) {
+timer_handle basic_loop<Cap, Clock, Backend>::at(std::chrono::duration<Rep, Period> deadline, F&& cb) {
     int64_t at_ns;
     if (!detail::to_ns(deadline, at_ns)) return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
     return start_timer(at_ns, true, 0, std::forward<F>(cb));
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(int64_t ns, bool absolute,
+MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock, Backend>::start_timer(int64_t ns, bool absolute,
                                                                                int64_t period, F&& cb) {
     uint64_t id = timer_pool_.acquire();
     if (id == 0) return timer_handle(errc::table_full);
@@ -569,9 +590,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock>::start_timer(
     return timer_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class Rep, class Period>
-error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
+error_code basic_loop<Cap, Clock, Backend>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
     int64_t ns = 0;
     const bool valid = detail::to_ns(timeout, ns);
     return rearm_to(h.id(), valid, ns, false);
@@ -581,16 +602,16 @@ error_code basic_loop<Cap, Clock>::rearm(timer_handle h, std::chrono::duration<R
 // iteration) and that is not armed now: fired, or cancelled since. Its
 // handle still acts (see rearm()); not a repeating timer its callback
 // cancelled.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::fired_running(uint64_t id, uint16_t& slot) const {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::fired_running(uint64_t id, uint16_t& slot) const {
     slot = timer_pool_.lookup_retired(id);
     return slot != timer_pool_.none && running_timer_.released(slot) && timers_[slot].period == 0;
 }
 
 // rearm() of such a one-shot: it takes its place back; any other handle
 // rearm() found stale.
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute) {
     uint16_t slot;
     if (!fired_running(id, slot)) return errc::stale_handle;
     if (!valid) return errc::bad_timeout;
@@ -603,16 +624,16 @@ error_code basic_loop<Cap, Clock>::rearm_running(uint64_t id, bool valid, int64_
 }
 
 // cancel() of such a one-shot is ok: it is not armed, and stays so.
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::cancel(timer_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::cancel(timer_handle h) {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return fired_running(h.id(), slot) ? error_code() : error_code(errc::stale_handle);
     release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
     return error_code();
 }
 
-template <class Cap, class Clock>
-std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const {
+template <class Cap, class Clock, class Backend>
+std::chrono::nanoseconds basic_loop<Cap, Clock, Backend>::remaining(timer_handle h) const {
     uint16_t slot = timer_pool_.lookup(h.id());
     if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
     int64_t left = heap_.deadline(slot) - clock_.now_ns();
@@ -621,9 +642,9 @@ std::chrono::nanoseconds basic_loop<Cap, Clock>::remaining(timer_handle h) const
 
 // ---- iteration hooks ----------------------------------------------------------
 
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <class F>
-hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
+hook_handle basic_loop<Cap, Clock, Backend>::add_hook(hook_kind kind, F&& cb) {
     if (detail::is_null_callable(cb)) return hook_handle(errc::bad_argument);
     uint64_t id = hook_pool_.acquire();
     if (id == 0) return hook_handle(errc::table_full);
@@ -638,8 +659,8 @@ hook_handle basic_loop<Cap, Clock>::add_hook(hook_kind kind, F&& cb) {
     return hook_handle::from_id(id);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::unwatch(hook_handle h) {
     const uint16_t slot = hook_pool_.lookup(h.id());
     if (slot == hook_pool_.none) return errc::stale_handle;
     if (hook_slots_[slot].kind == hook_idle) --idle_hooks_;
@@ -650,8 +671,8 @@ error_code basic_loop<Cap, Clock>::unwatch(hook_handle h) {
 // Runs the hooks of one kind, in slot order; a hook added meanwhile waits
 // for the next iteration. Out of line: an iteration without hooks pays one
 // test.
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::run_hooks(hook_kind kind, uint64_t iteration) {
     const hook_phase was = hook_phase_;
     hook_phase_ = kind == hook_check ? hooks_after_dispatch : hooks_before_wait;
     auto restore = detail::on_scope_exit([this, was] { hook_phase_ = was; });
@@ -674,8 +695,8 @@ void basic_loop<Cap, Clock>::run_hooks(hook_kind kind, uint64_t iteration) {
 // the check hooks, unless this iteration is nested in a hook. Reached through
 // hook_pass_, set by the first on_prepare/on_check/on_idle: a program that
 // adds no hook links none of this.
-template <class Cap, class Clock>
-bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
+template <class Cap, class Clock, class Backend>
+bool basic_loop<Cap, Clock, Backend>::hook_pass(basic_loop& self, bool before_wait) {
     const uint64_t iteration = self.iteration_;
     if (self.hook_phase_ != no_hooks) return false;
     if (!before_wait) {
@@ -696,13 +717,13 @@ bool basic_loop<Cap, Clock>::hook_pass(basic_loop& self, bool before_wait) {
 
 // ---- the iteration ----------------------------------------------------------
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::run() {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::run() {
     return drive(-1, false);
 }
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::drive(int64_t max_wait_ns, bool once) {
     error_code result = slack_.apply();
     // run(): until stop() or nothing is left; run_once(), poll(): one iteration.
     while (!result && (once || (!stop_.load(std::memory_order_relaxed) && active() > 0))) {
@@ -715,8 +736,8 @@ error_code basic_loop<Cap, Clock>::drive(int64_t max_wait_ns, bool once) {
 
 // Nanoseconds select() may sleep: until the first timer or `until`, -1 for
 // no limit.
-template <class Cap, class Clock>
-int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
+template <class Cap, class Clock, class Backend>
+int64_t basic_loop<Cap, Clock, Backend>::select_timeout(int64_t until) {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
@@ -728,8 +749,8 @@ int64_t basic_loop<Cap, Clock>::select_timeout(int64_t until) {
     return wait;
 }
 
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_t max_wait_ns) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock, Backend>::iterate(int64_t max_wait_ns) {
     if (faulted()) return fault();
     // A nested iteration (poll() from a callback) keeps the outer one's
     // records on this stack and puts them back when it ends: its number (what
@@ -805,9 +826,9 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock>::iterate(int64_
 // callback, after it: a callback's time runs from the previous reading (the
 // end of the previous callback, or the start of the scan), which adds only
 // the loop's own few instructions between two callbacks to it.
-template <class Cap, class Clock>
+template <class Cap, class Clock, class Backend>
 template <bool Stall>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(detail::running_frame& f, uint16_t s, int fd, int64_t& t0) {
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::reader_ready(detail::running_frame& f, uint16_t s, int fd, int64_t& t0) {
     io_slot& io = io_[s];
     f.slot = s;
     io_event ev = {io_handle::from_id(io.id), fd, readable};
@@ -821,16 +842,16 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::reader_ready(detail:
 // A ready fd and its watcher, slot s, as the backend looked it up at the
 // moment it is dispatched, so a watcher removed by an earlier callback of
 // this iteration is never called.
-template <class Cap, class Clock>
-MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock>::io_ready(uint16_t s, int fd, unsigned ready) {
+template <class Cap, class Clock, class Backend>
+MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::io_ready(uint16_t s, int fd, unsigned ready) {
     io_slot& io = io_[s];
     unsigned events = ready & io.interest;
     if (events == 0 || io.added_iter >= iteration_) return; // added in this iteration or one nested in it
     call_io(s, fd, events);
 }
 
-template <class Cap, class Clock>
-void basic_loop<Cap, Clock>::dispatch_timers() {
+template <class Cap, class Clock, class Backend>
+void basic_loop<Cap, Clock, Backend>::dispatch_timers() {
     for (;;) {
         heap_.settle(timer_pool_);
         // Timers armed during this pass wait for the next.
@@ -862,8 +883,8 @@ void basic_loop<Cap, Clock>::dispatch_timers() {
 
 // ---- fork ---------------------------------------------------------------------
 
-template <class Cap, class Clock>
-error_code basic_loop<Cap, Clock>::after_fork() {
+template <class Cap, class Clock, class Backend>
+error_code basic_loop<Cap, Clock, Backend>::after_fork() {
     if (getpid() == owner_pid_) return errc::bad_argument;
     const int old = wake_fd_;
     error_code e = renew_wake_fd();
@@ -881,6 +902,11 @@ error_code basic_loop<Cap, Clock>::after_fork() {
 
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
 using loop = basic_loop<capacity<Io, Timers, Signals, Children, Hooks> >;
+
+// A loop on epoll whatever MICROLOOP_BACKEND says: the same API, no fd
+// ceiling (see README, Choosing a backend).
+template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
+using epoll_loop = basic_loop<capacity<Io, Timers, Signals, Children, Hooks>, monotonic_clock, use_epoll>;
 
 } // namespace microloop
 

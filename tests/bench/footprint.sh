@@ -83,6 +83,10 @@ build_target() {
     if [ -f "$ROOT/include/microloop/signal.hpp" ]; then
         $cxx $FLAGS $CXXONLY $inc -DWITH_SIGNAL -o "$d/microloop-sig" "$SRC/microloop.cpp" ||
             note "$label: microloop-sig failed"
+        if [ -f "$ROOT/include/microloop/backend/epoll.hpp" ]; then
+            $cxx $FLAGS $CXXONLY $inc -DWITH_SIGNAL -DMICROLOOP_BACKEND=epoll -o "$d/microloop-sig-epoll" \
+                "$SRC/microloop.cpp" || note "$label: microloop-sig-epoll failed"
+        fi
     fi
     if [ -f "$ROOT/include/microloop/aio.hpp" ] && [ -f "$ROOT/include/microloop/continuation.hpp" ]; then
         $cxx $FLAGS $CXXONLY -pthread $inc -DWITH_SIGNAL -DWITH_AIO -o "$d/microloop-aio" "$SRC/microloop.cpp" -lrt ||
@@ -102,7 +106,7 @@ build_target() {
         $cc $FLAGS $pinc -DWITH_SIGNAL -o "$d/libevent-sig" "$SRC/libevent.c" $plib -levent_core 2>>"$d/libevent.log" ||
             note "$label: libevent-sig failed"
     fi
-    for p in floor floor-sig floor-aio microloop microloop-sig microloop-aio libev libev-sig libevent libevent-sig; do
+    for p in floor floor-sig floor-aio microloop microloop-sig microloop-sig-epoll microloop-aio libev libev-sig libevent libevent-sig; do
         [ -f "$d/$p" ] && echo "$label $p $(sizes "$pre" "$d/$p")" >>"$RAW"
     done
 }
@@ -151,6 +155,7 @@ END {
         row(t, "libevent", "floor", "fd+timer")
         row(t, "floor-sig", "floor-sig", "hand-written select")
         row(t, "microloop-sig", "floor-sig", "fd+timer+signal")
+        row(t, "microloop-sig-epoll", "floor-sig", "fd+timer+signal, epoll backend")
         row(t, "libev-sig", "floor-sig", "fd+timer+signal")
         row(t, "libevent-sig", "floor-sig", "fd+timer+signal")
         row(t, "floor-aio", "floor-aio", "hand-written +AIO")

@@ -82,7 +82,7 @@ impl_name() {
 }
 
 # The implementations: binary and backend variant.
-IMPLS="floor:select microloop:select microloop:stall"
+IMPLS="floor:select microloop:select microloop:stall microloop:epoll"
 has libev && IMPLS="$IMPLS libev:select libev:epoll"
 has libevent && IMPLS="$IMPLS libevent:select libevent:epoll"
 has libuv && IMPLS="$IMPLS libuv:epoll"

@@ -291,6 +291,14 @@ void everything() {
     one_loop<microloop::basic_loop<microloop::capacity<255, 3, 1, 0> > >();
     one_loop<microloop::basic_loop<microloop::capacity<0, 0, 0, 0> > >();
     one_loop<microloop::basic_loop<microloop::capacity<0, 4, 1, 0>, microloop::manual_clock> >();
+    // Both backends named, whatever MICROLOOP_BACKEND says; epoll with 8-
+    // and 16-bit slot indices, capacity 0 and the manual clock.
+    one_loop<microloop::epoll_loop<> >();
+    one_loop<microloop::epoll_loop<1, 1, 0, 0> >();
+    one_loop<microloop::basic_loop<microloop::capacity<255, 3, 1, 0>, microloop::monotonic_clock, microloop::use_epoll> >();
+    one_loop<microloop::basic_loop<microloop::capacity<0, 0, 0, 0>, microloop::monotonic_clock, microloop::use_epoll> >();
+    one_loop<microloop::basic_loop<microloop::capacity<0, 4, 1, 0>, microloop::manual_clock, microloop::use_epoll> >();
+    one_loop<microloop::basic_loop<microloop::capacity<2, 2>, microloop::monotonic_clock, microloop::use_select> >();
     {
         microloop::basic_loop<microloop::capacity<1, 1>, microloop::manual_clock> virtual_time;
         virtual_time.clock().advance(std::chrono::milliseconds(5));
