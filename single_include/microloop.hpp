@@ -810,6 +810,21 @@ private:
 #include <chrono>
 #include <type_traits>
 
+// ---- begin microloop/hooks.hpp -----------------------------------------
+// microloop/hooks.hpp - iteration hooks: callbacks a loop runs at fixed
+// points of every iteration (on_prepare before the wait, on_check after the
+// dispatch, on_idle while the wait must not block), for hosting libraries
+// that expect to be driven by the application's loop. The loop holds one
+// table (loop.hpp); its order and rules are stated there and in the README
+// (Hosting other libraries).
+#ifndef MICROLOOP_HOOKS_HPP
+#define MICROLOOP_HOOKS_HPP
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <utility>
+
 // ---- begin microloop/loop_base.hpp -------------------------------------
 // microloop/loop_base.hpp - the seam between a loop and its modules: what
 // signals, AIO, mailboxes, worker pools and other threads need of a loop
@@ -1238,6 +1253,99 @@ inline bool loop_base::use_up_stop() {
 #endif // MICROLOOP_LOOP_BASE_HPP
 // ---- end microloop/loop_base.hpp ---------------------------------------
 
+namespace microloop {
+
+typedef basic_handle<struct hook_tag> hook_handle;
+
+// What an iteration hook's callback is told.
+struct hook_event {
+    hook_handle handle;
+};
+
+// Trivially destructible callables only (pointers, references, handles):
+// a loop's hook table costs no construction or destruction code.
+typedef detail::trivial_callback<void(hook_event)> hook_callback;
+
+namespace detail {
+
+enum hook_kind : unsigned char { hook_idle, hook_prepare, hook_check };
+
+// N hooks of every kind together, removable from anywhere (a spare slot, as
+// every table whose callbacks may remove their own source).
+template <size_t N>
+class hook_table {
+public:
+    hook_table() : idle_(0), phase_(no_hooks) {}
+
+    // A hook of `kind`, added during loop iteration `iteration`: it first
+    // runs in the next one (also when added by a hook before the wait, which
+    // runs as if before its iteration began: see the loop's hook_pass()).
+    template <class F>
+    hook_handle add(hook_kind kind, F&& cb, uint64_t iteration) {
+        if (is_null_callable(cb)) return hook_handle(errc::bad_argument);
+        const uint64_t id = pool_.acquire();
+        if (id == 0) return hook_handle(errc::table_full);
+        slot& h = slots_[slot_of(id)];
+        h.cb.emplace(std::forward<F>(cb));
+        h.added_iter = iteration + (phase_ == before_wait ? 1u : 0u);
+        h.kind = kind;
+        if (kind == hook_idle) ++idle_;
+        return hook_handle::from_id(id);
+    }
+    error_code remove(hook_handle h) {
+        const uint16_t s = pool_.lookup(h.id());
+        if (s == pool_.none) return errc::stale_handle;
+        if (slots_[s].kind == hook_idle) --idle_;
+        running_.release(pool_, slots_[s].cb, s);
+        return error_code();
+    }
+
+    size_t idle() const { return idle_; } // idle hooks keep run() going
+    bool running() const { return phase_ != no_hooks; } // an iteration nested in a hook runs none
+    table_stats stats() const { return pool_.stats(); }
+
+    // Runs the hooks of `kind`, in slot order, through loop.invoke() (stall
+    // reports name them), but none added in loop iteration `iteration` or in
+    // one nested in it.
+    void run(hook_kind kind, uint64_t iteration, loop_base& loop) {
+        const phase was = phase_;
+        phase_ = kind == hook_check ? after_dispatch : before_wait;
+        auto restore = on_scope_exit([this, was] { phase_ = was; });
+        for (uint16_t s = 0; s < pool_type::slots; ++s) {
+            if (!pool_.live(s)) continue;
+            slot& h = slots_[s];
+            if (h.kind != kind || h.added_iter >= iteration) continue;
+            running_frame f;
+            running_.begin(f, s);
+            auto done = on_scope_exit([this, &f, &h] { running_.end(f, pool_, h.cb); });
+            hook_event ev = {hook_handle::from_id(pool_.id_of(s))};
+            loop.invoke(h.cb, source_kind::hook, ev.handle.id(), -1, ev);
+        }
+    }
+
+private:
+    // Which hooks are running: none, those before the wait, the check hooks.
+    enum phase : unsigned char { no_hooks, before_wait, after_dispatch };
+    typedef slot_pool<N, 1> pool_type;
+    struct slot {
+        hook_callback cb;
+        uint64_t added_iter; // not run in the iteration it was added in
+        hook_kind kind;
+    };
+
+    pool_type pool_;
+    slot slots_[pool_type::slots];
+    size_t idle_;
+    running_slot running_;
+    phase phase_;
+};
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_HOOKS_HPP
+// ---- end microloop/hooks.hpp -------------------------------------------
+
 // ---- begin microloop/backend/epoll.hpp ---------------------------------
 // microloop/backend/epoll.hpp - how a loop waits for its fds with epoll:
 // level-triggered, no fd ceiling (any fd the process may open), no heap. The
@@ -1318,6 +1426,11 @@ public:
     // Any fd >= 0 the process can open.
     static bool fits(int) { return true; }
     bool watched(int fd) const { return find(fd) != no_slot || fd == wake_fd_; }
+    // The watcher slot of `fd`, or 0xffff.
+    uint16_t slot(int fd) const {
+        const slot_t s = find(fd);
+        return s == no_slot ? uint16_t(0xffff) : narrow<uint16_t>(s);
+    }
     void add(int fd, uint16_t slot) {
         state& s = st_[slot];
         s.fd = fd;
@@ -1432,7 +1545,7 @@ private:
     };
 
     static size_t bucket(int fd) {
-        return static_cast<size_t>((static_cast<uint32_t>(fd) * 2654435769u) >> 8) & (map_size - 1);
+        return narrow<size_t>((static_cast<uint32_t>(fd) * 2654435769u) >> 8) & (map_size - 1); // 32-bit: size_t is uint32_t
     }
     slot_t find(int fd) const {
         for (size_t i = bucket(fd);; i = (i + 1) & (map_size - 1)) {
@@ -2021,9 +2134,16 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void select_backend<Slots>::scan(Core& core, cons
     int i = 0;
     unsigned long bits = 0; // the careful path resumes with what is left of word i
     bool resume = false;
+#if defined(__OPTIMIZE_SIZE__)
+    // Built for size: one lean scan, without stall detection; with it on,
+    // the careful path serves (it times each callback through invoke()).
+    if (!w && !e && !core.stall_on()) {
+        if (scan_readers<false>(core, r, nwords, i, bits, nready))
+#else
     if (!w && !e) {
         if (!core.stall_on() ? scan_readers<false>(core, r, nwords, i, bits, nready)
                              : scan_readers<true>(core, r, nwords, i, bits, nready))
+#endif
             i = nwords; // done
         else
             resume = true;
@@ -2091,6 +2211,54 @@ struct use_select {
 
 #endif // MICROLOOP_BACKEND_SELECT_HPP
 // ---- end microloop/backend/select.hpp ----------------------------------
+
+// ---- begin microloop/clock.hpp -----------------------------------------
+// microloop/clock.hpp - what a loop's timers run on: the monotonic clock, or
+// a manual one for tests in virtual time (basic_loop's Clock parameter).
+#ifndef MICROLOOP_CLOCK_HPP
+#define MICROLOOP_CLOCK_HPP
+
+#include <stdint.h>
+
+#include <chrono>
+
+namespace microloop {
+
+// The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
+// wall-clock time. A loop's second template parameter may replace it with
+// any class that has `int64_t now_ns() const` (nanoseconds, never
+// decreasing), such as manual_clock.
+struct monotonic_clock {
+    int64_t now_ns() const { return detail::monotonic_ns(); }
+};
+
+// A clock that moves only when told: timer tests (ours and users') run in
+// virtual time, deterministically, with no sleeping. Drive such a loop with
+// poll() (or run_once(zero)) after each advance(): a wait for a timer would
+// otherwise sleep in real time for the virtual interval.
+//
+//     microloop::basic_loop<microloop::capacity<4, 4>, microloop::manual_clock> loop;
+//     loop.after(seconds(10), cb);
+//     loop.clock().advance(seconds(10));
+//     loop.poll();                                // cb runs
+class manual_clock {
+public:
+    manual_clock() : now_(0) {}
+    int64_t now_ns() const { return now_; }
+    void set(int64_t ns) { now_ = ns > now_ ? ns : now_; } // never backwards
+    template <class Rep, class Period>
+    void advance(std::chrono::duration<Rep, Period> d) {
+        set(now_ + static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+    }
+
+private:
+    int64_t now_;
+};
+
+} // namespace microloop
+
+#endif // MICROLOOP_CLOCK_HPP
+// ---- end microloop/clock.hpp -------------------------------------------
 
 // ---- begin microloop/signal.hpp ----------------------------------------
 // microloop/signal.hpp - signals and child processes as ordinary loop events.
@@ -2783,6 +2951,20 @@ private:
 #endif // MICROLOOP_SLACK_HPP
 // ---- end microloop/slack.hpp -------------------------------------------
 
+// ---- begin microloop/timers.hpp ----------------------------------------
+// microloop/timers.hpp - a loop's timers: the fixed table of timer slots
+// (callback, period), the heap that orders their deadlines
+// (timer_heap.hpp), and what arming, re-arming, cancelling and firing do to
+// both. The loop (loop.hpp) validates the arguments, owns the clock and says
+// when "now" is; this table does the rest.
+#ifndef MICROLOOP_TIMERS_HPP
+#define MICROLOOP_TIMERS_HPP
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <utility>
+
 // ---- begin microloop/timer_heap.hpp ------------------------------------
 // microloop/timer_heap.hpp - the order in which a loop's timers fire: a
 // 4-ary min-heap on (deadline, arming order), one entry at most per timer
@@ -3039,6 +3221,162 @@ void timer_heap<Slots>::renumber_seqs() {
 
 namespace microloop {
 
+struct timer_event {
+    timer_handle handle;
+    uint32_t overruns; // repeating timers: whole periods skipped after a stall
+};
+
+typedef detail::inplace_callback<void(timer_event)> timer_callback;
+
+namespace detail {
+
+// N timers, and one spare slot: a callback that removes its own timer can
+// add a new one at once (see slot_pool). Deadlines are nanoseconds on the
+// loop's clock; `when` arguments are callables giving one, called only for
+// a timer that is made or re-armed (a refused call reads no clock).
+template <size_t N>
+class timer_table {
+public:
+    typedef slot_pool<N, 1> pool_type;
+    static const size_t slots = pool_type::slots;
+
+    template <class When, class F>
+    MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle start(When when, int64_t period, F&& cb) {
+        const uint64_t id = pool_.acquire();
+        if (id == 0) return timer_handle(errc::table_full);
+        const uint16_t slot = slot_of(id);
+        entry& t = timers_[slot];
+        t.cb.emplace(std::forward<F>(cb));
+        t.period = period; // 0: one-shot
+        heap_.arm(slot, when());
+        return timer_handle::from_id(id);
+    }
+    // A new deadline (a repeating timer keeps its period); `valid`: the
+    // caller's argument was, checked after the handle (a stale one is named
+    // first).
+    template <class When>
+    MICROLOOP_DETAIL_ALWAYS_INLINE error_code rearm(uint64_t id, bool valid, When when) {
+        const uint16_t slot = pool_.lookup(id);
+        if (slot == pool_.none) return rearm_fired(id, valid, when);
+        if (!valid) return errc::bad_timeout;
+        heap_.arm(slot, when());
+        return error_code();
+    }
+    error_code cancel(uint64_t id) {
+        uint16_t slot = pool_.lookup(id);
+        if (slot == pool_.none) return fired_running(id, slot) ? error_code() : error_code(errc::stale_handle);
+        release(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
+        return error_code();
+    }
+    // The deadline of a live timer, or false.
+    bool deadline(uint64_t id, int64_t& at) const {
+        const uint16_t slot = pool_.lookup(id);
+        if (slot == pool_.none) return false;
+        at = heap_.deadline(slot);
+        return true;
+    }
+
+    size_t used() const { return pool_.used(); } // live timers are armed
+    table_stats stats() const { return pool_.stats(); }
+    // f(timer_handle, deadline ns, period ns) for every armed timer.
+    template <class F>
+    void for_each(F&& f) const {
+        for (uint16_t s = 0; s < slots; ++s)
+            if (pool_.live(s)) f(timer_handle::from_id(pool_.id_of(s)), heap_.deadline(s), timers_[s].period);
+    }
+
+    // The timer pass: timers armed from now on wait for the next pass.
+    void begin_pass() { heap_.begin_pass(); }
+    // The first deadline, or false if no timer is armed; the top is brought
+    // up to date first, so the wait never ends early.
+    bool first(int64_t& at) {
+        heap_.settle(pool_);
+        if (heap_.empty()) return false;
+        at = heap_.top().deadline;
+        return true;
+    }
+    bool empty() const { return heap_.empty(); }
+
+    // Fires the timers due at `now` that were armed before the pass began,
+    // in deadline order, then arming order, through loop.invoke() (stall
+    // reports name them). A repeating timer's next deadline advances by
+    // whole periods: periods that passed during a stall are skipped and
+    // counted in overruns, not fired in a burst.
+    void fire_due(int64_t now, loop_base& loop) {
+        for (;;) {
+            heap_.settle(pool_);
+            if (!heap_.top_due(now)) break;
+            const typename timer_heap<slots>::entry top = heap_.top();
+            entry& t = timers_[top.slot];
+            uint32_t overruns = 0;
+            if (t.period > 0) {
+                const int64_t missed = (now - top.deadline) / t.period;
+                overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
+                heap_.advance(top.slot, top.deadline + (missed + 1) * t.period);
+            }
+            // Its entry, stale now (a one-shot's: dropped, its slot freed
+            // below), stays at the top until the next settle(): a callback
+            // that re-arms the timer reuses it.
+            running_frame f;
+            running_.begin(f, top.slot);
+            // A one-shot is gone as it fires: its place is free for a timer
+            // its callback arms, and its slot is recycled after the callback
+            // (also if it throws), unless the callback re-armed it.
+            auto done = on_scope_exit([this, &f, &t] { running_.end(f, pool_, t.cb); });
+            if (t.period == 0) release(top.slot);
+            timer_event ev = {timer_handle::from_id(pool_.id_of(top.slot)), overruns};
+            loop.invoke(t.cb, source_kind::timer, ev.handle.id(), -1, ev);
+        }
+    }
+
+private:
+    friend struct test_access;
+    struct entry {
+        timer_callback cb;
+        int64_t period; // 0: one-shot
+    };
+
+    void release(uint16_t slot) { running_.release(pool_, timers_[slot].cb, slot); }
+    // A one-shot whose callback is running (in any frame, also around a
+    // nested iteration) and that is not armed now: fired, or cancelled
+    // since. Its handle still acts: rearm() brings it back, cancel() is ok
+    // (it is not armed, and stays so). Not a repeating timer its callback
+    // cancelled.
+    bool fired_running(uint64_t id, uint16_t& slot) const {
+        slot = pool_.lookup_retired(id);
+        return slot != pool_.none && running_.released(slot) && timers_[slot].period == 0;
+    }
+    // rearm() of such a one-shot: it takes its place back (errc::table_full
+    // if its callback gave the place away); any other handle is stale.
+    template <class When>
+    error_code rearm_fired(uint64_t id, bool valid, When when) {
+        uint16_t slot;
+        if (!fired_running(id, slot)) return errc::stale_handle;
+        if (!valid) return errc::bad_timeout;
+        if (!pool_.revive(slot)) return errc::table_full;
+        running_.keep(slot);
+        heap_.arm(slot, when());
+        return error_code();
+    }
+
+    pool_type pool_;
+    entry timers_[slots];
+    timer_heap<slots> heap_; // when each fires
+    // The callbacks running now (nested in each other by poll() calls from
+    // callbacks), so removing one defers freeing its storage.
+    running_slot running_;
+};
+
+template <size_t N> const size_t timer_table<N>::slots;
+
+} // namespace detail
+} // namespace microloop
+
+#endif // MICROLOOP_TIMERS_HPP
+// ---- end microloop/timers.hpp ------------------------------------------
+
+namespace microloop {
+
 // What an fd watcher asks for, and what its callback is told.
 enum : unsigned {
     readable = 1u,  // read set: data, EOF, a connection to accept
@@ -3056,54 +3394,7 @@ struct io_event {
     unsigned events; // the ready subset of what was asked for, or io_error
 };
 
-struct timer_event {
-    timer_handle handle;
-    uint32_t overruns; // repeating timers: whole periods skipped after a stall
-};
-
-typedef basic_handle<struct hook_tag> hook_handle;
-
-// What an iteration hook's callback is told.
-struct hook_event {
-    hook_handle handle;
-};
-
 typedef detail::inplace_callback<void(io_event)> io_callback;
-// Trivially destructible callables only (pointers, references, handles):
-// a loop's hook table costs no construction or destruction code.
-typedef detail::trivial_callback<void(hook_event)> hook_callback;
-typedef detail::inplace_callback<void(timer_event)> timer_callback;
-
-// The clock timers run on: CLOCK_MONOTONIC, which never jumps with the
-// wall-clock time. A loop's second template parameter may replace it with
-// any class that has `int64_t now_ns() const` (nanoseconds, never
-// decreasing), such as manual_clock.
-struct monotonic_clock {
-    int64_t now_ns() const { return detail::monotonic_ns(); }
-};
-
-// A clock that moves only when told: timer tests (ours and users') run in
-// virtual time, deterministically, with no sleeping. Drive such a loop with
-// poll() (or run_once(zero)) after each advance(): a wait for a timer would
-// otherwise sleep in real time for the virtual interval.
-//
-//     microloop::basic_loop<microloop::capacity<4, 4>, microloop::manual_clock> loop;
-//     loop.after(seconds(10), cb);
-//     loop.clock().advance(seconds(10));
-//     loop.poll();                                // cb runs
-class manual_clock {
-public:
-    manual_clock() : now_(0) {}
-    int64_t now_ns() const { return now_; }
-    void set(int64_t ns) { now_ = ns > now_ ? ns : now_; } // never backwards
-    template <class Rep, class Period>
-    void advance(std::chrono::duration<Rep, Period> d) {
-        set(now_ + static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
-    }
-
-private:
-    int64_t now_;
-};
 
 // Compile-time capacities: how many fd watchers, timers, signal watchers,
 // child watchers and iteration hooks (on_prepare, on_check, on_idle) one
@@ -3170,7 +3461,7 @@ public:
     // returned without re-arming it, the handle is stale for everything.
     template <class Rep, class Period>
     error_code rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout);
-    error_code cancel(timer_handle h);
+    error_code cancel(timer_handle h) { return timers_.cancel(h.id()); }
     // Absolute deadlines, on clock()'s scale (the scale of now() and
     // for_each_timer(); for monotonic_clock, CLOCK_MONOTONIC): fire once at
     // `deadline`, or re-schedule to it. A deadline already past fires at the
@@ -3181,7 +3472,7 @@ public:
     error_code rearm_at(timer_handle h, std::chrono::duration<Rep, Period> deadline) {
         int64_t ns = 0;
         const bool valid = detail::to_ns(deadline, ns);
-        return rearm_to(h.id(), valid, ns, true);
+        return timers_.rearm(h.id(), valid, [ns] { return ns; });
     }
     // Time left before the timer fires (zero if due).
     std::chrono::nanoseconds remaining(timer_handle h) const;
@@ -3224,12 +3515,12 @@ public:
     // the next one. Removable from anywhere, their own callback included.
     // cb(hook_event); errc::table_full beyond Cap::hooks.
     template <class F>
-    hook_handle on_prepare(F&& cb) { return add_hook(hook_prepare, std::forward<F>(cb)); }
+    hook_handle on_prepare(F&& cb) { return add_hook(detail::hook_prepare, std::forward<F>(cb)); }
     template <class F>
-    hook_handle on_check(F&& cb) { return add_hook(hook_check, std::forward<F>(cb)); }
+    hook_handle on_check(F&& cb) { return add_hook(detail::hook_check, std::forward<F>(cb)); }
     template <class F>
-    hook_handle on_idle(F&& cb) { return add_hook(hook_idle, std::forward<F>(cb)); }
-    error_code unwatch(hook_handle h);
+    hook_handle on_idle(F&& cb) { return add_hook(detail::hook_idle, std::forward<F>(cb)); }
+    error_code unwatch(hook_handle h) { return hooks_table_.remove(h); }
 
     // ---- signals and child processes (signal.hpp) ---------------------------
     // cb(signal_event) runs in the loop, never in signal context. One watcher
@@ -3285,14 +3576,14 @@ public:
     // ---- introspection ------------------------------------------------------
     // Watchers with a non-zero interest, armed timers, and what modules
     // (signals, AIO) keep pending.
-    size_t active() const { return active_io_ + timer_pool_.used() + hooks_active() + idle_hooks_; }
+    size_t active() const { return active_io_ + timers_.used() + hooks_active() + hooks_table_.idle(); }
     struct loop_stats {
         table_stats io, timers, signals, children, hooks;
     };
     // How full each table is and was at most: size capacities from a real run.
     loop_stats stats() const {
-        loop_stats s = {io_pool_.stats(), timer_pool_.stats(), signals_.signal_stats(), signals_.child_stats(),
-                        hook_pool_.stats()};
+        loop_stats s = {io_pool_.stats(), timers_.stats(), signals_.signal_stats(), signals_.child_stats(),
+                        hooks_table_.stats()};
         return s;
     }
     // f(io_handle, int fd, unsigned events) for every fd watcher.
@@ -3306,10 +3597,9 @@ public:
     // clock()'s scale (compare it with now()), the period 0 for one-shots.
     template <class F>
     void for_each_timer(F&& f) const {
-        for (uint16_t s = 0; s < timer_pool_.slots; ++s)
-            if (timer_pool_.live(s)) // live timers are armed
-                f(timer_handle::from_id(timer_pool_.id_of(s)), std::chrono::nanoseconds(heap_.deadline(s)),
-                  std::chrono::nanoseconds(timers_[s].period));
+        timers_.for_each([&f](timer_handle h, int64_t deadline, int64_t period) {
+            f(h, std::chrono::nanoseconds(deadline), std::chrono::nanoseconds(period));
+        });
     }
 
 private:
@@ -3317,11 +3607,6 @@ private:
     // One spare slot per table: a callback that removes its own source can
     // add a new one at once (see slot_pool).
     typedef detail::slot_pool<Cap::io, 1> io_pool;
-    typedef detail::slot_pool<Cap::timers, 1> timer_pool;
-    typedef detail::slot_pool<Cap::hooks, 1> hook_pool;
-    enum hook_kind : unsigned char { hook_idle, hook_prepare, hook_check };
-    // Which hooks are running: none, those before the wait, the check hooks.
-    enum hook_phase : unsigned char { no_hooks, hooks_before_wait, hooks_after_dispatch };
     typedef typename Backend::template of<io_pool::slots>::type backend;
     template <size_t>
     friend class detail::select_backend; // calls the core's io_ready() and friends, inlined
@@ -3334,16 +3619,6 @@ private:
         unsigned interest;
         uint64_t added_iter; // not dispatched in the iteration it was added in
         uint64_t id;         // its handle's id, fixed while the watcher lives
-    };
-    // What a timer needs when it fires.
-    struct timer_slot {
-        timer_callback cb;
-        int64_t period; // 0: one-shot
-    };
-    struct hook_slot {
-        hook_callback cb;
-        uint64_t added_iter; // not run in the iteration it was added in
-        hook_kind kind;
     };
 
     int64_t now_ns() {
@@ -3363,23 +3638,12 @@ private:
 
     void set_interest(io_slot& io, unsigned events);
     void release_io(uint16_t slot) { running_io_.release(io_pool_, io_[slot].cb, slot); }
-    void release_timer(uint16_t slot) { running_timer_.release(timer_pool_, timers_[slot].cb, slot); }
     void call_io(uint16_t s, int fd, unsigned events);
-    error_code rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute);
-    bool fired_running(uint64_t id, uint16_t& slot) const;
-    MICROLOOP_DETAIL_ALWAYS_INLINE error_code rearm_to(uint64_t id, bool valid, int64_t ns, bool absolute) {
-        const uint16_t slot = timer_pool_.lookup(id);
-        // checked after the handle: a stale one is named first
-        if (slot == timer_pool_.none) return rearm_running(id, valid, ns, absolute);
-        if (!valid) return errc::bad_timeout;
-        heap_.arm(slot, absolute ? ns : arm_time() + ns);
-        return error_code();
+    template <class F>
+    hook_handle add_hook(detail::hook_kind kind, F&& cb) {
+        hook_pass_ = &basic_loop::hook_pass; // the first hook: from now on iterations run them
+        return hooks_table_.add(kind, std::forward<F>(cb), iteration_);
     }
-    template <class F>
-    timer_handle start_timer(int64_t ns, bool absolute, int64_t period, F&& cb);
-    template <class F>
-    hook_handle add_hook(hook_kind kind, F&& cb);
-    void run_hooks(hook_kind kind, uint64_t iteration);
     static bool hook_pass(basic_loop& self, bool before_wait);
 
     error_code iterate(int64_t max_wait_ns);
@@ -3405,7 +3669,6 @@ private:
     bool io_lost(uint16_t s, int fd);
     // The frame's slot is a live or retired watcher's (0xffff: none ran).
     void end_io(detail::running_frame& f) { running_io_.end(f, io_pool_, io_[f.slot < io_pool::slots ? f.slot : 0].cb); }
-    void dispatch_timers();
 
     backend backend_; // the fd -> watcher table and the wait
     size_t active_io_;
@@ -3416,20 +3679,14 @@ private:
     io_pool io_pool_;
     io_slot io_[io_pool::slots];
 
-    timer_pool timer_pool_;
-    timer_slot timers_[timer_pool::slots];
-    detail::timer_heap<timer_pool::slots> heap_; // when each fires
+    detail::timer_table<Cap::timers> timers_;
 
     // The callbacks running now (nested in each other by poll() calls from
     // callbacks), so removing one defers freeing its storage.
-    detail::running_slot running_io_, running_timer_;
+    detail::running_slot running_io_;
 
-    hook_pool hook_pool_;
-    hook_slot hook_slots_[hook_pool::slots];
-    size_t idle_hooks_;
+    detail::hook_table<Cap::hooks> hooks_table_;
     bool (*hook_pass_)(basic_loop&, bool); // null until the first hook: see hook_pass()
-    detail::running_slot running_hook_;
-    hook_phase hook_phase_;
     bool stopped_; // the last drive() ended on a stop()
 
     int64_t now_;
@@ -3448,8 +3705,8 @@ private:
 
 template <class Cap, class Clock, class Backend>
 basic_loop<Cap, Clock, Backend>::basic_loop()
-    : backend_(wake_fd_), active_io_(0), iteration_(0), iterations_(0), idle_hooks_(0), hook_pass_(nullptr),
-      hook_phase_(no_hooks), stopped_(false), now_(0), now_valid_(false), dispatching_(false),
+    : backend_(wake_fd_), active_io_(0), iteration_(0), iterations_(0), hook_pass_(nullptr), stopped_(false), now_(0),
+      now_valid_(false), dispatching_(false),
       io_changed_(false), signals_(*this) {}
 
 // Callbacks of live slots are destroyed with the slot arrays.
@@ -3569,7 +3826,7 @@ timer_handle basic_loop<Cap, Clock, Backend>::add_timer(std::chrono::duration<Re
     if (period_ns == 0 && repeat != std::chrono::duration<Rep2, Period2>::zero())
         return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
-    return start_timer(after_ns, false, period_ns, std::forward<F>(cb));
+    return timers_.start([this, after_ns] { return arm_time() + after_ns; }, period_ns, std::forward<F>(cb));
 }
 
 template <class Cap, class Clock, class Backend>
@@ -3578,21 +3835,7 @@ timer_handle basic_loop<Cap, Clock, Backend>::at(std::chrono::duration<Rep, Peri
     int64_t at_ns;
     if (!detail::to_ns(deadline, at_ns)) return timer_handle(errc::bad_timeout);
     if (detail::is_null_callable(cb)) return timer_handle(errc::bad_argument);
-    return start_timer(at_ns, true, 0, std::forward<F>(cb));
-}
-
-template <class Cap, class Clock, class Backend>
-template <class F>
-MICROLOOP_DETAIL_ALWAYS_INLINE timer_handle basic_loop<Cap, Clock, Backend>::start_timer(int64_t ns, bool absolute,
-                                                                               int64_t period, F&& cb) {
-    uint64_t id = timer_pool_.acquire();
-    if (id == 0) return timer_handle(errc::table_full);
-    uint16_t slot = detail::slot_of(id);
-    timer_slot& t = timers_[slot];
-    t.cb.emplace(std::forward<F>(cb));
-    t.period = period;
-    heap_.arm(slot, absolute ? ns : arm_time() + ns); // the clock read only for a timer that is made
-    return timer_handle::from_id(id);
+    return timers_.start([at_ns] { return at_ns; }, 0, std::forward<F>(cb));
 }
 
 template <class Cap, class Clock, class Backend>
@@ -3600,98 +3843,18 @@ template <class Rep, class Period>
 error_code basic_loop<Cap, Clock, Backend>::rearm(timer_handle h, std::chrono::duration<Rep, Period> timeout) {
     int64_t ns = 0;
     const bool valid = detail::to_ns(timeout, ns);
-    return rearm_to(h.id(), valid, ns, false);
-}
-
-// A one-shot whose callback is running (in any frame, also around a nested
-// iteration) and that is not armed now: fired, or cancelled since. Its
-// handle still acts (see rearm()); not a repeating timer its callback
-// cancelled.
-template <class Cap, class Clock, class Backend>
-bool basic_loop<Cap, Clock, Backend>::fired_running(uint64_t id, uint16_t& slot) const {
-    slot = timer_pool_.lookup_retired(id);
-    return slot != timer_pool_.none && running_timer_.released(slot) && timers_[slot].period == 0;
-}
-
-// rearm() of such a one-shot: it takes its place back; any other handle
-// rearm() found stale.
-template <class Cap, class Clock, class Backend>
-error_code basic_loop<Cap, Clock, Backend>::rearm_running(uint64_t id, bool valid, int64_t ns, bool absolute) {
-    uint16_t slot;
-    if (!fired_running(id, slot)) return errc::stale_handle;
-    if (!valid) return errc::bad_timeout;
-    if (!timer_pool_.revive(slot)) return errc::table_full;
-    running_timer_.keep(slot);
-    // The time is read only now: a refused call must not fix the loop's
-    // "now" for the callbacks after it (in an iteration that read no clock).
-    heap_.arm(slot, absolute ? ns : arm_time() + ns);
-    return error_code();
-}
-
-// cancel() of such a one-shot is ok: it is not armed, and stays so.
-template <class Cap, class Clock, class Backend>
-error_code basic_loop<Cap, Clock, Backend>::cancel(timer_handle h) {
-    uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) return fired_running(h.id(), slot) ? error_code() : error_code(errc::stale_handle);
-    release_timer(slot); // its entry, a tombstone now, waits for the top or the slot's next timer
-    return error_code();
+    return timers_.rearm(h.id(), valid, [this, ns] { return arm_time() + ns; });
 }
 
 template <class Cap, class Clock, class Backend>
 std::chrono::nanoseconds basic_loop<Cap, Clock, Backend>::remaining(timer_handle h) const {
-    uint16_t slot = timer_pool_.lookup(h.id());
-    if (slot == timer_pool_.none) return std::chrono::nanoseconds::zero();
-    int64_t left = heap_.deadline(slot) - clock_.now_ns();
+    int64_t at;
+    if (!timers_.deadline(h.id(), at)) return std::chrono::nanoseconds::zero();
+    int64_t left = at - clock_.now_ns();
     return std::chrono::nanoseconds(left > 0 ? left : 0);
 }
 
 // ---- iteration hooks ----------------------------------------------------------
-
-template <class Cap, class Clock, class Backend>
-template <class F>
-hook_handle basic_loop<Cap, Clock, Backend>::add_hook(hook_kind kind, F&& cb) {
-    if (detail::is_null_callable(cb)) return hook_handle(errc::bad_argument);
-    uint64_t id = hook_pool_.acquire();
-    if (id == 0) return hook_handle(errc::table_full);
-    hook_slot& h = hook_slots_[detail::slot_of(id)];
-    h.cb.emplace(std::forward<F>(cb));
-    // Added by a hook before the wait (see hook_pass()): first runs in the
-    // next iteration too.
-    h.added_iter = iteration_ + (hook_phase_ == hooks_before_wait ? 1u : 0u);
-    h.kind = kind;
-    if (kind == hook_idle) ++idle_hooks_;
-    hook_pass_ = &basic_loop::hook_pass;
-    return hook_handle::from_id(id);
-}
-
-template <class Cap, class Clock, class Backend>
-error_code basic_loop<Cap, Clock, Backend>::unwatch(hook_handle h) {
-    const uint16_t slot = hook_pool_.lookup(h.id());
-    if (slot == hook_pool_.none) return errc::stale_handle;
-    if (hook_slots_[slot].kind == hook_idle) --idle_hooks_;
-    running_hook_.release(hook_pool_, hook_slots_[slot].cb, slot);
-    return error_code();
-}
-
-// Runs the hooks of one kind, in slot order; a hook added meanwhile waits
-// for the next iteration. Out of line: an iteration without hooks pays one
-// test.
-template <class Cap, class Clock, class Backend>
-void basic_loop<Cap, Clock, Backend>::run_hooks(hook_kind kind, uint64_t iteration) {
-    const hook_phase was = hook_phase_;
-    hook_phase_ = kind == hook_check ? hooks_after_dispatch : hooks_before_wait;
-    auto restore = detail::on_scope_exit([this, was] { hook_phase_ = was; });
-    for (uint16_t s = 0; s < hook_pool::slots; ++s) {
-        if (!hook_pool_.live(s)) continue;
-        hook_slot& h = hook_slots_[s];
-        if (h.kind != kind || h.added_iter >= iteration) continue; // added in this iteration, or in one nested in it
-        detail::running_frame f;
-        running_hook_.begin(f, s);
-        auto done = detail::on_scope_exit([this, &f, &h] { running_hook_.end(f, hook_pool_, h.cb); });
-        hook_event ev = {hook_handle::from_id(hook_pool_.id_of(s))};
-        invoke(h.cb, source_kind::hook, ev.handle.id(), -1, ev);
-    }
-}
 
 // Before the wait: the idle and prepare hooks, in the outermost iteration
 // only (not in one nested in a callback or a hook); true if the wait must not
@@ -3703,21 +3866,22 @@ void basic_loop<Cap, Clock, Backend>::run_hooks(hook_kind kind, uint64_t iterati
 template <class Cap, class Clock, class Backend>
 bool basic_loop<Cap, Clock, Backend>::hook_pass(basic_loop& self, bool before_wait) {
     const uint64_t iteration = self.iteration_;
-    if (self.hook_phase_ != no_hooks) return false;
+    detail::hook_table<Cap::hooks>& hooks = self.hooks_table_;
+    if (hooks.running()) return false;
     if (!before_wait) {
-        self.run_hooks(hook_check, iteration);
+        hooks.run(detail::hook_check, iteration, self);
         return false;
     }
     if (self.dispatching_) return false;
-    const bool idle = self.idle_hooks_ != 0;
+    const bool idle = hooks.idle() != 0;
     // What the hooks watch now counts for this iteration's wait: they run as
     // if before it began (a watcher added in iteration n is dispatched from
     // n + 1 on).
     --self.iteration_;
     auto restore = detail::on_scope_exit([&self, iteration] { self.iteration_ = iteration; });
-    self.run_hooks(hook_idle, iteration);
-    self.run_hooks(hook_prepare, iteration);
-    return idle || self.idle_hooks_ != 0 || self.active() == 0;
+    hooks.run(detail::hook_idle, iteration, self);
+    hooks.run(detail::hook_prepare, iteration, self);
+    return idle || hooks.idle() != 0 || self.active() == 0;
 }
 
 // ---- the iteration ----------------------------------------------------------
@@ -3746,9 +3910,9 @@ int64_t basic_loop<Cap, Clock, Backend>::select_timeout(int64_t until) {
     // Past deadlines clamp to 0: a difference of exactly -1 must not read as
     // "no limit".
     int64_t wait = until < 0 ? -1 : (until > now_ ? until - now_ : 0);
-    heap_.settle(timer_pool_); // the top's key is its timer's: never wake early
-    if (!heap_.empty()) {
-        int64_t t = heap_.top().deadline > now_ ? heap_.top().deadline - now_ : 0;
+    int64_t first;
+    if (timers_.first(first)) {
+        int64_t t = first > now_ ? first - now_ : 0;
         if (wait < 0 || t < wait) wait = t;
     }
     return wait;
@@ -3760,16 +3924,20 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock, Backend>::itera
     // A nested iteration (poll() from a callback) keeps the outer one's
     // records on this stack and puts them back when it ends: its number (what
     // watchers added meanwhile are compared with) and its time.
+    // (Saved only when nested: the outermost iteration pays one test.)
     const bool outer = dispatching_;
-    const uint64_t outer_iter = iteration_;
-    const int64_t outer_now = now_;
-    const bool outer_now_valid = now_valid_;
-    auto done = detail::on_scope_exit([this, outer, outer_iter, outer_now, outer_now_valid] {
+    struct outer_state {
+        uint64_t iteration;
+        int64_t now;
+        bool now_valid;
+    } saved;
+    if (outer) saved = outer_state{iteration_, now_, now_valid_};
+    auto done = detail::on_scope_exit([this, outer, &saved] {
         dispatching_ = outer;
         if (outer) {
-            iteration_ = outer_iter;
-            now_ = outer_now;
-            now_valid_ = outer_now_valid;
+            iteration_ = saved.iteration;
+            now_ = saved.now;
+            now_valid_ = saved.now_valid;
             io_changed_ = true; // a nested iteration ran callbacks: the outer scan takes the careful path
         }
     });
@@ -3777,11 +3945,11 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock, Backend>::itera
     // Iteration hooks (none: one test): before the timer pass begins, so
     // that timers a prepare hook arms count for this iteration.
     if (hook_pass_ && hook_pass_(*this, true)) max_wait_ns = 0;
-    heap_.begin_pass();
+    timers_.begin_pass();
     // The clock is read only when something depends on it: with no timer and
     // no time limit (run() with fds only, or poll()'s zero wait) the loop pays
     // nothing for time, and timers armed in callbacks read it themselves.
-    const bool timed = timer_pool_.used() > 0 || max_wait_ns > 0; // live timers are armed
+    const bool timed = timers_.used() > 0 || max_wait_ns > 0; // live timers are armed
     int64_t until = -1;
     if (timed) {
         refresh_now();
@@ -3818,7 +3986,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE error_code basic_loop<Cap, Clock, Backend>::itera
         if (backend_.dispatch(*this, ready, n)) drain_wake(); // one call site: inlined
         if (faulted()) return fault();
     }
-    if (!heap_.empty()) dispatch_timers();
+    if (!timers_.empty()) timers_.fire_due(now_, *this);
     // The check hooks, in the outermost iteration (one nested in a callback
     // has outer set; one nested in a hook: hook_pass() sees it).
     if (hook_pass_ && !outer) hook_pass_(*this, false);
@@ -3853,37 +4021,6 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void basic_loop<Cap, Clock, Backend>::io_ready(ui
     unsigned events = ready & io.interest;
     if (events == 0 || io.added_iter >= iteration_) return; // added in this iteration or one nested in it
     call_io(s, fd, events);
-}
-
-template <class Cap, class Clock, class Backend>
-void basic_loop<Cap, Clock, Backend>::dispatch_timers() {
-    for (;;) {
-        heap_.settle(timer_pool_);
-        // Timers armed during this pass wait for the next.
-        if (!heap_.top_due(now_)) break;
-        const typename detail::timer_heap<timer_pool::slots>::entry top = heap_.top();
-        timer_slot& t = timers_[top.slot];
-        uint32_t overruns = 0;
-        if (t.period > 0) {
-            // Next deadline = this one + whole periods; periods that passed
-            // during a stall are skipped and counted, not fired in a burst.
-            int64_t missed = (now_ - top.deadline) / t.period;
-            overruns = missed > 0xffffffffll ? 0xffffffffu : static_cast<uint32_t>(missed);
-            heap_.advance(top.slot, top.deadline + (missed + 1) * t.period);
-        }
-        // Its entry, stale now (a one-shot's: dropped, its slot freed below),
-        // stays at the top until the next settle(): a callback that
-        // re-arms the timer reuses it.
-        detail::running_frame f;
-        running_timer_.begin(f, top.slot);
-        // A one-shot is gone as it fires: its place is free for a timer its
-        // callback arms, and its slot is recycled after the callback (also if
-        // it throws), unless the callback re-armed it.
-        auto done = detail::on_scope_exit([this, &f, &t] { running_timer_.end(f, timer_pool_, t.cb); });
-        if (t.period == 0) release_timer(top.slot);
-        timer_event ev = {timer_handle::from_id(timer_pool_.id_of(top.slot)), overruns};
-        invoke(t.cb, source_kind::timer, ev.handle.id(), -1, ev);
-    }
 }
 
 // ---- fork ---------------------------------------------------------------------

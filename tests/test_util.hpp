@@ -239,11 +239,11 @@ namespace detail {
 struct test_access {
     template <class Loop>
     static uint32_t timer_seq(const Loop& l) {
-        return l.heap_.seq_;
+        return l.timers_.heap_.seq_;
     }
     template <class Loop>
     static void set_timer_seq(Loop& l, uint32_t seq) {
-        l.heap_.seq_ = seq;
+        l.timers_.heap_.seq_ = seq;
     }
     // Sets the generation of a free slot of a pool, as if it had been reused
     // that many times.
@@ -256,8 +256,8 @@ struct test_access {
         return l.io_pool_;
     }
     template <class Loop>
-    static typename Loop::timer_pool& timer_pool(Loop& l) {
-        return l.timer_pool_;
+    static auto timer_pool(Loop& l) -> decltype((l.timers_.pool_)) {
+        return l.timers_.pool_;
     }
     // How long select() would wait now, with no other limit (-1: forever).
     template <class Loop>

@@ -201,7 +201,7 @@ private:
     };
 
     static size_t bucket(int fd) {
-        return static_cast<size_t>((static_cast<uint32_t>(fd) * 2654435769u) >> 8) & (map_size - 1);
+        return narrow<size_t>((static_cast<uint32_t>(fd) * 2654435769u) >> 8) & (map_size - 1); // 32-bit: size_t is uint32_t
     }
     slot_t find(int fd) const {
         for (size_t i = bucket(fd);; i = (i + 1) & (map_size - 1)) {

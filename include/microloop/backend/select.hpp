@@ -287,9 +287,16 @@ MICROLOOP_DETAIL_ALWAYS_INLINE void select_backend<Slots>::scan(Core& core, cons
     int i = 0;
     unsigned long bits = 0; // the careful path resumes with what is left of word i
     bool resume = false;
+#if defined(__OPTIMIZE_SIZE__)
+    // Built for size: one lean scan, without stall detection; with it on,
+    // the careful path serves (it times each callback through invoke()).
+    if (!w && !e && !core.stall_on()) {
+        if (scan_readers<false>(core, r, nwords, i, bits, nready))
+#else
     if (!w && !e) {
         if (!core.stall_on() ? scan_readers<false>(core, r, nwords, i, bits, nready)
                              : scan_readers<true>(core, r, nwords, i, bits, nready))
+#endif
             i = nwords; // done
         else
             resume = true;
