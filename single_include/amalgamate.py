@@ -125,8 +125,9 @@ class Amalgamator:
         """Headers the umbrella does not include (modules included on their
         own) follow it, so the one file holds
         the whole library."""
-        for directory, dirs, files in sorted(os.walk(self.root)):
-            dirs[:] = sorted(d for d in dirs if d != "adapters")
+        for directory, _, files in sorted(os.walk(self.root)):
+            if "adapters" in os.path.relpath(directory, self.root).split(os.sep):
+                continue
             for f in sorted(files):
                 path = os.path.normpath(os.path.join(directory, f))
                 if f.endswith(".hpp") and path not in self.seen:

@@ -756,6 +756,38 @@ private:
 #include <chrono>
 #include <type_traits>
 
+// ---- begin microloop/fd_events.hpp -------------------------------------
+// microloop/fd_events.hpp - what an fd watcher asks for and what its
+// callback is told: the same bits on every backend.
+#ifndef MICROLOOP_FD_EVENTS_HPP
+#define MICROLOOP_FD_EVENTS_HPP
+
+namespace microloop {
+
+// What an fd watcher asks for, and what its callback is told.
+enum : unsigned {
+    readable = 1u,  // read set: data, EOF, a connection to accept
+    writable = 2u,  // write set
+    priority = 4u,  // except set: out-of-band data, tty packet mode, sysfs GPIO edges
+    io_error = 8u   // only reported: the fd was closed while watched (EBADF); the
+                    // watcher is disabled, unwatch() it. Unwatch before close():
+                    // a number reused before the next wait (socket(), dup2())
+                    // is the new file's, and its events reach the old watcher
+};
+
+struct io_event {
+    io_handle handle;
+    int fd;
+    unsigned events; // the ready subset of what was asked for, or io_error
+};
+
+typedef detail::inplace_callback<void(io_event)> io_callback;
+
+} // namespace microloop
+
+#endif // MICROLOOP_FD_EVENTS_HPP
+// ---- end microloop/fd_events.hpp ---------------------------------------
+
 // ---- begin microloop/hooks.hpp -----------------------------------------
 // microloop/hooks.hpp - iteration hooks: callbacks a loop runs at fixed
 // points of every iteration (on_prepare before the wait, on_check after the
@@ -3322,25 +3354,6 @@ template <size_t N> const size_t timer_table<N>::slots;
 // ---- end microloop/timers.hpp ------------------------------------------
 
 namespace microloop {
-
-// What an fd watcher asks for, and what its callback is told.
-enum : unsigned {
-    readable = 1u,  // read set: data, EOF, a connection to accept
-    writable = 2u,  // write set
-    priority = 4u,  // except set: out-of-band data, tty packet mode, sysfs GPIO edges
-    io_error = 8u   // only reported: the fd was closed while watched (EBADF); the
-                    // watcher is disabled, unwatch() it. Unwatch before close():
-                    // a number reused before the next wait (socket(), dup2())
-                    // is the new file's, and its events reach the old watcher
-};
-
-struct io_event {
-    io_handle handle;
-    int fd;
-    unsigned events; // the ready subset of what was asked for, or io_error
-};
-
-typedef detail::inplace_callback<void(io_event)> io_callback;
 
 // Compile-time capacities: how many fd watchers, timers, signal watchers,
 // child watchers and iteration hooks (on_prepare, on_check, on_idle) one

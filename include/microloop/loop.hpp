@@ -22,6 +22,7 @@
 #include "callback.hpp"
 #include "config.hpp"
 #include "error.hpp"
+#include "fd_events.hpp"
 #include "handle.hpp"
 #include "hooks.hpp"
 #include "loop_base.hpp"
@@ -34,25 +35,6 @@
 
 namespace microloop {
 
-// What an fd watcher asks for, and what its callback is told.
-enum : unsigned {
-    readable = 1u,  // read set: data, EOF, a connection to accept
-    writable = 2u,  // write set
-    priority = 4u,  // except set: out-of-band data, tty packet mode, sysfs GPIO edges
-    io_error = 8u   // only reported: the fd was closed while watched (EBADF); the
-                    // watcher is disabled, unwatch() it. Unwatch before close():
-                    // a number reused before the next wait (socket(), dup2())
-                    // is the new file's, and its events reach the old watcher
-};
-
-struct io_event {
-    io_handle handle;
-    int fd;
-    unsigned events; // the ready subset of what was asked for, or io_error
-};
-
-typedef detail::inplace_callback<void(io_event)> io_callback;
-
 // Compile-time capacities: how many fd watchers, timers, signal watchers,
 // child watchers and iteration hooks (on_prepare, on_check, on_idle) one
 // loop can hold. Each slot costs memory (see README). Each is at most 65,533
@@ -61,7 +43,6 @@ template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Childre
 struct capacity {
     static const size_t io = Io, timers = Timers, signals = Signals, children = Children, hooks = Hooks;
 };
-
 
 // The loop. Every table lives inside the object, sized by Cap (a capacity<>);
 // nothing is allocated after construction. One loop per thread: only wake()
@@ -303,7 +284,6 @@ private:
         return hooks_table_.add(kind, std::forward<F>(cb), iteration_);
     }
     static bool hook_pass(basic_loop& self, bool before_wait);
-
 
     error_code iterate(int64_t max_wait_ns);
     // run() (once == false), run_once() and poll(): iterate() has this one
@@ -699,7 +679,6 @@ error_code basic_loop<Cap, Clock, Backend>::after_fork() {
     signals_.after_fork(); // the first hook attached: the last one called
     return error_code();
 }
-
 
 template <size_t Io = 64, size_t Timers = 64, size_t Signals = 8, size_t Children = 8, size_t Hooks = 4>
 using loop = basic_loop<capacity<Io, Timers, Signals, Children, Hooks> >;
