@@ -319,6 +319,26 @@ bool is_null_callable(const F&) { return false; }
 template <class R, class... Args>
 bool is_null_callable(R (*f)(Args...)) { return f == nullptr; }
 
+// The bytes a stored callable lives in, and the checks every one passes: a
+// capture that is too big or over-aligned is a compile-time error.
+template <size_t Size>
+union callback_buffer {
+    unsigned char bytes[Size];
+    void* align_ptr;
+    long long align_ll; // 32-bit ABIs align 64-bit members to 8
+};
+template <class Fn, size_t Size, class F>
+void place_callable(callback_buffer<Size>& buf, F&& f) {
+    static_assert(sizeof(Fn) <= Size,
+                  "microloop: callback captures too much; capture a pointer to your state "
+                  "or raise MICROLOOP_CALLBACK_SIZE");
+    static_assert(alignof(Fn) <= alignof(callback_buffer<Size>),
+                  "microloop: callback captures an over-aligned object; capture a pointer to it");
+    ::new (static_cast<void*>(&buf)) Fn(std::forward<F>(f));
+}
+template <class Fn, class R, class... Args>
+R invoke_stored(void* p, Args... args) { return (*static_cast<Fn*>(p))(static_cast<Args>(args)...); }
+
 // Holds a function pointer or a lambda whose captures fit in Size bytes, in
 // place. Why not std::function: it may allocate, and it drags in exceptions
 // and RTTI. A capture that is too big or over-aligned is a compile-time
@@ -335,14 +355,9 @@ public:
     template <class F>
     void emplace(F&& f) {
         typedef typename std::decay<F>::type Fn;
-        static_assert(sizeof(Fn) <= Size,
-                      "microloop: callback captures too much; capture a pointer to your state "
-                      "or raise MICROLOOP_CALLBACK_SIZE");
-        static_assert(alignof(Fn) <= alignof(storage_t),
-                      "microloop: callback captures an over-aligned object; capture a pointer to it");
         reset();
-        ::new (static_cast<void*>(&buf_)) Fn(std::forward<F>(f));
-        invoke_ = &invoke_fn<Fn>;
+        place_callable<Fn>(buf_, std::forward<F>(f));
+        invoke_ = &invoke_stored<Fn, R, Args...>;
         destroy_ = std::is_trivially_destructible<Fn>::value ? nullptr : &destroy_fn<Fn>;
     }
     void reset() {
@@ -354,27 +369,14 @@ public:
     R operator()(Args... args) { return invoke_(&buf_, static_cast<Args>(args)...); }
 
 private:
-    union storage_t {
-        unsigned char bytes[Size];
-        void* align_ptr;
-        long long align_ll; // 32-bit ABIs align 64-bit members to 8
-    };
-
-    template <class Fn>
-    static R invoke_fn(void* p, Args... args) { return (*static_cast<Fn*>(p))(static_cast<Args>(args)...); }
     template <class Fn>
     static void destroy_fn(void* p) { static_cast<Fn*>(p)->~Fn(); }
 
     R (*invoke_)(void*, Args...);
     void (*destroy_)(void*);
-    storage_t buf_;
+    callback_buffer<Size> buf_;
 };
 
-// Runs f when the scope ends, normally or by an exception thrown from a user
-// callback. microloop never throws, but user code may: whatever bookkeeping
-// surrounds a callback is finished here, so the tables stay consistent and
-// the exception reaches the caller of run(). Works the same with
-// -fno-exceptions (then it is simply the end of the scope).
 // The same for a table whose construction and destruction must cost no code
 // (the iteration hooks: a loop that adds none links none of theirs): it is
 // trivially constructible and destructible, so it holds only callables that
@@ -389,33 +391,24 @@ public:
     template <class F>
     void emplace(F&& f) {
         typedef typename std::decay<F>::type Fn;
-        static_assert(sizeof(Fn) <= Size,
-                      "microloop: callback captures too much; capture a pointer to your state "
-                      "or raise MICROLOOP_CALLBACK_SIZE");
-        static_assert(alignof(Fn) <= alignof(storage_t),
-                      "microloop: callback captures an over-aligned object; capture a pointer to it");
         static_assert(std::is_trivially_destructible<Fn>::value,
                       "microloop: a hook's callback must be trivially destructible; capture pointers or handles");
-        ::new (static_cast<void*>(&buf_)) Fn(std::forward<F>(f));
-        invoke_ = &invoke_fn<Fn>;
+        place_callable<Fn>(buf_, std::forward<F>(f));
+        invoke_ = &invoke_stored<Fn, R, Args...>;
     }
     void reset() {} // nothing to destroy
     R operator()(Args... args) { return invoke_(&buf_, static_cast<Args>(args)...); }
 
 private:
-    union storage_t {
-        unsigned char bytes[Size];
-        void* align_ptr;
-        long long align_ll;
-    };
-
-    template <class Fn>
-    static R invoke_fn(void* p, Args... args) { return (*static_cast<Fn*>(p))(static_cast<Args>(args)...); }
-
     R (*invoke_)(void*, Args...);
-    storage_t buf_;
+    callback_buffer<Size> buf_;
 };
 
+// Runs f when the scope ends, normally or by an exception thrown from a user
+// callback. microloop never throws, but user code may: whatever bookkeeping
+// surrounds a callback is finished here, so the tables stay consistent and
+// the exception reaches the caller of run(). Works the same with
+// -fno-exceptions (then it is simply the end of the scope).
 template <class F>
 class scope_exit {
 public:
@@ -513,6 +506,8 @@ private:
 
 typedef basic_handle<struct io_tag> io_handle;
 typedef basic_handle<struct timer_tag> timer_handle;
+typedef basic_handle<struct signal_tag> signal_handle;
+typedef basic_handle<struct child_tag> child_handle;
 
 // How full a table is, and how full it ever was since it was made: size
 // capacities from `high_water` measured in a real run.
@@ -858,6 +853,16 @@ typedef detail::inplace_callback<void(const stall_report&)> stall_callback;
 namespace detail {
 
 struct test_access; // lets the tests reach internal counters (wrap tests)
+
+// What a loop's Backend argument is (use_select, use_epoll): it names the
+// backend class for a loop's watcher slot count.
+template <template <size_t> class B>
+struct backend_tag {
+    template <size_t Slots>
+    struct of {
+        typedef B<Slots> type;
+    };
+};
 
 // static_cast for types whose width depends on the target (time_t, pid_t,
 // int64_t...): written in a template, so the cast that is a no-op on one
@@ -1815,12 +1820,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool epoll_backend<Slots>::dispatch(Core& core, r
 } // namespace detail
 
 // basic_loop's Backend argument for epoll: any fd (see epoll_loop<>).
-struct use_epoll {
-    template <size_t Slots>
-    struct of {
-        typedef detail::epoll_backend<Slots> type;
-    };
-};
+struct use_epoll : detail::backend_tag<detail::epoll_backend> {};
 
 } // namespace microloop
 
@@ -2178,12 +2178,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& co
 } // namespace detail
 
 // basic_loop's Backend argument for select(): fds below FD_SETSIZE.
-struct use_select {
-    template <size_t Slots>
-    struct of {
-        typedef detail::select_backend<Slots> type;
-    };
-};
+struct use_select : detail::backend_tag<detail::select_backend> {};
 
 } // namespace microloop
 
@@ -2294,9 +2289,6 @@ private:
 #include <atomic>
 
 namespace microloop {
-
-typedef basic_handle<struct signal_tag> signal_handle;
-typedef basic_handle<struct child_tag> child_handle;
 
 // What a signal callback is told.
 struct signal_event {

@@ -70,6 +70,8 @@ private:
 
 typedef basic_handle<struct io_tag> io_handle;
 typedef basic_handle<struct timer_tag> timer_handle;
+typedef basic_handle<struct signal_tag> signal_handle;
+typedef basic_handle<struct child_tag> child_handle;
 
 // How full a table is, and how full it ever was since it was made: size
 // capacities from `high_water` measured in a real run.

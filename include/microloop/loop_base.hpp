@@ -58,6 +58,16 @@ namespace detail {
 
 struct test_access; // lets the tests reach internal counters (wrap tests)
 
+// What a loop's Backend argument is (use_select, use_epoll): it names the
+// backend class for a loop's watcher slot count.
+template <template <size_t> class B>
+struct backend_tag {
+    template <size_t Slots>
+    struct of {
+        typedef B<Slots> type;
+    };
+};
+
 // static_cast for types whose width depends on the target (time_t, pid_t,
 // int64_t...): written in a template, so the cast that is a no-op on one
 // target is not flagged by -Wuseless-cast there and still narrows explicitly

@@ -60,9 +60,6 @@
 
 namespace microloop {
 
-typedef basic_handle<struct signal_tag> signal_handle;
-typedef basic_handle<struct child_tag> child_handle;
-
 // What a signal callback is told.
 struct signal_event {
     signal_handle handle;

@@ -493,12 +493,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool epoll_backend<Slots>::dispatch(Core& core, r
 } // namespace detail
 
 // basic_loop's Backend argument for epoll: any fd (see epoll_loop<>).
-struct use_epoll {
-    template <size_t Slots>
-    struct of {
-        typedef detail::epoll_backend<Slots> type;
-    };
-};
+struct use_epoll : detail::backend_tag<detail::epoll_backend> {};
 
 } // namespace microloop
 

@@ -353,12 +353,7 @@ MICROLOOP_DETAIL_ALWAYS_INLINE bool select_backend<Slots>::scan_readers(Core& co
 } // namespace detail
 
 // basic_loop's Backend argument for select(): fds below FD_SETSIZE.
-struct use_select {
-    template <size_t Slots>
-    struct of {
-        typedef detail::select_backend<Slots> type;
-    };
-};
+struct use_select : detail::backend_tag<detail::select_backend> {};
 
 } // namespace microloop
 
