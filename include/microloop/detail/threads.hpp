@@ -25,6 +25,14 @@
 #include "../config.hpp"
 #include "../error.hpp"
 
+// A pause point for the library's own tests, at the moments of the rings
+// where another thread's interleaving matters: empty, so it costs nothing.
+// A test program defines it before its first microloop header (every one of
+// its files alike) to stop a thread there.
+#ifndef MICROLOOP_DETAIL_TEST_YIELD
+#define MICROLOOP_DETAIL_TEST_YIELD(where)
+#endif
+
 namespace microloop {
 namespace detail {
 
@@ -69,6 +77,7 @@ public:
             intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
             if (diff == 0) {
                 if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+                    MICROLOOP_DETAIL_TEST_YIELD("spmc_ring::pop claimed");
                     v = c.value;
                     c.seq.store(pos + Size, std::memory_order_release);
                     return true;
