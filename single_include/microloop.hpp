@@ -4583,11 +4583,13 @@ private:
 // Storage: Queue slots, each holding a submission from submit() until its
 // done returns (queued, running, or finished and waiting for the loop), plus
 // one spare done callback, so a done may submit again while the pool is
-// full. submit() is refused at once with errc::table_full when the Queue
+// full (a done run inside another's nested poll() finds the spare taken and
+// keeps its slot until it returns). One batch of dones per pass. submit() is refused at once with errc::table_full when the Queue
 // slots are taken; it never blocks and never allocates.
 //
 // How it works. Loop thread to workers: a bounded lock-free ring of slot
-// indices (Vyukov's MPMC queue, one producer) and a POSIX semaphore that
+// indices (detail::spmc_ring: one producer, a cell claimed by one CAS is
+// free at once) and a POSIX semaphore that
 // idle workers sleep on (sem_post is a futex wake only when one sleeps).
 // Workers to the loop: a lock-free stack of finished slots (a CAS push; the
 // loop takes the whole stack with one exchange and reverses it to completion
@@ -4609,8 +4611,9 @@ private:
 //
 // fork(): the child has none of the threads. After loop.after_fork() the
 // child's pool drops the parent's submissions (their done callbacks are not
-// called) and refuses new ones with errc::forked; destroying it there joins
-// nothing.
+// called, finished or not) and refuses new ones with errc::forked;
+// destroying it there joins nothing, also without after_fork() (the
+// destructor checks the pid).
 //
 // Costs nothing unless used: every function is a template member, so a
 // program that includes this header but makes no pool references no pthread
@@ -4620,6 +4623,8 @@ private:
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <type_traits>
@@ -4649,15 +4654,32 @@ private:
 
 #include <atomic>
 
+// A pause point for the library's own tests, at the moments of the rings
+// where another thread's interleaving matters: empty, so it costs nothing.
+// A test program defines it before its first microloop header (every one of
+// its files alike) to stop a thread there.
+#ifndef MICROLOOP_DETAIL_TEST_YIELD
+#define MICROLOOP_DETAIL_TEST_YIELD(where)
+#endif
+
 namespace microloop {
 namespace detail {
 
 constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
 
 // A bounded ring of 32-bit values with one producer (a loop thread) and many
-// consumers (worker threads), after Dmitry Vyukov's bounded queue: each cell
-// carries a sequence number, so neither side takes a lock. Size is a power
-// of two. What the worker pool and the thread AIO engine hand their workers.
+// consumers (worker threads), neither side taking a lock. Two counters: the
+// producer publishes a value by moving `enqueue_` past its cell, a consumer
+// reads the value of the cell at `dequeue_` and claims it by moving
+// `dequeue_` past it with a compare-and-swap; a failed CAS means another
+// consumer took that value, and the value read is dropped. A cell is free
+// again the moment it is claimed: a consumer never owes the ring a second
+// store. (Vyukov's queue, where a consumer frees its cell with a store after
+// its claim, let a consumer preempted between the two keep the producer out
+// of that cell once the producer came round to it again, however empty the
+// ring was: a push refused, and a value lost where the caller counted on
+// room.) So a push fails only when Size values are in the ring. What the
+// worker pool and the thread AIO engine hand their workers.
 template <size_t Size>
 class spmc_ring {
     static_assert(Size >= 1 && (Size & (Size - 1)) == 0, "spmc_ring: a power of two");
@@ -4669,57 +4691,54 @@ public:
 
     // Empty again; only while no other thread uses the ring.
     void reset() {
-        for (size_t i = 0; i < Size; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
+        for (size_t i = 0; i < Size; ++i) cells_[i].store(0, std::memory_order_relaxed);
         enqueue_.store(0, std::memory_order_relaxed);
         dequeue_.store(0, std::memory_order_relaxed);
     }
     // The producer only. Publishes v, and what was written before (release);
-    // false when the ring is full.
+    // false when Size values are in the ring.
     bool try_push(uint32_t v) {
-        size_t pos = enqueue_.load(std::memory_order_relaxed);
-        cell& c = cells_[pos & (Size - 1)];
-        if (c.seq.load(std::memory_order_acquire) != pos) return false;
-        c.value = v;
-        enqueue_.store(pos + 1, std::memory_order_relaxed);
-        c.seq.store(pos + 1, std::memory_order_release);
+        const size_t pos = enqueue_.load(std::memory_order_relaxed);
+        // Acquire: the consumer that claimed this cell read it before.
+        if (pos - dequeue_.load(std::memory_order_acquire) >= Size) return false;
+        cells_[pos & (Size - 1)].store(v, std::memory_order_relaxed);
+        enqueue_.store(pos + 1, std::memory_order_release);
         return true;
     }
     // Any thread. False when the ring is empty.
     bool pop(uint32_t& v) {
         size_t pos = dequeue_.load(std::memory_order_relaxed);
         for (;;) {
-            cell& c = cells_[pos & (Size - 1)];
-            size_t seq = c.seq.load(std::memory_order_acquire);
-            intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
-            if (diff == 0) {
-                if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-                    v = c.value;
-                    c.seq.store(pos + Size, std::memory_order_release);
-                    return true;
-                }
-            } else if (diff < 0) {
-                return false; // empty
-            } else {
-                pos = dequeue_.load(std::memory_order_relaxed);
+            if (pos == enqueue_.load(std::memory_order_acquire)) return false; // empty
+            // Read before the claim: once claimed, the producer may reuse
+            // the cell. A value the producer rewrites meanwhile is never
+            // returned: dequeue_ has moved on, and the CAS fails.
+            const uint32_t value = cells_[pos & (Size - 1)].load(std::memory_order_relaxed);
+            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_acq_rel,
+                                               std::memory_order_relaxed)) {
+                MICROLOOP_DETAIL_TEST_YIELD("spmc_ring::pop claimed");
+                v = value;
+                return true;
             }
         }
     }
 
 private:
-    struct cell {
-        std::atomic<size_t> seq;
-        uint32_t value;
-    };
-    cell cells_[Size];
+    std::atomic<uint32_t> cells_[Size];
     std::atomic<size_t> enqueue_, dequeue_;
 };
 
 // Completions handed from worker threads to the loop's thread: a Treiber
 // stack that workers push to and the loop thread takes whole (so no ABA
 // problem), then hands out oldest first. The entries and their links are the
-// caller's; `next(i)` gives entry i's link (a uint32_t&). pop() keeps what
-// it took in a member, so that a callback that throws between two pops
-// leaves the rest for the next call.
+// caller's; `next(i)` gives entry i's link (a uint32_t&).
+//
+// One batch per pass: take() moves what the workers pushed so far into the
+// batch (unless a batch is still under way), pop() hands out the batch only,
+// never what was pushed since. The batch is a member, not the caller's
+// local: a nested pass (a callback that polls the loop) goes on with the
+// same batch, and a callback that throws between two pops leaves the rest
+// for the next pass. Loop-thread pushes (a cancel) wait for the next pass.
 class completion_stack {
 public:
     static const uint32_t empty = 0xffffffffu;
@@ -4740,31 +4759,34 @@ public:
         do next(i) = top;
         while (!top_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
     }
-    // The loop's thread: the oldest completion, or empty.
+    // The loop's thread, at the start of a pass: what was pushed so far
+    // becomes the batch, oldest first, if the last batch is done.
+    template <class Next>
+    void take(Next next) {
+        if (ready_ != empty || top_.load(std::memory_order_relaxed) == empty) return;
+        uint32_t top = top_.exchange(empty, std::memory_order_acquire);
+        uint32_t order = empty; // the stack is newest first: reverse it
+        while (top != empty) {
+            uint32_t below = next(top);
+            next(top) = order;
+            order = top;
+            top = below;
+        }
+        ready_ = order;
+    }
+    // The loop's thread: the batch's oldest completion, or empty.
     template <class Next>
     uint32_t pop(Next next) {
-        if (ready_ == empty) {
-            uint32_t top = top_.exchange(empty, std::memory_order_acquire);
-            uint32_t order = empty; // the stack is newest first: reverse it
-            while (top != empty) {
-                uint32_t below = next(top);
-                next(top) = order;
-                order = top;
-                top = below;
-            }
-            ready_ = order;
-            if (ready_ == empty) return empty;
-        }
         const uint32_t i = ready_;
-        ready_ = next(i);
+        if (i != empty) ready_ = next(i);
         return i;
     }
-    // The loop's thread: whether pop() would find something.
+    // The loop's thread: whether a batch or a push is waiting.
     bool pending() const { return ready_ != empty || top_.load(std::memory_order_relaxed) != empty; }
 
 private:
     std::atomic<uint32_t> top_;
-    uint32_t ready_; // taken from the stack, oldest first, not yet popped
+    uint32_t ready_; // the batch: taken from the stack, oldest first, not yet popped
 };
 
 // Every signal blocked in the calling thread for its lifetime: threads made
@@ -4958,10 +4980,10 @@ public:
 private:
     enum : unsigned char { st_free, st_queued, st_running, st_finished, st_canceled };
     static const uint32_t none = 0xffffffffu;
-    // At most Queue slots are pending, and each worker between taking a cell
-    // and giving it back (a preempted pop) holds one more: with fewer cells
-    // the loop thread could find the ring full (it did, under ThreadSanitizer).
-    static const size_t ring_size = detail::pow2_at_least(Queue + Threads);
+    // A slot is in the ring at most once (pushed by submit(), free again only
+    // after a worker popped it and its done ran), and a popped cell is free
+    // at once (spmc_ring): Queue cells are never full.
+    static const size_t ring_size = detail::pow2_at_least(Queue);
 
     struct slot {
         detail::inplace_callback<int64_t(), Size> work;
@@ -4973,7 +4995,8 @@ private:
 
     static void* worker_main(void* arg);
     static void on_wake_fn(loop_hook* h) { static_cast<worker_pool*>(h)->complete(Queue); }
-    static void on_fork_fn(loop_hook* h);
+    static void on_fork_fn(loop_hook* h) { static_cast<worker_pool*>(h)->abandon(); }
+    void abandon();
     void push_pending(uint32_t i);
     bool pop_pending(uint32_t& i) { return ring_.pop(i); } // the workers, and shutdown() after them
     // A slot's link in the completion stack.
@@ -4986,6 +5009,7 @@ private:
     void finish(uint32_t i);
 
     loop_base* loop_;
+    pid_t pid_; // in a forked child, the threads and what is in flight are the parent's
     error_code error_;
     bool shut_;
     bool forked_;
@@ -5003,7 +5027,7 @@ private:
 
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
-    : loop_(&l), shut_(false), forked_(false), nfree_slots_(Queue), nfree_dones_(Queue + 1) {
+    : loop_(&l), pid_(getpid()), shut_(false), forked_(false), nfree_slots_(Queue), nfree_dones_(Queue + 1) {
     for (size_t i = 0; i < Queue; ++i) {
         slots_[i].result = 0;
         slots_[i].state.store(st_free, std::memory_order_relaxed);
@@ -5053,6 +5077,7 @@ template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::shutdown() {
     if (shut_) return;
     shut_ = true;
+    if (!forked_ && getpid() != pid_) abandon(); // a child that did not call after_fork(): nothing here is its own
     if (!forked_) {
         // Queued work never starts: a worker that takes it finds it canceled.
         for (size_t i = 0; i < Queue; ++i) {
@@ -5063,16 +5088,15 @@ void worker_pool<Threads, Queue, Size>::shutdown() {
         // The workers are gone: what they left in the ring is canceled work.
         uint32_t i;
         while (pop_pending(i)) push_completed(i);
-        complete(static_cast<size_t>(-1)); // every remaining done, here
+        while (completed_.pending()) complete(static_cast<size_t>(-1)); // every remaining done, here
     }
     loop_->detach(this);
 }
 
-// Single producer (the loop thread); enough cells for every slot and every
-// worker's pop in progress, so never full.
+// Single producer (the loop thread); a cell for every slot, so never full.
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
-    bool queued = ring_.try_push(i); // Queue pending + Threads mid-pop fit: never full
+    bool queued = ring_.try_push(i); // at most Queue slots in it: never full
     MICROLOOP_ASSERT(queued);
     (void)queued;
 }
@@ -5095,22 +5119,30 @@ void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
     return nullptr;
 }
 
-// Runs up to `limit` done callbacks; if more are waiting, the loop comes back
-// for them in its next iteration (workers that keep finishing cannot starve
-// the loop's other sources). A done that throws, or calls shutdown(), leaves
-// the rest for the next call.
+// One batch per pass: the dones of what had finished when the pass began (at
+// most Queue), not of what finishes meanwhile; if more are waiting, the loop
+// comes back for them in its next iteration (workers that keep finishing
+// cannot starve the loop's other sources). The batch is the completion
+// stack's member: a done that polls the loop goes on with it in the nested
+// pass, and one that throws, or calls shutdown(), leaves the rest for the
+// next call. A forked child's pool has nothing of its own to call back.
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::complete(size_t limit) {
+    if (forked_) return;
+    completed_.take(link_of{slots_});
     for (size_t n = 0; n < limit; ++n) {
         const uint32_t i = completed_.pop(link_of{slots_});
-        if (i == detail::completion_stack::empty) return;
+        if (i == detail::completion_stack::empty) break;
         finish(i);
     }
     if (completed_.pending()) loop_->wake();
 }
 
 // The slot is free before done runs (done may submit again, at capacity);
-// its done callback lives in dones_, which has one entry to spare.
+// its done callback lives in dones_, which has one entry to spare. One for
+// the pass, not one per done: a done that runs inside another's nested
+// poll() (which took the spare) keeps its slot until it returns, so that a
+// free slot always has a free done entry (nfree_slots_ <= nfree_dones_).
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::finish(uint32_t i) {
     slot& s = slots_[i];
@@ -5119,23 +5151,45 @@ void worker_pool<Threads, Queue, Size>::finish(uint32_t i) {
     const uint32_t d = s.done;
     s.work.reset();
     s.state.store(st_free, std::memory_order_relaxed);
-    free_slots_[nfree_slots_++] = i;
-    --active;
-    auto release = detail::on_scope_exit([this, d] { // also if done throws
+    const bool early = nfree_slots_ < nfree_dones_; // a spare done entry backs the freed slot
+    if (early) {
+        free_slots_[nfree_slots_++] = i;
+        --active;
+    }
+    auto release = detail::on_scope_exit([this, d, i, early] { // also if done throws
         dones_[d].reset();
         free_dones_[nfree_dones_++] = d;
+        if (!early) {
+            free_slots_[nfree_slots_++] = i;
+            --active;
+        }
     });
     loop_->invoke(dones_[d], source_kind::work, 0, -1, ev);
 }
 
+// A forked child's copy (after_fork(), or shutdown() in a child that did not
+// call it): the threads, the ring and the completion stack hold the
+// parent's work. Dropped without calling back: the child refuses
+// submissions (errc::forked) and never looks at the parent's entries.
 template <size_t Threads, size_t Queue, size_t Size>
-void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
-    worker_pool* self = static_cast<worker_pool*>(h);
-    self->forked_ = true;
-    self->crew_.forget(); // the parent's threads; nothing to join here
-    for (size_t i = 0; i < Queue; ++i) self->slots_[i].work.reset();
-    for (size_t i = 0; i <= Queue; ++i) self->dones_[i].reset();
-    self->active = 0;
+void worker_pool<Threads, Queue, Size>::abandon() {
+    forked_ = true;
+    crew_.forget(); // the parent's threads; nothing to join here
+    ring_.reset();
+    completed_.reset();
+    for (size_t i = 0; i < Queue; ++i) {
+        slots_[i].work.reset();
+        slots_[i].state.store(st_free, std::memory_order_relaxed);
+        free_slots_[i] = detail::narrow<uint32_t>(Queue - 1 - i);
+    }
+    for (size_t i = 0; i <= Queue; ++i) {
+        dones_[i].reset();
+        free_dones_[i] = detail::narrow<uint32_t>(Queue - i);
+    }
+    nfree_slots_ = Queue;
+    nfree_dones_ = Queue + 1;
+    active = 0;
+    pid_ = getpid();
 }
 
 } // namespace microloop
@@ -5578,10 +5632,11 @@ protected:
         uint16_t next, prev; // the in-flight list, in submission order
         uint16_t callback;   // which of callbacks_ is this operation's
     };
-    // An operation taken out of the table, its callback not yet run.
+    // An operation taken out of the list, its callback not yet run.
     struct retired {
         uint64_t id;
         uint16_t callback;
+        uint16_t slot; // still taken until the callback returns, or none
     };
 
     // Attached to the loop, which calls on_wake after every wake-up and
@@ -5611,9 +5666,12 @@ protected:
         ++inline_reads_;
         return true;
     }
-    // Out of the list and the table: the handle is stale and the slot free
-    // while the callback runs, which it does from the spare callback storage
-    // (a callback may submit again at capacity).
+    // Out of the list and, when the spare callback storage can back it, out
+    // of the table: the handle is stale and the slot free while the callback
+    // runs (so it may submit again at capacity), the slot taking the spare
+    // storage. The spare is the pass's, not each callback's: a callback that
+    // runs inside another's nested poll() finds it taken, and keeps its slot
+    // until it returns (for it the table is as full as before).
     retired retire(uint16_t i);
     // The callback of a retired operation: result, or err (an errno;
     // ECANCELED: canceled).
@@ -5634,7 +5692,7 @@ protected:
     bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
     uint64_t inline_reads_;
     uint16_t head_, tail_; // operations in flight, oldest first
-    uint16_t spare_;       // the callbacks_ entry no slot holds
+    uint16_t spare_;       // the callbacks_ entry no slot holds, or none while a callback runs from it
     slot_pool<N> pool_;
     link links_[N];
     // One callback more than slots: a finished operation's slot is free
@@ -5698,10 +5756,13 @@ typename aio_core<N>::retired aio_core<N>::retire(uint16_t i) {
     else tail_ = l.prev;
     l.next = l.prev = none;
     --hook_.active;
-    const retired r = {pool_.id_of(i), l.callback};
-    l.callback = spare_;
-    spare_ = r.callback;
-    pool_.release(i);
+    retired r = {pool_.id_of(i), l.callback, i};
+    if (spare_ != none) {
+        l.callback = spare_;
+        spare_ = none; // until this callback returns
+        r.slot = none;
+        pool_.release(i);
+    }
     return r;
 }
 
@@ -5714,7 +5775,11 @@ void aio_core<N>::call_back(const retired& r, int fd, ssize_t result, int err) {
     else if (err == ECANCELED) ev.error = error_code(errc::canceled, ECANCELED);
     else ev.error = error_code(errc::system, err);
     aio_callback& cb = callbacks_[r.callback];
-    auto done = on_scope_exit([&cb] { cb.reset(); }); // also if it throws
+    auto done = on_scope_exit([this, &cb, &r] { // also if it throws
+        cb.reset();
+        if (r.slot != none) pool_.release(r.slot); // it kept its own storage
+        else spare_ = r.callback;
+    });
     loop_.invoke(cb, source_kind::aio, r.id, fd, ev);
 }
 
@@ -5913,6 +5978,7 @@ private:
         bool busy;
         bool sync;   // fsync or fdatasync: reported after what was submitted before it on its fd
         bool served; // a read done in the loop's thread (all of aio_nbytes), never given to the libc
+        bool batch;  // in flight when the pass under way began
     };
 
     static void on_wake(loop_hook* h) { core::template engine_of<aio_engine>(h).complete(); }
@@ -5936,6 +6002,7 @@ aio_engine<N, posix_aio_engine>::aio_engine(loop_base& owner) : core(owner, &on_
         slots_[i].busy = false;
         slots_[i].sync = false;
         slots_[i].served = false;
+        slots_[i].batch = false;
     }
     this->setup_error_ = aio_signal<>::install();
     if (!this->setup_error_) {
@@ -6006,6 +6073,7 @@ aio_handle aio_engine<N, posix_aio_engine>::submit(typename core::op_kind op, in
         return this->fail(errc::system, e);
     }
     s.busy = true;
+    s.batch = false;
     s.sync = op == aio_ops::op_fsync || op == aio_ops::op_fdatasync;
     s.served = served;
     this->link_last(index);
@@ -6017,6 +6085,9 @@ template <size_t N>
 error_code aio_engine<N, posix_aio_engine>::cancel(aio_handle h) {
     uint16_t index = this->pool_.lookup(h.id());
     if (index == this->pool_.none) return errc::stale_handle;
+    // Being called back inside another callback's nested poll(): its slot
+    // is still taken (aio_core::retire()), its handle done with.
+    if (!slots_[index].busy) return errc::stale_handle;
     if (slots_[index].served) return error_code(); // done already: called back with its result
     struct aiocb& ctl = cbs_[index];
     int r = aio_cancel(ctl.aio_fildes, &ctl);
@@ -6035,16 +6106,21 @@ error_code aio_engine<N, posix_aio_engine>::cancel(aio_handle h) {
 // as the promise "completes after every write submitted before it" means to
 // the user. (The libc finishes them in that order, but both may finish
 // between our two questions.) Other operations are reported as they finish,
-// so a cancelled read is not kept waiting behind a blocked one. Operations
-// submitted by the callbacks of this pass wait for the next one.
+// so a cancelled read is not kept waiting behind a blocked one. One batch
+// per pass: the operations in flight when it began, marked so; those the
+// callbacks of this pass submit wait for the next one. A callback that polls
+// the loop runs a pass of its own, which may call back, and free, the
+// operation this walk would visit next: then that one is no longer marked
+// (or no longer in the list, its links none), and this walk stops or skips
+// it instead of calling it back twice.
 template <size_t N>
 void aio_engine<N, posix_aio_engine>::complete() {
-    const uint16_t last = this->tail_;
+    for (uint16_t i = this->head_; i != core::none; i = this->links_[i].next) slots_[i].batch = true;
     int busy_fds[N] = {}; // fds with an operation still in progress, seen so far
     size_t nbusy = 0;
     for (uint16_t i = this->head_, next; i != core::none; i = next) {
         next = this->links_[i].next; // read first: i leaves the list below
-        const bool at_end = i == last;
+        if (!slots_[i].batch) continue; // submitted in this pass, or called back by a nested one
         struct aiocb& ctl = cbs_[i];
         const int fd = ctl.aio_fildes;
         bool seen = false;
@@ -6059,9 +6135,9 @@ void aio_engine<N, posix_aio_engine>::complete() {
             const ssize_t result = served ? static_cast<ssize_t>(ctl.aio_nbytes) : aio_return(&ctl);
             s.busy = false;
             s.served = false;
+            s.batch = false;
             this->call_back(this->retire(i), fd, result, err);
         }
-        if (at_end) break;
     }
 }
 
@@ -6070,7 +6146,7 @@ void aio_engine<N, posix_aio_engine>::complete() {
 // nothing of them. Forget them without calling their callbacks.
 template <size_t N>
 void aio_engine<N, posix_aio_engine>::abandon() {
-    for (size_t i = 0; i < N; ++i) slots_[i].busy = slots_[i].served = false;
+    for (size_t i = 0; i < N; ++i) slots_[i].busy = slots_[i].served = slots_[i].batch = false;
     this->forget_all();
 }
 
@@ -6085,7 +6161,7 @@ void aio_engine<N, posix_aio_engine>::abandon() {
 // <microloop/aio.hpp>): aio<N, thread_aio_engine<Threads>>'s engine, the
 // default.
 //
-// Loop thread to workers: a bounded lock-free ring (Vyukov's MPMC queue, one
+// Loop thread to workers: a bounded lock-free ring (detail::spmc_ring, one
 // producer) of {slot, ticket} entries and a POSIX semaphore that idle workers
 // sleep on. A worker claims an operation by a compare-and-swap of the slot's
 // state from {ticket, queued} to {ticket, running}, runs pread()/pwrite()/
@@ -6214,6 +6290,7 @@ private:
     size_t stack_bytes_;
     size_t held_; // fsyncs waiting for an earlier operation on their fd
     uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
+    uint32_t inline_batch_;              // those of them the pass under way calls back
     op ops_[N];
     thread_crew<Threads> crew_;
     spmc_ring<ring_size> ring_;   // entries (slot | ticket << 16) to run, to the workers
@@ -6228,7 +6305,7 @@ const size_t aio_engine<N, thread_aio_engine<T> >::ring_size;
 template <size_t N, size_t T>
 aio_engine<N, thread_aio_engine<T> >::aio_engine(loop_base& owner, size_t stack_bytes)
     : core(owner, &on_wake, &on_fork), stack_bytes_(stack_bytes), held_(0), inline_head_(no_slot),
-      inline_tail_(no_slot) {
+      inline_tail_(no_slot), inline_batch_(no_slot) {
     for (size_t i = 0; i < N; ++i) {
         op& o = ops_[i];
         o.fd = -1;
@@ -6250,7 +6327,7 @@ template <size_t N, size_t T>
 void aio_engine<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
     completed_.reset();
-    inline_head_ = inline_tail_ = no_slot;
+    inline_head_ = inline_tail_ = inline_batch_ = no_slot;
 }
 
 template <size_t N, size_t T>
@@ -6327,7 +6404,8 @@ void aio_engine<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
 // One producer (the loop thread). At most N entries are live (one per queued
 // operation); the others are stale, left by cancel(). When the ring is full
 // the loop takes entries from its head itself: a stale one is dropped, a live
-// one goes back at the tail, and at least half of them are stale.
+// one goes back at the tail, into the cell the pop just freed (a claimed
+// cell is free at once: spmc_ring), and at least half of them are stale.
 template <size_t N, size_t T>
 void aio_engine<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
     while (!ring_.try_push(entry)) {
@@ -6335,7 +6413,7 @@ void aio_engine<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
         if (!ring_.pop(old)) continue; // a worker took one meanwhile: there is room now
         const op& o = ops_[old & 0xffffu];
         if (o.state.load(std::memory_order_relaxed) == state_of(static_cast<uint16_t>(old >> 16), st_queued)) {
-            // Live: back at the tail, in the cell just freed (or a later one).
+            // Live: back at the tail; the pop made room.
             bool requeued = ring_.try_push(old);
             MICROLOOP_ASSERT(requeued);
             (void)requeued;
@@ -6389,6 +6467,9 @@ error_code aio_engine<N, thread_aio_engine<T> >::cancel(aio_handle h) {
     const uint16_t i = this->pool_.lookup(h.id());
     if (i == this->pool_.none) return errc::stale_handle;
     op& o = ops_[i];
+    // Being called back inside another callback's nested poll(): its slot
+    // is still taken (aio_core::retire()), its handle done with.
+    if ((o.state.load(std::memory_order_relaxed) & 0xffu) == st_free) return errc::stale_handle;
     uint32_t queued = state_of(o.ticket, st_queued);
     bool won = o.state.compare_exchange_strong(queued, state_of(o.ticket, st_canceled), std::memory_order_acq_rel);
     if (!won && queued == state_of(o.ticket, st_held)) {
@@ -6403,29 +6484,34 @@ error_code aio_engine<N, thread_aio_engine<T> >::cancel(aio_handle h) {
     return error_code();
 }
 
-// In the loop's thread after every wake-up: calls back the reads done in
-// the loop's thread before this pass (oldest first), then what the workers
-// finished, in the order they finished. The completion stack and the inline
-// list are members, so a callback that throws leaves the rest for the next
-// wake-up (the loop wakes itself again when a hook throws).
+// In the loop's thread after every wake-up: one batch, what was there when
+// the pass began. The reads done in the loop's thread before it (oldest
+// first), then what the workers had finished (in the order they finished)
+// and what cancel() had reported. What this pass's callbacks submit, cancel
+// or get done meanwhile waits for the next iteration, as for every other
+// source (whoever added it woke the loop). The batches are members, not
+// locals: a callback that polls the loop goes on with the same batch in the
+// nested pass, and one that throws leaves the rest for the next wake-up
+// (the loop wakes itself again when a hook throws).
 template <size_t N, size_t T>
 void aio_engine<N, thread_aio_engine<T> >::complete() {
-    if (inline_head_ != no_slot) {
-        const uint32_t last = inline_tail_; // later ones were submitted by this pass's callbacks
-        for (;;) {
-            const uint16_t i = static_cast<uint16_t>(inline_head_);
-            inline_head_ = ops_[i].done_next;
-            if (inline_head_ == no_slot) inline_tail_ = no_slot;
-            const bool at_end = i == last;
-            finish(i);
-            if (at_end) break;
-        }
+    if (inline_batch_ == no_slot) {
+        inline_batch_ = inline_head_;
+        inline_head_ = inline_tail_ = no_slot;
+    }
+    completed_.take(link_of{ops_});
+    while (inline_batch_ != no_slot) {
+        const uint16_t i = static_cast<uint16_t>(inline_batch_);
+        inline_batch_ = ops_[i].done_next;
+        finish(i);
     }
     for (;;) {
         const uint32_t i = completed_.pop(link_of{ops_});
-        if (i == completion_stack::empty) return;
+        if (i == completion_stack::empty) break;
         finish(static_cast<uint16_t>(i));
     }
+    // Left for the next pass by a nested one, whose wake-up was its own.
+    if (inline_head_ != no_slot || completed_.pending()) this->loop_.wake();
 }
 
 // Called back with its result, or errc::canceled; an fsync held behind it

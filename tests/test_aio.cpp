@@ -1,4 +1,6 @@
 // AIO: real files in a temporary directory, real libc AIO threads.
+#include "test_util.hpp" // first: the rings' pause point
+
 #include <microloop.hpp>
 #include <microloop/aio.hpp>
 #include <microloop/continuation.hpp>
@@ -18,7 +20,6 @@
 #include <chrono>
 
 #include "catch.hpp"
-#include "test_util.hpp"
 
 using namespace std::chrono;
 
@@ -657,6 +658,10 @@ TEST_CASE("aio (thread engine): canceling queued operations again and again, the
         ++blocked_calls;
         CHECK(ev.result == 1);
     }));
+    // Let the thread take it first: until then the loop's cleaning of a full
+    // ring may put it behind a read, which the thread would then run (seen
+    // under ThreadSanitizer, whose threads start slowly).
+    test::sleep_ms(100);
     int canceled = 0, other = 0;
     for (int round = 0; round < 100; ++round) {
         microloop::aio_handle h[3];
@@ -1385,4 +1390,228 @@ TEST_CASE("aio: on one fd, callbacks run in submission order (an fsync never bef
 TEST_CASE("aio (POSIX engine): on one fd, an fsync is never called back before an earlier write",
           "[robust][aio][posix_aio]") {
     fsync_after_earlier_ops_on_its_fd<microloop::aio<4, microloop::posix_aio_engine> >();
+}
+
+// ---- nested passes, one batch per pass, a worker paused in the ring -----------------
+
+// A's callback submits C (served from the page cache too) and polls: the
+// nested pass calls back B and C. Before the fix the outer pass then walked
+// on from the list the nested one had emptied: past the op table (thread
+// engine), or a second retire() of a freed slot (POSIX engine).
+template <class Engine>
+void nested_poll_in_cached_callback() {
+    temp_dir dir;
+    static unsigned char data[4096];
+    fill_pattern(data, sizeof data, 3);
+    int fd = dir.create("nested", data, sizeof data);
+    REQUIRE(fd >= 0);
+    if (!served_inline(fd, 1024, 0)) {
+        WARN("reads are not served from the page cache here: nothing to nest");
+        close(fd);
+        return;
+    }
+    test_loop loop;
+    typedef microloop::aio<4, Engine> disk_t;
+    disk_t disk(loop);
+    static unsigned char buf[3][1024];
+    struct state {
+        disk_t* disk;
+        test_loop* loop;
+        int fd;
+        int calls[3];
+        int errors;
+    } st = {&disk, &loop, fd, {0, 0, 0}, 0};
+    REQUIRE(disk.read(fd, buf[0], 1024, 0, [&st](microloop::aio_event ev) {
+        ++st.calls[0];
+        if (ev.error || ev.result != 1024) ++st.errors;
+        if (!st.disk->read(st.fd, buf[2], 1024, 2048, [&st](microloop::aio_event e) {
+                ++st.calls[2];
+                if (e.error || e.result != 1024) ++st.errors;
+            }))
+            ++st.errors;
+        st.loop->poll();
+    }));
+    REQUIRE(disk.read(fd, buf[1], 1024, 1024, [&st](microloop::aio_event ev) {
+        ++st.calls[1];
+        if (ev.error || ev.result != 1024) ++st.errors;
+    }));
+    for (int k = 0; k < 50 && disk.in_flight() > 0; ++k) REQUIRE_FALSE(loop.run_once(milliseconds(100)));
+    CHECK(st.calls[0] == 1);
+    CHECK(st.calls[1] == 1);
+    CHECK(st.calls[2] == 1);
+    CHECK(st.errors == 0);
+    CHECK(disk.in_flight() == 0);
+    CHECK(disk.stats().used == 0);
+    CHECK(memcmp(buf[2], data + 2048, 1024) == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: a nested poll() in a cached read's callback: each callback once and the lists whole",
+          "[aio][robust][nowait][thread]") {
+    nested_poll_in_cached_callback<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): a nested poll() in a cached read's callback: each callback once and the lists whole",
+          "[aio][robust][nowait][posix_aio]") {
+    nested_poll_in_cached_callback<microloop::posix_aio_engine>();
+}
+
+// A and B fill aio<2>; A's callback submits C into A's slot (the spare
+// callback storage), then polls; B's callback runs inside and submits D.
+// Before the fix B's slot was freed too and handed the storage A's callback
+// was running from: D's callable overwrote A's, and A's end cleared D's
+// (called later through a null pointer). Now B's slot stays taken while B
+// runs nested: the table is full for it.
+template <class Engine>
+void nested_callback_submits_at_capacity() {
+    temp_dir dir;
+    static unsigned char data[4096];
+    fill_pattern(data, sizeof data, 5);
+    int fd = dir.create("nested", data, sizeof data);
+    REQUIRE(fd >= 0);
+    if (!served_inline(fd, 1024, 0)) {
+        WARN("reads are not served from the page cache here: nothing to nest");
+        close(fd);
+        return;
+    }
+    test_loop loop;
+    typedef microloop::aio<2, Engine> disk_t;
+    disk_t disk(loop);
+    static unsigned char buf[4][1024];
+    struct state {
+        disk_t* disk;
+        test_loop* loop;
+        int fd;
+        int calls[4];
+        microloop::aio_handle c, d;
+    } st = {&disk, &loop, fd, {0, 0, 0, 0}, microloop::aio_handle(), microloop::aio_handle()};
+    REQUIRE(disk.read(fd, buf[0], 1024, 0, [&st](microloop::aio_event) {
+        ++st.calls[0];
+        st.c = st.disk->read(st.fd, buf[2], 1024, 2048, [&st](microloop::aio_event) { ++st.calls[2]; });
+        st.loop->poll();
+        ++st.calls[0]; // A's captures intact after the nested pass
+    }));
+    REQUIRE(disk.read(fd, buf[1], 1024, 1024, [&st](microloop::aio_event) {
+        ++st.calls[1];
+        st.d = st.disk->read(st.fd, buf[3], 1024, 3072, [&st](microloop::aio_event) { ++st.calls[3]; });
+    }));
+    for (int k = 0; k < 50 && disk.in_flight() > 0; ++k) REQUIRE_FALSE(loop.run_once(milliseconds(100)));
+    CHECK(st.c);
+    CHECK(st.d.error() == microloop::errc::table_full);
+    CHECK(st.calls[0] == 2);
+    CHECK(st.calls[1] == 1);
+    CHECK(st.calls[2] == 1);
+    CHECK(st.calls[3] == 0);
+    CHECK(disk.in_flight() == 0);
+    CHECK(disk.stats().used == 0);
+    close(fd);
+}
+
+TEST_CASE("aio: a callback that submits at capacity and polls while another callback runs inside the poll",
+          "[aio][robust][nowait][thread]") {
+    nested_callback_submits_at_capacity<microloop::thread_aio_engine<> >();
+}
+
+TEST_CASE("aio (POSIX engine): a callback that submits at capacity and polls while another runs inside the poll",
+          "[aio][robust][nowait][posix_aio]") {
+    nested_callback_submits_at_capacity<microloop::posix_aio_engine>();
+}
+
+// The one thread is blocked on a FIFO; each callback submits a read and
+// cancels it. Before the fix the pass popped the completion stack until it
+// was empty, and the cancels pushed onto it: the whole chain ran in one
+// iteration while a due timer waited. One link per iteration now.
+TEST_CASE("aio (thread engine): a cancel made in a callback is reported at the next iteration and not in the same pass",
+          "[aio][robust][thread]") {
+    temp_dir dir;
+    REQUIRE(mkfifo(dir.file("fifo"), 0600) == 0);
+    int fifo = open(dir.file("fifo"), O_RDWR | O_CLOEXEC);
+    REQUIRE(fifo >= 0);
+    int file = dir.create("f", "abcdefgh", 8); // 16-byte reads of it are short: queued, never served inline
+    REQUIRE(file >= 0);
+    test_loop loop;
+    typedef microloop::aio<4, microloop::thread_aio_engine<1> > disk_t;
+    disk_t disk(loop);
+    static char blocked[1], buf[16];
+    int blocked_calls = 0;
+    REQUIRE(disk.read(fifo, blocked, 1, 0, [&blocked_calls](microloop::aio_event) { ++blocked_calls; }));
+    struct chain {
+        disk_t* disk;
+        test_loop* loop;
+        int file, calls, errors, calls_at_timer;
+        static void start(chain* c) {
+            microloop::aio_handle h = c->disk->read(c->file, buf, sizeof buf, 0, [c](microloop::aio_event ev) {
+                ++c->calls;
+                if (ev.error != microloop::errc::canceled) ++c->errors;
+                if (c->calls == 1 && !c->loop->after(milliseconds(0), [c](microloop::timer_event) {
+                        c->calls_at_timer = c->calls;
+                    }))
+                    ++c->errors;
+                if (c->calls < 100) start(c);
+            });
+            if (!h || c->disk->cancel(h)) ++c->errors;
+        }
+    } c = {&disk, &loop, file, 0, 0, -1};
+    chain::start(&c);
+    watchdog dog(loop);
+    int iterations = 0;
+    while (c.calls < 100 && !dog.fired) {
+        const int before = c.calls;
+        REQUIRE_FALSE(loop.run_once(seconds(30)));
+        ++iterations;
+        CHECK(c.calls - before <= 1);
+    }
+    CHECK_FALSE(dog.fired);
+    CHECK(c.errors == 0);
+    CHECK(c.calls == 100);
+    CHECK(iterations >= 100);
+    CHECK(c.calls_at_timer >= 1);
+    CHECK(c.calls_at_timer <= 2);
+    REQUIRE(::write(fifo, "!", 1) == 1);
+    CHECK_FALSE(loop.run());
+    CHECK(blocked_calls == 1);
+    close(fifo);
+    close(file);
+}
+
+// The one worker is stopped right after claiming X's ring cell; Z waits
+// behind it, and reads submitted and canceled again and again fill the ring
+// with stale entries until the loop cleans it and puts Z back. Before the
+// fix, putting Z back needed the stopped worker's cell, which was not free
+// yet: the assertion fired (without assertions, Z was lost).
+TEST_CASE("aio (thread engine): a worker paused inside the ring's pop while the loop cleans a full ring",
+          "[aio][robust][thread]") {
+    temp_dir dir;
+    REQUIRE(mkfifo(dir.file("fifo"), 0600) == 0);
+    int fifo = open(dir.file("fifo"), O_RDWR | O_CLOEXEC);
+    REQUIRE(fifo >= 0);
+    int file = dir.create("f", "abcdefgh", 8);
+    REQUIRE(file >= 0);
+    test_loop loop;
+    microloop::aio<3, microloop::thread_aio_engine<1> > disk(loop);
+    test::ring_pause& pause = test::ring_pause::get();
+    pause.arm();
+    static char x[1], z[1], y[16];
+    int x_calls = 0, z_calls = 0, canceled = 0, other = 0;
+    REQUIRE(disk.read(fifo, x, 1, 0, [&](microloop::aio_event ev) { x_calls += ev.result == 1 ? 1 : 100; }));
+    REQUIRE(pause.wait_paused(5000));
+    REQUIRE(disk.read(fifo, z, 1, 0, [&](microloop::aio_event ev) { z_calls += ev.result == 1 ? 1 : 100; }));
+    for (int round = 0; round < 40; ++round) {
+        microloop::aio_handle h = disk.read(file, y, sizeof y, 0, [&](microloop::aio_event ev) {
+            if (ev.error == microloop::errc::canceled) ++canceled;
+            else ++other;
+        });
+        REQUIRE(h);
+        CHECK_FALSE(disk.cancel(h));
+        while (disk.in_flight() > 2) REQUIRE_FALSE(loop.run_once(seconds(30)));
+    }
+    CHECK(canceled == 40);
+    CHECK(other == 0);
+    pause.release();
+    REQUIRE(::write(fifo, "xz", 2) == 2);
+    for (int k = 0; k < 50 && disk.in_flight() > 0; ++k) REQUIRE_FALSE(loop.run_once(milliseconds(100)));
+    CHECK(x_calls == 1);
+    CHECK(z_calls == 1);
+    close(fifo);
+    close(file);
 }

@@ -5,6 +5,54 @@
 #ifndef MICROLOOP_TEST_UTIL_HPP
 #define MICROLOOP_TEST_UTIL_HPP
 
+// The rings' pause point (MICROLOOP_DETAIL_TEST_YIELD, detail/threads.hpp),
+// for the files that include this one before any microloop header:
+// test::ring_pause stops the next thread that claims a ring entry, right
+// after its claim, until released. Disarmed, a relaxed load.
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+
+#include <atomic>
+
+namespace test {
+struct ring_pause {
+    std::atomic<bool> armed, paused, released;
+    static ring_pause& get() {
+        static ring_pause p;
+        return p;
+    }
+    // The next thread to claim an entry stops there.
+    void arm() {
+        paused.store(false);
+        released.store(false);
+        armed.store(true);
+    }
+    // Waits (up to ms) until a thread has stopped; false if none did.
+    bool wait_paused(int ms) {
+        for (int i = 0; i < ms * 10 && !paused.load(); ++i) {
+            struct timespec ts = {0, 100000};
+            nanosleep(&ts, nullptr);
+        }
+        return paused.load();
+    }
+    void release() { released.store(true); }
+    void point(const char* where) {
+        if (!armed.load(std::memory_order_relaxed) || strcmp(where, "spmc_ring::pop claimed") != 0) return;
+        bool expected = true;
+        if (!armed.compare_exchange_strong(expected, false)) return;
+        paused.store(true);
+        while (!released.load()) sched_yield();
+    }
+
+private:
+    ring_pause() : armed(false), paused(false), released(false) {}
+};
+} // namespace test
+#ifndef MICROLOOP_DETAIL_TEST_YIELD
+#define MICROLOOP_DETAIL_TEST_YIELD(where) ::test::ring_pause::get().point(where)
+#endif
+
 #include <microloop.hpp>
 
 #include <arpa/inet.h>

@@ -1,17 +1,20 @@
 // The worker pool: blocking work on its threads, each done in the loop's
 // thread, once; shutdown; a long job never holds the loop.
+#include "test_util.hpp" // first: the rings' pause point
+
 #include "catch.hpp"
 
 #include <microloop.hpp>
 
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
-
-#include "test_util.hpp"
 
 using namespace std::chrono;
 
@@ -230,4 +233,169 @@ TEST_CASE("worker_pool: null callables are refused; stall reports name the done"
     REQUIRE_FALSE(loop.run());
     CHECK(kind == microloop::source_kind::work);
     CHECK(std::string(microloop::source_kind_name(kind)) == "work");
+}
+
+namespace {
+
+// Waits up to 5 s for `pid`; its exit status, or -1 (killed: it hung or crashed).
+int child_status(pid_t pid) {
+    int status = 0;
+    pid_t r = 0;
+    for (int i = 0; i < 250 && r == 0; ++i) {
+        r = waitpid(pid, &status, WNOHANG);
+        if (r == 0) test::sleep_ms(20);
+    }
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+template <class Pred>
+bool wait_for(Pred p, int ms = 5000) {
+    for (int i = 0; i < ms && !p(); ++i) test::sleep_ms(1);
+    return p();
+}
+
+} // namespace
+
+// D1 submits into the slot its own job freed (the spare done storage), then
+// polls; D2, finished too, runs inside that poll. Before the fix D2's slot
+// was freed as well, with no done storage behind it, and D2's submit read the
+// free list at index SIZE_MAX. Now D2's slot stays taken while D2 runs
+// nested: the pool is full for it, and says so.
+TEST_CASE("worker_pool: a done that submits at capacity and polls while another done runs inside the poll",
+          "[pool][robust][thread]") {
+    microloop::loop<> loop;
+    typedef microloop::worker_pool<1, 2> pool_t;
+    pool_t pool(loop);
+    std::atomic<int> worked(0);
+    struct state {
+        pool_t* pool;
+        microloop::loop<>* loop;
+        int dones;
+        size_t inner_in_flight;
+        microloop::error_code outer, inner;
+    } st = {&pool, &loop, 0, 0, microloop::error_code(), microloop::error_code()};
+    REQUIRE_FALSE(pool.submit([&worked] { ++worked; }, [&st](microloop::work_event) {
+        ++st.dones;
+        st.outer = st.pool->submit([] {}, [&st](microloop::work_event) { ++st.dones; });
+        st.loop->wake(); // the nested poll looks at the pool
+        st.loop->poll();
+    }));
+    REQUIRE_FALSE(pool.submit([&worked] { ++worked; }, [&st](microloop::work_event) {
+        ++st.dones;
+        st.inner_in_flight = st.pool->in_flight();
+        st.inner = st.pool->submit([] {}, [&st](microloop::work_event) { ++st.dones; });
+    }));
+    REQUIRE(wait_for([&worked] { return worked.load() == 2; }));
+    test::sleep_ms(50); // both on the completion stack
+    REQUIRE_FALSE(loop.run());
+    CHECK_FALSE(st.outer);
+    CHECK(st.inner_in_flight == pool.capacity());
+    CHECK(st.inner == microloop::errc::table_full);
+    CHECK(st.dones == 3);
+    CHECK(pool.in_flight() == 0);
+}
+
+// Under ThreadSanitizer too: the child starts no thread.
+TEST_CASE("fork: a pool job finished before fork() is not called back in the child after after_fork()",
+          "[pool][robust][thread][fork]") {
+    microloop::loop<> loop;
+    typedef microloop::worker_pool<1, 2> pool_t;
+    pool_t pool(loop);
+    std::atomic<int> worked(0);
+    int dones = 0;
+    int64_t result = 0;
+    REQUIRE_FALSE(pool.submit(
+        [&worked] {
+            ++worked;
+            return 7;
+        },
+        [&](microloop::work_event ev) {
+            ++dones;
+            result = ev.result;
+        }));
+    REQUIRE(wait_for([&worked] { return worked.load() == 1; }));
+    test::sleep_ms(50); // on the completion stack, not called back
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int code = 0;
+        if (loop.after_fork()) code |= 1;
+        loop.wake();
+        loop.poll(); // before the fix: the parent's entry, a cleared done called (a segfault)
+        loop.wake();
+        loop.poll();
+        if (dones != 0) code |= 2;
+        if (pool.in_flight() != 0) code |= 4; // before the fix: wrapped below zero
+        if (pool.submit([] {}, [](microloop::work_event) {}) != microloop::errc::forked) code |= 8;
+        _exit(code);
+    }
+    CHECK(child_status(pid) == 0);
+    REQUIRE_FALSE(loop.run());
+    CHECK(dones == 1);
+    CHECK(result == 7);
+}
+
+// The child destroys its copy without after_fork() (as exit() would): the
+// threads, the finished job A, the running job C and the queued job B are the
+// parent's. Before the fix it called A's and B's done (a result, a cancel).
+TEST_CASE("fork: a child that destroys an inherited pool without after_fork() runs none of its done callbacks",
+          "[pool][robust][thread][fork]") {
+    microloop::loop<> loop;
+    typedef microloop::worker_pool<1, 4> pool_t;
+    pool_t pool(loop);
+    std::atomic<int> a_ran(0), c_started(0);
+    std::atomic<bool> gate(false);
+    int dones = 0;
+    REQUIRE_FALSE(pool.submit([&a_ran] { ++a_ran; }, [&dones](microloop::work_event) { ++dones; }));
+    REQUIRE(wait_for([&a_ran] { return a_ran.load() == 1; }));
+    test::sleep_ms(50);
+    REQUIRE_FALSE(pool.submit(
+        [&] {
+            ++c_started;
+            while (!gate.load()) test::sleep_ms(1);
+        },
+        [&dones](microloop::work_event) { ++dones; }));
+    REQUIRE(wait_for([&c_started] { return c_started.load() == 1; }));
+    REQUIRE_FALSE(pool.submit([] {}, [&dones](microloop::work_event) { ++dones; }));
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        pool.~pool_t();
+        _exit(dones);
+    }
+    CHECK(child_status(pid) == 0);
+    gate.store(true);
+    REQUIRE_FALSE(loop.run());
+    CHECK(dones == 3);
+    CHECK(pool.in_flight() == 0);
+}
+
+// A worker stopped between claiming a ring cell and giving it back, while
+// the other worker runs job after job and the loop's pushes lap the ring.
+// Before the fix, the lap found the stopped worker's cell not free yet and
+// the push's assertion fired (without assertions, the job was lost).
+TEST_CASE("worker_pool: a worker paused inside the ring's pop while the other laps it", "[pool][robust][thread]") {
+    microloop::loop<> loop;
+    typedef microloop::worker_pool<2, 2> pool_t;
+    pool_t pool(loop);
+    test::ring_pause& pause = test::ring_pause::get();
+    pause.arm();
+    std::atomic<int> ran(0);
+    int dones = 0;
+    REQUIRE_FALSE(pool.submit([&ran] { ++ran; }, [&dones](microloop::work_event) { ++dones; }));
+    REQUIRE(pause.wait_paused(5000));
+    for (int k = 0; k < 20; ++k) {
+        REQUIRE_FALSE(pool.submit([&ran] { ++ran; }, [&dones](microloop::work_event) { ++dones; }));
+        while (dones < k + 1) REQUIRE_FALSE(loop.run_once(seconds(30)));
+    }
+    CHECK(ran.load() == 20);
+    pause.release();
+    REQUIRE_FALSE(loop.run());
+    CHECK(ran.load() == 21);
+    CHECK(dones == 21);
 }

@@ -25,11 +25,13 @@
 // Storage: Queue slots, each holding a submission from submit() until its
 // done returns (queued, running, or finished and waiting for the loop), plus
 // one spare done callback, so a done may submit again while the pool is
-// full. submit() is refused at once with errc::table_full when the Queue
+// full (a done run inside another's nested poll() finds the spare taken and
+// keeps its slot until it returns). One batch of dones per pass. submit() is refused at once with errc::table_full when the Queue
 // slots are taken; it never blocks and never allocates.
 //
 // How it works. Loop thread to workers: a bounded lock-free ring of slot
-// indices (Vyukov's MPMC queue, one producer) and a POSIX semaphore that
+// indices (detail::spmc_ring: one producer, a cell claimed by one CAS is
+// free at once) and a POSIX semaphore that
 // idle workers sleep on (sem_post is a futex wake only when one sleeps).
 // Workers to the loop: a lock-free stack of finished slots (a CAS push; the
 // loop takes the whole stack with one exchange and reverses it to completion
@@ -51,8 +53,9 @@
 //
 // fork(): the child has none of the threads. After loop.after_fork() the
 // child's pool drops the parent's submissions (their done callbacks are not
-// called) and refuses new ones with errc::forked; destroying it there joins
-// nothing.
+// called, finished or not) and refuses new ones with errc::forked;
+// destroying it there joins nothing, also without after_fork() (the
+// destructor checks the pid).
 //
 // Costs nothing unless used: every function is a template member, so a
 // program that includes this header but makes no pool references no pthread
@@ -62,6 +65,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <type_traits>
@@ -141,10 +146,10 @@ public:
 private:
     enum : unsigned char { st_free, st_queued, st_running, st_finished, st_canceled };
     static const uint32_t none = 0xffffffffu;
-    // At most Queue slots are pending, and each worker between taking a cell
-    // and giving it back (a preempted pop) holds one more: with fewer cells
-    // the loop thread could find the ring full (it did, under ThreadSanitizer).
-    static const size_t ring_size = detail::pow2_at_least(Queue + Threads);
+    // A slot is in the ring at most once (pushed by submit(), free again only
+    // after a worker popped it and its done ran), and a popped cell is free
+    // at once (spmc_ring): Queue cells are never full.
+    static const size_t ring_size = detail::pow2_at_least(Queue);
 
     struct slot {
         detail::inplace_callback<int64_t(), Size> work;
@@ -156,7 +161,8 @@ private:
 
     static void* worker_main(void* arg);
     static void on_wake_fn(loop_hook* h) { static_cast<worker_pool*>(h)->complete(Queue); }
-    static void on_fork_fn(loop_hook* h);
+    static void on_fork_fn(loop_hook* h) { static_cast<worker_pool*>(h)->abandon(); }
+    void abandon();
     void push_pending(uint32_t i);
     bool pop_pending(uint32_t& i) { return ring_.pop(i); } // the workers, and shutdown() after them
     // A slot's link in the completion stack.
@@ -169,6 +175,7 @@ private:
     void finish(uint32_t i);
 
     loop_base* loop_;
+    pid_t pid_; // in a forked child, the threads and what is in flight are the parent's
     error_code error_;
     bool shut_;
     bool forked_;
@@ -186,7 +193,7 @@ private:
 
 template <size_t Threads, size_t Queue, size_t Size>
 worker_pool<Threads, Queue, Size>::worker_pool(loop_base& l, size_t stack_bytes)
-    : loop_(&l), shut_(false), forked_(false), nfree_slots_(Queue), nfree_dones_(Queue + 1) {
+    : loop_(&l), pid_(getpid()), shut_(false), forked_(false), nfree_slots_(Queue), nfree_dones_(Queue + 1) {
     for (size_t i = 0; i < Queue; ++i) {
         slots_[i].result = 0;
         slots_[i].state.store(st_free, std::memory_order_relaxed);
@@ -236,6 +243,7 @@ template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::shutdown() {
     if (shut_) return;
     shut_ = true;
+    if (!forked_ && getpid() != pid_) abandon(); // a child that did not call after_fork(): nothing here is its own
     if (!forked_) {
         // Queued work never starts: a worker that takes it finds it canceled.
         for (size_t i = 0; i < Queue; ++i) {
@@ -246,16 +254,15 @@ void worker_pool<Threads, Queue, Size>::shutdown() {
         // The workers are gone: what they left in the ring is canceled work.
         uint32_t i;
         while (pop_pending(i)) push_completed(i);
-        complete(static_cast<size_t>(-1)); // every remaining done, here
+        while (completed_.pending()) complete(static_cast<size_t>(-1)); // every remaining done, here
     }
     loop_->detach(this);
 }
 
-// Single producer (the loop thread); enough cells for every slot and every
-// worker's pop in progress, so never full.
+// Single producer (the loop thread); a cell for every slot, so never full.
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::push_pending(uint32_t i) {
-    bool queued = ring_.try_push(i); // Queue pending + Threads mid-pop fit: never full
+    bool queued = ring_.try_push(i); // at most Queue slots in it: never full
     MICROLOOP_ASSERT(queued);
     (void)queued;
 }
@@ -278,22 +285,30 @@ void* worker_pool<Threads, Queue, Size>::worker_main(void* arg) {
     return nullptr;
 }
 
-// Runs up to `limit` done callbacks; if more are waiting, the loop comes back
-// for them in its next iteration (workers that keep finishing cannot starve
-// the loop's other sources). A done that throws, or calls shutdown(), leaves
-// the rest for the next call.
+// One batch per pass: the dones of what had finished when the pass began (at
+// most Queue), not of what finishes meanwhile; if more are waiting, the loop
+// comes back for them in its next iteration (workers that keep finishing
+// cannot starve the loop's other sources). The batch is the completion
+// stack's member: a done that polls the loop goes on with it in the nested
+// pass, and one that throws, or calls shutdown(), leaves the rest for the
+// next call. A forked child's pool has nothing of its own to call back.
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::complete(size_t limit) {
+    if (forked_) return;
+    completed_.take(link_of{slots_});
     for (size_t n = 0; n < limit; ++n) {
         const uint32_t i = completed_.pop(link_of{slots_});
-        if (i == detail::completion_stack::empty) return;
+        if (i == detail::completion_stack::empty) break;
         finish(i);
     }
     if (completed_.pending()) loop_->wake();
 }
 
 // The slot is free before done runs (done may submit again, at capacity);
-// its done callback lives in dones_, which has one entry to spare.
+// its done callback lives in dones_, which has one entry to spare. One for
+// the pass, not one per done: a done that runs inside another's nested
+// poll() (which took the spare) keeps its slot until it returns, so that a
+// free slot always has a free done entry (nfree_slots_ <= nfree_dones_).
 template <size_t Threads, size_t Queue, size_t Size>
 void worker_pool<Threads, Queue, Size>::finish(uint32_t i) {
     slot& s = slots_[i];
@@ -302,23 +317,45 @@ void worker_pool<Threads, Queue, Size>::finish(uint32_t i) {
     const uint32_t d = s.done;
     s.work.reset();
     s.state.store(st_free, std::memory_order_relaxed);
-    free_slots_[nfree_slots_++] = i;
-    --active;
-    auto release = detail::on_scope_exit([this, d] { // also if done throws
+    const bool early = nfree_slots_ < nfree_dones_; // a spare done entry backs the freed slot
+    if (early) {
+        free_slots_[nfree_slots_++] = i;
+        --active;
+    }
+    auto release = detail::on_scope_exit([this, d, i, early] { // also if done throws
         dones_[d].reset();
         free_dones_[nfree_dones_++] = d;
+        if (!early) {
+            free_slots_[nfree_slots_++] = i;
+            --active;
+        }
     });
     loop_->invoke(dones_[d], source_kind::work, 0, -1, ev);
 }
 
+// A forked child's copy (after_fork(), or shutdown() in a child that did not
+// call it): the threads, the ring and the completion stack hold the
+// parent's work. Dropped without calling back: the child refuses
+// submissions (errc::forked) and never looks at the parent's entries.
 template <size_t Threads, size_t Queue, size_t Size>
-void worker_pool<Threads, Queue, Size>::on_fork_fn(loop_hook* h) {
-    worker_pool* self = static_cast<worker_pool*>(h);
-    self->forked_ = true;
-    self->crew_.forget(); // the parent's threads; nothing to join here
-    for (size_t i = 0; i < Queue; ++i) self->slots_[i].work.reset();
-    for (size_t i = 0; i <= Queue; ++i) self->dones_[i].reset();
-    self->active = 0;
+void worker_pool<Threads, Queue, Size>::abandon() {
+    forked_ = true;
+    crew_.forget(); // the parent's threads; nothing to join here
+    ring_.reset();
+    completed_.reset();
+    for (size_t i = 0; i < Queue; ++i) {
+        slots_[i].work.reset();
+        slots_[i].state.store(st_free, std::memory_order_relaxed);
+        free_slots_[i] = detail::narrow<uint32_t>(Queue - 1 - i);
+    }
+    for (size_t i = 0; i <= Queue; ++i) {
+        dones_[i].reset();
+        free_dones_[i] = detail::narrow<uint32_t>(Queue - i);
+    }
+    nfree_slots_ = Queue;
+    nfree_dones_ = Queue + 1;
+    active = 0;
+    pid_ = getpid();
 }
 
 } // namespace microloop

@@ -144,10 +144,11 @@ protected:
         uint16_t next, prev; // the in-flight list, in submission order
         uint16_t callback;   // which of callbacks_ is this operation's
     };
-    // An operation taken out of the table, its callback not yet run.
+    // An operation taken out of the list, its callback not yet run.
     struct retired {
         uint64_t id;
         uint16_t callback;
+        uint16_t slot; // still taken until the callback returns, or none
     };
 
     // Attached to the loop, which calls on_wake after every wake-up and
@@ -177,9 +178,12 @@ protected:
         ++inline_reads_;
         return true;
     }
-    // Out of the list and the table: the handle is stale and the slot free
-    // while the callback runs, which it does from the spare callback storage
-    // (a callback may submit again at capacity).
+    // Out of the list and, when the spare callback storage can back it, out
+    // of the table: the handle is stale and the slot free while the callback
+    // runs (so it may submit again at capacity), the slot taking the spare
+    // storage. The spare is the pass's, not each callback's: a callback that
+    // runs inside another's nested poll() finds it taken, and keeps its slot
+    // until it returns (for it the table is as full as before).
     retired retire(uint16_t i);
     // The callback of a retired operation: result, or err (an errno;
     // ECANCELED: canceled).
@@ -200,7 +204,7 @@ protected:
     bool nowait_; // reads are tried in the loop's thread first (MICROLOOP_AIO_NOWAIT)
     uint64_t inline_reads_;
     uint16_t head_, tail_; // operations in flight, oldest first
-    uint16_t spare_;       // the callbacks_ entry no slot holds
+    uint16_t spare_;       // the callbacks_ entry no slot holds, or none while a callback runs from it
     slot_pool<N> pool_;
     link links_[N];
     // One callback more than slots: a finished operation's slot is free
@@ -264,10 +268,13 @@ typename aio_core<N>::retired aio_core<N>::retire(uint16_t i) {
     else tail_ = l.prev;
     l.next = l.prev = none;
     --hook_.active;
-    const retired r = {pool_.id_of(i), l.callback};
-    l.callback = spare_;
-    spare_ = r.callback;
-    pool_.release(i);
+    retired r = {pool_.id_of(i), l.callback, i};
+    if (spare_ != none) {
+        l.callback = spare_;
+        spare_ = none; // until this callback returns
+        r.slot = none;
+        pool_.release(i);
+    }
     return r;
 }
 
@@ -280,7 +287,11 @@ void aio_core<N>::call_back(const retired& r, int fd, ssize_t result, int err) {
     else if (err == ECANCELED) ev.error = error_code(errc::canceled, ECANCELED);
     else ev.error = error_code(errc::system, err);
     aio_callback& cb = callbacks_[r.callback];
-    auto done = on_scope_exit([&cb] { cb.reset(); }); // also if it throws
+    auto done = on_scope_exit([this, &cb, &r] { // also if it throws
+        cb.reset();
+        if (r.slot != none) pool_.release(r.slot); // it kept its own storage
+        else spare_ = r.callback;
+    });
     loop_.invoke(cb, source_kind::aio, r.id, fd, ev);
 }
 

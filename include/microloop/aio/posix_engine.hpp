@@ -177,6 +177,7 @@ private:
         bool busy;
         bool sync;   // fsync or fdatasync: reported after what was submitted before it on its fd
         bool served; // a read done in the loop's thread (all of aio_nbytes), never given to the libc
+        bool batch;  // in flight when the pass under way began
     };
 
     static void on_wake(loop_hook* h) { core::template engine_of<aio_engine>(h).complete(); }
@@ -200,6 +201,7 @@ aio_engine<N, posix_aio_engine>::aio_engine(loop_base& owner) : core(owner, &on_
         slots_[i].busy = false;
         slots_[i].sync = false;
         slots_[i].served = false;
+        slots_[i].batch = false;
     }
     this->setup_error_ = aio_signal<>::install();
     if (!this->setup_error_) {
@@ -270,6 +272,7 @@ aio_handle aio_engine<N, posix_aio_engine>::submit(typename core::op_kind op, in
         return this->fail(errc::system, e);
     }
     s.busy = true;
+    s.batch = false;
     s.sync = op == aio_ops::op_fsync || op == aio_ops::op_fdatasync;
     s.served = served;
     this->link_last(index);
@@ -281,6 +284,9 @@ template <size_t N>
 error_code aio_engine<N, posix_aio_engine>::cancel(aio_handle h) {
     uint16_t index = this->pool_.lookup(h.id());
     if (index == this->pool_.none) return errc::stale_handle;
+    // Being called back inside another callback's nested poll(): its slot
+    // is still taken (aio_core::retire()), its handle done with.
+    if (!slots_[index].busy) return errc::stale_handle;
     if (slots_[index].served) return error_code(); // done already: called back with its result
     struct aiocb& ctl = cbs_[index];
     int r = aio_cancel(ctl.aio_fildes, &ctl);
@@ -299,16 +305,21 @@ error_code aio_engine<N, posix_aio_engine>::cancel(aio_handle h) {
 // as the promise "completes after every write submitted before it" means to
 // the user. (The libc finishes them in that order, but both may finish
 // between our two questions.) Other operations are reported as they finish,
-// so a cancelled read is not kept waiting behind a blocked one. Operations
-// submitted by the callbacks of this pass wait for the next one.
+// so a cancelled read is not kept waiting behind a blocked one. One batch
+// per pass: the operations in flight when it began, marked so; those the
+// callbacks of this pass submit wait for the next one. A callback that polls
+// the loop runs a pass of its own, which may call back, and free, the
+// operation this walk would visit next: then that one is no longer marked
+// (or no longer in the list, its links none), and this walk stops or skips
+// it instead of calling it back twice.
 template <size_t N>
 void aio_engine<N, posix_aio_engine>::complete() {
-    const uint16_t last = this->tail_;
+    for (uint16_t i = this->head_; i != core::none; i = this->links_[i].next) slots_[i].batch = true;
     int busy_fds[N] = {}; // fds with an operation still in progress, seen so far
     size_t nbusy = 0;
     for (uint16_t i = this->head_, next; i != core::none; i = next) {
         next = this->links_[i].next; // read first: i leaves the list below
-        const bool at_end = i == last;
+        if (!slots_[i].batch) continue; // submitted in this pass, or called back by a nested one
         struct aiocb& ctl = cbs_[i];
         const int fd = ctl.aio_fildes;
         bool seen = false;
@@ -323,9 +334,9 @@ void aio_engine<N, posix_aio_engine>::complete() {
             const ssize_t result = served ? static_cast<ssize_t>(ctl.aio_nbytes) : aio_return(&ctl);
             s.busy = false;
             s.served = false;
+            s.batch = false;
             this->call_back(this->retire(i), fd, result, err);
         }
-        if (at_end) break;
     }
 }
 
@@ -334,7 +345,7 @@ void aio_engine<N, posix_aio_engine>::complete() {
 // nothing of them. Forget them without calling their callbacks.
 template <size_t N>
 void aio_engine<N, posix_aio_engine>::abandon() {
-    for (size_t i = 0; i < N; ++i) slots_[i].busy = slots_[i].served = false;
+    for (size_t i = 0; i < N; ++i) slots_[i].busy = slots_[i].served = slots_[i].batch = false;
     this->forget_all();
 }
 

@@ -3,7 +3,7 @@
 // <microloop/aio.hpp>): aio<N, thread_aio_engine<Threads>>'s engine, the
 // default.
 //
-// Loop thread to workers: a bounded lock-free ring (Vyukov's MPMC queue, one
+// Loop thread to workers: a bounded lock-free ring (detail::spmc_ring, one
 // producer) of {slot, ticket} entries and a POSIX semaphore that idle workers
 // sleep on. A worker claims an operation by a compare-and-swap of the slot's
 // state from {ticket, queued} to {ticket, running}, runs pread()/pwrite()/
@@ -135,6 +135,7 @@ private:
     size_t stack_bytes_;
     size_t held_; // fsyncs waiting for an earlier operation on their fd
     uint32_t inline_head_, inline_tail_; // reads done in the loop's thread, oldest first
+    uint32_t inline_batch_;              // those of them the pass under way calls back
     op ops_[N];
     thread_crew<Threads> crew_;
     spmc_ring<ring_size> ring_;   // entries (slot | ticket << 16) to run, to the workers
@@ -149,7 +150,7 @@ const size_t aio_engine<N, thread_aio_engine<T> >::ring_size;
 template <size_t N, size_t T>
 aio_engine<N, thread_aio_engine<T> >::aio_engine(loop_base& owner, size_t stack_bytes)
     : core(owner, &on_wake, &on_fork), stack_bytes_(stack_bytes), held_(0), inline_head_(no_slot),
-      inline_tail_(no_slot) {
+      inline_tail_(no_slot), inline_batch_(no_slot) {
     for (size_t i = 0; i < N; ++i) {
         op& o = ops_[i];
         o.fd = -1;
@@ -171,7 +172,7 @@ template <size_t N, size_t T>
 void aio_engine<N, thread_aio_engine<T> >::reset_queues() {
     ring_.reset();
     completed_.reset();
-    inline_head_ = inline_tail_ = no_slot;
+    inline_head_ = inline_tail_ = inline_batch_ = no_slot;
 }
 
 template <size_t N, size_t T>
@@ -248,7 +249,8 @@ void aio_engine<N, thread_aio_engine<T> >::enqueue(uint16_t i) {
 // One producer (the loop thread). At most N entries are live (one per queued
 // operation); the others are stale, left by cancel(). When the ring is full
 // the loop takes entries from its head itself: a stale one is dropped, a live
-// one goes back at the tail, and at least half of them are stale.
+// one goes back at the tail, into the cell the pop just freed (a claimed
+// cell is free at once: spmc_ring), and at least half of them are stale.
 template <size_t N, size_t T>
 void aio_engine<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
     while (!ring_.try_push(entry)) {
@@ -256,7 +258,7 @@ void aio_engine<N, thread_aio_engine<T> >::push_entry(uint32_t entry) {
         if (!ring_.pop(old)) continue; // a worker took one meanwhile: there is room now
         const op& o = ops_[old & 0xffffu];
         if (o.state.load(std::memory_order_relaxed) == state_of(static_cast<uint16_t>(old >> 16), st_queued)) {
-            // Live: back at the tail, in the cell just freed (or a later one).
+            // Live: back at the tail; the pop made room.
             bool requeued = ring_.try_push(old);
             MICROLOOP_ASSERT(requeued);
             (void)requeued;
@@ -310,6 +312,9 @@ error_code aio_engine<N, thread_aio_engine<T> >::cancel(aio_handle h) {
     const uint16_t i = this->pool_.lookup(h.id());
     if (i == this->pool_.none) return errc::stale_handle;
     op& o = ops_[i];
+    // Being called back inside another callback's nested poll(): its slot
+    // is still taken (aio_core::retire()), its handle done with.
+    if ((o.state.load(std::memory_order_relaxed) & 0xffu) == st_free) return errc::stale_handle;
     uint32_t queued = state_of(o.ticket, st_queued);
     bool won = o.state.compare_exchange_strong(queued, state_of(o.ticket, st_canceled), std::memory_order_acq_rel);
     if (!won && queued == state_of(o.ticket, st_held)) {
@@ -324,29 +329,34 @@ error_code aio_engine<N, thread_aio_engine<T> >::cancel(aio_handle h) {
     return error_code();
 }
 
-// In the loop's thread after every wake-up: calls back the reads done in
-// the loop's thread before this pass (oldest first), then what the workers
-// finished, in the order they finished. The completion stack and the inline
-// list are members, so a callback that throws leaves the rest for the next
-// wake-up (the loop wakes itself again when a hook throws).
+// In the loop's thread after every wake-up: one batch, what was there when
+// the pass began. The reads done in the loop's thread before it (oldest
+// first), then what the workers had finished (in the order they finished)
+// and what cancel() had reported. What this pass's callbacks submit, cancel
+// or get done meanwhile waits for the next iteration, as for every other
+// source (whoever added it woke the loop). The batches are members, not
+// locals: a callback that polls the loop goes on with the same batch in the
+// nested pass, and one that throws leaves the rest for the next wake-up
+// (the loop wakes itself again when a hook throws).
 template <size_t N, size_t T>
 void aio_engine<N, thread_aio_engine<T> >::complete() {
-    if (inline_head_ != no_slot) {
-        const uint32_t last = inline_tail_; // later ones were submitted by this pass's callbacks
-        for (;;) {
-            const uint16_t i = static_cast<uint16_t>(inline_head_);
-            inline_head_ = ops_[i].done_next;
-            if (inline_head_ == no_slot) inline_tail_ = no_slot;
-            const bool at_end = i == last;
-            finish(i);
-            if (at_end) break;
-        }
+    if (inline_batch_ == no_slot) {
+        inline_batch_ = inline_head_;
+        inline_head_ = inline_tail_ = no_slot;
+    }
+    completed_.take(link_of{ops_});
+    while (inline_batch_ != no_slot) {
+        const uint16_t i = static_cast<uint16_t>(inline_batch_);
+        inline_batch_ = ops_[i].done_next;
+        finish(i);
     }
     for (;;) {
         const uint32_t i = completed_.pop(link_of{ops_});
-        if (i == completion_stack::empty) return;
+        if (i == completion_stack::empty) break;
         finish(static_cast<uint16_t>(i));
     }
+    // Left for the next pass by a nested one, whose wake-up was its own.
+    if (inline_head_ != no_slot || completed_.pending()) this->loop_.wake();
 }
 
 // Called back with its result, or errc::canceled; an fsync held behind it

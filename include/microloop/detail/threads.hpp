@@ -25,15 +25,32 @@
 #include "../config.hpp"
 #include "../error.hpp"
 
+// A pause point for the library's own tests, at the moments of the rings
+// where another thread's interleaving matters: empty, so it costs nothing.
+// A test program defines it before its first microloop header (every one of
+// its files alike) to stop a thread there.
+#ifndef MICROLOOP_DETAIL_TEST_YIELD
+#define MICROLOOP_DETAIL_TEST_YIELD(where)
+#endif
+
 namespace microloop {
 namespace detail {
 
 constexpr size_t pow2_at_least(size_t n, size_t p = 1) { return p >= n ? p : pow2_at_least(n, p * 2); }
 
 // A bounded ring of 32-bit values with one producer (a loop thread) and many
-// consumers (worker threads), after Dmitry Vyukov's bounded queue: each cell
-// carries a sequence number, so neither side takes a lock. Size is a power
-// of two. What the worker pool and the thread AIO engine hand their workers.
+// consumers (worker threads), neither side taking a lock. Two counters: the
+// producer publishes a value by moving `enqueue_` past its cell, a consumer
+// reads the value of the cell at `dequeue_` and claims it by moving
+// `dequeue_` past it with a compare-and-swap; a failed CAS means another
+// consumer took that value, and the value read is dropped. A cell is free
+// again the moment it is claimed: a consumer never owes the ring a second
+// store. (Vyukov's queue, where a consumer frees its cell with a store after
+// its claim, let a consumer preempted between the two keep the producer out
+// of that cell once the producer came round to it again, however empty the
+// ring was: a push refused, and a value lost where the caller counted on
+// room.) So a push fails only when Size values are in the ring. What the
+// worker pool and the thread AIO engine hand their workers.
 template <size_t Size>
 class spmc_ring {
     static_assert(Size >= 1 && (Size & (Size - 1)) == 0, "spmc_ring: a power of two");
@@ -45,57 +62,54 @@ public:
 
     // Empty again; only while no other thread uses the ring.
     void reset() {
-        for (size_t i = 0; i < Size; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
+        for (size_t i = 0; i < Size; ++i) cells_[i].store(0, std::memory_order_relaxed);
         enqueue_.store(0, std::memory_order_relaxed);
         dequeue_.store(0, std::memory_order_relaxed);
     }
     // The producer only. Publishes v, and what was written before (release);
-    // false when the ring is full.
+    // false when Size values are in the ring.
     bool try_push(uint32_t v) {
-        size_t pos = enqueue_.load(std::memory_order_relaxed);
-        cell& c = cells_[pos & (Size - 1)];
-        if (c.seq.load(std::memory_order_acquire) != pos) return false;
-        c.value = v;
-        enqueue_.store(pos + 1, std::memory_order_relaxed);
-        c.seq.store(pos + 1, std::memory_order_release);
+        const size_t pos = enqueue_.load(std::memory_order_relaxed);
+        // Acquire: the consumer that claimed this cell read it before.
+        if (pos - dequeue_.load(std::memory_order_acquire) >= Size) return false;
+        cells_[pos & (Size - 1)].store(v, std::memory_order_relaxed);
+        enqueue_.store(pos + 1, std::memory_order_release);
         return true;
     }
     // Any thread. False when the ring is empty.
     bool pop(uint32_t& v) {
         size_t pos = dequeue_.load(std::memory_order_relaxed);
         for (;;) {
-            cell& c = cells_[pos & (Size - 1)];
-            size_t seq = c.seq.load(std::memory_order_acquire);
-            intptr_t diff = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos + 1);
-            if (diff == 0) {
-                if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-                    v = c.value;
-                    c.seq.store(pos + Size, std::memory_order_release);
-                    return true;
-                }
-            } else if (diff < 0) {
-                return false; // empty
-            } else {
-                pos = dequeue_.load(std::memory_order_relaxed);
+            if (pos == enqueue_.load(std::memory_order_acquire)) return false; // empty
+            // Read before the claim: once claimed, the producer may reuse
+            // the cell. A value the producer rewrites meanwhile is never
+            // returned: dequeue_ has moved on, and the CAS fails.
+            const uint32_t value = cells_[pos & (Size - 1)].load(std::memory_order_relaxed);
+            if (dequeue_.compare_exchange_weak(pos, pos + 1, std::memory_order_acq_rel,
+                                               std::memory_order_relaxed)) {
+                MICROLOOP_DETAIL_TEST_YIELD("spmc_ring::pop claimed");
+                v = value;
+                return true;
             }
         }
     }
 
 private:
-    struct cell {
-        std::atomic<size_t> seq;
-        uint32_t value;
-    };
-    cell cells_[Size];
+    std::atomic<uint32_t> cells_[Size];
     std::atomic<size_t> enqueue_, dequeue_;
 };
 
 // Completions handed from worker threads to the loop's thread: a Treiber
 // stack that workers push to and the loop thread takes whole (so no ABA
 // problem), then hands out oldest first. The entries and their links are the
-// caller's; `next(i)` gives entry i's link (a uint32_t&). pop() keeps what
-// it took in a member, so that a callback that throws between two pops
-// leaves the rest for the next call.
+// caller's; `next(i)` gives entry i's link (a uint32_t&).
+//
+// One batch per pass: take() moves what the workers pushed so far into the
+// batch (unless a batch is still under way), pop() hands out the batch only,
+// never what was pushed since. The batch is a member, not the caller's
+// local: a nested pass (a callback that polls the loop) goes on with the
+// same batch, and a callback that throws between two pops leaves the rest
+// for the next pass. Loop-thread pushes (a cancel) wait for the next pass.
 class completion_stack {
 public:
     static const uint32_t empty = 0xffffffffu;
@@ -116,31 +130,34 @@ public:
         do next(i) = top;
         while (!top_.compare_exchange_weak(top, i, std::memory_order_release, std::memory_order_relaxed));
     }
-    // The loop's thread: the oldest completion, or empty.
+    // The loop's thread, at the start of a pass: what was pushed so far
+    // becomes the batch, oldest first, if the last batch is done.
+    template <class Next>
+    void take(Next next) {
+        if (ready_ != empty || top_.load(std::memory_order_relaxed) == empty) return;
+        uint32_t top = top_.exchange(empty, std::memory_order_acquire);
+        uint32_t order = empty; // the stack is newest first: reverse it
+        while (top != empty) {
+            uint32_t below = next(top);
+            next(top) = order;
+            order = top;
+            top = below;
+        }
+        ready_ = order;
+    }
+    // The loop's thread: the batch's oldest completion, or empty.
     template <class Next>
     uint32_t pop(Next next) {
-        if (ready_ == empty) {
-            uint32_t top = top_.exchange(empty, std::memory_order_acquire);
-            uint32_t order = empty; // the stack is newest first: reverse it
-            while (top != empty) {
-                uint32_t below = next(top);
-                next(top) = order;
-                order = top;
-                top = below;
-            }
-            ready_ = order;
-            if (ready_ == empty) return empty;
-        }
         const uint32_t i = ready_;
-        ready_ = next(i);
+        if (i != empty) ready_ = next(i);
         return i;
     }
-    // The loop's thread: whether pop() would find something.
+    // The loop's thread: whether a batch or a push is waiting.
     bool pending() const { return ready_ != empty || top_.load(std::memory_order_relaxed) != empty; }
 
 private:
     std::atomic<uint32_t> top_;
-    uint32_t ready_; // taken from the stack, oldest first, not yet popped
+    uint32_t ready_; // the batch: taken from the stack, oldest first, not yet popped
 };
 
 // Every signal blocked in the calling thread for its lifetime: threads made
