@@ -612,6 +612,8 @@ private:
         io_[i].h = h;
         io_[i].interest = events;
         io_[i].added_poll = poll_no_;
+        int k = in_use(false); // the table's high-water mark moves at every watch
+        if (k > max_io_) max_io_ = k;
     }
 
     void fill(int p) {
